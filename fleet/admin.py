@@ -1,0 +1,38 @@
+from django.contrib import admin
+
+from fleet.models import ApiToken, AuditLog, Device, EnrollmentToken, Site
+
+
+@admin.register(Site)
+class SiteAdmin(admin.ModelAdmin):
+    list_display = ("slug", "name", "created_at")
+    search_fields = ("slug", "name")
+
+
+@admin.register(Device)
+class DeviceAdmin(admin.ModelAdmin):
+    list_display = ("name", "device_id", "site", "online", "last_seen", "agent_version", "revoked_at")
+    list_filter = ("site", "online", "hardware_profile")
+    search_fields = ("name", "device_id")
+    readonly_fields = ("device_id", "reported", "last_heartbeat", "published_generation")
+
+
+@admin.register(EnrollmentToken)
+class EnrollmentTokenAdmin(admin.ModelAdmin):
+    list_display = ("prefix", "site", "expires_at", "used_at", "revoked_at")
+    exclude = ("token_hash",)
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    list_display = ("name", "prefix", "user", "scopes", "last_used_at", "revoked_at")
+    exclude = ("key_hash",)
+
+
+@admin.register(AuditLog)
+class AuditLogAdmin(admin.ModelAdmin):
+    list_display = ("created_at", "actor_label", "action", "target_type", "target_id", "reason")
+    list_filter = ("action",)
+
+    def has_change_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return False

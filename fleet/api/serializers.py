@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from fleet.models import Device, EnrollmentToken, Site
+
+
+class SiteSerializer(serializers.ModelSerializer):
+    device_count = serializers.IntegerField(read_only=True)
+    online_count = serializers.IntegerField(read_only=True)
+
+    class Meta:
+        model = Site
+        fields = ["id", "slug", "name", "description", "created_at", "device_count", "online_count"]
+        read_only_fields = ["id", "created_at"]
+
+
+class DeviceSerializer(serializers.ModelSerializer):
+    site = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    revoked = serializers.BooleanField(source="is_revoked", read_only=True)
+
+    class Meta:
+        model = Device
+        fields = [
+            "device_id", "site", "name", "hardware_profile", "labels", "agent_version", "online",
+            "last_seen", "status_changed_at", "reported", "last_heartbeat", "desired",
+            "desired_generation", "revoked", "revoked_at", "created_at",
+        ]
+        read_only_fields = [f for f in fields if f not in ("name", "labels")]
+
+    def validate_labels(self, value: object) -> object:
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            raise serializers.ValidationError("Labels must be an object of string keys and string values.")
+        return value
+
+
+class RevokeSerializer(serializers.Serializer):
+    reason = serializers.CharField(max_length=2000)
+
+
+class EnrollmentTokenRequestSerializer(serializers.Serializer):
+    ttl_hours = serializers.IntegerField(min_value=1, max_value=24 * 30, required=False)
+    note = serializers.CharField(max_length=200, required=False, allow_blank=True)
+
+
+class EnrollmentTokenSerializer(serializers.ModelSerializer):
+    site = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    token = serializers.CharField(read_only=True, help_text="Shown once; only its hash is stored.")
+
+    class Meta:
+        model = EnrollmentToken
+        fields = ["id", "site", "prefix", "note", "expires_at", "used_at", "created_at", "token"]
+        read_only_fields = fields
+
+
+class EnrollRequestSerializer(serializers.Serializer):
+    token = serializers.CharField(max_length=200)
+    name = serializers.RegexField(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$", max_length=100)
+    site = serializers.CharField(max_length=63, required=False, help_text="Site slug the device expects to join.")
+    hardware_profile = serializers.CharField(max_length=64, required=False, allow_blank=True)
+    agent_version = serializers.CharField(max_length=64, required=False, allow_blank=True)
+    labels = serializers.DictField(child=serializers.CharField(max_length=200), required=False)
+
+
+class EnrollResponseSerializer(serializers.Serializer):
+    device_id = serializers.CharField()
+    secret = serializers.CharField()
+    site = serializers.CharField()
+    broker_url = serializers.CharField()
+    trust_store = serializers.ListField(child=serializers.DictField())
+    heartbeat_interval_s = serializers.IntegerField()
+
+
+class ErrorSerializer(serializers.Serializer):
+    code = serializers.CharField()
+    detail = serializers.CharField()

@@ -1,0 +1,148 @@
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.db.models import Count, Q
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.throttling import ScopedRateThrottle
+from rest_framework.views import APIView
+
+from fleet import services
+from fleet.api.authentication import DeviceAuthentication, HasScope, IsDevice
+from fleet.api.serializers import (
+    DeviceSerializer,
+    EnrollmentTokenRequestSerializer,
+    EnrollmentTokenSerializer,
+    EnrollRequestSerializer,
+    EnrollResponseSerializer,
+    ErrorSerializer,
+    RevokeSerializer,
+    SiteSerializer,
+)
+from fleet.filters import DeviceFilter, SiteFilter
+from fleet.models import AuditLog, Device, EnrollmentToken, Site
+
+
+class SiteViewSet(viewsets.ModelViewSet):
+    serializer_class = SiteSerializer
+    permission_classes = [HasScope]
+    required_scopes = ("fleet",)
+    filterset_class = SiteFilter
+    lookup_field = "slug"
+    ordering_fields = ["slug", "name", "created_at"]
+
+    def get_queryset(self):  # type: ignore[no-untyped-def]
+        return Site.objects.annotate(
+            device_count=Count("devices", filter=Q(devices__revoked_at__isnull=True)),
+            online_count=Count("devices", filter=Q(devices__online=True, devices__revoked_at__isnull=True)),
+        )
+
+    def perform_create(self, serializer: Any) -> None:
+        site = serializer.save()
+        AuditLog.record(actor=self.request.user, action="site.create", target=site)
+
+    def perform_destroy(self, instance: Site) -> None:
+        from django.db.models import ProtectedError
+        from rest_framework.exceptions import ValidationError
+
+        try:
+            instance.delete()
+        except ProtectedError:
+            raise ValidationError({"detail": "The site still has devices; revoke and remove them first."}) from None
+
+    @extend_schema(request=EnrollmentTokenRequestSerializer, responses={201: EnrollmentTokenSerializer})
+    @action(detail=True, methods=["post"], url_path="enrollment-tokens")
+    def enrollment_tokens(self, request: Request, slug: str | None = None) -> Response:
+        """Issue a one-time enrollment token for this site; the token is shown only here."""
+        site = self.get_object()
+        body = EnrollmentTokenRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        ttl = body.validated_data.get("ttl_hours")
+        row, token = EnrollmentToken.issue(
+            site,
+            ttl=timedelta(hours=ttl) if ttl else None,
+            note=body.validated_data.get("note", ""),
+            created_by=request.user if request.user.is_authenticated else None,
+        )
+        AuditLog.record(actor=request.user, action="enrollment_token.issue", target=site, token=row.prefix)
+        data = EnrollmentTokenSerializer(row).data
+        data["token"] = token
+        return Response(data, status=status.HTTP_201_CREATED)
+
+
+class DeviceViewSet(
+    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.UpdateModelMixin, viewsets.GenericViewSet
+):
+    serializer_class = DeviceSerializer
+    permission_classes = [HasScope]
+    required_scopes = ("fleet",)
+    filterset_class = DeviceFilter
+    lookup_field = "device_id"
+    ordering_fields = ["name", "last_seen", "created_at"]
+    queryset = Device.objects.select_related("site")
+
+    @extend_schema(request=RevokeSerializer, responses={200: DeviceSerializer})
+    @action(detail=True, methods=["post"])
+    def revoke(self, request: Request, device_id: str | None = None) -> Response:
+        """Revoke the device: the API and the broker refuse it from now on."""
+        device = self.get_object()
+        body = RevokeSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        services.revoke_device(device, actor=request.user, reason=body.validated_data["reason"])
+        return Response(DeviceSerializer(device).data)
+
+
+class EnrollView(APIView):
+    """Exchange a one-time enrollment token for a device identity."""
+
+    authentication_classes: list[type] = []
+    permission_classes = [AllowAny]
+    throttle_classes = [ScopedRateThrottle]
+    throttle_scope = "enroll"
+
+    @extend_schema(
+        request=EnrollRequestSerializer,
+        responses={
+            201: EnrollResponseSerializer,
+            400: OpenApiResponse(description="Malformed request"),
+            401: ErrorSerializer,
+            403: ErrorSerializer,
+            409: ErrorSerializer,
+            410: ErrorSerializer,
+        },
+    )
+    def post(self, request: Request) -> Response:
+        body = EnrollRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        facts = {k: data[k] for k in ("hardware_profile", "agent_version", "labels") if k in data}
+        try:
+            result = services.enroll(token=data["token"], name=data["name"], site_slug=data.get("site"), facts=facts)
+        except services.EnrollmentError as exc:
+            return Response({"code": exc.code, "detail": exc.message}, status=exc.status)
+        payload = {
+            "device_id": result.device.device_id,
+            "secret": result.secret,
+            "site": result.device.site.slug,
+            "broker_url": result.broker_url,
+            "trust_store": result.trust_store,
+            "heartbeat_interval_s": result.heartbeat_interval_s,
+        }
+        return Response(EnrollResponseSerializer(payload).data, status=status.HTTP_201_CREATED)
+
+
+class DeviceSelfView(APIView):
+    """What the control plane knows about the calling device."""
+
+    authentication_classes = [DeviceAuthentication]
+    permission_classes = [IsDevice]
+
+    @extend_schema(responses={200: DeviceSerializer})
+    def get(self, request: Request) -> Response:
+        return Response(DeviceSerializer(request.auth).data)

@@ -1,0 +1,100 @@
+"""Workflows that span several models: enrollment and revocation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from fleet import tokens
+from fleet.broker import provisioner
+from fleet.models import AuditLog, Device, DeviceCredential, EnrollmentToken, Site
+from registry.trust import trust_store
+
+
+class EnrollmentError(Exception):
+    def __init__(self, code: str, message: str, status: int) -> None:
+        super().__init__(message)
+        self.code, self.message, self.status = code, message, status
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    device: Device
+    secret: str
+    broker_url: str
+    trust_store: list[dict[str, Any]]
+    heartbeat_interval_s: int
+
+
+def enroll(*, token: str, name: str, site_slug: str | None, facts: dict[str, Any]) -> Enrollment:
+    """Spend a one-time enrollment token on a new device and its credentials.
+
+    The broker is told inside the transaction: if it cannot take the
+    credentials, nothing is committed and the token stays usable, so the
+    device simply retries.
+    """
+    with transaction.atomic():
+        row = (
+            EnrollmentToken.objects.select_for_update()
+            .select_related("site")
+            .filter(token_hash=tokens.digest(token))
+            .first()
+        )
+        if row is None or row.revoked_at is not None:
+            raise EnrollmentError("unknown_token", "The enrollment token is not known.", 401)
+        if row.used_at is not None:
+            raise EnrollmentError("token_used", "The enrollment token was already used.", 409)
+        if row.expires_at <= timezone.now():
+            raise EnrollmentError("token_expired", "The enrollment token has expired.", 410)
+        if site_slug and site_slug != row.site.slug:
+            raise EnrollmentError(
+                "wrong_site", f"The enrollment token belongs to another site than {site_slug!r}.", 403
+            )
+        site: Site = row.site
+        if Device.objects.filter(site=site, name=name, revoked_at__isnull=True).exists():
+            raise EnrollmentError("name_taken", f"A device named {name!r} is already enrolled at {site.slug}.", 409)
+        # A revoked device's name may be reused: the old row keeps its history.
+        Device.objects.filter(site=site, name=name).update(name=f"{name}-revoked-{timezone.now():%Y%m%d%H%M%S}")
+        device = Device(
+            site=site,
+            name=name,
+            hardware_profile=str(facts.get("hardware_profile", ""))[:64],
+            agent_version=str(facts.get("agent_version", ""))[:64],
+            labels=facts.get("labels") or {},
+        )
+        device.full_clean()
+        device.save()
+        _, secret = DeviceCredential.issue(device)
+        row.used_at = timezone.now()
+        row.used_by = device
+        row.save(update_fields=["used_at", "used_by"])
+        AuditLog.record(actor=None, action="device.enroll", target=device, token=row.prefix, facts=facts)
+        provisioner().add_device(device.device_id, secret)
+    return Enrollment(
+        device=device,
+        secret=secret,
+        broker_url=settings.DEVICE_MQTT_URL,
+        trust_store=trust_store(),
+        heartbeat_interval_s=settings.HEARTBEAT_INTERVAL_S,
+    )
+
+
+def revoke_device(device: Device, *, actor: Any, reason: str) -> None:
+    """Cut a device off at the API and the broker, and record who and why.
+
+    The database change commits even when the broker is down: the API refuses
+    the device at once, and ``reconcile_broker`` repeats the broker removal.
+    """
+    with transaction.atomic():
+        now = timezone.now()
+        Device.objects.filter(pk=device.pk, revoked_at__isnull=True).update(revoked_at=now, online=False)
+        DeviceCredential.objects.filter(device=device, revoked_at__isnull=True).update(revoked_at=now)
+        AuditLog.record(actor=actor, action="device.revoke", target=device, reason=reason)
+    device.refresh_from_db()
+    from fleet.tasks import reconcile_broker
+
+    transaction.on_commit(lambda: reconcile_broker.delay(device.pk))

@@ -1,0 +1,40 @@
+"""Thin Celery tasks: each takes primary keys and calls a service."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from celery import shared_task
+from django.conf import settings
+from django.utils import timezone
+
+from fleet.broker import BrokerUnavailable, provisioner
+from fleet.models import Device
+
+log = logging.getLogger(__name__)
+
+
+@shared_task(acks_late=True, autoretry_for=(BrokerUnavailable,), retry_backoff=True, max_retries=10, time_limit=60)
+def reconcile_broker(device_pk: int | None = None) -> int:
+    """Repeat the broker removal of revoked devices (all, or one). Idempotent."""
+    devices = Device.objects.filter(revoked_at__isnull=False)
+    if device_pk is not None:
+        devices = devices.filter(pk=device_pk)
+    count = 0
+    for device_id in devices.values_list("device_id", flat=True):
+        provisioner().remove_device(device_id)
+        count += 1
+    return count
+
+
+@shared_task(acks_late=True, time_limit=60)
+def mark_silent_devices_offline() -> int:
+    """A device whose broker session ended without a will (broker restart) is caught here."""
+    cutoff = timezone.now() - timedelta(seconds=settings.DEVICE_OFFLINE_AFTER_S)
+    count = Device.objects.filter(online=True, last_seen__lt=cutoff).update(
+        online=False, status_changed_at=timezone.now()
+    )
+    if count:
+        log.info("marked %d silent devices offline", count)
+    return count

@@ -1,0 +1,1 @@
+"""Model registry: models, versions, signed bundles and signing keys."""
