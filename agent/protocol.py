@@ -29,6 +29,7 @@ UPDATE_PHASES = ("idle", "downloading", "verifying", "validating", "active", "fa
 
 DeviceId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 ShortText = Annotated[str, Field(max_length=200)]
+VersionText = Annotated[str, Field(max_length=64)]
 LongText = Annotated[str, Field(max_length=4000)]
 
 
@@ -59,7 +60,7 @@ class Status(_Message):
     type: Literal["status"] = "status"
     state: Literal["online", "offline"]
     ts: datetime | None = None
-    agent_version: ShortText | None = None
+    agent_version: VersionText | None = None
 
 
 class Reported(_Message):
@@ -68,10 +69,10 @@ class Reported(_Message):
     type: Literal["reported"] = "reported"
     generation: int = Field(ge=0)
     model_name: ShortText | None = None
-    model_version: ShortText | None = None
+    model_version: VersionText | None = None
     phase: Literal[UPDATE_PHASES] = "idle"  # type: ignore[valid-type]
     error: LongText | None = None
-    agent_version: ShortText
+    agent_version: VersionText
     fallback: bool = False
     ts: datetime = Field(default_factory=utcnow)
 
@@ -80,7 +81,7 @@ class Heartbeat(BaseModel):
     """The ``data`` of a telemetry record of kind ``heartbeat``."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
-    agent_version: ShortText
+    agent_version: VersionText
     uptime_s: float = Field(ge=0)
     cpu_percent: float = Field(ge=0, le=100 * 1024)
     memory_percent: float = Field(ge=0, le=100)
@@ -88,7 +89,7 @@ class Heartbeat(BaseModel):
     disk_free_bytes: int = Field(ge=0)
     temperature_c: float | None = None
     cpu_freq_mhz: float | None = None
-    model_version: ShortText | None = None
+    model_version: VersionText | None = None
     outbox_depth: int = Field(default=0, ge=0)
 
 
@@ -105,6 +106,11 @@ class Telemetry(_Message):
 
     type: Literal["telemetry"] = "telemetry"
     records: list[TelemetryRecord] = Field(min_length=1, max_length=MAX_BATCH_RECORDS)
+    # Every seq below ``floor`` was acknowledged or dropped by the device's
+    # bounded outbox and will never be sent. Without it the cloud could not
+    # tell a dropped record from one still in flight through another bridge,
+    # and its "highest contiguous" ack would stall at the first drop.
+    floor: int | None = Field(default=None, ge=1)
 
 
 class Event(_Message):
@@ -191,8 +197,13 @@ def decode(suffix: str, payload: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES) -
         document = json.loads(payload)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError("not_json", str(exc)[:200]) from None
+    except RecursionError:
+        raise ProtocolError("not_json", "nested too deeply") from None
     if not isinstance(document, dict):
         raise ProtocolError("not_object", type(document).__name__)
+    # Legal JSON, but no database text column can hold a NUL character.
+    if b"\\u0000" in payload:
+        raise ProtocolError("schema", "strings may not contain NUL characters")
     if document.get("v") != PROTOCOL_VERSION:
         raise ProtocolError("bad_version", repr(document.get("v"))[:50])
     kind = document.get("type")

@@ -49,6 +49,9 @@ class Device(models.Model):
     desired = models.JSONField(default=dict, blank=True)
     desired_generation = models.PositiveBigIntegerField(default=0)
     published_generation = models.PositiveBigIntegerField(default=0)
+    # Highest contiguous telemetry seq stored; sent back on `ack` so the
+    # device may delete those records from its outbox.
+    telemetry_acked_seq = models.PositiveBigIntegerField(default=0)
     revoked_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -1,0 +1,272 @@
+"""The MQTT bridge: device messages in, desired state and acknowledgements out.
+
+Several bridges may run side by side: they subscribe through one shared
+subscription, so the broker hands each message to one of them, and every
+write they make is idempotent (presence by time, telemetry by (device, seq)).
+
+paho's network thread only queues what arrives; one worker thread validates
+and stores it, so a slow database never stalls keepalives, and a bad message
+is logged, counted and dropped without touching the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+from django.db import DatabaseError, close_old_connections, connection, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from agent import protocol
+from fleet.models import Device
+from telemetry import services as telemetry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    url: str
+    username: str | None = None
+    password: str | None = None
+    shared_group: str | None = "edgefleet-bridge"
+    max_payload: int = protocol.MAX_PAYLOAD_BYTES
+    keepalive: int = 30
+    client_id: str = ""
+    desired_poll_s: float = 1.0
+    queue_size: int = 10_000
+
+    @classmethod
+    def from_settings(cls, **overrides: Any) -> BridgeConfig:
+        from django.conf import settings
+
+        values: dict[str, Any] = {
+            "url": settings.MQTT_URL,
+            "username": settings.MQTT_USERNAME,
+            "password": settings.MQTT_PASSWORD,
+            "shared_group": settings.MQTT_SHARED_GROUP or None,
+            "max_payload": settings.MQTT_MAX_PAYLOAD,
+            "keepalive": settings.MQTT_KEEPALIVE,
+        }
+        values.update(overrides)
+        return cls(**values)
+
+
+class Bridge:
+    def __init__(self, config: BridgeConfig) -> None:
+        self.config = config
+        self.accepted: Counter[str] = Counter()
+        self.rejected: Counter[str] = Counter()
+        self._inbox: queue.Queue[tuple[str, bytes] | None] = queue.Queue(maxsize=config.queue_size)
+        self._stopping = threading.Event()
+        self._connected = threading.Event()
+        self._progress = threading.Condition()
+        self._threads: list[threading.Thread] = []
+        client_id = config.client_id or f"edgefleet-bridge-{uuid.uuid4().hex[:8]}"
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311, clean_session=True
+        )
+        if config.username:
+            self.client.username_pw_set(config.username, config.password)
+        if urlsplit(config.url).scheme == "mqtts":
+            self.client.tls_set()
+        self.client.reconnect_delay_set(min_delay=1, max_delay=60)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+
+    # --- lifecycle -----------------------------------------------------------
+
+    def start(self) -> None:
+        parts = urlsplit(self.config.url)
+        default_port = 8883 if parts.scheme == "mqtts" else 1883
+        self.client.connect_async(parts.hostname or "127.0.0.1", parts.port or default_port, self.config.keepalive)
+        self.client.loop_start()
+        for target, name in ((self._work, "bridge-worker"), (self._publish_desired_loop, "bridge-desired")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._inbox.put(None)
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def wait_for(self, predicate: Any, timeout: float) -> bool:
+        """Block until ``predicate(bridge)`` holds after some message was handled."""
+        with self._progress:
+            return self._progress.wait_for(lambda: predicate(self), timeout)
+
+    # --- paho callbacks (network thread: queue only) -------------------------
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            log.error("bridge connection refused by broker: %s", reason)
+            return
+        group = self.config.shared_group
+        prefix = f"$share/{group}/" if group else ""
+        client.subscribe([(f"{prefix}{protocol.TOPIC_ROOT}/+/{s}", 1) for s in protocol.DEVICE_TO_CLOUD])
+        log.info("bridge connected to %s (shared group %s)", self.config.url, group or "none")
+        self._connected.set()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        self._connected.clear()
+        if not self._stopping.is_set():
+            log.info("bridge disconnected (%s); paho reconnects with backoff", reason)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        try:
+            self._inbox.put_nowait((message.topic, message.payload))
+        except queue.Full:
+            # Dropping here is safe for telemetry (unacknowledged, so the device
+            # resends) and bounds memory when the database falls far behind.
+            self._count(self.rejected, "overloaded")
+            log.warning("bridge inbox full; dropped a message on %s", message.topic)
+
+    # --- the worker ----------------------------------------------------------
+
+    def _work(self) -> None:
+        try:
+            self._drain()
+        finally:
+            connection.close()
+
+    def _drain(self) -> None:
+        while True:
+            item = self._inbox.get()
+            if item is None:
+                return
+            # Drop a connection the database closed or that outlived its age,
+            # as Django does around each web request.
+            close_old_connections()
+            self.handle(*item)
+
+    def handle(self, topic: str, payload: bytes) -> str:
+        """Validate and apply one message; returns "ok" or the rejection reason. Never raises."""
+        device_id = "?"
+        try:
+            device_id, suffix = protocol.parse_topic(topic)
+            if suffix not in protocol.DEVICE_TO_CLOUD:
+                raise protocol.ProtocolError("wrong_direction", suffix)
+            message = protocol.decode(suffix, payload, max_bytes=self.config.max_payload)
+            device = Device.objects.filter(device_id=device_id).first()
+            if device is None:
+                raise protocol.ProtocolError("unknown_device", device_id)
+            if device.is_revoked:
+                raise protocol.ProtocolError("revoked_device", device_id)
+            # One savepoint per message: a failed write leaves nothing half-done.
+            with transaction.atomic():
+                self._apply(device, message)
+        except protocol.ProtocolError as exc:
+            log.warning("rejected message device=%s topic=%s reason=%s detail=%s", device_id, topic[:200], exc.reason, exc.detail)
+            self._count(self.rejected, exc.reason)
+            return exc.reason
+        except DatabaseError:
+            # Nothing is lost: telemetry stays in the device's outbox until acknowledged.
+            log.exception("storage failed for device=%s topic=%s", device_id, topic[:200])
+            self._count(self.rejected, "storage_error")
+            return "storage_error"
+        except Exception:
+            # A bug of ours must cost one message, never the bridge; the
+            # traceback is logged and the count exported so it gets fixed.
+            log.exception("internal error handling device=%s topic=%s", device_id, topic[:200])
+            self._count(self.rejected, "internal_error")
+            return "internal_error"
+        self._count(self.accepted, type(message).__name__.lower())
+        return "ok"
+
+    def _apply(self, device: Device, message: protocol.Message) -> None:
+        now = timezone.now()
+        if isinstance(message, protocol.Status):
+            if device.record_presence(message.state == "online", now):
+                log.info("device=%s is %s", device.device_id, message.state)
+            if message.agent_version:
+                Device.objects.filter(pk=device.pk).update(agent_version=message.agent_version)
+            return
+        # Anything else a device sends proves it is alive.
+        Device.objects.filter(pk=device.pk).update(last_seen=now)
+        if not device.online:
+            device.record_presence(True, now)
+        if isinstance(message, protocol.Reported):
+            Device.objects.filter(pk=device.pk).update(
+                reported=message.model_dump(mode="json"), agent_version=message.agent_version
+            )
+        elif isinstance(message, protocol.Telemetry):
+            acked = telemetry.store_telemetry(device, message)
+            self._publish(device.device_id, "ack", protocol.Ack(seq=acked))
+        elif isinstance(message, protocol.Event):
+            telemetry.record_event(device, message)
+
+    def _count(self, counter: Counter[str], key: str) -> None:
+        with self._progress:
+            counter[key] += 1
+            self._progress.notify_all()
+
+    # --- outgoing ------------------------------------------------------------
+
+    def _publish(self, device_id: str, suffix: str, message: Any, *, retain: bool = False) -> mqtt.MQTTMessageInfo:
+        return self.client.publish(protocol.topic(device_id, suffix), protocol.encode(message), qos=1, retain=retain)
+
+    def _publish_desired_loop(self) -> None:
+        try:
+            self._poll_desired()
+        finally:
+            connection.close()
+
+    def _poll_desired(self) -> None:
+        while not self._stopping.wait(self.config.desired_poll_s):
+            if not self._connected.is_set():
+                continue
+            try:
+                close_old_connections()
+                self.publish_pending_desired()
+            except DatabaseError:
+                log.exception("could not read desired states; retrying")
+
+    def publish_pending_desired(self) -> int:
+        """Publish, retained, every desired document newer than the last one published."""
+        pending = Device.objects.filter(desired_generation__gt=F("published_generation"), revoked_at__isnull=True)
+        count = 0
+        for device in pending.only("pk", "device_id", "desired", "desired_generation")[:500]:
+            document = device.desired or {}
+            message = protocol.Desired(
+                generation=device.desired_generation,
+                model=document.get("model"),
+                config=document.get("config", {}),
+            )
+            info = self._publish(device.device_id, "desired", message, retain=True)
+            info.wait_for_publish(timeout=10)
+            if info.is_published():
+                # Only move forward: another bridge may have published a newer one.
+                Device.objects.filter(pk=device.pk, published_generation__lt=device.desired_generation).update(
+                    published_generation=device.desired_generation
+                )
+                count += 1
+        return count
+
+
+def run_forever(config: BridgeConfig, stop: threading.Event) -> Bridge:
+    bridge = Bridge(config)
+    bridge.start()
+    try:
+        while not stop.wait(60):
+            log.info("bridge accepted=%s rejected=%s", dict(bridge.accepted), dict(bridge.rejected))
+    finally:
+        bridge.stop()
+    return bridge
+
+

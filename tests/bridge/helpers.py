@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+from agent import protocol
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def heartbeat(seq: int, **data: Any) -> dict[str, Any]:
+    body = {
+        "agent_version": "0.1.0", "uptime_s": 5.0, "cpu_percent": 12.5, "memory_percent": 40.0,
+        "disk_percent": 30.0, "disk_free_bytes": 10**9, "temperature_c": 51.0,
+    }
+    body.update(data)
+    return {"seq": seq, "kind": "heartbeat", "ts": now(), "data": body}
+
+
+def telemetry(*seqs: int, floor: int | None = None) -> bytes:
+    message: dict[str, Any] = {"v": 1, "type": "telemetry", "records": [heartbeat(s) for s in seqs]}
+    if floor is not None:
+        message["floor"] = floor
+    return json.dumps(message).encode()
+
+
+def status(state: str) -> bytes:
+    return protocol.encode(protocol.Status(state=state))  # type: ignore[arg-type]
+
+
+def topic(device_id: str, suffix: str) -> str:
+    return protocol.topic(device_id, suffix)

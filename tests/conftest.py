@@ -1,0 +1,99 @@
+"""Fixtures every suite shares: users in each role, API clients, sites and enrolled devices."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django.contrib.auth import get_user_model
+from rest_framework.test import APIClient
+
+from fleet import services
+from fleet.models import ApiToken, EnrollmentToken, Site
+
+
+def _answers(host: str, port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def mqtt_url() -> str:
+    """The machine's Mosquitto on 1883 when it runs (as on CI)."""
+    if _answers("127.0.0.1", 1883):
+        return "mqtt://127.0.0.1:1883"
+    pytest.skip("no MQTT broker on 127.0.0.1:1883")
+
+
+@pytest.fixture(scope="session")
+def shared_subscriptions(mqtt_url: str) -> bool:
+    return True
+
+
+@pytest.fixture
+def site(db: None) -> Site:
+    return Site.objects.create(slug="plant-a", name="Plant A")
+
+
+@pytest.fixture
+def other_site(db: None) -> Site:
+    return Site.objects.create(slug="plant-b", name="Plant B")
+
+
+@pytest.fixture
+def admin_user(db: None) -> Any:
+    return get_user_model().objects.create_user("alice", password="pw-alice-123", is_staff=True)
+
+
+@pytest.fixture
+def viewer_user(db: None) -> Any:
+    return get_user_model().objects.create_user("victor", password="pw-victor-123")
+
+
+@pytest.fixture
+def anonymous() -> APIClient:
+    return APIClient()
+
+
+@pytest.fixture
+def admin_client(admin_user: Any) -> APIClient:
+    client = APIClient()
+    client.force_login(admin_user)
+    return client
+
+
+@pytest.fixture
+def viewer_client(viewer_user: Any) -> APIClient:
+    client = APIClient()
+    client.force_login(viewer_user)
+    return client
+
+
+@pytest.fixture
+def token_client(admin_user: Any) -> Callable[..., APIClient]:
+    """An API client authenticated by a token with the given scopes."""
+
+    def make(*scopes: str) -> APIClient:
+        _, key = ApiToken.issue(admin_user, name=f"ci-{'-'.join(scopes) or 'none'}", scopes=list(scopes))
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
+        return client
+
+    return make
+
+
+@pytest.fixture
+def enroll_device(db: None) -> Callable[..., services.Enrollment]:
+    """Enroll a device through the real service, as the API does."""
+
+    def make(site: Site, name: str = "cam-1", **facts: Any) -> services.Enrollment:
+        _, token = EnrollmentToken.issue(site)
+        return services.enroll(token=token, name=name, site_slug=site.slug, facts=facts)
+
+    return make
