@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
-PROTOCOL_VERSION = 1
+from agent import histogram
+
+PROTOCOL_VERSION: Literal[1] = 1
 TOPIC_ROOT = "edgefleet/v1"
 MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_BATCH_RECORDS = 1000
@@ -93,6 +95,46 @@ class Heartbeat(BaseModel):
     outbox_depth: int = Field(default=0, ge=0)
 
 
+class Window(BaseModel):
+    """The ``data`` of a telemetry record of kind ``window``: one summary of inference.
+
+    Histograms use the fixed edges of ``agent.histogram`` so the control plane
+    can merge windows across time and devices before reading percentiles.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    start: datetime
+    end: datetime
+    model_name: ShortText | None = None
+    model_version: VersionText | None = None
+    fallback: bool = False
+    frames: int = Field(ge=0)
+    dropped_frames: int = Field(default=0, ge=0)
+    errors: int = Field(default=0, ge=0)
+    escalations: int = Field(default=0, ge=0)
+    # Latency bucket index (as a string, JSON keys are strings) -> count.
+    latency_ms: dict[Annotated[str, Field(pattern=r"^[0-9]{1,3}$")], Annotated[int, Field(ge=0)]] = Field(
+        default_factory=dict, max_length=histogram.MAX_INDEX + 1
+    )
+    confidence: Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=histogram.CONFIDENCE_BINS)] = Field(
+        default_factory=lambda: [0] * histogram.CONFIDENCE_BINS
+    )
+    classes: dict[ShortText, Annotated[int, Field(ge=0)]] = Field(default_factory=dict, max_length=1000)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Window:
+        if self.end < self.start:
+            raise ValueError("end is before start")
+        if any(int(k) > histogram.MAX_INDEX for k in self.latency_ms):
+            raise ValueError(f"latency bucket above {histogram.MAX_INDEX}")
+        if len(self.confidence) not in (0, histogram.CONFIDENCE_BINS):
+            raise ValueError(f"confidence needs {histogram.CONFIDENCE_BINS} bins")
+        return self
+
+    def latency(self) -> histogram.LatencyHistogram:
+        return histogram.LatencyHistogram.from_wire(self.latency_ms)
+
+
 class TelemetryRecord(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     seq: int = Field(ge=1)
@@ -148,7 +190,7 @@ class Ack(_Message):
     seq: int = Field(ge=0)
 
 
-Message = Union[Status, Reported, Telemetry, Event, Desired, Command, Ack]
+Message = Status | Reported | Telemetry | Event | Desired | Command | Ack
 
 # Which message type each topic suffix carries.
 TYPE_FOR_SUFFIX: dict[str, type[_Message]] = {
@@ -162,6 +204,7 @@ TYPE_FOR_SUFFIX: dict[str, type[_Message]] = {
 }
 _KNOWN_TYPES = {cls.model_fields["type"].default for cls in TYPE_FOR_SUFFIX.values()}
 _HEARTBEAT = TypeAdapter(Heartbeat)
+_WINDOW = TypeAdapter(Window)
 
 
 def topic(device_id: str, suffix: str) -> str:
@@ -222,11 +265,23 @@ def decode(suffix: str, payload: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES) -
 
 def heartbeat_of(record: TelemetryRecord) -> Heartbeat:
     """Validate a heartbeat record's data (raises ProtocolError)."""
+    return _data_of(_HEARTBEAT, "heartbeat", record)
+
+
+def window_of(record: TelemetryRecord) -> Window:
+    """Validate a window record's data (raises ProtocolError)."""
+    return _data_of(_WINDOW, "window", record)
+
+
+_T = TypeVar("_T")
+
+
+def _data_of(adapter: TypeAdapter[_T], kind: str, record: TelemetryRecord) -> _T:
     try:
-        return _HEARTBEAT.validate_python(record.data)
+        return adapter.validate_python(record.data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise ProtocolError("schema", f"heartbeat.{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        raise ProtocolError("schema", f"{kind}.{'.'.join(map(str, first['loc']))}: {first['msg']}"[:300]) from None
 
 
 OFFLINE_WILL = encode(Status(state="offline"))

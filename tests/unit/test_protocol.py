@@ -57,3 +57,36 @@ def test_topics_round_trip() -> None:
 def test_it_rejects_foreign_topics(bad: str) -> None:
     with pytest.raises(ProtocolError):
         protocol.parse_topic(bad)
+
+
+def _window_batch(**data: object) -> bytes:
+    import json
+
+    body = {"start": "2026-01-01T00:00:00Z", "end": "2026-01-01T00:00:10Z", "frames": 10, **data}
+    record = {"seq": 1, "kind": "window", "ts": "2026-01-01T00:00:10Z", "data": body}
+    return json.dumps({"v": 1, "type": "telemetry", "records": [record]}).encode()
+
+
+def test_a_window_summary_validates_and_yields_its_latency_histogram() -> None:
+    message = protocol.decode("telemetry", _window_batch(latency_ms={"100": 7, "101": 3}, classes={"ok": 9}))
+    assert isinstance(message, protocol.Telemetry)
+    window = protocol.window_of(message.records[0])
+    assert window.frames == 10 and window.latency().total == 10
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"frames": -1},
+        {"latency_ms": {"999": 1}},
+        {"latency_ms": {"abc": 1}},
+        {"confidence": [1, 2, 3]},
+        {"end": "2025-01-01T00:00:00Z"},
+    ],
+)
+def test_a_malformed_window_summary_is_refused_with_a_reason(data: dict[str, object]) -> None:
+    message = protocol.decode("telemetry", _window_batch(**data))
+    assert isinstance(message, protocol.Telemetry)
+    with pytest.raises(protocol.ProtocolError) as caught:
+        protocol.window_of(message.records[0])
+    assert caught.value.reason == "schema"
