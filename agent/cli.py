@@ -1,0 +1,307 @@
+"""``edgefleet-agent``: enroll a device, run the agent, show its state.
+
+Each failure prints one line on stderr and exits with its own code (see
+``Exit`` and docs/agent.md), so provisioning scripts can tell a spent token
+from a server that is down. The device secret is never printed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import sys
+import urllib.error
+import urllib.request
+from enum import IntEnum
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from agent import __version__, outbox, protocol
+from agent import config as agent_config
+
+log = logging.getLogger("agent")
+
+
+class Exit(IntEnum):
+    OK = 0
+    FAILURE = 1
+    USAGE = 2
+    CONFIG_INVALID = 3
+    CONFIG_EXISTS = 4
+    UNREACHABLE = 5
+    TOKEN_UNKNOWN = 10
+    TOKEN_USED = 11
+    TOKEN_EXPIRED = 12
+    WRONG_SITE = 13
+    NAME_TAKEN = 14
+    REQUEST_REJECTED = 15
+    SERVER_ERROR = 16
+    RATE_LIMITED = 17
+    WRITE_FAILED = 18
+
+
+# The enrollment API's error codes (fleet/services.py EnrollmentError).
+_ENROLL_ERRORS = {
+    "unknown_token": Exit.TOKEN_UNKNOWN,
+    "token_used": Exit.TOKEN_USED,
+    "token_expired": Exit.TOKEN_EXPIRED,
+    "wrong_site": Exit.WRONG_SITE,
+    "name_taken": Exit.NAME_TAKEN,
+}
+
+app = typer.Typer(
+    name="edgefleet-agent",
+    help="The edgefleet on-device agent.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ConfigOption = Annotated[
+    Path,
+    typer.Option(
+        "--config", "-c", envvar="EDGEFLEET_AGENT_CONFIG", help="Path of agent.toml.", dir_okay=False
+    ),
+]
+
+
+def fail(code: Exit, message: str) -> NoReturn:
+    typer.echo(f"edgefleet-agent: {message}", err=True)
+    raise typer.Exit(int(code))
+
+
+def _load(path: Path) -> agent_config.AgentConfig:
+    try:
+        return agent_config.load(path)
+    except agent_config.ConfigError as exc:
+        fail(Exit.CONFIG_INVALID, str(exc))
+
+
+# --- enroll ----------------------------------------------------------------------
+
+
+class EnrollResponse(BaseModel):
+    """What ``POST /api/v1/enroll`` answers (fleet/api/serializers.py EnrollResponseSerializer)."""
+
+    model_config = ConfigDict(extra="ignore")
+    device_id: str
+    secret: str
+    site: str
+    broker_url: str
+    trust_store: list[dict[str, Any]]
+    heartbeat_interval_s: int
+
+
+def _post_json(url: str, body: dict[str, Any], timeout: float) -> tuple[int, Any]:
+    request = urllib.request.Request(  # noqa: S310 - the scheme is checked by the caller
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", "Accept": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+            status, raw = response.status, response.read(1024 * 1024)
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read(1024 * 1024)
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, None
+
+
+def _rejection(status: int, document: Any) -> tuple[Exit, str]:
+    if isinstance(document, dict) and document.get("code") in _ENROLL_ERRORS:
+        return _ENROLL_ERRORS[document["code"]], str(document.get("detail", document["code"]))
+    if status == 429:
+        return Exit.RATE_LIMITED, "too many enrollment attempts; wait a minute and retry"
+    if 400 <= status < 500:
+        if isinstance(document, dict) and document:
+            field, problem = next(iter(document.items()))
+            detail = problem[0] if isinstance(problem, list) and problem else problem
+            return Exit.REQUEST_REJECTED, f"the server rejected the request (HTTP {status}): {field}: {detail}"
+        return Exit.REQUEST_REJECTED, f"the server rejected the request (HTTP {status})"
+    return Exit.SERVER_ERROR, f"the server failed (HTTP {status}); retry later"
+
+
+@app.command()
+def enroll(
+    server: Annotated[str, typer.Option(help="Control plane URL, e.g. https://fleet.example.com.")],
+    token: Annotated[str, typer.Option(envvar="EDGEFLEET_ENROLL_TOKEN", help="One-time enrollment token.")],
+    name: Annotated[str, typer.Option(help="Device name, unique within its site.")],
+    config: ConfigOption = agent_config.DEFAULT_CONFIG_PATH,
+    site: Annotated[str, typer.Option(help="Site slug the device expects to join (checked by the server).")] = "",
+    hardware_profile: Annotated[str, typer.Option(help="Hardware profile, e.g. jetson-orin.")] = "",
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Where the agent keeps its state (default: beside the config).")
+    ] = None,
+    label: Annotated[list[str] | None, typer.Option(help="KEY=VALUE device label; repeatable.")] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing config file.")] = False,
+    timeout: Annotated[float, typer.Option(help="HTTP timeout in seconds.")] = 15.0,
+) -> None:
+    """Spend an enrollment token on a device identity and write the config file (mode 0600)."""
+    try:
+        server = agent_config.http_url(server)
+    except ValueError as exc:
+        fail(Exit.USAGE, f"--server: {exc}")
+    labels: dict[str, str] = {}
+    for item in label or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            fail(Exit.USAGE, f"--label {item!r}: expected KEY=VALUE")
+        labels[key] = value
+    if config.exists() and not force:
+        fail(Exit.CONFIG_EXISTS, f"{config} exists (already enrolled?); pass --force to replace it")
+    data_dir = (data_dir or config.parent / "data").absolute()
+    # Check we can write before spending the one-time token.
+    for directory in (config.parent, data_dir):
+        try:
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            fail(Exit.WRITE_FAILED, f"cannot create {directory}: {exc.strerror}")
+        if not os.access(directory, os.W_OK):
+            fail(Exit.WRITE_FAILED, f"{directory} is not writable")
+
+    body: dict[str, Any] = {"token": token, "name": name, "agent_version": __version__}
+    if site:
+        body["site"] = site
+    if hardware_profile:
+        body["hardware_profile"] = hardware_profile
+    if labels:
+        body["labels"] = labels
+    try:
+        status, document = _post_json(f"{server}/api/v1/enroll", body, timeout)
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        fail(Exit.UNREACHABLE, f"cannot reach {server}: {reason}")
+    if status != 201:
+        code, message = _rejection(status, document)
+        fail(code, f"enrollment refused: {message}")
+    try:
+        answer = EnrollResponse.model_validate(document)
+        settings = agent_config.parse(
+            {
+                "server": {"url": server},
+                "device": {
+                    "id": answer.device_id, "secret": answer.secret, "name": name, "site": answer.site,
+                    "hardware_profile": hardware_profile,
+                },
+                "mqtt": {"url": answer.broker_url},
+                "agent": {"data_dir": str(data_dir), "heartbeat_interval_s": answer.heartbeat_interval_s},
+            },
+            source="enrollment response",
+            environ={},
+        )
+    except (ValidationError, agent_config.ConfigError) as exc:
+        fail(Exit.SERVER_ERROR, f"unexpected enrollment response: {str(exc).splitlines()[0]}")
+    try:
+        agent_config.atomic_write(settings.trust_store_path, json.dumps(answer.trust_store).encode(), mode=0o644)
+        agent_config.write(config, settings)
+    except OSError as exc:
+        fail(
+            Exit.WRITE_FAILED,
+            f"enrolled as {answer.device_id} but could not write {config}: {exc.strerror}; "
+            "the token is spent: revoke this device and ask for a new token",
+        )
+    typer.echo(f"enrolled {name} as {answer.device_id} at site {answer.site}; config written to {config}")
+
+
+# --- run ---------------------------------------------------------------------------
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def setup_logging(level: str, style: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if style == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter("ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s", "%Y-%m-%dT%H:%M:%S%z")
+        )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+@app.command()
+def run(config: ConfigOption = agent_config.DEFAULT_CONFIG_PATH) -> None:
+    """Run the agent until SIGTERM or SIGINT."""
+    from agent.runtime import Runtime
+
+    settings = _load(config)
+    setup_logging(settings.agent.log_level, settings.agent.log_format)
+    try:
+        runtime = Runtime(settings)
+    except (OSError, sqlite3.Error) as exc:
+        log.error("event=start_failed error=%s", exc)
+        fail(Exit.FAILURE, f"cannot start: {exc}")
+    raise typer.Exit(runtime.run())
+
+
+# --- status ---------------------------------------------------------------------------
+
+
+@app.command()
+def status(
+    config: ConfigOption = agent_config.DEFAULT_CONFIG_PATH,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Show the device's identity, the outbox and the desired generation (never the secret)."""
+    settings = _load(config)
+    try:
+        stats = outbox.inspect(settings.outbox_path)
+    except sqlite3.Error as exc:
+        fail(Exit.FAILURE, f"{settings.outbox_path}: cannot read the outbox: {exc}")
+    generation: int | None = None
+    try:
+        desired = protocol.decode("desired", settings.desired_path.read_bytes())
+        generation = getattr(desired, "generation", None)
+    except (OSError, protocol.ProtocolError):
+        generation = None
+    summary: dict[str, Any] = {
+        "device_id": settings.device.id,
+        "name": settings.device.name,
+        "site": settings.device.site,
+        "server": settings.server.url,
+        "broker": settings.mqtt.url,
+        "data_dir": str(settings.data_dir),
+        "heartbeat_interval_s": settings.agent.heartbeat_interval_s,
+        "agent_version": __version__,
+        "outbox_depth": stats.depth if stats else 0,
+        "outbox_bytes": stats.bytes if stats else 0,
+        "last_seq": stats.last_seq if stats else 0,
+        "acked_seq": stats.acked_seq if stats else 0,
+        "dropped_total": stats.dropped_total if stats else 0,
+        "desired_generation": generation,
+    }
+    if as_json:
+        typer.echo(json.dumps(summary))
+        return
+    width = max(len(k) for k in summary)
+    for key, value in summary.items():
+        typer.echo(f"{key.ljust(width)}  {'-' if value is None else value}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,281 @@
+"""The agent's configuration: one TOML file, validated into typed settings.
+
+The file is written by ``edgefleet-agent enroll`` and holds the device's
+secret, so it is written atomically with 0600 permissions. Every key can be
+overridden from the environment as ``EDGEFLEET_AGENT_<SECTION>_<KEY>`` (for
+example ``EDGEFLEET_AGENT_MQTT_KEEPALIVE=15``); an override is validated like
+the file and its errors name the variable. Errors always name the key, e.g.
+``agent.toml: mqtt.keepalive: must be >= 5``.
+
+Components added later (inference, capture, updater, escalation) add their
+own section model here as one more field of ``AgentConfig``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 devices
+    import tomli as tomllib
+
+ENV_PREFIX = "EDGEFLEET_AGENT_"
+# Variables under the prefix that are not config keys.
+ENV_RESERVED = frozenset({"EDGEFLEET_AGENT_CONFIG"})
+DEFAULT_CONFIG_PATH = Path("/etc/edgefleet/agent.toml")
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the key."""
+
+
+class _Section(BaseModel):
+    # Unknown keys are refused: a typo must not silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL")
+    return value.rstrip("/")
+
+
+class ServerSettings(_Section):
+    url: str
+    timeout_s: float = Field(default=15.0, gt=0, le=300)
+
+    _check_url = field_validator("url")(http_url)
+
+
+class DeviceSettings(_Section):
+    id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+    secret: Annotated[str, Field(min_length=1, max_length=200, repr=False)]
+    name: Annotated[str, Field(max_length=100)] = ""
+    site: Annotated[str, Field(max_length=63)] = ""
+    hardware_profile: Annotated[str, Field(max_length=64)] = ""
+
+
+class MqttSettings(_Section):
+    url: str
+    keepalive: int = Field(default=30, ge=5, le=3600)
+    ca_file: Path | None = None
+    reconnect_min_s: int = Field(default=1, ge=1, le=300)
+    reconnect_max_s: int = Field(default=60, ge=1, le=3600)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError("must be an mqtt:// or mqtts:// URL")
+        return value
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url).scheme == "mqtts"
+
+
+class AgentSettings(_Section):
+    data_dir: Path
+    heartbeat_interval_s: float = Field(default=30.0, ge=1, le=3600)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
+
+
+class OutboxSettings(_Section):
+    max_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)
+    commit_interval_ms: int = Field(default=50, ge=1, le=10_000)
+    commit_records: int = Field(default=100, ge=1, le=100_000)
+    # Unacknowledged records on the wire at once; bounds what a lost
+    # connection makes us resend and what the bridge must absorb.
+    max_in_flight: int = Field(default=5000, ge=1)
+    resend_after_s: float = Field(default=30.0, gt=0)
+    # Share of each batch kept for the newest records while a backlog
+    # drains, so live telemetry is never stuck behind an outage's worth.
+    live_share: float = Field(default=0.1, ge=0, le=1)
+
+
+class AgentConfig(_Section):
+    server: ServerSettings
+    device: DeviceSettings
+    mqtt: MqttSettings
+    agent: AgentSettings
+    outbox: OutboxSettings = OutboxSettings()
+
+    @property
+    def data_dir(self) -> Path:
+        return self.agent.data_dir
+
+    @property
+    def outbox_path(self) -> Path:
+        return self.agent.data_dir / "outbox.db"
+
+    @property
+    def trust_store_path(self) -> Path:
+        return self.agent.data_dir / "trust.json"
+
+    @property
+    def desired_path(self) -> Path:
+        return self.agent.data_dir / "desired.json"
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    name: field.annotation  # type: ignore[misc]
+    for name, field in AgentConfig.model_fields.items()
+}
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    """A short human message for one pydantic error."""
+    kind, ctx = error["type"], error.get("ctx") or {}
+    bounds = {
+        "greater_than_equal": ("ge", ">="),
+        "greater_than": ("gt", ">"),
+        "less_than_equal": ("le", "<="),
+        "less_than": ("lt", "<"),
+    }
+    if kind in bounds:
+        key, sign = bounds[kind]
+        return f"must be {sign} {ctx[key]}"
+    messages = {
+        "missing": "is required",
+        "extra_forbidden": "unknown key",
+        "int_parsing": "must be an integer",
+        "int_type": "must be an integer",
+        "float_parsing": "must be a number",
+        "float_type": "must be a number",
+        "string_type": "must be a string",
+        "bool_parsing": "must be true or false",
+        "literal_error": f"must be one of {ctx.get('expected', '')}",
+        "string_too_long": f"must be at most {ctx.get('max_length')} characters",
+        "string_too_short": f"must be at least {ctx.get('min_length')} characters",
+        "string_pattern_mismatch": "contains characters that are not allowed",
+        "model_type": "must be a table",
+        "model_attributes_type": "must be a table",
+    }
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    return messages.get(kind, str(error["msg"]))
+
+
+def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, dict[str, str]], dict[tuple[str, str], str]]:
+    """Collect ``EDGEFLEET_AGENT_<SECTION>_<KEY>`` values, and which variable set each key."""
+    values: dict[str, dict[str, str]] = {}
+    origin: dict[tuple[str, str], str] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name in ENV_RESERVED:
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        section = next((s for s in SECTIONS if rest.startswith(s + "_")), None)
+        if section is None:
+            raise ConfigError(f"{name}: unknown section (expected one of {', '.join(SECTIONS)})")
+        key = rest[len(section) + 1 :]
+        values.setdefault(section, {})[key] = value
+        origin[(section, key)] = name
+    return values, origin
+
+
+def parse(
+    document: Mapping[str, Any], *, source: str = "agent.toml", environ: Mapping[str, str] | None = None
+) -> AgentConfig:
+    """Validate a parsed TOML document plus environment overrides."""
+    merged: dict[str, Any] = {k: dict(v) if isinstance(v, Mapping) else v for k, v in document.items()}
+    overrides, origin = _env_overrides(os.environ if environ is None else environ)
+    for section, keys in overrides.items():
+        table = merged.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: {section}: must be a table")
+        table.update(keys)
+    try:
+        return AgentConfig.model_validate(merged)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        loc = tuple(str(part) for part in error["loc"][:2])
+        variable = origin.get((loc[0], loc[1])) if len(loc) == 2 else None
+        prefix = f"{source}: {where} (from {variable})" if variable else f"{source}: {where}"
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(f"{prefix}: {_describe(error)}{more}") from None
+
+
+def load(path: Path, *, environ: Mapping[str, str] | None = None) -> AgentConfig:
+    """Read and validate the config file; raises ConfigError naming the file and key."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file (run `edgefleet-agent enroll` first)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        document = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    return parse(document, source=str(path), environ=environ)
+
+
+def to_document(config: AgentConfig) -> dict[str, Any]:
+    # TOML has no null: unset optional keys are left out.
+    return config.model_dump(mode="json", exclude_none=True)
+
+
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data`` so a crash leaves the old file or the new one, never half.
+
+    The temporary file is created with ``mode`` from the start, so the secret
+    is never readable by others, not even for a moment.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    # The rename is durable only once the directory entry is on disk.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on a directory; the rename still happened
+    finally:
+        os.close(fd)
+
+
+def write(path: Path, config: AgentConfig) -> None:
+    """Write the config file atomically with 0600 permissions."""
+    import tomli_w
+
+    atomic_write(path, tomli_w.dumps(to_document(config)).encode("utf-8"), mode=0o600)

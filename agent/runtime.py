@@ -1,0 +1,272 @@
+"""The ``run`` loop: config, MQTT link, outbox, heartbeats, commands and desired state, wired together.
+
+One thread does the work. paho's network thread and the outbox's flusher
+only put items on ``Runtime.inbox``; the loop takes them, acts, and pumps
+committed telemetry out whenever the link is up and the in-flight window
+has room. Later parts of the agent (inference, capture, updater, escalation)
+plug in as ``Component`` objects: they append telemetry to ``runtime.outbox``,
+register command handlers and listen for desired documents.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import Any, Protocol
+
+import paho.mqtt.client as mqtt
+
+from agent import __version__, protocol, system
+from agent.config import AgentConfig, atomic_write
+from agent.mqtt import Link
+from agent.outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+# The loop wakes at least this often to resend unacknowledged records and run tickers.
+_IDLE_WAKE_S = 1.0
+
+CommandHandler = Callable[[protocol.Command], dict[str, Any]]
+DesiredListener = Callable[[protocol.Desired], None]
+
+
+class Component(Protocol):
+    """A part of the agent started and stopped with the runtime."""
+
+    def start(self, runtime: Runtime) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class Runtime:
+    def __init__(self, config: AgentConfig, *, components: list[Component] | None = None) -> None:
+        self.config = config
+        self.inbox: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self.stopping = threading.Event()
+        self.components = list(components or [])
+        self.model_version: str | None = None
+        self.commands: dict[str, CommandHandler] = {"ping": self._ping, "flush": self._flush}
+        self.desired_listeners: list[DesiredListener] = []
+        config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        settings = config.outbox
+        self.outbox = Outbox(
+            config.outbox_path,
+            max_bytes=settings.max_bytes,
+            commit_interval_s=settings.commit_interval_ms / 1000,
+            commit_records=settings.commit_records,
+            max_in_flight=settings.max_in_flight,
+            resend_after_s=settings.resend_after_s,
+            live_share=settings.live_share,
+            on_commit=lambda: self.inbox.put(("wake", None)),
+        )
+        self._dropped_reported = self.outbox.stats().dropped_total
+        self.desired = self._load_desired()
+        self.link = Link(
+            config.mqtt,
+            device_id=config.device.id,
+            secret=config.device.secret,
+            on_message=lambda suffix, message: self.inbox.put(("message", message)),
+            on_connected=lambda: self.inbox.put(("connected", None)),
+        )
+
+    # --- extension points ------------------------------------------------------
+
+    def register_command(self, name: str, handler: CommandHandler) -> None:
+        self.commands[name] = handler
+
+    def report(self, **fields: Any) -> None:
+        """Publish ``reported``: the generation applied plus whatever the caller knows (phase, model)."""
+        values: dict[str, Any] = {
+            "generation": self.desired.generation if self.desired else 0,
+            "phase": "idle",
+            "agent_version": __version__,
+            "model_version": self.model_version,
+        }
+        values.update(fields)
+        if self.link.connected.is_set():
+            self.link.publish("reported", protocol.Reported(**values))
+
+    def event(self, kind: str, **data: Any) -> None:
+        """Publish an event now when connected; events are informative and not kept in the outbox."""
+        if self.link.connected.is_set():
+            self.link.publish("events", protocol.Event(kind=kind, data=data))
+        else:
+            log.info("event=event_not_sent kind=%s reason=offline", kind)
+
+    # --- the loop ----------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT or ``stop()``; returns the process exit code."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+        log.info(
+            "event=starting device=%s broker=%s data_dir=%s agent_version=%s",
+            self.config.device.id, self.config.mqtt.url, self.config.data_dir, __version__,
+        )
+        for component in self.components:
+            component.start(self)
+        self.link.start()
+        interval = self.config.agent.heartbeat_interval_s
+        next_heartbeat = time.monotonic()
+        try:
+            while not self.stopping.is_set():
+                now = time.monotonic()
+                if now >= next_heartbeat:
+                    self.heartbeat()
+                    next_heartbeat = max(next_heartbeat + interval, now)
+                self._wait(min(_IDLE_WAKE_S, max(0.0, next_heartbeat - time.monotonic())))
+                self._report_drops()
+                self.pump()
+        finally:
+            self._shutdown()
+        return 0
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.inbox.put(("stop", None))
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        log.info("event=stopping signal=%s", signal.Signals(signum).name)
+        self.stop()
+
+    def _wait(self, timeout: float) -> None:
+        """Handle the next inbox item (waiting up to ``timeout``), then whatever else is queued."""
+        try:
+            item = self.inbox.get(timeout=timeout)
+        except queue.Empty:
+            return
+        while True:
+            self._handle(*item)
+            try:
+                item = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _handle(self, kind: str, value: Any) -> None:
+        if kind == "connected":
+            # Whatever was in flight on the old connection may be lost: send it again.
+            self.outbox.requeue()
+            self.report()
+        elif kind == "message":
+            self._dispatch(value)
+
+    def _dispatch(self, message: protocol.Message) -> None:
+        if isinstance(message, protocol.Ack):
+            removed = self.outbox.ack(message.seq)
+            log.debug("event=ack seq=%d removed=%d", message.seq, removed)
+        elif isinstance(message, protocol.Command):
+            self._command(message)
+        elif isinstance(message, protocol.Desired):
+            self._desired(message)
+
+    def _shutdown(self) -> None:
+        for component in reversed(self.components):
+            component.stop()
+        # Make every appended record durable before saying goodbye.
+        self.outbox.commit()
+        self.link.stop()
+        stats = self.outbox.stats()
+        self.outbox.close()
+        log.info("event=stopped outbox_depth=%d last_seq=%d acked_seq=%d", stats.depth, stats.last_seq, stats.acked_seq)
+
+    # --- telemetry ---------------------------------------------------------------
+
+    def heartbeat(self) -> int:
+        stats = self.outbox.stats()
+        beat = system.heartbeat(
+            self.config.data_dir,
+            outbox_depth=stats.depth,
+            model_version=self.model_version,
+            outbox_bytes=stats.bytes,
+            outbox_dropped_total=stats.dropped_total,
+        )
+        seq = self.outbox.append("heartbeat", beat.model_dump(mode="json", exclude_none=True))
+        # A heartbeat is rare and wanted now: do not wait for the batch timer.
+        self.outbox.commit()
+        log.debug("event=heartbeat seq=%d outbox_depth=%d", seq, stats.depth)
+        return seq
+
+    def pump(self) -> int:
+        """Publish committed telemetry while connected and the in-flight window has room."""
+        sent = 0
+        while self.link.connected.is_set():
+            batch = self.outbox.next_batch()
+            if batch is None:
+                break
+            info = self.link.publish_raw("telemetry", batch.payload)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                # The connection dropped under us; on_connect requeues and we go again.
+                log.info("event=publish_deferred rc=%s", info.rc)
+                self.outbox.requeue()
+                break
+            sent += len(batch.seqs)
+        return sent
+
+    def _report_drops(self) -> None:
+        dropped = self.outbox.dropped_total
+        if dropped > self._dropped_reported and self.link.connected.is_set():
+            self.event("buffer_overflow", dropped=dropped - self._dropped_reported, dropped_total=dropped)
+            self._dropped_reported = dropped
+
+    # --- commands and desired state --------------------------------------------------
+
+    def _command(self, command: protocol.Command) -> None:
+        handler = self.commands.get(command.name)
+        if handler is None:
+            log.warning("event=command_unsupported name=%s id=%s", command.name, command.id)
+            self.event("command_unsupported", command_id=command.id, name=command.name)
+            return
+        log.info("event=command name=%s id=%s", command.name, command.id)
+        try:
+            handler(command)
+        except (OSError, ValueError) as exc:
+            log.warning("event=command_failed name=%s id=%s error=%s", command.name, command.id, exc)
+            self.event("command_failed", command_id=command.id, name=command.name, error=str(exc)[:500])
+
+    def _ping(self, command: protocol.Command) -> dict[str, Any]:
+        data = {"command_id": command.id, "agent_version": __version__}
+        self.event("pong", **data)
+        return data
+
+    def _flush(self, command: protocol.Command) -> dict[str, Any]:
+        self.outbox.commit()
+        self.outbox.requeue()
+        sent = self.pump()
+        data = {"command_id": command.id, "sent": sent, "outbox_depth": self.outbox.stats().depth}
+        self.event("flushed", **data)
+        return data
+
+    def _desired(self, desired: protocol.Desired) -> None:
+        current = self.desired
+        if current is not None and desired.generation < current.generation:
+            log.warning("event=desired_ignored generation=%d current=%d", desired.generation, current.generation)
+            return
+        if current is not None and desired == current:
+            return  # the retained copy, delivered again on reconnect
+        # Stored as received; the updater verifies the signature before acting on it.
+        atomic_write(self.config.desired_path, protocol.encode(desired), mode=0o600)
+        self.desired = desired
+        log.info("event=desired_stored generation=%d", desired.generation)
+        for listener in self.desired_listeners:
+            listener(desired)
+        self.report()
+
+    def _load_desired(self) -> protocol.Desired | None:
+        path = self.config.desired_path
+        try:
+            payload = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            message = protocol.decode("desired", payload)
+        except protocol.ProtocolError as exc:
+            log.warning("event=desired_unreadable path=%s reason=%s", path, exc)
+            return None
+        return message if isinstance(message, protocol.Desired) else None
+
