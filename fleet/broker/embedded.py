@@ -1,0 +1,241 @@
+"""The embedded MQTT broker of the demo: amqtt, checking the control plane's database itself.
+
+No provisioning step is needed: a device connects with its device id and
+secret and the broker asks ``DeviceCredential.authenticate``; the bridge
+connects with ``MQTT_USERNAME``/``MQTT_PASSWORD``. Topic rights come from
+``fleet.broker.acl``, the same rule the dynamic-security provisioner writes
+into Mosquitto.
+
+amqtt checks credentials only at connect, so a loop re-checks the sessions
+that are connected every ``recheck_s`` seconds and drops any whose device or
+credential has been revoked since: revocation takes effect within that bound.
+
+amqtt speaks MQTT 3.1.1 only and has no shared subscriptions (the demo sets
+``MQTT_SHARED_GROUP=""``). Its own ACL plugin is not used: our plugins below
+implement the rule directly, so amqtt's ``acl``/``subscribe-acl`` keys play
+no part here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from amqtt.broker import Broker
+from amqtt.contexts import Action
+from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
+from amqtt.session import Session
+from asgiref.sync import sync_to_async
+from django.db import DatabaseError, close_old_connections, connections
+
+from fleet import tokens
+from fleet.broker import acl
+
+log = logging.getLogger(__name__)
+
+# Who a session authenticated as, kept in amqtt's per-session attributes.
+# Rights are read from here, never from ``session.username``: amqtt copies
+# the username of a new CONNECT onto an existing session before it checks it.
+PRINCIPAL = "edgefleet.principal"
+
+
+@dataclass(frozen=True)
+class Principal:
+    kind: str  # "device", "bridge" or "anonymous"
+    name: str = ""
+    secret_hash: str = ""
+
+
+def principal_of(session: Session | None) -> Principal | None:
+    if session is None:
+        return None
+    value = session.attributes.get(PRINCIPAL)
+    return value if isinstance(value, Principal) else None
+
+
+# --- database checks (run in a worker thread: the ORM is synchronous) ----------
+
+
+def _authenticate_device(device_id: str, secret: str) -> str | None:
+    """The hash of ``secret`` if it is a live credential of ``device_id``."""
+    from fleet.models import DeviceCredential
+
+    close_old_connections()
+    device = DeviceCredential.authenticate(device_id, secret)
+    return tokens.digest(secret) if device is not None else None
+
+
+def _live_credentials(secret_hashes: set[str]) -> set[tuple[str, str]]:
+    """The (device id, secret hash) pairs among ``secret_hashes`` that are still allowed."""
+    from fleet.models import DeviceCredential
+
+    close_old_connections()
+    rows = DeviceCredential.objects.filter(
+        secret_hash__in=secret_hashes, revoked_at__isnull=True, device__revoked_at__isnull=True
+    ).values_list("device__device_id", "secret_hash")
+    return {(str(device_id), str(secret_hash)) for device_id, secret_hash in rows}
+
+
+# --- amqtt plugins -----------------------------------------------------------------
+
+
+class DeviceAuthPlugin(BaseAuthPlugin):
+    """Devices by their enrolled credentials, the bridge by its configured password."""
+
+    @dataclass
+    class Config:
+        bridge_username: str = ""
+        bridge_password: str = ""
+        allow_anonymous: bool = False
+
+    async def authenticate(self, *, session: Session) -> bool:
+        principal = await self._principal(session)
+        if principal is None:
+            session.attributes.pop(PRINCIPAL, None)
+            return False
+        session.attributes[PRINCIPAL] = principal
+        return True
+
+    async def _principal(self, session: Session) -> Principal | None:
+        config: DeviceAuthPlugin.Config = self.config
+        if config.allow_anonymous:
+            return Principal("anonymous")
+        username = session.username
+        password = session.password
+        if isinstance(password, (bytes, bytearray)):
+            password = password.decode("utf-8", "replace")
+        if not username or password is None:
+            return None
+        if config.bridge_username and username == config.bridge_username:
+            if hmac.compare_digest(password.encode(), config.bridge_password.encode()):
+                return Principal("bridge", username)
+            return None
+        # A last will is published without an ACL check once the session
+        # ends, so a will on another device's topic is refused here.
+        if session.will_flag and not acl.device_may_publish(username, session.will_topic or ""):
+            log.warning("refused %s: last will on a topic it may not publish to", username)
+            return None
+        try:
+            secret_hash = await sync_to_async(_authenticate_device)(username, password)
+        except DatabaseError as exc:
+            log.warning("refused %s: the database is unavailable (%s)", username, exc)
+            return None
+        return Principal("device", username, secret_hash) if secret_hash else None
+
+
+class DeviceTopicPlugin(BaseTopicPlugin):
+    """A device's own topics only; the bridge every device's."""
+
+    @dataclass
+    class Config:
+        enabled: bool = True
+
+    async def topic_filtering(
+        self, *, session: Session | None = None, topic: str | None = None, action: Action | None = None
+    ) -> bool:
+        principal = principal_of(session)
+        if principal is None or not topic:
+            return False
+        if principal.kind == "anonymous":
+            return True
+        if principal.kind == "bridge":
+            return acl.bridge_may(topic)
+        if action == Action.PUBLISH:
+            return acl.device_may_publish(principal.name, topic)
+        # Subscribing and receiving: only its own cloud-to-device topics.
+        return acl.device_may_subscribe(principal.name, topic)
+
+
+# --- the broker ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EmbeddedBrokerConfig:
+    bind: str = "127.0.0.1:1883"
+    bridge_username: str = ""
+    bridge_password: str = ""
+    recheck_s: float = 5.0
+    # Lets anyone in with every right, like a stock Mosquitto on a laptop.
+    # Only tests standing in for such a broker set it; the command never does.
+    allow_anonymous: bool = False
+
+    @classmethod
+    def from_settings(cls, bind: str) -> EmbeddedBrokerConfig:
+        from django.conf import settings
+        from django.core.exceptions import ImproperlyConfigured
+
+        username = settings.MQTT_USERNAME or ""
+        password = settings.MQTT_PASSWORD or ""
+        if username and not password:
+            raise ImproperlyConfigured("MQTT_USERNAME is set but MQTT_PASSWORD (or MQTT_PASSWORD_FILE) is not.")
+        return cls(
+            bind=bind,
+            bridge_username=username,
+            bridge_password=password,
+            recheck_s=float(settings.EMBEDDED_BROKER_RECHECK_S),
+        )
+
+    def amqtt_config(self) -> dict[str, Any]:
+        auth = {
+            "bridge_username": self.bridge_username,
+            "bridge_password": self.bridge_password,
+            "allow_anonymous": self.allow_anonymous,
+        }
+        return {
+            "listeners": {"default": {"type": "tcp", "bind": self.bind}},
+            "plugins": {
+                f"{__name__}.DeviceAuthPlugin": auth,
+                f"{__name__}.DeviceTopicPlugin": {},
+            },
+        }
+
+
+class EmbeddedBroker:
+    def __init__(self, config: EmbeddedBrokerConfig) -> None:
+        self.config = config
+        self.kicked = 0
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then close every session and the listener."""
+        broker = Broker(self.config.amqtt_config())
+        await broker.start()
+        try:
+            while not stop.is_set():
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=self.config.recheck_s)
+                except asyncio.TimeoutError:
+                    await self.drop_revoked(broker)
+        finally:
+            await broker.shutdown()
+            await sync_to_async(connections.close_all)()
+
+    async def drop_revoked(self, broker: Broker) -> int:
+        """Disconnect connected devices whose device or credential is no longer valid."""
+        connected = [
+            (principal, handler)
+            for session, handler in list(broker.sessions.values())
+            if session.transitions.is_connected()
+            and (principal := principal_of(session)) is not None
+            and principal.kind == "device"
+        ]
+        if not connected:
+            return 0
+        try:
+            live = await sync_to_async(_live_credentials)({p.secret_hash for p, _ in connected})
+        except DatabaseError as exc:
+            # Keep everyone connected rather than drop the fleet on a database blip.
+            log.warning("could not re-check connected devices: %s", exc)
+            return 0
+        dropped = 0
+        for principal, handler in connected:
+            if (principal.name, principal.secret_hash) not in live:
+                log.info("disconnecting %s: its device or credential was revoked", principal.name)
+                # What amqtt does when the socket closes: the will is sent
+                # (the device shows offline) and the session ends.
+                await handler.handle_connection_closed()
+                dropped += 1
+        self.kicked += dropped
+        return dropped

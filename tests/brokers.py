@@ -1,0 +1,206 @@
+"""Private MQTT brokers for tests that need their own credentials and ACLs.
+
+``mosquitto_with_dynsec()`` starts the machine's ``mosquitto`` binary on a
+free port with the dynamic-security plugin and an admin account, and
+``embedded_broker()`` runs the control plane's embedded broker in a thread.
+Both wait for a real CONNACK before handing the broker over, and stop it on
+exit. A test that needs one skips, with the reason, when it cannot start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+MOSQUITTO = os.environ.get("MOSQUITTO_BIN") or shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+DYNSEC_PLUGIN = os.environ.get("MOSQUITTO_DYNSEC_PLUGIN", "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so")
+
+
+@dataclass(frozen=True)
+class RunningBroker:
+    host: str
+    port: int
+    admin_username: str = ""
+    admin_password: str = ""
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_connack(
+    host: str, port: int, timeout: float = 20, *, alive: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Return once the broker answers an MQTT CONNECT (refused or not); fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    answered = threading.Event()
+    while time.monotonic() < deadline:
+        if alive is not None and alive.poll() is not None:
+            raise RuntimeError(f"the broker exited with status {alive.returncode} before accepting connections")
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"probe-{secrets.token_hex(4)}")
+        client.on_connect = lambda *_args: answered.set()
+        try:
+            client.connect(host, port, keepalive=5)
+        except OSError:
+            # Not listening yet: the only wait here is for the port to open.
+            time.sleep(0.05)
+            continue
+        client.loop_start()
+        got = answered.wait(max(0.1, deadline - time.monotonic()))
+        client.disconnect()
+        client.loop_stop()
+        if got:
+            return
+    raise RuntimeError(f"no MQTT broker answered on {host}:{port} within {timeout:g} s")
+
+
+def dynsec_password(password: str) -> dict[str, object]:
+    """The hash fields Mosquitto 2.0's dynamic-security file stores (PBKDF2-SHA512, as mosquitto_ctrl writes)."""
+    salt = secrets.token_bytes(12)
+    iterations = 101
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations, 64)
+    return {
+        "password": base64.b64encode(digest).decode(),
+        "salt": base64.b64encode(salt).decode(),
+        "iterations": iterations,
+    }
+
+
+def dynsec_state(admin_username: str, admin_password: str) -> dict[str, object]:
+    """The state ``mosquitto_ctrl dynsec init`` writes: one admin that may only manage the plugin."""
+    admin_acls = [
+        {"acltype": t, "topic": "$CONTROL/dynamic-security/#", "allow": True}
+        for t in ("publishClientSend", "publishClientReceive", "subscribePattern")
+    ]
+    return {
+        "clients": [
+            {"username": admin_username, "roles": [{"rolename": "admin"}], **dynsec_password(admin_password)}
+        ],
+        "roles": [{"rolename": "admin", "acls": admin_acls}],
+        "defaultACLAccess": {
+            "publishClientSend": False,
+            "publishClientReceive": True,
+            "subscribe": False,
+            "unsubscribe": True,
+        },
+    }
+
+
+def mosquitto_skip_reason() -> str | None:
+    if not (Path(MOSQUITTO).is_file() and os.access(MOSQUITTO, os.X_OK)):
+        return f"mosquitto binary not found ({MOSQUITTO}); install mosquitto or set MOSQUITTO_BIN"
+    if not Path(DYNSEC_PLUGIN).is_file():
+        return f"Mosquitto dynamic-security plugin not found ({DYNSEC_PLUGIN}); set MOSQUITTO_DYNSEC_PLUGIN"
+    return None
+
+
+@contextlib.contextmanager
+def mosquitto_with_dynsec(workdir: Path) -> Iterator[RunningBroker]:
+    """A private Mosquitto with dynamic security; skips the test when Mosquitto is not installed."""
+    reason = mosquitto_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    port = free_port()
+    admin = RunningBroker("127.0.0.1", port, "edgefleet-admin", secrets.token_urlsafe(16))
+    state = workdir / "dynamic-security.json"
+    state.write_text(json.dumps(dynsec_state(admin.admin_username, admin.admin_password)))
+    config = workdir / "mosquitto.conf"
+    config.write_text(
+        "\n".join(
+            [
+                "per_listener_settings false",
+                # Run as root, Mosquitto drops to user "mosquitto", which cannot read this private tmp dir.
+                f"user {pwd.getpwuid(os.geteuid()).pw_name}",
+                f"listener {port} 127.0.0.1",
+                "allow_anonymous false",
+                f"plugin {DYNSEC_PLUGIN}",
+                f"plugin_opt_config_file {state}",
+                "persistence false",
+                "log_dest stderr",
+                "log_type error",
+                "log_type warning",
+                "",
+            ]
+        )
+    )
+    log = (workdir / "mosquitto.log").open("wb")
+    process = subprocess.Popen([MOSQUITTO, "-c", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for_connack(admin.host, port, alive=process)
+        yield admin
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+@contextlib.contextmanager
+def embedded_broker(
+    *, bridge_username: str = "", bridge_password: str = "", recheck_s: float = 0.2, allow_anonymous: bool = False
+) -> Iterator[RunningBroker]:
+    """The embedded (amqtt) broker in a thread of this process, so it reads the test database."""
+    from fleet.broker.embedded import EmbeddedBroker, EmbeddedBrokerConfig
+
+    port = free_port()
+    broker = EmbeddedBroker(
+        EmbeddedBrokerConfig(
+            bind=f"127.0.0.1:{port}",
+            bridge_username=bridge_username,
+            bridge_password=bridge_password,
+            recheck_s=recheck_s,
+            allow_anonymous=allow_anonymous,
+        )
+    )
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(broker.serve(stop))
+        except BaseException as exc:  # reported to the test below
+            failure.append(exc)
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=run, name="embedded-broker", daemon=True)
+    thread.start()
+    try:
+        wait_for_connack("127.0.0.1", port)
+    except RuntimeError:
+        raise RuntimeError(f"embedded broker did not start: {failure!r}") from None
+    try:
+        yield RunningBroker("127.0.0.1", port)
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(15)
+    if failure:
+        raise failure[0]
