@@ -1,0 +1,397 @@
+"""Escalation client: low-confidence frames go to the cloud, without delaying the local decision.
+
+``offer`` runs on the inference thread and only compares, counts and hands
+the frame over. A writer thread JPEG-encodes it into a disk queue bounded in
+bytes (the oldest frame is dropped and counted when full, and the queue
+survives a restart); an uploader thread sends the oldest queued frame to
+``POST {server}/api/v1/escalations/`` as multipart (frame + JSON metadata)
+with the device's HTTP Basic credentials, held to a bandwidth budget, and
+retries with exponential backoff while the server or the link is down.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import ssl
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.capture import Frame
+from agent.inference import Result
+
+log = logging.getLogger(__name__)
+
+ENDPOINT = "/api/v1/escalations/"
+SUFFIX = ".esc"
+# Answers that will not change on a retry: the frame is dropped (and counted)
+# rather than blocking the queue forever. 408 and 429 mean "later".
+PERMANENT_STATUSES = frozenset(range(400, 500)) - {408, 429}
+
+
+class EscalationSettings(BaseModel):
+    """The ``[escalation]`` section of the agent config."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    enabled: bool = True
+    threshold: float | None = Field(default=None, ge=0, le=1)
+    """Escalate below this confidence; None uses the model manifest's ``escalate_below``."""
+    max_frames_per_s: float = Field(default=1.0, gt=0, le=1000)
+    burst: int = Field(default=5, ge=1, le=10_000)
+    bandwidth_bytes_per_s: int = Field(default=256 * 1024, ge=1024)
+    queue_max_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)
+    jpeg_quality: int = Field(default=85, ge=10, le=100)
+    max_side: int | None = Field(default=1280, ge=32, le=8192)
+    """Frames larger than this on their longer side are shrunk before encoding."""
+    timeout_s: float = Field(default=15.0, gt=0, le=300)
+    backoff_s: float = Field(default=1.0, gt=0, le=600)
+    backoff_max_s: float = Field(default=300.0, gt=0, le=3600)
+    handoff_size: int = Field(default=8, ge=1, le=1000)
+
+
+class TokenBucket:
+    """``rate`` tokens per second, at most ``capacity`` saved up."""
+
+    def __init__(self, rate: float, capacity: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self.capacity = capacity
+        self._clock = clock
+        self._tokens = capacity
+        self._last = clock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+
+    def try_take(self, n: float = 1.0) -> bool:
+        self._refill()
+        if self._tokens >= n:
+            self._tokens -= n
+            return True
+        return False
+
+    def take(self, n: float) -> None:
+        """Take ``n`` tokens even into debt: a frame bigger than the bucket still goes, then pays."""
+        self._refill()
+        self._tokens -= n
+
+    def wait_time(self) -> float:
+        """Seconds until the bucket is out of debt."""
+        self._refill()
+        return max(0.0, -self._tokens / self.rate)
+
+
+@dataclass
+class EscalationCounters:
+    offered: int = 0
+    """Results below the threshold."""
+    rate_limited: int = 0
+    queued: int = 0
+    """Frames written to the disk queue."""
+    dropped: int = 0
+    """Frames lost to a full hand-off or a full disk queue (oldest first)."""
+    uploaded: int = 0
+    failed_attempts: int = 0
+    rejected: int = 0
+    """Frames the server refused for good (4xx)."""
+    bytes_sent: int = 0
+
+
+class DiskQueue:
+    """Escalated frames on disk, oldest first, bounded in bytes.
+
+    One file per frame: a JSON metadata line, then the JPEG bytes. Files are
+    written beside and renamed into place, so a crash leaves whole items only.
+    """
+
+    def __init__(self, directory: Path, max_bytes: int) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+        directory.mkdir(parents=True, exist_ok=True)
+        for stray in directory.glob("*.tmp"):
+            stray.unlink(missing_ok=True)
+        self._items: deque[tuple[Path, int]] = deque(
+            (path, path.stat().st_size) for path in sorted(directory.glob(f"*{SUFFIX}"))
+        )
+        self._bytes = sum(size for _, size in self._items)
+        self._seq = int(self._items[-1][0].stem) if self._items else 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+    @property
+    def size_bytes(self) -> int:
+        with self._lock:
+            return self._bytes
+
+    def put(self, metadata: dict[str, Any], jpeg: bytes) -> int:
+        """Store one item; returns how many old items were dropped to make room (-1: too big)."""
+        data = json.dumps(metadata, separators=(",", ":")).encode() + b"\n" + jpeg
+        if len(data) > self.max_bytes:
+            return -1
+        with self._lock:
+            self._seq += 1
+            path = self.directory / f"{self._seq:016d}{SUFFIX}"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        dropped = 0
+        with self._lock:
+            self._items.append((path, len(data)))
+            self._bytes += len(data)
+            while self._bytes > self.max_bytes and len(self._items) > 1:
+                old, size = self._items.popleft()
+                old.unlink(missing_ok=True)
+                self._bytes -= size
+                dropped += 1
+        return dropped
+
+    def peek(self) -> tuple[Path, dict[str, Any], bytes] | None:
+        """The oldest item, left in the queue; an unreadable one is discarded."""
+        while True:
+            with self._lock:
+                if not self._items:
+                    return None
+                path = self._items[0][0]
+            try:
+                raw = path.read_bytes()
+                header, jpeg = raw.split(b"\n", 1)
+                return path, json.loads(header), jpeg
+            except FileNotFoundError:
+                self.remove(path)  # dropped for room while we read it
+            except ValueError:
+                log.warning("discarding corrupt escalation file %s", path)
+                self.remove(path)
+
+    def remove(self, path: Path) -> None:
+        with self._lock:
+            for i, (item, size) in enumerate(self._items):
+                if item == path:
+                    del self._items[i]
+                    self._bytes -= size
+                    break
+        path.unlink(missing_ok=True)
+
+
+class EscalationClient:
+    """Decides, queues and uploads escalations; ``offer`` is the only call on the inference path."""
+
+    def __init__(
+        self,
+        settings: EscalationSettings,
+        *,
+        server_url: str,
+        device_id: str,
+        secret: str,
+        queue_dir: Path,
+        ca_file: Path | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.counters = EscalationCounters()
+        self.queue = DiskQueue(queue_dir, settings.queue_max_bytes)
+        self._url = server_url.rstrip("/") + ENDPOINT
+        token = base64.b64encode(f"{device_id}:{secret}".encode()).decode("ascii")
+        self._auth = f"Basic {token}"
+        self._device_id = device_id
+        self._context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+        self._frames = TokenBucket(settings.max_frames_per_s, settings.burst, clock=clock)
+        self._bandwidth = TokenBucket(settings.bandwidth_bytes_per_s, settings.bandwidth_bytes_per_s, clock=clock)
+        self._override = settings.threshold
+        self._handoff: deque[tuple[Frame, Result, float]] = deque()
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._threads: list[threading.Thread] = []
+
+    # -- the inference side --------------------------------------------------
+
+    def set_threshold(self, threshold: float | None) -> None:
+        """Apply the desired state's override; None returns to the manifest's default."""
+        if threshold is not None and not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"escalation threshold {threshold} is outside [0, 1]")
+        self._override = threshold
+
+    def threshold(self, model_default: float) -> float:
+        return self._override if self._override is not None else model_default
+
+    def offer(self, frame: Frame, result: Result, model_default: float) -> bool:
+        """Escalate ``frame`` if ``result`` is not confident enough; True when it was taken.
+
+        Never blocks and never touches the disk: the frame is handed to the writer thread.
+        """
+        if not self.settings.enabled or result.confidence >= self.threshold(model_default):
+            return False
+        with self._cond:
+            self.counters.offered += 1
+            if not self._frames.try_take():
+                self.counters.rate_limited += 1
+                return False
+            if len(self._handoff) >= self.settings.handoff_size:
+                self._handoff.popleft()
+                self.counters.dropped += 1
+            self._handoff.append((frame, result, self.threshold(model_default)))
+            self._cond.notify_all()
+        return True
+
+    # -- threads -------------------------------------------------------------
+
+    def start(self) -> None:
+        for name, target in (("escalation-writer", self._write_loop), ("escalation-upload", self._upload_loop)):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float | None = 5.0) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def wait_for(self, predicate: Callable[[EscalationCounters], bool], timeout: float | None = None) -> bool:
+        """Wait until ``predicate(counters)`` holds (tests, the CLI's drain); False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: predicate(self.counters), timeout)
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._handoff or self._stopped)
+                if not self._handoff:
+                    return
+                frame, result, threshold = self._handoff.popleft()
+            try:
+                self._write(frame, result, threshold)
+            except (OSError, ValueError, cv2.error):
+                log.exception("could not queue escalated frame %s", frame.name)
+                with self._cond:
+                    self.counters.dropped += 1
+                    self._cond.notify_all()
+
+    def _write(self, frame: Frame, result: Result, threshold: float) -> None:
+        image = frame.image
+        longest = max(image.shape[:2])
+        if self.settings.max_side and longest > self.settings.max_side:
+            ratio = self.settings.max_side / longest
+            size = (max(1, round(image.shape[1] * ratio)), max(1, round(image.shape[0] * ratio)))
+            image = np.asarray(cv2.resize(image, size, interpolation=cv2.INTER_AREA), dtype=np.uint8)
+        ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.settings.jpeg_quality])
+        if not ok:
+            raise ValueError("JPEG encoding failed")
+        metadata = {
+            "device_id": self._device_id,
+            "ts": datetime.fromtimestamp(frame.ts, timezone.utc).isoformat(),
+            "model_name": result.model_name,
+            "model_version": result.model_version,
+            "threshold": threshold,
+            "frame": frame.name,
+            "result": result.to_json(),
+        }
+        dropped = self.queue.put(metadata, encoded.tobytes())
+        with self._cond:
+            if dropped < 0:
+                self.counters.dropped += 1
+                log.warning("escalated frame %s is larger than the whole queue; dropped", frame.name)
+            else:
+                self.counters.queued += 1
+                self.counters.dropped += dropped
+            self._cond.notify_all()
+
+    def _sleep(self, seconds: float) -> bool:
+        """Wait out a backoff or the bandwidth budget; True when stopped meanwhile."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._stopped, seconds)
+
+    def _upload_loop(self) -> None:
+        failures = 0
+        while True:
+            with self._cond:
+                # The writer notifies after each frame it queues.
+                self._cond.wait_for(lambda: self._stopped or len(self.queue) > 0)
+                if self._stopped:
+                    return
+            item = self.queue.peek()
+            if item is None:
+                continue
+            path, metadata, jpeg = item
+            delay = self._bandwidth.wait_time()
+            if delay and self._sleep(delay):
+                return
+            body, content_type = _multipart(metadata, jpeg)
+            self._bandwidth.take(len(body))
+            status, reason = self._post(body, content_type)
+            with self._cond:
+                if status is not None and 200 <= status < 300:
+                    failures = 0
+                    self.counters.uploaded += 1
+                    self.counters.bytes_sent += len(body)
+                    self.queue.remove(path)
+                elif status in PERMANENT_STATUSES:
+                    failures = 0
+                    self.counters.rejected += 1
+                    self.queue.remove(path)
+                    log.warning("server refused escalated frame %s: %s %s", metadata.get("frame"), status, reason)
+                else:
+                    failures += 1
+                    self.counters.failed_attempts += 1
+                self._cond.notify_all()
+            if failures:
+                delay = min(self.settings.backoff_max_s, self.settings.backoff_s * 2 ** (failures - 1))
+                log.info("escalation upload failed (%s); retrying in %.1fs", reason, delay)
+                if self._sleep(delay):
+                    return
+
+    def _post(self, body: bytes, content_type: str) -> tuple[int | None, str]:
+        request = urllib.request.Request(  # noqa: S310 - the server URL is checked to be http(s) by the config
+            self._url,
+            data=body,
+            method="POST",
+            headers={"Content-Type": content_type, "Authorization": self._auth, "Content-Length": str(len(body))},
+        )
+        try:
+            with urllib.request.urlopen(  # noqa: S310
+                request, timeout=self.settings.timeout_s, context=self._context
+            ) as response:
+                response.read()
+                return int(response.status), "ok"
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.reason if isinstance(exc.reason, str) else ""
+        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
+            return None, str(exc)[:200]
+
+
+def _multipart(metadata: dict[str, Any], jpeg: bytes) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    name = str(metadata.get("frame") or "frame").replace('"', "").replace("\r", "").replace("\n", "")[:100]
+    parts = [
+        f"--{boundary}\r\n"
+        'Content-Disposition: form-data; name="metadata"\r\n'
+        "Content-Type: application/json\r\n\r\n".encode()
+        + json.dumps(metadata).encode()
+        + b"\r\n",
+        f"--{boundary}\r\n"
+        f'Content-Disposition: form-data; name="frame"; filename="{name}.jpg"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n".encode()
+        + jpeg
+        + b"\r\n",
+        f"--{boundary}--\r\n".encode(),
+    ]
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
