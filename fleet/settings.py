@@ -150,6 +150,18 @@ MQTT_KEEPALIVE = env.integer("MQTT_KEEPALIVE", 30, minimum=5, maximum=3600)
 BROKER_PROVISIONER = env.choice("BROKER_PROVISIONER", "embedded", ("dynsec", "embedded", "none"))
 BROKER_ADMIN_USERNAME = env.string("BROKER_ADMIN_USERNAME", "edgefleet-admin")
 BROKER_ADMIN_PASSWORD = env.secret("BROKER_ADMIN_PASSWORD")
+# How long a dynamic-security command may take before enrollment gives up (503).
+BROKER_ADMIN_TIMEOUT_S = env.integer("BROKER_ADMIN_TIMEOUT_S", 10, minimum=1, maximum=120)
+# How often the embedded broker re-checks that connected devices are still enrolled.
+EMBEDDED_BROKER_RECHECK_S = env.integer("EMBEDDED_BROKER_RECHECK_S", 5, minimum=1, maximum=3600)
+
+# Registry: signing keys live in files here (0600), never in the database.
+REGISTRY_KEY_DIR = Path(env.string("REGISTRY_KEY_DIR", str(DATA_DIR / "keys")) or "")
+# Create the first signing key on first use; production makes keys explicitly.
+REGISTRY_AUTO_SIGNING_KEY = env.boolean("REGISTRY_AUTO_SIGNING_KEY", not PRODUCTION)
+REGISTRY_MAX_UPLOAD_BYTES = env.integer("REGISTRY_MAX_UPLOAD_BYTES", 256 * 1024 * 1024, minimum=1024)
+REGISTRY_BUNDLE_TTL_DAYS = env.integer("REGISTRY_BUNDLE_TTL_DAYS", 365, minimum=1, maximum=3650)
+REGISTRY_MIN_AGENT_VERSION = env.string("REGISTRY_MIN_AGENT_VERSION", "0.1.0") or "0.1.0"
 
 ENROLLMENT_TOKEN_TTL_HOURS = env.integer("ENROLLMENT_TOKEN_TTL_HOURS", 24, minimum=1, maximum=24 * 30)
 DEVICE_OFFLINE_AFTER_S = env.integer("DEVICE_OFFLINE_AFTER_S", 180, minimum=10)

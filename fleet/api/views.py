@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from typing import Any
 
@@ -25,8 +26,11 @@ from fleet.api.serializers import (
     RevokeSerializer,
     SiteSerializer,
 )
+from fleet.broker import BrokerUnavailable
 from fleet.filters import DeviceFilter, SiteFilter
 from fleet.models import AuditLog, Device, EnrollmentToken, Site
+
+log = logging.getLogger(__name__)
 
 
 class SiteViewSet(viewsets.ModelViewSet):
@@ -115,6 +119,7 @@ class EnrollView(APIView):
             403: ErrorSerializer,
             409: ErrorSerializer,
             410: ErrorSerializer,
+            503: ErrorSerializer,
         },
     )
     def post(self, request: Request) -> Response:
@@ -126,6 +131,14 @@ class EnrollView(APIView):
             result = services.enroll(token=data["token"], name=data["name"], site_slug=data.get("site"), facts=facts)
         except services.EnrollmentError as exc:
             return Response({"code": exc.code, "detail": exc.message}, status=exc.status)
+        except BrokerUnavailable as exc:
+            # Nothing was committed and the token is still usable: the device retries later.
+            log.warning("enrollment deferred: the MQTT broker did not take the credentials: %s", exc)
+            return Response(
+                {"code": "broker_unavailable", "detail": "The MQTT broker is unavailable; retry the enrollment later."},
+                status=status.HTTP_503_SERVICE_UNAVAILABLE,
+                headers={"Retry-After": "30"},
+            )
         payload = {
             "device_id": result.device.device_id,
             "secret": result.secret,
