@@ -12,6 +12,7 @@ import logging
 import os
 import sqlite3
 import sys
+import time
 import urllib.error
 import urllib.request
 from enum import IntEnum
@@ -43,6 +44,7 @@ class Exit(IntEnum):
     SERVER_ERROR = 16
     RATE_LIMITED = 17
     WRITE_FAILED = 18
+    TRY_LATER = 19
 
 
 # The enrollment API's error codes (fleet/services.py EnrollmentError).
@@ -120,6 +122,9 @@ def _rejection(status: int, document: Any) -> tuple[Exit, str]:
         return _ENROLL_ERRORS[document["code"]], str(document.get("detail", document["code"]))
     if status == 429:
         return Exit.RATE_LIMITED, "too many enrollment attempts; wait a minute and retry"
+    if status == 503:
+        detail = document.get("detail") if isinstance(document, dict) else None
+        return Exit.TRY_LATER, str(detail or "the server is unavailable (HTTP 503); retry later")
     if 400 <= status < 500:
         if isinstance(document, dict) and document:
             field, problem = next(iter(document.items()))
@@ -143,6 +148,9 @@ def enroll(
     label: Annotated[list[str] | None, typer.Option(help="KEY=VALUE device label; repeatable.")] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing config file.")] = False,
     timeout: Annotated[float, typer.Option(help="HTTP timeout in seconds.")] = 15.0,
+    retry_for: Annotated[
+        float, typer.Option(help="Keep retrying an unreachable, busy or rate-limiting server for this many seconds.")
+    ] = 0.0,
 ) -> None:
     """Spend an enrollment token on a device identity and write the config file (mode 0600)."""
     try:
@@ -174,14 +182,24 @@ def enroll(
         body["hardware_profile"] = hardware_profile
     if labels:
         body["labels"] = labels
-    try:
-        status, document = _post_json(f"{server}/api/v1/enroll", body, timeout)
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        fail(Exit.UNREACHABLE, f"cannot reach {server}: {reason}")
-    if status != 201:
-        code, message = _rejection(status, document)
-        fail(code, f"enrollment refused: {message}")
+    deadline = time.monotonic() + retry_for
+    delay = 1.0
+    while True:
+        try:
+            status, document = _post_json(f"{server}/api/v1/enroll", body, timeout)
+        except (urllib.error.URLError, OSError) as exc:
+            code, message = Exit.UNREACHABLE, f"cannot reach {server}: {getattr(exc, 'reason', exc)}"
+        else:
+            if status == 201:
+                break
+            code, message = _rejection(status, document)
+            message = f"enrollment refused: {message}"
+        # Only what may pass by itself is retried; a spent or wrong token never is.
+        if code not in (Exit.UNREACHABLE, Exit.TRY_LATER, Exit.RATE_LIMITED) or time.monotonic() + delay > deadline:
+            fail(code, message)
+        typer.echo(f"edgefleet-agent: {message}; retrying in {delay:.0f}s", err=True)
+        time.sleep(delay)
+        delay = min(delay * 2, 30.0)
     try:
         answer = EnrollResponse.model_validate(document)
         settings = agent_config.parse(

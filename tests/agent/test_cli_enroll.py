@@ -130,3 +130,12 @@ def test_run_and_status_refuse_a_broken_config_naming_the_key(tmp_path: Path, db
         result = agent(command, "--config", str(path))
         assert result.returncode == Exit.CONFIG_INVALID
         assert result.stderr.strip() == f"edgefleet-agent: {path}: mqtt.keepalive: must be >= 5"
+
+
+def test_with_retry_for_it_retries_an_unreachable_server_then_gives_up(tmp_path: Path, db: None) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = enroll(f"http://127.0.0.1:{port}", "efe_x", tmp_path, "--retry-for", "1.5")
+    assert result.returncode == Exit.UNREACHABLE
+    assert "retrying in 1s" in result.stderr and not (tmp_path / "agent.toml").exists()
