@@ -27,6 +27,7 @@ from django.utils import timezone
 
 from agent import protocol
 from fleet.models import Device
+from registry.signing import sign_desired
 from telemetry import services as telemetry
 
 log = logging.getLogger(__name__)
@@ -248,6 +249,7 @@ class Bridge:
                 model=document.get("model"),
                 config=document.get("config", {}),
             )
+            message = sign_desired(message)  # devices refuse unsigned desired state
             info = self._publish(device.device_id, "desired", message, retain=True)
             info.wait_for_publish(timeout=10)
             if info.is_published():

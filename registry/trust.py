@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+from django.utils import timezone
+
+log = logging.getLogger(__name__)
 
 
 def trust_store() -> list[dict[str, Any]]:
-    """Public signing keys a device should trust, newest first.
+    """Public signing keys a device should trust, newest first (agent.verify.TrustedKey entries).
 
-    Empty until the registry issues signing keys; enrollment already carries
-    the field so devices enrolled now receive keys through a keyring update.
+    A key retired in the future is still listed, with its date, so bundles it
+    signed keep installing until then; a key past its date is left out.
+    The first key is created here when settings allow it, so the very first
+    device enrolled already trusts the key that will sign its bundles.
     """
-    return []
+    from django.core.exceptions import ImproperlyConfigured
+
+    from registry.models import SigningKey
+
+    try:
+        SigningKey.current()
+    except ImproperlyConfigured as exc:
+        log.error("devices get an empty trust store: %s", exc)
+    now = timezone.now()
+    return [key.as_trusted() for key in SigningKey.objects.all() if key.is_usable(now)]

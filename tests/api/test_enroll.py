@@ -9,6 +9,7 @@ from rest_framework.test import APIClient
 
 from fleet import tokens
 from fleet.models import AuditLog, Device, EnrollmentToken, Site
+from registry.models import SigningKey
 
 pytestmark = pytest.mark.django_db
 
@@ -31,7 +32,8 @@ def test_it_enrolls_a_device_and_returns_its_identity(anonymous: APIClient, site
     device = Device.objects.get(device_id=body["device_id"])
     assert device.site == site and device.hardware_profile == "jetson-orin" and device.labels == {"line": "3"}
     assert body["secret"].startswith("efd_") and body["broker_url"].startswith("mqtt")
-    assert body["trust_store"] == []
+    # The first signing key is made on first use; the device trusts it from the start.
+    assert [k["key_id"] for k in body["trust_store"]] == [k.key_id for k in SigningKey.objects.all()] != []
     # Only the hash of the secret is kept.
     credential = device.credentials.get()
     assert credential.secret_hash == tokens.digest(body["secret"]) and body["secret"] not in credential.secret_hash

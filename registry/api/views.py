@@ -1,0 +1,293 @@
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import transaction
+from django.http import HttpResponse, StreamingHttpResponse
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import mixins, permissions, status, viewsets
+from rest_framework.authentication import SessionAuthentication
+from rest_framework.decorators import action
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from fleet.api.authentication import ApiTokenAuthentication, DeviceAuthentication, HasScope, IsDevice
+from fleet.api.serializers import ErrorSerializer
+from fleet.models import AuditLog
+from registry import services
+from registry.api.serializers import (
+    AliasRequestSerializer,
+    AliasSerializer,
+    BundleSerializer,
+    DeprecateSerializer,
+    KeyringSerializer,
+    ModelSerializer,
+    ModelVersionSerializer,
+    PublishRequestSerializer,
+    SigningKeySerializer,
+)
+from registry.filters import BundleFilter, ModelFilter, ModelVersionFilter
+from registry.inspection import PublishError
+from registry.metadata import parse_metadata
+from registry.models import Alias, Bundle, KeyringUpdate, Model, ModelVersion, SigningKey
+from registry.trust import trust_store
+
+log = logging.getLogger(__name__)
+
+
+def _error(code: str, detail: str, status_code: int) -> Response:
+    return Response({"code": code, "detail": detail}, status=status_code)
+
+
+class ModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.UpdateModelMixin, viewsets.GenericViewSet):
+    """Registered models. Models come into being with their first published version."""
+
+    serializer_class = ModelSerializer
+    permission_classes = [HasScope]
+    required_scopes = ("publish",)
+    filterset_class = ModelFilter
+    lookup_field = "name"
+    ordering_fields = ["name", "created_at"]
+    queryset = Model.objects.prefetch_related("aliases__version")
+
+    @extend_schema(responses={200: AliasSerializer(many=True)})
+    @action(detail=True, methods=["get"])
+    def aliases(self, request: Request, name: str | None = None) -> Response:
+        model = self.get_object()
+        return Response(AliasSerializer(model.aliases.select_related("version"), many=True).data)
+
+    @extend_schema(request=AliasRequestSerializer, responses={200: AliasSerializer, 400: ErrorSerializer})
+    @action(detail=True, methods=["put", "delete"], url_path=r"aliases/(?P<alias>[a-z0-9][a-z0-9_-]{0,62})")
+    def alias(self, request: Request, name: str | None = None, alias: str = "") -> Response:
+        """Point an alias (candidate, production, ...) at a published version, or remove it."""
+        model = self.get_object()
+        if request.method == "DELETE":
+            deleted, _ = Alias.objects.filter(model=model, name=alias).delete()
+            if deleted:
+                AuditLog.record(actor=request.user, action="alias.delete", target=model, alias=alias)
+            return Response(status=status.HTTP_204_NO_CONTENT)
+        body = AliasRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        version = ModelVersion.objects.filter(model=model, version=body.validated_data["version"]).first()
+        if version is None:
+            return _error("unknown_version", f"{model.name} has no version {body.validated_data['version']}.", 400)
+        with transaction.atomic():
+            row = Alias.objects.select_for_update().filter(model=model, name=alias).first() or Alias(
+                model=model, name=alias
+            )
+            row.version, row.updated_by = version, request.user if request.user.is_authenticated else None
+            try:
+                row.full_clean()
+            except DjangoValidationError as exc:
+                return _error("invalid_alias", "; ".join(exc.messages), 400)
+            row.save()
+            AuditLog.record(actor=request.user, action="alias.set", target=model, alias=alias, version=version.version)
+        return Response(AliasSerializer(row).data)
+
+
+class ModelVersionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Versions of one model; POST publishes a new one (multipart, ``publish`` scope)."""
+
+    serializer_class = ModelVersionSerializer
+    permission_classes = [HasScope]
+    required_scopes = ("publish",)
+    filterset_class = ModelVersionFilter
+    lookup_field = "version"
+    lookup_value_regex = r"[0-9A-Za-z.+-]+"
+    ordering_fields = ["sequence", "created_at"]
+    parser_classes = [MultiPartParser, FormParser, JSONParser]
+
+    def get_queryset(self):  # type: ignore[no-untyped-def]
+        return (
+            ModelVersion.objects.filter(model__name=self.kwargs["model_name"])
+            .select_related("model", "published_by")
+            .prefetch_related("bundles__version__model")
+        )
+
+    @extend_schema(
+        request={"multipart/form-data": PublishRequestSerializer},
+        responses={
+            200: OpenApiResponse(ModelVersionSerializer, description="Identical content was already published"),
+            201: ModelVersionSerializer,
+            400: ErrorSerializer,
+            401: ErrorSerializer,
+            403: ErrorSerializer,
+            409: ErrorSerializer,
+            413: ErrorSerializer,
+        },
+    )
+    def create(self, request: Request, model_name: str) -> Response:
+        # Refuse an oversize upload from its declared length, before Django
+        # reads (and spools to disk) the body.
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        limit = settings.REGISTRY_MAX_UPLOAD_BYTES
+        if length > limit:
+            return _error("too_large", f"The upload is {length} bytes; the limit is {limit}.", 413)
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", model_name):
+            return _error("bad_name", "Model names use lowercase letters, digits, dashes and underscores.", 400)
+        upload = request.FILES.get("model")
+        if upload is None:
+            return _error("missing_model", "Send the ONNX file in the multipart field 'model'.", 400)
+        if upload.size is not None and upload.size > limit:
+            return _error("too_large", f"The model is {upload.size} bytes; the limit is {limit}.", 413)
+        raw = request.FILES.get("metadata")
+        text = raw.read() if raw is not None else request.data.get("metadata")
+        if not text:
+            return _error("missing_metadata", "Send the metadata JSON in the field 'metadata'.", 400)
+        try:
+            metadata = parse_metadata(text)
+        except ValueError as exc:
+            return _error("bad_metadata", str(exc), 400)
+        images = [f.read() for f in request.FILES.getlist("references")]
+        try:
+            published = services.publish_version(
+                model_name=model_name, model_bytes=upload.read(), metadata=metadata, images=images, actor=request.user
+            )
+        except PublishError as exc:
+            log.info("publish of %s %s refused: %s %s", model_name, metadata.version, exc.code, exc.message)
+            return _error(exc.code, exc.message, exc.status)
+        version = self.get_queryset().get(pk=published.version.pk)
+        data = ModelVersionSerializer(version, context=self.get_serializer_context()).data
+        return Response(data, status=status.HTTP_201_CREATED if published.created else status.HTTP_200_OK)
+
+    @extend_schema(request=DeprecateSerializer, responses={200: ModelVersionSerializer})
+    @action(detail=True, methods=["post"])
+    def deprecate(self, request: Request, model_name: str, version: str | None = None) -> Response:
+        """Mark a version deprecated: it stays downloadable (rollback) but cannot be aliased or rolled out."""
+        row = self.get_object()
+        body = DeprecateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        row.deprecate(body.validated_data["reason"])
+        AuditLog.record(actor=request.user, action="model_version.deprecate", target=row,
+                        reason=body.validated_data["reason"])
+        return Response(ModelVersionSerializer(row, context=self.get_serializer_context()).data)
+
+    @extend_schema(request=None, responses={202: ModelVersionSerializer})
+    @action(detail=True, methods=["post"])
+    def quantize(self, request: Request, model_name: str, version: str | None = None) -> Response:
+        """Build the cpu-int8 bundle (in a worker); idempotent."""
+        row = self.get_object()
+        if not row.bundles.filter(target=services.INT8).exists():
+            services._queue_int8(row)
+        return Response(ModelVersionSerializer(row, context=self.get_serializer_context()).data, status=202)
+
+
+class BundleViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    serializer_class = BundleSerializer
+    permission_classes = [HasScope]
+    filterset_class = BundleFilter
+    queryset = Bundle.objects.select_related("version__model")
+
+
+class SigningKeyViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+    """Public halves of the signing keys (the private halves never leave their files)."""
+
+    serializer_class = SigningKeySerializer
+    permission_classes = [HasScope]
+    queryset = SigningKey.objects.all()
+    lookup_field = "key_id"
+
+
+class DeviceOrReader(permissions.BasePermission):
+    def has_permission(self, request: Any, view: Any) -> bool:
+        return IsDevice().has_permission(request, view) or HasScope().has_permission(request, view)
+
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """One ``bytes=`` range as (start, end inclusive); None when it cannot be satisfied.
+
+    Multiple ranges are not served (a device resumes one download), so they are
+    answered as unsatisfiable rather than with a multipart body.
+    """
+    match = _RANGE.match(header.strip())
+    if match is None or size == 0:
+        return None
+    first, last = match.groups()
+    if first == "" and last == "":
+        return None
+    if first == "":
+        length = int(last)
+        return (max(0, size - length), size - 1) if length > 0 else None
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if start >= size or end < start:
+        return None
+    return start, end
+
+
+class BundleDownloadView(APIView):
+    """A signed bundle for a device: HTTP Range (resume), ETag, Content-Length, from storage."""
+
+    authentication_classes = [DeviceAuthentication, ApiTokenAuthentication, SessionAuthentication]
+    permission_classes = [DeviceOrReader]
+
+    @extend_schema(responses={(200, "application/gzip"): bytes, (206, "application/gzip"): bytes, 304: None, 416: None})
+    def get(self, request: Request, pk: int) -> HttpResponse:
+        bundle = get_object_or_404(Bundle.objects.select_related("version__model"), pk=pk)
+        etag = f'"{bundle.sha256}"'
+        headers = {
+            "ETag": etag,
+            "Accept-Ranges": "bytes",
+            "Cache-Control": "private, max-age=31536000, immutable",
+            "X-Bundle-SHA256": bundle.sha256,
+            "Content-Disposition": f'attachment; filename="{bundle.version.model.name}-{bundle.version.version}-'
+            f'{bundle.target}.tar.gz"',
+        }
+        if etag in [t.strip() for t in request.headers.get("If-None-Match", "").split(",")]:
+            return HttpResponse(status=304, headers=headers)
+        start, end, code = 0, bundle.size - 1, 200
+        wanted = request.headers.get("Range")
+        if_range = request.headers.get("If-Range")
+        # If-Range with another validator: the file changed (it never does), send it whole.
+        if wanted and (if_range is None or if_range.strip() == etag):
+            span = parse_range(wanted, bundle.size)
+            if span is None:
+                return HttpResponse(status=416, headers={**headers, "Content-Range": f"bytes */{bundle.size}"})
+            (start, end), code = span, 206
+            headers["Content-Range"] = f"bytes {start}-{end}/{bundle.size}"
+        headers["Content-Length"] = str(end - start + 1)
+        if request.method == "HEAD":
+            return HttpResponse(status=code, headers=headers, content_type="application/gzip")
+        response = StreamingHttpResponse(
+            _read_span(bundle, start, end - start + 1), status=code, content_type="application/gzip", headers=headers
+        )
+        return response
+
+
+def _read_span(bundle: Bundle, start: int, length: int, chunk: int = 256 * 1024) -> Iterator[bytes]:
+    with bundle.file.storage.open(bundle.file.name, "rb") as handle:
+        handle.seek(start)
+        while length > 0:
+            data = handle.read(min(chunk, length))
+            if not data:
+                # The stored file is shorter than recorded: end the body short so
+                # the client sees a truncated transfer instead of wrong bytes.
+                log.error("bundle %s is shorter than its recorded size %s", bundle.pk, bundle.size)
+                return
+            length -= len(data)
+            yield data
+
+
+class KeyringView(APIView):
+    """The current trust store and the latest signed keyring update."""
+
+    authentication_classes = [DeviceAuthentication, ApiTokenAuthentication, SessionAuthentication]
+    permission_classes = [DeviceOrReader]
+
+    @extend_schema(responses={200: KeyringSerializer})
+    def get(self, request: Request) -> Response:
+        return Response(KeyringSerializer.payload(trust_store(), KeyringUpdate.objects.first()))

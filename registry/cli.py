@@ -1,0 +1,252 @@
+"""``edgefleet``: the command CI runs to publish a model version, and to fetch and check a bundle.
+
+Django-free on purpose: a CI runner installs the light package and talks to
+the control plane over HTTPS with an API token (``--token`` or
+``EDGEFLEET_TOKEN``). Exit codes are for CI:
+
+==  =========================================================
+0   published (201), or identical content already there (200)
+2   wrong command-line usage
+3   authentication or permission refused (401, 403)
+4   refused as invalid: not ONNX, shape mismatch, too large, bad metadata (400, 413, 415, 422)
+5   conflict: this version exists with different content (409)
+6   network failure or server error (connection, timeout, 5xx)
+7   bundle verification failed
+==  =========================================================
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import os
+import secrets
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from base64 import b64encode
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+EXIT_OK, EXIT_USAGE, EXIT_AUTH, EXIT_INVALID, EXIT_CONFLICT, EXIT_NETWORK, EXIT_VERIFY = 0, 2, 3, 4, 5, 6, 7
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="edgefleet control-plane client for CI.")
+err = Console(stderr=True)
+out = Console()
+
+
+class _Multipart:
+    """A multipart/form-data body streamed from disk, with its exact length known up front."""
+
+    def __init__(self, fields: dict[str, str], files: list[tuple[str, Path]]) -> None:
+        self.boundary = f"edgefleet-{secrets.token_hex(12)}"
+        self._parts: list[bytes | Path] = []
+        for name, value in fields.items():
+            self._parts.append(self._head(name) + b"\r\n" + value.encode() + b"\r\n")
+        for name, path in files:
+            kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+            self._parts.append(self._head(name, path.name) + f"Content-Type: {kind}\r\n\r\n".encode())
+            self._parts.append(path)
+            self._parts.append(b"\r\n")
+        self._parts.append(f"--{self.boundary}--\r\n".encode())
+        self.length = sum(p.stat().st_size if isinstance(p, Path) else len(p) for p in self._parts)
+
+    def _head(self, name: str, filename: str | None = None) -> bytes:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        extra = "" if filename else "\r\n"
+        return f"--{self.boundary}\r\nContent-Disposition: {disposition}\r\n{extra}".encode()
+
+    def chunks(self, progress: Progress, task: Any) -> Iterator[bytes]:
+        for part in self._parts:
+            if isinstance(part, bytes):
+                progress.advance(task, len(part))
+                yield part
+                continue
+            with part.open("rb") as handle:
+                while chunk := handle.read(256 * 1024):
+                    progress.advance(task, len(chunk))
+                    yield chunk
+
+
+def _progress() -> Progress:
+    return Progress(
+        "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+        console=err, transient=False, disable=not err.is_terminal and os.environ.get("EDGEFLEET_PROGRESS") != "1",
+    )
+
+
+def _exit_for(status: int) -> int:
+    if status in (401, 403):
+        return EXIT_AUTH
+    if status == 409:
+        return EXIT_CONFLICT
+    if 400 <= status < 500:
+        return EXIT_INVALID
+    return EXIT_NETWORK
+
+
+def _reason(error: urllib.error.HTTPError) -> str:
+    try:
+        body = json.loads(error.read() or b"{}")
+    except ValueError:
+        return f"HTTP {error.code}"
+    if isinstance(body, dict):
+        return f"HTTP {error.code} {body.get('code', '')}: {body.get('detail', body)}".strip()
+    return f"HTTP {error.code}: {body}"
+
+
+@app.command()
+def publish(
+    model: Annotated[str, typer.Option(help="Model name, e.g. parts-inspector.")],
+    file: Annotated[Path, typer.Option("--file", exists=True, dir_okay=False, readable=True, help="The ONNX file.")],
+    metadata: Annotated[
+        Path, typer.Option(exists=True, dir_okay=False, readable=True, help="Metadata JSON (docs/ci.md).")
+    ],
+    server: Annotated[str, typer.Option(envvar="EDGEFLEET_SERVER", help="Control plane base URL.")],
+    token: Annotated[str, typer.Option(envvar="EDGEFLEET_TOKEN", help="API token with the publish scope.")],
+    version: Annotated[str | None, typer.Option(help="Overrides the metadata's version (e.g. the git tag).")] = None,
+    reference: Annotated[
+        list[Path] | None, typer.Option(exists=True, dir_okay=False, help="Reference/calibration image; repeat.")
+    ] = None,
+    quantize: Annotated[bool, typer.Option(help="Also build the cpu-int8 bundle.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the server's answer.")] = 600.0,
+) -> None:
+    """Publish a model version; prints the version as JSON on success."""
+    from registry.metadata import parse_metadata
+
+    try:
+        document = json.loads(metadata.read_text(encoding="utf-8"))
+        if not isinstance(document, dict):
+            raise ValueError("metadata must be a JSON object")
+        if version:
+            document["version"] = version.removeprefix("v")
+        if quantize:
+            document["quantize"] = True
+        text = json.dumps(document)
+        parse_metadata(text)
+    except ValueError as exc:
+        err.print(f"[red]metadata is invalid:[/red] {exc}")
+        raise typer.Exit(EXIT_INVALID) from None
+    body = _Multipart({"metadata": text}, [("model", file), *[("references", p) for p in reference or []]])
+    url = f"{server.rstrip('/')}/api/v1/models/{model}/versions/"
+    with _progress() as progress:
+        task = progress.add_task(f"upload {file.name}", total=body.length)
+        request = urllib.request.Request(  # noqa: S310 - the scheme is checked below
+            url,
+            data=body.chunks(progress, task),
+            method="POST",
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Content-Type": f"multipart/form-data; boundary={body.boundary}",
+                "Content-Length": str(body.length),
+                "Accept": "application/json",
+            },
+        )
+        status, answer = _send(request, timeout)
+    verb = "published" if status == 201 else "already published (identical content)"
+    bundles = ", ".join(f"{b['target']} {b['size']} B" for b in answer.get("bundles", []))
+    err.print(f"[green]{model} {answer.get('version')} {verb}[/green]: sequence {answer.get('sequence')}; {bundles}")
+    out.print_json(data=answer)
+
+
+def _send(request: urllib.request.Request, timeout: float) -> tuple[int, dict[str, Any]]:
+    if not request.full_url.startswith(("http://", "https://")):
+        err.print(f"[red]server URL must be http(s):[/red] {request.full_url}")
+        raise typer.Exit(EXIT_USAGE)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        err.print(f"[red]refused:[/red] {_reason(exc)}")
+        raise typer.Exit(_exit_for(exc.code)) from None
+    except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as exc:
+        err.print(f"[red]network failure:[/red] {exc}")
+        raise typer.Exit(EXIT_NETWORK) from None
+
+
+@app.command()
+def download(
+    url: Annotated[str, typer.Argument(help="Bundle download URL (bundle_url of the desired state).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the bundle.")],
+    device_id: Annotated[str, typer.Option(envvar="EDGEFLEET_DEVICE_ID")],
+    secret: Annotated[str, typer.Option(envvar="EDGEFLEET_DEVICE_SECRET")],
+    retries: Annotated[int, typer.Option(help="Resume this many times after a dropped link.")] = 5,
+    timeout: Annotated[float, typer.Option()] = 60.0,
+) -> None:
+    """Download a bundle as a device, resuming a partial file with HTTP Range."""
+    auth = "Basic " + b64encode(f"{device_id}:{secret}".encode()).decode()
+    partial = output.with_name(output.name + ".part")
+    for attempt in range(retries + 1):
+        have = partial.stat().st_size if partial.exists() else 0
+        headers = {"Authorization": auth}
+        if have:
+            headers["Range"] = f"bytes={have}-"
+        request = urllib.request.Request(url, headers=headers)  # noqa: S310
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+                mode = "ab" if response.status == 206 else "wb"
+                with partial.open(mode) as handle:
+                    while chunk := response.read(256 * 1024):
+                        handle.write(chunk)
+            partial.replace(output)
+            err.print(f"downloaded {output} ({output.stat().st_size} bytes, resumed at {have})")
+            return
+        except urllib.error.HTTPError as exc:
+            if exc.code == 416 and have:
+                partial.unlink()
+                continue
+            err.print(f"[red]refused:[/red] {_reason(exc)}")
+            raise typer.Exit(_exit_for(exc.code)) from None
+        except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as exc:
+            err.print(f"[yellow]attempt {attempt + 1} failed:[/yellow] {exc}")
+    raise typer.Exit(EXIT_NETWORK)
+
+
+@app.command("verify")
+def verify_command(
+    bundle: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
+    trust_store: Annotated[
+        Path, typer.Option(exists=True, dir_okay=False, help="JSON: a list of keys, or {'trust_store': [...]}.")
+    ],
+    agent_version: Annotated[str, typer.Option(help="Check min_agent_version against this.")] = "0.1.0",
+    references: Annotated[bool, typer.Option(help="Also run the model on its reference inputs.")] = True,
+) -> None:
+    """Verify a bundle exactly as a device does; prints its manifest summary as JSON."""
+    from agent import verify
+
+    try:
+        document = json.loads(trust_store.read_text(encoding="utf-8"))
+        entries = document.get("trust_store", []) if isinstance(document, dict) else document
+        keyring = verify.Keyring.from_trust_store(entries)
+        with tempfile.TemporaryDirectory(prefix="edgefleet-verify-") as tmp:
+            checked = verify.verify_bundle(bundle, Path(tmp) / "bundle", keyring, agent_version=agent_version)
+            cases = verify.check_references(checked) if references else 0
+    except (verify.VerificationError, ValueError) as exc:
+        err.print(f"[red]bundle refused:[/red] {exc}")
+        raise typer.Exit(EXIT_VERIFY) from None
+    manifest = checked.manifest
+    summary = {
+        "model": manifest.model, "version": manifest.version, "sequence": manifest.sequence,
+        "target": manifest.target, "key_id": checked.key_id, "files": len(manifest.files),
+        "references_checked": cases, "expires_at": manifest.expires_at.isoformat(),
+        "quantization": manifest.quantization,
+    }
+    err.print(f"[green]bundle verified[/green]: {manifest.model} {manifest.version} {manifest.target}")
+    out.print_json(data=summary)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

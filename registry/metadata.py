@@ -1,0 +1,76 @@
+"""The metadata JSON of a publish request. Django-free: the ``edgefleet`` CLI checks it before uploading."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from agent.manifest import parse_version
+from agent.spec import InputSpec, OutputDecoding, Task, Thresholds
+
+
+class Tolerance(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    atol: float = Field(default=1e-3, ge=0, le=1e3)
+    rtol: float = Field(default=1e-3, ge=0, le=1)
+
+
+class PublishProvenance(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    git_commit: Annotated[str, Field(max_length=64)] | None = None
+    ci_run: Annotated[str, Field(max_length=500)] | None = None
+    source: Annotated[str, Field(max_length=500)] | None = None
+
+
+class PublishMetadata(BaseModel):
+    """Everything about a version except its files."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: str
+    task: Task
+    role: Literal["edge", "cloud"] = "edge"
+    labels: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(min_length=1, max_length=10_000)
+    input: InputSpec
+    output: OutputDecoding
+    thresholds: Thresholds = Thresholds()
+    metrics: dict[Annotated[str, Field(max_length=100)], float] = Field(default_factory=dict, max_length=100)
+    provenance: PublishProvenance = PublishProvenance()
+    min_agent_version: str | None = None
+    tolerance: Tolerance = Tolerance()
+    reference_count: int = Field(default=4, ge=1, le=64)
+    """How many inputs to generate when no reference images are uploaded."""
+    expires_in_days: int | None = Field(default=None, ge=1, le=3650)
+    description: Annotated[str, Field(max_length=2000)] = ""
+    quantize: bool = False
+    """Also build a ``cpu-int8`` bundle, calibrated on the reference inputs."""
+
+    @field_validator("version", "min_agent_version")
+    @classmethod
+    def _semantic(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_version(value)
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PublishMetadata:
+        if self.output.kind != self.task:
+            raise ValueError(f"output decoding {self.output.kind!r} does not match task {self.task!r}")
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError("labels must be unique")
+        return self
+
+    def content(self) -> dict[str, object]:
+        """What identifies the version's content: all but the request to quantise."""
+        return self.model_dump(mode="json", exclude={"quantize"})
+
+
+def parse_metadata(text: str | bytes) -> PublishMetadata:
+    """Parse metadata JSON; raises ValueError with the first problem, field first."""
+    try:
+        return PublishMetadata.model_validate_json(text)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "metadata"
+        raise ValueError(f"{where}: {first['msg']}") from None

@@ -1,0 +1,307 @@
+"""Registry workflows that span several models: publishing, bundle building, key rotation."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import tempfile
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from agent import verify
+from agent.manifest import MODEL_NAME, FileEntry, Manifest, Provenance, ReferenceCase, canonical_json
+from agent.spec import InputSpec
+from fleet.models import AuditLog
+from registry import inspection
+from registry.bundles import build_bundle
+from registry.inspection import PublishError
+from registry.metadata import PublishMetadata
+from registry.models import Bundle, KeyringUpdate, Model, ModelVersion, SigningKey
+
+log = logging.getLogger(__name__)
+
+FP32, INT8 = "cpu-fp32", "cpu-int8"
+
+
+@dataclass(frozen=True)
+class Published:
+    version: ModelVersion
+    created: bool
+
+
+def content_digest(model_bytes: bytes, metadata: PublishMetadata, images: list[bytes]) -> str:
+    digest = hashlib.sha256()
+    digest.update(hashlib.sha256(model_bytes).digest())
+    digest.update(canonical_json(metadata.content()))
+    for image in images:
+        digest.update(hashlib.sha256(image).digest())
+    return digest.hexdigest()
+
+
+def publish_version(
+    *, model_name: str, model_bytes: bytes, metadata: PublishMetadata, images: list[bytes], actor: Any
+) -> Published:
+    """Check, sign and store a new version; identical content again returns the existing one.
+
+    The expensive part (loading the graph, running the reference inputs) runs
+    before the transaction; the transaction locks the model row so two CI jobs
+    publishing at once get distinct sequences.
+    """
+    if len(model_bytes) > settings.REGISTRY_MAX_UPLOAD_BYTES:
+        raise PublishError("too_large", f"The model is over {settings.REGISTRY_MAX_UPLOAD_BYTES} bytes.", 413)
+    digest = content_digest(model_bytes, metadata, images)
+    existing = _existing(model_name, metadata, digest)
+    if existing is not None:
+        return existing
+    session = inspection.load_session(model_bytes)
+    inspection.check_graph(session, metadata.input, metadata.output, list(metadata.labels))
+    if images:
+        tensors = [inspection.preprocess(image, metadata.input) for image in images]
+    else:
+        tensors = inspection.generated_inputs(metadata.input, metadata.reference_count)
+    outputs = inspection.run(session, metadata.input, tensors)
+
+    try:
+        with transaction.atomic():
+            model, _ = Model.objects.get_or_create(
+                name=model_name,
+                defaults={"task": metadata.task, "role": metadata.role, "labels": list(metadata.labels),
+                          "description": metadata.description},
+            )
+            model = Model.objects.select_for_update().get(pk=model.pk)
+            if model.task != metadata.task:
+                raise PublishError("task_mismatch", f"Model {model_name!r} is a {model.task} model.", 400)
+            again = _existing(model_name, metadata, digest)
+            if again is not None:
+                return again
+            version = ModelVersion(
+                model=model,
+                version=metadata.version,
+                sequence=model.next_sequence(),
+                content_digest=digest,
+                labels=list(metadata.labels),
+                input_spec=metadata.input.model_dump(mode="json"),
+                output=metadata.output.model_dump(mode="json"),
+                thresholds=metadata.thresholds.model_dump(mode="json"),
+                min_agent_version=metadata.min_agent_version or settings.REGISTRY_MIN_AGENT_VERSION,
+                tolerance=metadata.tolerance.model_dump(mode="json"),
+                provenance=metadata.provenance.model_dump(mode="json", exclude_none=True),
+                metrics=dict(metadata.metrics),
+                published_by=actor if getattr(actor, "is_authenticated", False) and getattr(actor, "pk", 0) else None,
+            )
+            version.full_clean()
+            version.save()
+            model.labels = list(metadata.labels)
+            model.save(update_fields=["labels"])
+            build_target_bundle(version, FP32, model_bytes, tensors, outputs)
+            AuditLog.record(actor=actor, action="model_version.publish", target=version, version=metadata.version)
+            if metadata.quantize:
+                _queue_int8(version)
+    except IntegrityError:
+        # Another publisher won the race for this version between our check and insert.
+        again = _existing(model_name, metadata, digest)
+        if again is None:
+            raise
+        return again
+    return Published(version, created=True)
+
+
+def _existing(model_name: str, metadata: PublishMetadata, digest: str) -> Published | None:
+    version = ModelVersion.objects.select_related("model").filter(
+        model__name=model_name, version=metadata.version
+    ).first()
+    if version is None:
+        return None
+    if version.content_digest != digest:
+        raise PublishError(
+            "version_conflict",
+            f"{model_name} {metadata.version} is already published with different content; publish a new version.",
+            409,
+        )
+    if metadata.quantize and not version.bundles.filter(target=INT8).exists():
+        _queue_int8(version)
+    return Published(version, created=False)
+
+
+def _queue_int8(version: ModelVersion) -> None:
+    from registry.tasks import build_int8_bundle
+
+    transaction.on_commit(lambda: build_int8_bundle.delay(version.pk))
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _entry(path: str, data: bytes) -> FileEntry:
+    return FileEntry(path=path, sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+
+
+def build_target_bundle(
+    version: ModelVersion,
+    target: str,
+    model_bytes: bytes,
+    tensors: list[np.ndarray],
+    outputs: list[list[np.ndarray]],
+    *,
+    metrics: dict[str, Any] | None = None,
+) -> Bundle:
+    """Write, sign and store the bundle of ``version`` for ``target``."""
+    files: dict[str, bytes] = {MODEL_NAME: model_bytes}
+    cases = []
+    detection = version.model.task == "detection"
+    tolerance = version.tolerance or {}
+    for index, (tensor, results) in enumerate(zip(tensors, outputs, strict=True)):
+        stem = f"reference/{index:03d}"
+        files[f"{stem}.input.npy"] = _npy(tensor)
+        expected = []
+        for n, result in enumerate(results):
+            files[f"{stem}.output-{n}.npy"] = _npy(result)
+            expected.append(f"{stem}.output-{n}.npy")
+        cases.append(
+            ReferenceCase(
+                input=f"{stem}.input.npy",
+                expected=expected,
+                atol=tolerance.get("atol", 1e-3),
+                rtol=tolerance.get("rtol", 1e-3),
+                top1=None if detection else inspection.top1(results, detection),
+            )
+        )
+    created = version.created_at or timezone.now()
+    provenance = dict(version.provenance)
+    provenance["published_by"] = version.published_by.get_username() if version.published_by else None
+    manifest = Manifest(
+        model=version.model.name,
+        version=version.version,
+        sequence=version.sequence,
+        task=version.model.task,  # type: ignore[arg-type]
+        target=target,
+        files=[_entry(path, data) for path, data in files.items()],
+        input=InputSpec.model_validate(version.input_spec),
+        output=version.output,
+        labels=version.labels,
+        thresholds=version.thresholds,
+        references=cases,
+        min_agent_version=version.min_agent_version,
+        created_at=created,
+        expires_at=created + timedelta(days=settings.REGISTRY_BUNDLE_TTL_DAYS),
+        provenance=Provenance(metrics=version.metrics, **{k: v for k, v in provenance.items() if v is not None}),
+        quantization=metrics if target == INT8 else None,
+    )
+    key = SigningKey.current()
+    archive, manifest_bytes = build_bundle(manifest, files, key.signer())
+    name = f"{version.model.name}-{version.version}-{target}.tar.gz"
+    bundle = Bundle(
+        version=version,
+        target=target,
+        sha256=hashlib.sha256(archive).hexdigest(),
+        size=len(archive),
+        manifest_sha256=hashlib.sha256(manifest_bytes).hexdigest(),
+        key_id=key.key_id,
+        metrics=metrics or {},
+    )
+    # Saved through the storage API (local folder or S3 by configuration). A
+    # rollback of the surrounding transaction leaves an unreferenced file
+    # behind, never a row pointing at a missing one.
+    bundle.file.save(name, ContentFile(archive), save=False)
+    bundle.save()
+    return bundle
+
+
+def keyring() -> verify.Keyring:
+    """The control plane's own view of the trust store, for checking what it serves."""
+    latest = KeyringUpdate.objects.first()
+    return verify.Keyring.from_trust_store(
+        [k.as_trusted() for k in SigningKey.objects.all()], latest.sequence if latest else 0
+    )
+
+
+def read_bundle(bundle: Bundle, directory: Path) -> verify.VerifiedBundle:
+    """Copy a stored bundle out of storage and verify it like a device would."""
+    archive = directory / "bundle.tar.gz"
+    with bundle.file.open("rb") as source, archive.open("wb") as out:
+        for chunk in source.chunks():
+            out.write(chunk)
+    return verify.verify_bundle(archive, directory / "unpacked", keyring(), agent_version="999999.0.0")
+
+
+def build_int8_bundle(version: ModelVersion) -> Bundle:
+    """Quantise the fp32 model of ``version``, calibrated on its reference inputs. Idempotent."""
+    from registry.quantize import quantize
+
+    existing = version.bundles.filter(target=INT8).first()
+    if existing is not None:
+        return existing
+    fp32 = version.bundles.get(target=FP32)
+    with tempfile.TemporaryDirectory(prefix="edgefleet-int8-") as tmp:
+        verified = read_bundle(fp32, Path(tmp))
+        model_bytes = (verified.directory / MODEL_NAME).read_bytes()
+        tensors = [np.load(verified.directory / c.input, allow_pickle=False) for c in verified.manifest.references]
+    spec = InputSpec.model_validate(version.input_spec)
+    result = quantize(model_bytes, spec, tensors, detection=version.model.task == "detection")
+    with transaction.atomic():
+        locked = ModelVersion.objects.select_for_update().get(pk=version.pk)
+        existing = locked.bundles.filter(target=INT8).first()
+        if existing is not None:
+            return existing
+        bundle = build_target_bundle(locked, INT8, result.model, tensors, result.outputs, metrics=result.metrics)
+        AuditLog.record(actor=None, action="bundle.quantize", target=locked, target_bundle=INT8, **result.metrics)
+    return bundle
+
+
+# --- signing keys ----------------------------------------------------------------
+
+
+def publish_keyring_update(signed_by: SigningKey) -> KeyringUpdate:
+    """Sign the set of keys devices should trust now with a key they already trust."""
+    now = timezone.now()
+    keys = [k.as_trusted() for k in SigningKey.objects.all() if k.is_usable(now)]
+    with transaction.atomic():
+        last = KeyringUpdate.objects.select_for_update().first()
+        sequence = (last.sequence if last else 0) + 1
+        document = {"type": "keyring", "sequence": sequence, "issued_at": now.isoformat(), "keys": keys}
+        signature = signed_by.signer().sign_document(document)
+        return KeyringUpdate.objects.create(
+            sequence=sequence, document=document, signature=signature, signed_by=signed_by.key_id
+        )
+
+
+def rotate_signing_key(*, retire_old_after: timedelta | None, actor: Any = None) -> tuple[SigningKey, KeyringUpdate]:
+    """Make a new signing key and announce it in an update signed by the current key.
+
+    The old key stays valid until ``retire_old_after`` from now (bundles it
+    signed keep installing until then), or for good when None.
+    """
+    with transaction.atomic():
+        old = SigningKey.current()
+        new = SigningKey.generate()
+        if retire_old_after is not None:
+            old.retired_at = timezone.now() + retire_old_after
+            old.save(update_fields=["retired_at"])
+        update = publish_keyring_update(signed_by=old)
+        AuditLog.record(actor=actor, action="signing_key.rotate", target=new, previous=old.key_id)
+    return new, update
+
+
+def retire_signing_key(key: SigningKey, *, at: Any = None, actor: Any = None) -> KeyringUpdate | None:
+    """Refuse signatures by ``key`` from ``at`` (default now) and tell devices, signed by another key."""
+    with transaction.atomic():
+        key.retired_at = at or timezone.now()
+        key.save(update_fields=["retired_at"])
+        signer = SigningKey.objects.exclude(pk=key.pk).filter(retired_at__isnull=True).first()
+        AuditLog.record(actor=actor, action="signing_key.retire", target=key, at=key.retired_at.isoformat())
+        if signer is None:
+            log.warning("retired %s with no other usable key: no keyring update was published", key.key_id)
+            return None
+        return publish_keyring_update(signed_by=signer)

@@ -1,0 +1,27 @@
+"""Signing the desired documents the bridge publishes, with the bundle signing keys."""
+
+from __future__ import annotations
+
+import logging
+
+from django.core.exceptions import ImproperlyConfigured
+
+from agent import protocol
+from agent.verify import desired_signing_bytes
+from registry.models import SigningKey
+
+log = logging.getLogger(__name__)
+
+
+def sign_desired(message: protocol.Desired) -> protocol.Desired:
+    """Return ``message`` with its signature, so a broker cannot forge or alter one.
+
+    Without a usable key the message goes out unsigned and devices refuse it:
+    the safe failure. The log says how to fix it.
+    """
+    try:
+        signer = SigningKey.current().signer()
+    except ImproperlyConfigured as exc:
+        log.error("desired state for generation %s is not signed: %s", message.generation, exc)
+        return message
+    return message.model_copy(update={"signature": signer.sign(desired_signing_bytes(message))})

@@ -1,0 +1,97 @@
+"""Keyring updates and signed desired documents, verified as a device does (Django-free side)."""
+
+from __future__ import annotations
+
+import copy
+from datetime import datetime, timezone
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from agent import protocol, verify
+from registry.bundles import Signer
+from tests.registry.conftest import trusted
+
+
+def update(signed_by: Signer, sequence: int, *keys: Signer) -> dict:
+    document = {
+        "type": "keyring",
+        "sequence": sequence,
+        "issued_at": datetime.now(timezone.utc).isoformat(),
+        "keys": [trusted(k) for k in keys],
+    }
+    return {"document": document, "signature": signed_by.sign_document(document)}
+
+
+@pytest.fixture
+def new_signer() -> Signer:
+    return Signer(Ed25519PrivateKey.generate())
+
+
+def test_a_keyring_update_signed_by_a_trusted_key_introduces_the_new_key(
+    signer, keyring, new_signer, crafted, tmp_path
+):
+    updated = verify.apply_keyring_update(keyring, update(signer, 1, signer, new_signer))
+
+    assert set(updated.keys) == {signer.key_id, new_signer.key_id}
+    checked = verify.verify_bundle(crafted.pack(new_signer, tmp_path), tmp_path / "u", updated, agent_version="1.0.0")
+    assert checked.key_id == new_signer.key_id
+
+
+def test_a_keyring_update_signed_only_by_the_key_it_introduces_is_refused(keyring, new_signer):
+    with pytest.raises(verify.UnknownKey):
+        verify.apply_keyring_update(keyring, update(new_signer, 1, new_signer))
+
+
+def test_a_tampered_keyring_update_is_refused(signer, keyring, new_signer):
+    tampered = update(signer, 1, signer)
+    tampered["document"]["keys"].append(trusted(new_signer))
+
+    with pytest.raises(verify.BadSignature):
+        verify.apply_keyring_update(keyring, tampered)
+
+
+def test_an_older_keyring_update_cannot_be_replayed(signer, keyring, new_signer):
+    current = verify.apply_keyring_update(keyring, update(signer, 2, signer, new_signer))
+
+    with pytest.raises(verify.Downgrade):
+        verify.apply_keyring_update(current, update(signer, 1, signer))
+
+
+def test_a_trust_store_entry_whose_id_does_not_match_its_key_is_refused(signer, new_signer):
+    entry = trusted(signer)
+    entry["public_key"] = trusted(new_signer)["public_key"]
+
+    with pytest.raises(verify.UnknownKey):
+        verify.Keyring.from_trust_store([entry])
+
+
+def signed_desired(signer: Signer, **fields) -> protocol.Desired:
+    message = protocol.Desired(generation=4, model={"name": "parts", "version": "1.2.0", "sequence": 5}, **fields)
+    return message.model_copy(update={"signature": signer.sign(verify.desired_signing_bytes(message))})
+
+
+def test_a_signed_desired_document_verifies_after_a_trip_over_the_wire(signer, keyring):
+    wire = protocol.encode(signed_desired(signer, config={"telemetry_interval_s": 30}))
+
+    received = protocol.decode("desired", wire)
+
+    assert isinstance(received, protocol.Desired)
+    assert verify.verify_desired(received, keyring).key_id == signer.key_id
+
+
+def test_a_desired_document_altered_in_transit_is_refused(signer, keyring):
+    message = signed_desired(signer)
+    forged_model = copy.deepcopy(message.model)
+    forged_model["version"] = "0.9.0"  # type: ignore[index]
+    forged = message.model_copy(update={"model": forged_model})
+
+    with pytest.raises(verify.BadSignature):
+        verify.verify_desired(forged, keyring)
+
+
+def test_an_unsigned_or_foreign_desired_document_is_refused(keyring, new_signer):
+    with pytest.raises(verify.BadSignature):
+        verify.verify_desired(protocol.Desired(generation=1), keyring)
+    with pytest.raises(verify.UnknownKey):
+        verify.verify_desired(signed_desired(new_signer), keyring)

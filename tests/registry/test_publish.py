@@ -1,0 +1,188 @@
+"""POST /api/v1/models/{name}/versions/: what CI sends, and every way it is refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from registry.models import Bundle, Model, ModelVersion
+from tests.registry.helpers import publish
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def ci(token_client):
+    return token_client("publish")
+
+
+def test_it_publishes_a_version_with_a_signed_fp32_bundle(ci, classifier_onnx, metadata, png_images):
+    response = publish(ci, classifier_onnx, metadata(), images=png_images)
+
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert (body["version"], body["sequence"], body["published_by"]) == ("1.0.0", 1, "alice")
+    assert [b["target"] for b in body["bundles"]] == ["cpu-fp32"]
+    bundle = Bundle.objects.get()
+    assert bundle.size == len(bundle.file.read())
+    assert body["provenance"]["git_commit"] == "0123abcd"
+    assert Model.objects.get().task == "classification"
+
+
+def test_publishing_identical_content_again_returns_the_same_version(ci, classifier_onnx, metadata):
+    first = publish(ci, classifier_onnx, metadata())
+
+    again = publish(ci, classifier_onnx, metadata())
+
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json()["sequence"] == first.json()["sequence"]
+    assert ModelVersion.objects.count() == 1 and Bundle.objects.count() == 1
+
+
+def test_the_same_version_with_different_content_is_a_conflict(ci, classifier_onnx, metadata):
+    publish(ci, classifier_onnx, metadata())
+
+    response = publish(ci, classifier_onnx, metadata(labels=["ok", "scratch", "crack"]))
+
+    assert response.status_code == 409
+    assert response.json()["code"] == "version_conflict"
+    assert ModelVersion.objects.get().labels == ["ok", "scratch", "dent"]
+
+
+def test_each_new_version_gets_the_next_sequence(ci, classifier_onnx, metadata):
+    publish(ci, classifier_onnx, metadata("1.0.0"))
+
+    response = publish(ci, classifier_onnx, metadata("1.1.0"))
+
+    assert response.json()["sequence"] == 2
+
+
+def test_a_file_that_is_not_onnx_is_refused(ci, metadata):
+    response = publish(ci, b"\x89PNG\r\n\x1a\n not a model at all", metadata())
+
+    assert response.status_code == 400
+    assert response.json()["code"] == "not_onnx"
+    assert not Model.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"input": {"name": "input", "shape": [1, 3, 64, 64]}}, "axis 2"),
+        ({"input": {"name": "image", "shape": [1, 3, 32, 32]}}, "'input'"),
+        ({"labels": ["ok", "scratch"]}, "2 labels"),
+        ({"output": {"kind": "classification", "output": "probs"}}, "logits"),
+    ],
+    ids=["shape", "input-name", "label-count", "output-name"],
+)
+def test_metadata_that_does_not_match_the_graph_is_refused(ci, classifier_onnx, metadata, change, says):
+    response = publish(ci, classifier_onnx, metadata(**change))
+
+    assert response.status_code == 400
+    assert response.json()["code"] == "shape_mismatch"
+    assert says in response.json()["detail"]
+    assert not ModelVersion.objects.exists()
+
+
+def test_malformed_metadata_is_refused_with_the_field_named(ci, classifier_onnx, metadata):
+    response = publish(ci, classifier_onnx, metadata(version="one"))
+
+    assert response.status_code == 400
+    assert response.json()["code"] == "bad_metadata"
+    assert response.json()["detail"].startswith("version")
+
+
+def test_an_upload_over_the_size_limit_is_refused_before_it_is_read(ci, classifier_onnx, metadata, settings):
+    settings.REGISTRY_MAX_UPLOAD_BYTES = 1024  # the tiny model alone is ~1.3 KiB
+
+    response = publish(ci, classifier_onnx, metadata())
+
+    assert response.status_code == 413
+    assert response.json()["code"] == "too_large"
+
+
+def test_a_token_without_the_publish_scope_is_forbidden(token_client, classifier_onnx, metadata):
+    response = publish(token_client("read", "rollout"), classifier_onnx, metadata())
+
+    assert response.status_code == 403
+    assert not Model.objects.exists()
+
+
+def test_a_request_without_a_token_is_unauthorized(anonymous, classifier_onnx, metadata):
+    response = publish(anonymous, classifier_onnx, metadata())
+
+    assert response.status_code == 401
+
+
+def test_a_device_cannot_publish(enroll_device, site, classifier_onnx, metadata):
+    from rest_framework.test import APIClient
+
+    device = enroll_device(site)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=_basic(device.device.device_id, device.secret))
+
+    assert publish(client, classifier_onnx, metadata()).status_code in (401, 403)
+
+
+def _basic(user: str, password: str) -> str:
+    import base64
+
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def test_a_detection_version_of_a_classification_model_is_refused(ci, classifier_onnx, metadata):
+    publish(ci, classifier_onnx, metadata())
+
+    response = publish(
+        ci, classifier_onnx,
+        metadata("2.0.0", task="detection", output={"kind": "detection", "output": "logits"}),
+    )
+
+    assert response.status_code == 400
+
+
+def test_registry_lists_and_details_read_with_any_scope(ci, token_client, classifier_onnx, metadata):
+    publish(ci, classifier_onnx, metadata())
+    reader = token_client("read")
+
+    models = reader.get("/api/v1/models/").json()["results"]
+    versions = reader.get("/api/v1/models/parts/versions/").json()["results"]
+    detail = reader.get("/api/v1/models/parts/versions/1.0.0/").json()
+    bundles = reader.get("/api/v1/bundles/?model=parts").json()["results"]
+
+    assert [m["name"] for m in models] == ["parts"] and models[0]["latest_version"] == "1.0.0"
+    assert [v["version"] for v in versions] == ["1.0.0"]
+    assert detail["bundles"][0]["download_url"].endswith(f"/api/v1/bundles/{bundles[0]['id']}/download")
+
+
+def test_aliases_point_at_published_versions_only(ci, token_client, classifier_onnx, metadata):
+    publish(ci, classifier_onnx, metadata())
+
+    ok = ci.put("/api/v1/models/parts/aliases/production/", {"version": "1.0.0"}, format="json")
+    unknown = ci.put("/api/v1/models/parts/aliases/candidate/", {"version": "9.9.9"}, format="json")
+    by_reader = token_client("read").put("/api/v1/models/parts/aliases/candidate/", {"version": "1.0.0"}, format="json")
+
+    assert ok.status_code == 200 and ok.json()["version"] == "1.0.0"
+    assert unknown.status_code == 400
+    assert by_reader.status_code == 403
+    assert ci.get("/api/v1/models/parts/aliases/").json()[0]["name"] == "production"
+
+
+def test_a_deprecated_version_stays_downloadable_but_cannot_be_aliased(ci, classifier_onnx, metadata):
+    publish(ci, classifier_onnx, metadata())
+
+    response = ci.post("/api/v1/models/parts/versions/1.0.0/deprecate/", {"reason": "false rejects"}, format="json")
+    alias = ci.put("/api/v1/models/parts/aliases/production/", {"version": "1.0.0"}, format="json")
+
+    assert response.status_code == 200 and response.json()["deprecated"] is True
+    assert alias.status_code == 400 and "deprecated" in alias.json()["detail"]
+
+
+def test_a_published_version_never_changes(ci, classifier_onnx, metadata):
+    from django.core.exceptions import ValidationError
+
+    publish(ci, classifier_onnx, metadata())
+    version = ModelVersion.objects.get()
+    version.labels = ["a", "b", "c"]
+
+    with pytest.raises(ValidationError):
+        version.full_clean()
