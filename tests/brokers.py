@@ -117,9 +117,38 @@ def mosquitto_skip_reason() -> str | None:
     return None
 
 
+def _mosquitto_config(port: int, state: Path, workdir: Path, base_config: Path | None) -> str:
+    # Run as root, Mosquitto drops to user "mosquitto", which cannot read this private tmp dir.
+    lines = [f"user {pwd.getpwuid(os.geteuid()).pw_name}"]
+    if base_config is None:
+        lines += [
+            "per_listener_settings false",
+            "allow_anonymous false",
+            f"plugin {DYNSEC_PLUGIN}",
+            "persistence false",
+            "log_dest stderr",
+            "log_type error",
+            "log_type warning",
+        ]
+    else:
+        moved = ("listener", "plugin", "plugin_opt_config_file", "persistence_location", "certfile", "keyfile", "user")
+        lines += [
+            line
+            for line in base_config.read_text().splitlines()
+            if line.split(" ", 1)[0] not in moved
+        ]
+        lines += [f"plugin {DYNSEC_PLUGIN}", f"persistence_location {workdir}/"]
+    lines += [f"listener {port} 127.0.0.1", f"plugin_opt_config_file {state}", ""]
+    return "\n".join(lines)
+
+
 @contextlib.contextmanager
-def mosquitto_with_dynsec(workdir: Path) -> Iterator[RunningBroker]:
-    """A private Mosquitto with dynamic security; skips the test when Mosquitto is not installed."""
+def mosquitto_with_dynsec(workdir: Path, base_config: Path | None = None) -> Iterator[RunningBroker]:
+    """A private Mosquitto with dynamic security; skips the test when Mosquitto is not installed.
+
+    ``base_config`` runs a shipped configuration file instead of the minimal
+    one, with its listener, plugin and file locations moved to this test's.
+    """
     reason = mosquitto_skip_reason()
     if reason:
         pytest.skip(reason)
@@ -128,24 +157,7 @@ def mosquitto_with_dynsec(workdir: Path) -> Iterator[RunningBroker]:
     state = workdir / "dynamic-security.json"
     state.write_text(json.dumps(dynsec_state(admin.admin_username, admin.admin_password)))
     config = workdir / "mosquitto.conf"
-    config.write_text(
-        "\n".join(
-            [
-                "per_listener_settings false",
-                # Run as root, Mosquitto drops to user "mosquitto", which cannot read this private tmp dir.
-                f"user {pwd.getpwuid(os.geteuid()).pw_name}",
-                f"listener {port} 127.0.0.1",
-                "allow_anonymous false",
-                f"plugin {DYNSEC_PLUGIN}",
-                f"plugin_opt_config_file {state}",
-                "persistence false",
-                "log_dest stderr",
-                "log_type error",
-                "log_type warning",
-                "",
-            ]
-        )
-    )
+    config.write_text(_mosquitto_config(port, state, workdir, base_config))
     log = (workdir / "mosquitto.log").open("wb")
     process = subprocess.Popen([MOSQUITTO, "-c", str(config)], stdout=log, stderr=subprocess.STDOUT)
     try:

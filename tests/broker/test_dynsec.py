@@ -6,6 +6,7 @@ import io
 import shutil
 import subprocess
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,9 +21,11 @@ from fleet.broker.dynsec import DynsecProvisioner
 from fleet.models import Device, EnrollmentToken, Site
 from tests.broker.clients import Probe
 from tests.broker.conftest import BRIDGE_PASSWORD, BRIDGE_USERNAME
-from tests.brokers import RunningBroker, free_port
+from tests.brokers import RunningBroker, free_port, mosquitto_with_dynsec
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def can_connect(url: str, username: str, password: str) -> bool:
@@ -210,3 +213,12 @@ def test_bootstrap_against_an_unreachable_broker_says_so(settings: Any) -> None:
     settings.BROKER_ADMIN_TIMEOUT_S = 2
     with pytest.raises(CommandError, match="unreachable"):
         call_command("broker_bootstrap", "--no-bridge")
+
+
+def test_the_shipped_mosquitto_config_runs_with_device_accounts(tmp_path: Path) -> None:
+    shipped = ROOT / "deploy" / "mosquitto" / "mosquitto.conf"
+    with mosquitto_with_dynsec(tmp_path, base_config=shipped) as running:
+        admin = DynsecProvisioner(running.url, running.admin_username, running.admin_password, timeout=5)
+        admin.add_device("dev-shipped", "secret")
+        assert can_connect(running.url, "dev-shipped", "secret")
+        assert not can_connect(running.url, "dev-shipped", "wrong")
