@@ -263,16 +263,18 @@ class Outbox:
             if self._in_flight and now - min(self._in_flight.values()) > self.resend_after_s:
                 log.info("event=outbox_resend in_flight=%d reason=no_ack", len(self._in_flight))
                 self._requeue_locked()
-            budget = min(max_records, protocol.MAX_BATCH_RECORDS, self.max_in_flight - len(self._in_flight))
-            if budget <= 0 or not self._count:
+            if not self._count:
                 return None
-            chosen = self._choose(budget, max_bytes)
+            budget = min(max_records, protocol.MAX_BATCH_RECORDS, self.max_in_flight - len(self._in_flight))
+            chosen = self._choose(budget, max_bytes) if budget > 0 else []
             if not chosen:
                 if not self._nudge:
                     return None
-                # Every record is in flight but the control plane's ack stopped
-                # below a gap of dropped records: resend the lowest one so the
-                # batch carries a floor that lets the ack step over the gap.
+                # The control plane's ack stopped below a gap of dropped
+                # records: resend the lowest one so the batch carries a floor
+                # that lets the ack step over the gap. This ignores the
+                # in-flight window, which the records stored past the gap may
+                # fill: only the nudge can free it.
                 row = self._db.execute("SELECT seq, body FROM records ORDER BY seq LIMIT 1").fetchone()
                 if row is None:
                     return None

@@ -29,7 +29,9 @@ def agent(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(AGENT), *args], capture_output=True, text=True, env=env, timeout=60)
 
 
-def enroll(server: str, token: str, tmp_path: Path, *extra: str, name: str = "cam-1") -> subprocess.CompletedProcess[str]:
+def enroll(
+    server: str, token: str, tmp_path: Path, *extra: str, name: str = "cam-1"
+) -> subprocess.CompletedProcess[str]:
     return agent(
         "enroll", "--server", server, "--token", token, "--name", name, "--hardware-profile", "rpi5",
         "--config", str(tmp_path / "agent.toml"), "--data-dir", str(tmp_path / "data"), *extra,

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -18,56 +13,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent import config as agent_config
 from agent import outbox, protocol
-from fleet.bridge import Bridge, BridgeConfig
-from fleet.models import Device, Site
+from fleet.bridge import Bridge
+from fleet.models import Device
 from telemetry.models import DeviceEvent, TelemetryRecord
+from tests.agent.conftest import AgentProcess, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
-
-AGENT = Path(sys.executable).with_name("edgefleet-agent")
-
-
-class AgentProcess:
-    def __init__(self, config: Path, log: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_AGENT_")}
-        self.log_path = log
-        self._log: TextIO = log.open("w")
-        self.proc = subprocess.Popen(
-            [str(AGENT), "run", "--config", str(config)], stdout=self._log, stderr=subprocess.STDOUT, env=env
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=30)
-        self._log.close()
-
-
-@pytest.fixture
-def bridge(mqtt_url: str) -> Iterator[Bridge]:
-    bridge = Bridge(BridgeConfig(url=mqtt_url, shared_group=f"test-{uuid.uuid4().hex[:8]}", desired_poll_s=0.2))
-    bridge.start()
-    assert bridge.wait_connected(10), "bridge did not connect"
-    yield bridge
-    bridge.stop()
-
-
-@pytest.fixture
-def device(enroll_device: Callable[..., Any], mqtt_url: str) -> Iterator[tuple[Device, str]]:
-    site = Site.objects.create(slug="plant-a", name="Plant A")
-    enrollment = enroll_device(site, name="cam-1")
-    yield enrollment.device, enrollment.secret
-    # Leave the shared broker as found: no retained status or desired for this device.
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"cleanup-{uuid.uuid4().hex[:8]}")
-    client.connect("127.0.0.1", 1883)
-    client.loop_start()
-    for suffix in ("status", "desired"):
-        client.publish(protocol.topic(enrollment.device.device_id, suffix), b"", qos=1, retain=True).wait_for_publish(5)
-    client.disconnect()
-    client.loop_stop()
 
 
 @pytest.fixture
@@ -90,16 +41,6 @@ def running(config: Path, tmp_path: Path) -> Iterator[AgentProcess]:
     process = AgentProcess(config, tmp_path / "agent.log")
     yield process
     process.close()
-
-
-def wait_until(predicate: Callable[[], bool], bridge: Bridge, timeout: float = 30) -> bool:
-    """Re-check ``predicate`` whenever the bridge handles a message (heartbeats arrive every second)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        bridge.wait_for(lambda _b: predicate(), timeout=0.1)
-    return predicate()
 
 
 def online(device: Device) -> bool:
