@@ -188,7 +188,24 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celery" / "beat-schedule")
 CELERY_BEAT_SCHEDULE = {
     "mark-silent-devices-offline": {"task": "fleet.tasks.mark_silent_devices_offline", "schedule": 30.0},
     "reconcile-broker-credentials": {"task": "fleet.tasks.reconcile_broker", "schedule": 300.0},
+    "telemetry-rollups": {"task": "telemetry.tasks.roll_up", "schedule": 60.0},
+    "telemetry-alerts": {"task": "telemetry.tasks.evaluate_alerts", "schedule": 60.0},
+    "telemetry-retention": {"task": "telemetry.tasks.apply_retention", "schedule": 3600.0},
 }
+
+# Telemetry (docs/telemetry.md): raw records are kept briefly, rollups longer.
+TELEMETRY_RAW_RETENTION_DAYS = env.integer("TELEMETRY_RAW_RETENTION_DAYS", 7, minimum=1, maximum=3650)
+TELEMETRY_ROLLUP_RETENTION_DAYS = env.integer("TELEMETRY_ROLLUP_RETENTION_DAYS", 90, minimum=1, maximum=3650)
+# A model version's field baseline for drift: its first hours of telemetry.
+TELEMETRY_BASELINE_HOURS = env.integer("TELEMETRY_BASELINE_HOURS", 24, minimum=1, maximum=24 * 30)
+# How many queued messages the bridge stores in one transaction.
+BRIDGE_BATCH_MESSAGES = env.integer("BRIDGE_BATCH_MESSAGES", 500, minimum=1, maximum=10_000)
+# How often a bridge writes its counters to the database for /metrics.
+BRIDGE_STATS_INTERVAL_S = env.integer("BRIDGE_STATS_INTERVAL_S", 10, minimum=1, maximum=3600)
+ALERT_WEBHOOK_TIMEOUT_S = env.integer("ALERT_WEBHOOK_TIMEOUT_S", 5, minimum=1, maximum=60)
+ALERT_EMAIL_FROM = env.string("ALERT_EMAIL_FROM", "edgefleet@localhost")
+# When set, /metrics wants "Authorization: Bearer <token>".
+METRICS_TOKEN = env.secret("METRICS_TOKEN")
 
 LOG_LEVEL = env.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR"))
 LOGGING = {

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
-from django.db import models
+from datetime import datetime
+from typing import Any
+
+from django.db import models, transaction
+from django.utils import timezone
 
 
 class TelemetryRecord(models.Model):
@@ -28,3 +32,235 @@ class DeviceEvent(models.Model):
     class Meta:
         ordering = ["-at"]
         indexes = [models.Index(fields=["device", "at"])]
+
+
+class Resolution(models.TextChoices):
+    MINUTE = "1m", "minute"
+    HOUR = "1h", "hour"
+
+
+class Scope(models.TextChoices):
+    DEVICE = "device", "device"
+    SITE = "site", "site"
+    FLEET = "fleet", "fleet"  # every device: the per-model-version view
+
+
+class WindowRollup(models.Model):
+    """Merged window summaries of one scope, model version and time bucket.
+
+    Counts add up and histograms merge, so a coarser bucket or a wider scope is
+    the sum of finer ones and percentiles are read off the merged counts. A row
+    is recomputed whole from its sources, never incremented, so recomputing a
+    bucket is idempotent.
+    """
+
+    resolution = models.CharField(max_length=2, choices=Resolution.choices)
+    scope = models.CharField(max_length=6, choices=Scope.choices)
+    # device_id, site slug, or "*" for the fleet.
+    key = models.CharField(max_length=64)
+    model_name = models.CharField(max_length=200, blank=True)
+    model_version = models.CharField(max_length=64, blank=True)
+    bucket = models.DateTimeField()
+    devices = models.PositiveIntegerField(default=0)
+    windows = models.PositiveIntegerField(default=0)
+    fallback_windows = models.PositiveIntegerField(default=0)
+    frames = models.PositiveBigIntegerField(default=0)
+    dropped_frames = models.PositiveBigIntegerField(default=0)
+    errors = models.PositiveBigIntegerField(default=0)
+    escalations = models.PositiveBigIntegerField(default=0)
+    latency = models.JSONField(default=dict)  # sparse {"bucket index": count}
+    confidence = models.JSONField(default=list)  # dense CONFIDENCE_BINS counts
+    classes = models.JSONField(default=dict)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["resolution", "scope", "key", "model_name", "model_version", "bucket"],
+                name="window_rollup_unique_bucket",
+            )
+        ]
+        indexes = [models.Index(fields=["resolution", "scope", "key", "bucket"])]
+
+
+class HeartbeatRollup(models.Model):
+    """A device's heartbeats over one bucket: what health charts and rules read."""
+
+    resolution = models.CharField(max_length=2, choices=Resolution.choices)
+    device = models.ForeignKey("fleet.Device", on_delete=models.CASCADE, related_name="+")
+    bucket = models.DateTimeField()
+    heartbeats = models.PositiveIntegerField(default=0)
+    cpu_percent_sum = models.FloatField(default=0.0)
+    cpu_percent_max = models.FloatField(default=0.0)
+    memory_percent_max = models.FloatField(default=0.0)
+    disk_percent_max = models.FloatField(default=0.0)
+    temperature_c_max = models.FloatField(null=True)
+    cpu_freq_mhz_min = models.FloatField(null=True)
+    cpu_freq_mhz_max = models.FloatField(null=True)
+    outbox_depth_max = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["resolution", "device", "bucket"], name="heartbeat_rollup_unique_bucket")
+        ]
+
+
+class Cursor(models.Model):
+    """How far a periodic job has got (e.g. the rollups, by received_at)."""
+
+    name = models.CharField(max_length=64, unique=True)
+    position = models.DateTimeField()
+
+
+class BridgeStats(models.Model):
+    """Counters one bridge process exports for /metrics (it runs apart from the web process)."""
+
+    bridge_id = models.CharField(max_length=64, unique=True)
+    counters = models.JSONField(default=dict)
+    started_at = models.DateTimeField()
+    updated_at = models.DateTimeField()
+
+
+class Baseline(models.Model):
+    """The distribution a model version is compared with for drift."""
+
+    class Source(models.TextChoices):
+        FIELD = "field", "first hours in the field"
+        REFERENCE = "reference", "reference distribution"
+
+    model_name = models.CharField(max_length=200, blank=True)
+    model_version = models.CharField(max_length=64)
+    source = models.CharField(max_length=10, choices=Source.choices)
+    confidence = models.JSONField(default=list)
+    classes = models.JSONField(default=dict)
+    frames = models.PositiveBigIntegerField(default=0)
+    since = models.DateTimeField(null=True)
+    until = models.DateTimeField(null=True)
+    computed_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["model_name", "model_version"], name="baseline_unique_version")
+        ]
+
+
+class AlertRule(models.Model):
+    """Threshold and duration of one alert kind; defaults live in telemetry.alerts.DEFAULT_RULES."""
+
+    class Severity(models.TextChoices):
+        INFO = "info", "info"
+        WARNING = "warning", "warning"
+        CRITICAL = "critical", "critical"
+
+    kind = models.CharField(max_length=32, unique=True)
+    enabled = models.BooleanField(default=True)
+    threshold = models.FloatField()
+    duration_s = models.PositiveIntegerField(default=0)
+    severity = models.CharField(max_length=8, choices=Severity.choices, default=Severity.WARNING)
+    description = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        ordering = ["kind"]
+
+    def __str__(self) -> str:
+        return self.kind
+
+
+class Alert(models.Model):
+    """One episode of a rule's condition on one device: pending, open, acknowledged, resolved."""
+
+    class State(models.TextChoices):
+        # The condition holds but not yet for the rule's duration; nobody is told.
+        PENDING = "pending", "pending"
+        OPEN = "open", "open"
+        ACKNOWLEDGED = "acknowledged", "acknowledged"
+        RESOLVED = "resolved", "resolved"
+
+    rule = models.ForeignKey(AlertRule, on_delete=models.CASCADE, related_name="alerts")
+    device = models.ForeignKey("fleet.Device", on_delete=models.CASCADE, related_name="alerts")
+    state = models.CharField(max_length=12, choices=State.choices, default=State.PENDING)
+    since = models.DateTimeField()
+    opened_at = models.DateTimeField(null=True, blank=True)
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+    acknowledged_by = models.CharField(max_length=200, blank=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    value = models.FloatField(null=True)
+    details = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-since"]
+        constraints = [
+            # At most one live episode per rule and device, even with two evaluators racing.
+            models.UniqueConstraint(
+                fields=["rule", "device"], condition=~models.Q(state="resolved"), name="alert_one_live_per_device"
+            )
+        ]
+        indexes = [models.Index(fields=["state", "since"])]
+
+    def __str__(self) -> str:
+        return f"{self.rule.kind} on {self.device_id} ({self.state})"
+
+    @property
+    def is_live(self) -> bool:
+        return self.state != self.State.RESOLVED
+
+    def open(self, now: datetime) -> bool:
+        """Pending long enough: the alert opens. Returns whether it changed."""
+        return self._move({self.State.PENDING}, self.State.OPEN, opened_at=now)
+
+    def acknowledge(self, actor: Any, note: str = "") -> bool:
+        """Someone is on it: stops reminders, keeps it listed until the condition clears."""
+        from fleet.models import AuditLog
+
+        label = getattr(actor, "username", None) or str(actor)
+        changed = self._move({self.State.OPEN}, self.State.ACKNOWLEDGED, acknowledged_at=timezone.now(),
+                             acknowledged_by=label)  # fmt: skip
+        if changed:
+            AuditLog.record(actor=actor, action="alert.acknowledge", target=self, reason=note,
+                            rule=self.rule.kind, device=self.device.device_id)  # fmt: skip
+        return changed
+
+    def resolve(self, now: datetime) -> bool:
+        """The condition cleared: resolved whatever its state (pending rows are just closed)."""
+        return self._move({self.State.PENDING, self.State.OPEN, self.State.ACKNOWLEDGED}, self.State.RESOLVED,
+                          resolved_at=now)  # fmt: skip
+
+    def _move(self, sources: set[str], target: str, **fields: Any) -> bool:
+        with transaction.atomic():
+            row = Alert.objects.select_for_update().get(pk=self.pk)
+            if row.state not in sources:
+                self.state = row.state
+                return False
+            row.state = target
+            for name, value in fields.items():
+                setattr(row, name, value)
+            row.save(update_fields=["state", *fields])
+        self.state = target
+        for name, value in fields.items():
+            setattr(self, name, value)
+        return True
+
+
+class NotificationChannel(models.Model):
+    """Where open and resolved alerts are sent: a signed webhook or e-mail."""
+
+    class Kind(models.TextChoices):
+        WEBHOOK = "webhook", "webhook"
+        EMAIL = "email", "e-mail"
+
+    name = models.CharField(max_length=100, unique=True)
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    enabled = models.BooleanField(default=True)
+    url = models.URLField(blank=True)
+    secret = models.CharField(max_length=200, blank=True)
+    recipients = models.JSONField(default=list, blank=True)
+    min_severity = models.CharField(max_length=8, choices=AlertRule.Severity.choices, default="warning")
+
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        if self.kind == self.Kind.WEBHOOK and not (self.url and self.secret):
+            raise ValidationError({"url": "A webhook needs a URL and a secret to sign with."})
+        if self.kind == self.Kind.EMAIL and not (
+            isinstance(self.recipients, list) and self.recipients and all(isinstance(r, str) for r in self.recipients)
+        ):
+            raise ValidationError({"recipients": "An e-mail channel needs a list of addresses."})

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+from django.contrib import admin
+
+from telemetry.models import Alert, AlertRule, Baseline, BridgeStats, NotificationChannel
+
+
+@admin.register(AlertRule)
+class AlertRuleAdmin(admin.ModelAdmin):
+    list_display = ["kind", "enabled", "threshold", "duration_s", "severity", "description"]
+    list_editable = ["enabled", "threshold", "duration_s", "severity"]
+
+
+@admin.register(Alert)
+class AlertAdmin(admin.ModelAdmin):
+    list_display = ["rule", "device", "state", "value", "since", "opened_at", "resolved_at"]
+    list_filter = ["state", "rule"]
+    list_select_related = ["rule", "device"]
+    readonly_fields = [f.name for f in Alert._meta.fields]
+
+
+@admin.register(NotificationChannel)
+class NotificationChannelAdmin(admin.ModelAdmin):
+    list_display = ["name", "kind", "enabled", "min_severity"]
+
+
+@admin.register(Baseline)
+class BaselineAdmin(admin.ModelAdmin):
+    list_display = ["model_name", "model_version", "source", "frames", "since", "until"]
+
+
+@admin.register(BridgeStats)
+class BridgeStatsAdmin(admin.ModelAdmin):
+    list_display = ["bridge_id", "started_at", "updated_at"]
+    readonly_fields = ["bridge_id", "counters", "started_at", "updated_at"]

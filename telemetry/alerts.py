@@ -1,0 +1,173 @@
+"""The alert engine: rules with thresholds and durations over the health checks.
+
+A condition that starts holding creates a *pending* alert; once it has held
+for the rule's ``duration_s`` the alert *opens* and channels are notified. An
+operator may *acknowledge* it. When the condition no longer holds the alert
+*resolves* by itself (a pending one closes silently). Opening, acknowledging
+and resolving are written to the audit log. Evaluation is idempotent: running
+it twice in a row changes nothing the second time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from fleet.models import AuditLog
+from telemetry import drift, health
+from telemetry.models import Alert, AlertRule
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RuleDefault:
+    threshold: float
+    duration_s: int
+    severity: str
+    description: str
+    check: Callable[[health.Context, float], health.Findings]
+
+
+# Defaults for every rule; a row in AlertRule (admin) overrides threshold,
+# duration, severity or switches the rule off.
+DEFAULT_RULES: dict[str, RuleDefault] = {
+    "offline": RuleDefault(
+        3, 0, "critical",
+        "Silent for more than N heartbeat intervals, or reported offline",
+        health.offline,
+    ),
+    "temperature_high": RuleDefault(
+        80.0, 300, "warning",
+        "Temperature at or above N degrees C",
+        health.temperature_high,
+    ),
+    "cpu_throttled": RuleDefault(
+        0.7, 300, "warning",
+        "CPU clock below N times its daily peak",
+        health.cpu_throttled,
+    ),
+    "disk_full": RuleDefault(
+        90.0, 0, "warning",
+        "Disk use at or above N percent",
+        health.disk_full,
+    ),
+    "outbox_backlog": RuleDefault(
+        1000, 300, "warning",
+        "Telemetry outbox deeper than N records",
+        health.outbox_backlog,
+    ),
+    "fallback_active": RuleDefault(
+        1, 60, "warning",
+        "Fallback model active",
+        health.fallback_active,
+    ),
+    "confidence_drift": RuleDefault(
+        drift.ALERT, 0, "warning",
+        "Confidence PSI against the baseline at or above N",
+        health.confidence_drift,
+    ),
+    "class_mix_drift": RuleDefault(
+        drift.ALERT, 0, "warning",
+        "Class-mix PSI against the baseline at or above N",
+        health.class_mix_drift,
+    ),
+    "latency_outlier": RuleDefault(
+        3.5, 600, "warning",
+        "p95 latency robust z-score against peers at or above N",
+        health.latency_outlier,
+    ),
+    "confidence_outlier": RuleDefault(
+        3.5, 600, "warning",
+        "Mean confidence robust z-score at or below -N",
+        health.confidence_outlier,
+    ),
+    "escalation_outlier": RuleDefault(
+        3.5, 600, "warning",
+        "Escalation-rate robust z-score at or above N",
+        health.escalation_outlier,
+    ),
+}
+
+
+def ensure_rules() -> dict[str, AlertRule]:
+    """Rule rows for every kind, created with the defaults when missing."""
+    rules = {rule.kind: rule for rule in AlertRule.objects.all()}
+    for kind, default in DEFAULT_RULES.items():
+        if kind not in rules:
+            rules[kind], _ = AlertRule.objects.get_or_create(
+                kind=kind,
+                defaults={"threshold": default.threshold, "duration_s": default.duration_s,
+                          "severity": default.severity, "description": default.description},
+            )  # fmt: skip
+    return rules
+
+
+@dataclass
+class Evaluation:
+    pending: int = 0
+    opened: int = 0
+    resolved: int = 0
+
+
+def evaluate(now: datetime | None = None) -> Evaluation:
+    now = now or timezone.now()
+    ctx = health.Context(now)
+    result = Evaluation()
+    for kind, rule in ensure_rules().items():
+        default = DEFAULT_RULES.get(kind)
+        findings = default.check(ctx, rule.threshold) if default and rule.enabled else {}
+        live = {a.device_id: a for a in Alert.objects.filter(rule=rule).exclude(state=Alert.State.RESOLVED)}
+        for device_pk, finding in findings.items():
+            alert = live.get(device_pk) or _start(rule, device_pk, finding, now)
+            if alert is None:
+                continue
+            if alert.value != finding.value or alert.details != finding.details:
+                alert.value, alert.details = finding.value, finding.details
+                Alert.objects.filter(pk=alert.pk).update(value=finding.value, details=finding.details)
+            if alert.state == Alert.State.PENDING:
+                if (now - alert.since).total_seconds() >= rule.duration_s and alert.open(now):
+                    _announce(alert, "opened")
+                    result.opened += 1
+                else:
+                    result.pending += 1
+        for device_pk, alert in live.items():
+            if device_pk in findings:
+                continue
+            was_pending = alert.state == Alert.State.PENDING
+            if alert.resolve(now) and not was_pending:
+                _announce(alert, "resolved")
+                result.resolved += 1
+    return result
+
+
+def _start(rule: AlertRule, device_pk: int, finding: health.Finding, now: datetime) -> Alert | None:
+    try:
+        with transaction.atomic():
+            return Alert.objects.create(
+                rule=rule, device_id=device_pk, since=now, value=finding.value, details=finding.details
+            )
+    except IntegrityError:
+        # Another evaluator created the live alert first; it carries on from there.
+        return None
+
+
+def _announce(alert: Alert, event: str) -> None:
+    from telemetry import tasks
+    from telemetry.notify import channels_for
+
+    alert = Alert.objects.select_related("rule", "device", "device__site").get(pk=alert.pk)
+    AuditLog.record(
+        actor=None, action=f"alert.{event}", target=alert, rule=alert.rule.kind,
+        device=alert.device.device_id, value=alert.value,
+    )  # fmt: skip
+    log.info("alert %s %s on device=%s value=%s", alert.rule.kind, event, alert.device.device_id, alert.value)
+    for channel in channels_for(alert):
+        transaction.on_commit(
+            lambda c=channel.pk: tasks.notify.delay(alert.pk, event, c)  # type: ignore[misc]
+        )

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.shortcuts import get_object_or_404
+from django.utils import timezone
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from fleet.api.authentication import HasScope
+from fleet.models import Device, Site
+from telemetry import series
+from telemetry.api.serializers import (
+    AcknowledgeSerializer,
+    AlertSerializer,
+    SeriesQuerySerializer,
+    SeriesSerializer,
+)
+from telemetry.filters import AlertFilter
+from telemetry.models import Alert
+
+
+class SeriesView(APIView):
+    """Time series of one device, site or model version, downsampled server-side to at most ``points``."""
+
+    permission_classes = [HasScope]
+
+    @extend_schema(
+        parameters=[SeriesQuerySerializer],
+        responses={200: SeriesSerializer, 400: OpenApiResponse(description="Bad range or scope"), 404: None},
+    )
+    def get(self, request: Request) -> Response:
+        query = SeriesQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        data = query.validated_data
+        device_pk = None
+        if data["scope"] == "device":
+            device_pk = get_object_or_404(Device.objects.only("pk"), device_id=data["key"]).pk
+        elif data["scope"] == "site":
+            get_object_or_404(Site.objects.only("pk"), slug=data["key"])
+        end: datetime = data.get("end") or timezone.now()
+        try:
+            result = series.build(
+                series.SeriesRequest(
+                    scope=data["scope"], key=data["key"], start=data["start"], end=end, points=data["points"],
+                    resolution=data["resolution"], model=data.get("model"), device_pk=device_pk,
+                )
+            )  # fmt: skip
+        except series.SeriesError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+        return Response(SeriesSerializer(result).data)
+
+
+class AlertViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Alerts from health, drift and peer rules; acknowledge with the ``fleet`` scope (or as staff)."""
+
+    serializer_class = AlertSerializer
+    permission_classes = [HasScope]
+    required_scopes = ("fleet",)
+    filterset_class = AlertFilter
+    ordering_fields = ["since", "opened_at", "resolved_at"]
+    queryset = Alert.objects.select_related("rule", "device", "device__site").exclude(state=Alert.State.PENDING)
+
+    @extend_schema(request=AcknowledgeSerializer, responses={200: AlertSerializer, 409: None})
+    @action(detail=True, methods=["post"])
+    def acknowledge(self, request: Request, pk: str | None = None) -> Response:
+        alert = self.get_object()
+        body = AcknowledgeSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        if not alert.acknowledge(request.user, note=body.validated_data["note"]):
+            return Response(
+                {"detail": f"Only an open alert can be acknowledged; this one is {alert.state}."},
+                status=status.HTTP_409_CONFLICT,
+            )
+        return Response(AlertSerializer(alert).data)

@@ -1,0 +1,154 @@
+"""Drift: is a device's recent confidence (and class mix) still what its model version showed at first?
+
+The statistic is the population stability index over the 20 confidence bins
+(and over the class labels):
+
+    PSI = sum_i (a_i - e_i) * ln(a_i / e_i)
+
+with e the baseline and a the recent proportions, each floored at
+``FLOOR`` so an empty bin does not make it infinite. The usual reading, used
+as thresholds here: below 0.1 stable, 0.1 to 0.25 worth watching, above 0.25
+a real shift. With fewer than ``MIN_FRAMES`` frames on either side sampling
+noise alone reaches 0.1 (about (bins - 1) * (1/n1 + 1/n2)), so no verdict is
+given.
+
+The baseline of a version is a reference distribution recorded for it (from
+CI), or else its first ``TELEMETRY_BASELINE_HOURS`` in the field over every
+device that ran it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db.models import Min
+
+from agent import histogram
+from telemetry.metrics import Summary
+from telemetry.models import Baseline, Resolution, Scope, WindowRollup
+
+WATCH = 0.1
+ALERT = 0.25
+MIN_FRAMES = 1000
+FLOOR = 1e-4
+RECENT = timedelta(hours=1)
+
+
+def psi(expected: Sequence[float], actual: Sequence[float]) -> float:
+    """PSI between two histograms given as counts or proportions over the same bins."""
+    if len(expected) != len(actual):
+        raise ValueError("histograms need the same bins")
+    e_total, a_total = float(sum(expected)), float(sum(actual))
+    if e_total <= 0 or a_total <= 0:
+        raise ValueError("both histograms need samples")
+    value = 0.0
+    for e, a in zip(expected, actual, strict=True):
+        pe, pa = max(e / e_total, FLOOR), max(a / a_total, FLOOR)
+        value += (pa - pe) * math.log(pa / pe)
+    return value
+
+
+def class_psi(expected: Mapping[str, int], actual: Mapping[str, int]) -> float | None:
+    labels = sorted(set(expected) | set(actual))
+    if not labels or not sum(expected.values()) or not sum(actual.values()):
+        return None
+    return psi([expected.get(k, 0) for k in labels], [actual.get(k, 0) for k in labels])
+
+
+def level(value: float | None) -> str:
+    if value is None:
+        return "insufficient"
+    return "alert" if value >= ALERT else "watch" if value >= WATCH else "ok"
+
+
+def baseline_for(model_name: str, model_version: str, now: datetime) -> Baseline | None:
+    """The version's reference, or its field baseline (computed once its first hours are over)."""
+    row = Baseline.objects.filter(model_name=model_name, model_version=model_version).first()
+    if row is not None and (row.source == Baseline.Source.REFERENCE or (row.until and row.until <= now)):
+        return row
+    fleet = WindowRollup.objects.filter(
+        resolution=Resolution.HOUR, scope=Scope.FLEET, key="*", model_name=model_name, model_version=model_version
+    )
+    first = fleet.aggregate(first=Min("bucket"))["first"]
+    if first is None:
+        return None
+    until = first + timedelta(hours=settings.TELEMETRY_BASELINE_HOURS)
+    summary = Summary()
+    for rollup in fleet.filter(bucket__lt=until):
+        summary.add_totals(rollup)
+    row, _ = Baseline.objects.update_or_create(
+        model_name=model_name,
+        model_version=model_version,
+        defaults={
+            "source": Baseline.Source.FIELD, "confidence": summary.confidence, "classes": dict(summary.classes),
+            "frames": sum(summary.confidence), "since": first, "until": until,
+        },
+    )  # fmt: skip
+    return row
+
+
+def set_reference(model_name: str, model_version: str, confidence: list[int], classes: Mapping[str, int]) -> Baseline:
+    """Record a version's reference distribution (e.g. measured in CI); it replaces the field baseline."""
+    if len(confidence) != histogram.CONFIDENCE_BINS or any(c < 0 for c in confidence):
+        raise ValueError(f"confidence needs {histogram.CONFIDENCE_BINS} non-negative counts")
+    row, _ = Baseline.objects.update_or_create(
+        model_name=model_name,
+        model_version=model_version,
+        defaults={
+            "source": Baseline.Source.REFERENCE, "confidence": list(confidence), "classes": dict(classes),
+            "frames": sum(confidence), "since": None, "until": None,
+        },
+    )  # fmt: skip
+    return row
+
+
+@dataclass(frozen=True)
+class Drift:
+    device_id: str
+    model_name: str
+    model_version: str
+    frames: int
+    baseline_frames: int
+    confidence_psi: float | None
+    class_psi: float | None
+
+    @property
+    def worst(self) -> float | None:
+        values = [v for v in (self.confidence_psi, self.class_psi) if v is not None]
+        return max(values) if values else None
+
+    @property
+    def level(self) -> str:
+        return level(self.worst)
+
+
+def device_drift(now: datetime, device_ids: Sequence[str] | None = None) -> list[Drift]:
+    """Drift of each device and version over the last hour; devices without enough frames get None."""
+    recent = WindowRollup.objects.filter(resolution=Resolution.MINUTE, scope=Scope.DEVICE, bucket__gte=now - RECENT)
+    if device_ids is not None:
+        recent = recent.filter(key__in=device_ids)
+    summaries: dict[tuple[str, str, str], Summary] = defaultdict(Summary)
+    for row in recent:
+        summaries[(row.key, row.model_name, row.model_version)].add_totals(row)
+    baselines: dict[tuple[str, str], Baseline | None] = {}
+    results = []
+    for (device_id, name, version), summary in sorted(summaries.items()):
+        if (name, version) not in baselines:
+            baselines[(name, version)] = baseline_for(name, version, now)
+        base = baselines[(name, version)]
+        frames = sum(summary.confidence)
+        enough = base is not None and frames >= MIN_FRAMES and base.frames >= MIN_FRAMES
+        results.append(
+            Drift(
+                device_id=device_id, model_name=name, model_version=version, frames=frames,
+                baseline_frames=base.frames if base else 0,
+                confidence_psi=psi(base.confidence, summary.confidence) if enough and base else None,
+                class_psi=class_psi(base.classes, summary.classes) if enough and base else None,
+            )
+        )  # fmt: skip
+    return results

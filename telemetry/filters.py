@@ -1,0 +1,25 @@
+"""Filtersets shared by the API and the dashboard tables."""
+
+from __future__ import annotations
+
+import django_filters
+
+from telemetry.models import Alert
+
+
+class AlertFilter(django_filters.FilterSet):
+    state = django_filters.MultipleChoiceFilter(choices=Alert.State.choices)
+    live = django_filters.BooleanFilter(method="by_live", label="Not resolved")
+    rule = django_filters.CharFilter(field_name="rule__kind")
+    severity = django_filters.CharFilter(field_name="rule__severity")
+    site = django_filters.CharFilter(field_name="device__site__slug")
+    device = django_filters.CharFilter(field_name="device__device_id")
+    since = django_filters.IsoDateTimeFilter(field_name="since", lookup_expr="gte")
+
+    class Meta:
+        model = Alert
+        fields = ["state", "rule", "severity", "site", "device"]
+
+    def by_live(self, queryset, name, value):  # type: ignore[no-untyped-def]
+        resolved = Alert.State.RESOLVED
+        return queryset.exclude(state=resolved) if value else queryset.filter(state=resolved)

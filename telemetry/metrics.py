@@ -1,0 +1,147 @@
+"""Figures read off merged telemetry: percentiles, rates, distributions.
+
+Everything here adds counts first and derives figures last, so the p95 of a
+site is read from the site's merged latency histogram, never averaged from
+its devices' p95s. Django-free.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent import histogram
+from agent.protocol import Window
+
+_BIN_WIDTH = 1.0 / histogram.CONFIDENCE_BINS
+
+
+@dataclass
+class Summary:
+    """Additive totals of any set of windows or rollup rows."""
+
+    windows: int = 0
+    fallback_windows: int = 0
+    frames: int = 0
+    dropped_frames: int = 0
+    errors: int = 0
+    escalations: int = 0
+    latency: histogram.LatencyHistogram = field(default_factory=histogram.LatencyHistogram)
+    confidence: list[int] = field(default_factory=lambda: [0] * histogram.CONFIDENCE_BINS)
+    classes: Counter[str] = field(default_factory=Counter)
+
+    def add_window(self, window: Window) -> None:
+        self.windows += 1
+        self.fallback_windows += int(window.fallback)
+        self.frames += window.frames
+        self.dropped_frames += window.dropped_frames
+        self.errors += window.errors
+        self.escalations += window.escalations
+        self.latency.merge(window.latency())
+        self._add_confidence(window.confidence)
+        self.classes.update(window.classes)
+
+    def add_totals(self, row: Any) -> None:
+        """Add a rollup row (anything with the rollup's fields)."""
+        self.windows += row.windows
+        self.fallback_windows += row.fallback_windows
+        self.frames += row.frames
+        self.dropped_frames += row.dropped_frames
+        self.errors += row.errors
+        self.escalations += row.escalations
+        self.latency.merge(histogram.LatencyHistogram.from_wire(row.latency))
+        self._add_confidence(row.confidence)
+        self.classes.update(row.classes)
+
+    def merge(self, other: Summary) -> Summary:
+        self.add_totals(_Totals.of(other))
+        return self
+
+    def _add_confidence(self, bins: list[int]) -> None:
+        for i, count in enumerate(bins[: histogram.CONFIDENCE_BINS]):
+            self.confidence[i] += count
+
+    # --- derived figures ----------------------------------------------------
+
+    def percentile(self, q: float) -> float | None:
+        return self.latency.quantile(q)
+
+    @property
+    def mean_confidence(self) -> float | None:
+        """Mean read at bin centres: within half a bin (0.025) of the exact mean."""
+        total = sum(self.confidence)
+        if total == 0:
+            return None
+        return sum((i + 0.5) * _BIN_WIDTH * c for i, c in enumerate(self.confidence)) / total
+
+    @property
+    def escalation_rate(self) -> float | None:
+        return self.escalations / self.frames if self.frames else None
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.errors / self.frames if self.frames else None
+
+    @property
+    def dropped_rate(self) -> float | None:
+        offered = self.frames + self.dropped_frames
+        return self.dropped_frames / offered if offered else None
+
+    def class_mix(self) -> dict[str, float]:
+        total = sum(self.classes.values())
+        return {name: count / total for name, count in self.classes.most_common()} if total else {}
+
+    def confidence_distribution(self) -> list[float]:
+        total = sum(self.confidence)
+        return [c / total for c in self.confidence] if total else [0.0] * histogram.CONFIDENCE_BINS
+
+    def figures(self) -> dict[str, float | int | None]:
+        """The flat figures a chart point or a report carries."""
+        return {
+            "windows": self.windows,
+            "frames": self.frames,
+            "dropped_frames": self.dropped_frames,
+            "errors": self.errors,
+            "escalations": self.escalations,
+            "latency_p50_ms": self.percentile(0.5),
+            "latency_p95_ms": self.percentile(0.95),
+            "latency_p99_ms": self.percentile(0.99),
+            "mean_confidence": self.mean_confidence,
+            "escalation_rate": self.escalation_rate,
+            "error_rate": self.error_rate,
+            "dropped_rate": self.dropped_rate,
+            "fallback_windows": self.fallback_windows,
+        }
+
+    def totals(self) -> dict[str, Any]:
+        """The stored (additive) form of a rollup row."""
+        return {
+            "windows": self.windows,
+            "fallback_windows": self.fallback_windows,
+            "frames": self.frames,
+            "dropped_frames": self.dropped_frames,
+            "errors": self.errors,
+            "escalations": self.escalations,
+            "latency": self.latency.to_wire(),
+            "confidence": list(self.confidence),
+            "classes": dict(self.classes),
+        }
+
+
+@dataclass
+class _Totals:
+    windows: int
+    fallback_windows: int
+    frames: int
+    dropped_frames: int
+    errors: int
+    escalations: int
+    latency: Mapping[str, int]
+    confidence: list[int]
+    classes: Mapping[str, int]
+
+    @classmethod
+    def of(cls, summary: Summary) -> _Totals:
+        return cls(**summary.totals())

@@ -1,0 +1,109 @@
+"""Realistic telemetry as an agent sends it: window summaries and heartbeats."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.utils import timezone
+
+from agent import histogram, protocol
+from fleet.models import Device
+from telemetry import ingest, rollups
+
+
+def window_data(
+    start: datetime,
+    latencies_ms: Iterable[float] = (),
+    confidences: Iterable[float] = (),
+    classes: Iterable[str] = (),
+    *,
+    seconds: int = 10,
+    model: str = "detector@1.0.0",
+    **extra: Any,
+) -> dict[str, Any]:
+    name, version = model.split("@")
+    latencies, confs = list(latencies_ms), list(confidences)
+    data: dict[str, Any] = {
+        "start": start.isoformat(),
+        "end": (start + timedelta(seconds=seconds)).isoformat(),
+        "model_name": name,
+        "model_version": version,
+        "frames": max(len(latencies), len(confs)),
+        "latency_ms": histogram.LatencyHistogram.of(latencies).to_wire(),
+        "confidence": histogram.confidence_histogram(confs),
+        "classes": dict(Counter(classes)),
+    }
+    data.update(extra)
+    return data
+
+
+def heartbeat_data(**overrides: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "agent_version": "0.1.0", "uptime_s": 600.0, "cpu_percent": 35.0, "memory_percent": 40.0,
+        "disk_percent": 30.0, "disk_free_bytes": 8 * 10**9, "temperature_c": 55.0, "cpu_freq_mhz": 1500.0,
+        "model_version": "1.0.0", "outbox_depth": 0,
+    }  # fmt: skip
+    data.update(overrides)
+    return data
+
+
+def record(seq: int, kind: str, ts: datetime, data: dict[str, Any]) -> protocol.TelemetryRecord:
+    return protocol.TelemetryRecord(seq=seq, kind=kind, ts=ts, data=data)  # type: ignore[arg-type]
+
+
+def batch(*records: protocol.TelemetryRecord, floor: int | None = None) -> protocol.Telemetry:
+    return protocol.Telemetry(records=list(records), floor=floor)
+
+
+class Feed:
+    """Writes one device's telemetry through the ingest path, numbering records as its outbox would."""
+
+    def __init__(self, device: Device) -> None:
+        self.device = device
+        self.seq = 0
+
+    def windows(
+        self, start: datetime, minutes: int, rng: random.Random, *, per_minute: int = 6,
+        latency: tuple[float, float] = (20.0, 0.2), confidence: tuple[float, float] = (6.0, 2.0),
+        classes: Sequence[str] = ("ok", "defect"), weights: Sequence[float] = (0.9, 0.1),
+        frames: int = 50, model: str = "detector@1.0.0", **extra: Any,
+    ) -> list[protocol.TelemetryRecord]:  # fmt: skip
+        """Windows over ``minutes``: log-normal latencies (median, sigma), beta confidences (a, b)."""
+        out = []
+        for i in range(minutes * per_minute):
+            at = start + timedelta(seconds=i * 60 / per_minute)
+            self.seq += 1
+            data = window_data(
+                at,
+                [rng.lognormvariate(_ln(latency[0]), latency[1]) for _ in range(frames)],
+                [rng.betavariate(*confidence) for _ in range(frames)],
+                rng.choices(list(classes), weights=list(weights), k=frames),
+                seconds=60 // per_minute, model=model, **extra,
+            )  # fmt: skip
+            out.append(record(self.seq, "window", at + timedelta(seconds=60 // per_minute), data))
+        return out
+
+    def heartbeat(self, at: datetime, **overrides: Any) -> protocol.TelemetryRecord:
+        self.seq += 1
+        return record(self.seq, "heartbeat", at, heartbeat_data(**overrides))
+
+    def store(self, records: list[protocol.TelemetryRecord], chunk: int = 100) -> int:
+        ack = 0
+        for i in range(0, len(records), chunk):
+            ack = ingest.store_telemetry(self.device, batch(*records[i : i + chunk]))
+        return ack
+
+
+def _ln(x: float) -> float:
+    import math
+
+    return math.log(x)
+
+
+def roll_up_everything() -> None:
+    """Run the rollup task as the beat would, past the settling delay."""
+    rollups.roll_up(now=timezone.now() + rollups.SETTLE + timedelta(seconds=1))

@@ -1,0 +1,143 @@
+"""Storing telemetry in batches: redelivery and reordering change nothing, and acks never pass a gap."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+from unittest import mock
+
+import pytest
+from django.db import DatabaseError
+from django.utils import timezone
+
+from agent import protocol
+from fleet.bridge import Bridge, BridgeConfig
+from fleet.models import Device, Site
+from telemetry import ingest
+from telemetry.models import BridgeStats, TelemetryRecord, WindowRollup
+from tests.telemetry.factories import Feed, batch, roll_up_everything
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def devices(site: Site, enroll_device: Callable[..., Any]) -> list[Device]:
+    return [enroll_device(site, name=f"cam-{i}").device for i in range(2)]
+
+
+def stored_state(devices: list[Device]) -> dict[str, Any]:
+    """Everything a reader sees: raw records, acks, and the rollups built from them."""
+    roll_up_everything()
+    records = sorted(TelemetryRecord.objects.values_list("device__device_id", "seq", "kind", "data"), key=str)
+    acks = sorted(Device.objects.filter(pk__in=[d.pk for d in devices]).values_list("device_id", "telemetry_acked_seq"))
+    rollups = sorted(
+        WindowRollup.objects.values_list(
+            "resolution", "scope", "key", "bucket", "frames", "errors", "latency", "confidence", "classes"
+        ),
+        key=str,
+    )
+    return {"records": records, "acks": acks, "rollups": rollups}
+
+
+def make_batches(devices: list[Device]) -> list[tuple[Device, protocol.Telemetry]]:
+    rng = random.Random(7)
+    start = timezone.now().replace(second=0, microsecond=0) - timedelta(minutes=10)
+    out = []
+    for device in devices:
+        feed = Feed(device)
+        records = feed.windows(start, minutes=5, rng=rng, frames=20)
+        records.append(feed.heartbeat(start + timedelta(minutes=5)))
+        out += [(device, batch(*records[i : i + 4])) for i in range(0, len(records), 4)]
+    return out
+
+
+def test_redelivered_and_reordered_batches_store_the_same_state_as_a_clean_run(devices: list[Device]) -> None:
+    batches = make_batches(devices)
+    ingest.store_batches(batches)
+    clean = stored_state(devices)
+    TelemetryRecord.objects.all().delete()
+    WindowRollup.objects.all().delete()
+    Device.objects.update(telemetry_acked_seq=0)
+    for device in devices:
+        device.telemetry_acked_seq = 0
+
+    rng = random.Random(3)
+    messy = batches + rng.sample(batches, k=len(batches) // 2)  # every batch, half of them twice
+    rng.shuffle(messy)
+    for start in range(0, len(messy), 5):
+        fresh = [(Device.objects.get(pk=d.pk), b) for d, b in messy[start : start + 5]]
+        ingest.store_batches(fresh)
+        roll_up_everything()  # rollups computed midway are recomputed, not added to
+    assert stored_state(devices) == clean
+
+
+def test_the_ack_covers_only_contiguous_records_across_several_devices(devices: list[Device]) -> None:
+    first, second = devices
+    feed = Feed(first)
+    now = timezone.now()
+    records = [feed.heartbeat(now) for _ in range(5)]
+    stored = ingest.store_batches([(first, batch(*records[:2])), (second, batch(*Feed(second).windows(now, 1, random.Random(1)))), (first, batch(records[4]))])
+    assert stored.acks == {first.pk: 2, second.pk: 6}
+    assert ingest.store_telemetry(first, batch(records[2], records[3])) == 5
+
+
+def test_a_late_redelivery_below_the_ack_is_not_stored_again(devices: list[Device]) -> None:
+    device = devices[0]
+    feed = Feed(device)
+    old = feed.heartbeat(timezone.now() - timedelta(days=30))
+    ingest.store_telemetry(device, batch(old))
+    TelemetryRecord.objects.all().delete()  # aged out by retention
+    assert ingest.store_telemetry(device, batch(old)) == 1
+    assert not TelemetryRecord.objects.exists()
+
+
+@pytest.fixture
+def bridge() -> Bridge:
+    bridge = Bridge(BridgeConfig(url="mqtt://127.0.0.1:1"))
+    bridge.client.publish = mock.Mock(autospec=True)  # type: ignore[method-assign]
+    return bridge
+
+
+def payload(records: list[protocol.TelemetryRecord]) -> bytes:
+    return protocol.encode(batch(*records))
+
+
+def test_the_bridge_stores_a_drained_queue_together_and_acks_each_device_once(bridge: Bridge, devices: list[Device]) -> None:
+    now = timezone.now()
+    feeds = [Feed(d) for d in devices]
+    items = []
+    for _ in range(3):
+        for feed in feeds:
+            items.append((protocol.topic(feed.device.device_id, "telemetry"), payload([feed.heartbeat(now)])))
+    items.append((protocol.topic(devices[0].device_id, "telemetry"), b'{"v":1,"type":"telemetry","records":[]}'))
+    items.append((protocol.topic("dev-unknown", "telemetry"), payload([feeds[0].heartbeat(now)])))
+    bridge.handle_many(items)
+
+    acks = [(c.args[0].split("/")[2], json.loads(c.args[1])["seq"]) for c in bridge.client.publish.call_args_list]
+    assert sorted(acks) == sorted([(devices[0].device_id, 3), (devices[1].device_id, 3)])
+    assert TelemetryRecord.objects.count() == 6
+    assert bridge.accepted["telemetry"] == 6 and bridge.records == 6 and bridge.batches == 1
+    assert bridge.rejected == {"schema": 1, "unknown_device": 1}
+    assert Device.objects.filter(online=True).count() == 2
+
+
+def test_a_failing_batch_falls_back_to_one_message_at_a_time(bridge: Bridge, devices: list[Device]) -> None:
+    feed = Feed(devices[0])
+    items = [(protocol.topic(devices[0].device_id, "telemetry"), payload([feed.heartbeat(timezone.now())]))]
+    with mock.patch("telemetry.services.store_batches", autospec=True, side_effect=DatabaseError("boom")):
+        bridge.handle_many(items)
+    assert TelemetryRecord.objects.count() == 1
+    assert bridge.accepted["telemetry"] == 1
+
+
+def test_the_bridge_exports_its_counters_for_the_web_process(bridge: Bridge, devices: list[Device]) -> None:
+    feed = Feed(devices[0])
+    bridge.handle_many([(protocol.topic(devices[0].device_id, "telemetry"), payload([feed.heartbeat(timezone.now())]))])
+    bridge.handle_many([(protocol.topic(devices[0].device_id, "telemetry"), b"not json")])
+    bridge.export_stats()
+    stats = BridgeStats.objects.get(bridge_id=bridge.client_id)
+    assert stats.counters["records"] == 1 and stats.counters["rejected"] == {"not_json": 1}
+    assert sum(stats.counters["lag_buckets"].values()) >= 1
