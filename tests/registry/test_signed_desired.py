@@ -1,0 +1,32 @@
+"""The bridge signs every desired document it publishes, so a broker cannot push a downgrade."""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import pytest
+
+from agent import protocol, verify
+from fleet.bridge import Bridge, BridgeConfig
+from registry.trust import trust_store
+
+pytestmark = pytest.mark.django_db
+
+
+def test_the_bridge_publishes_desired_state_a_device_can_verify(enroll_device, site):
+    enrolled = enroll_device(site)
+    enrolled.device.set_desired({"model": {"name": "parts", "version": "1.2.0"}, "config": {"act_above": 0.9}})
+    bridge = Bridge(BridgeConfig(url="mqtt://127.0.0.1:1"))
+    sent = []
+
+    def capture(device_id, suffix, message, *, retain=False):
+        sent.append(message)
+        return mock.Mock(is_published=lambda: True)
+
+    with mock.patch.object(bridge, "_publish", autospec=True, side_effect=capture):
+        assert bridge.publish_pending_desired() == 1
+
+    received = protocol.decode("desired", protocol.encode(sent[0]))
+    keyring = verify.Keyring.from_trust_store(enrolled.trust_store)
+    assert verify.verify_desired(received, keyring).key_id == trust_store()[0]["key_id"]
+    assert received.model == {"name": "parts", "version": "1.2.0"}
