@@ -189,6 +189,9 @@ class MqttAction:
         if settings.username is not None:
             self._client.username_pw_set(settings.username, settings.password)
         self._client.reconnect_delay_set(1, 30)
+        self._connected = threading.Event()
+        self._client.on_connect = lambda client, userdata, flags, reason, properties: self._connected.set()
+        self._client.on_disconnect = lambda client, userdata, flags, reason, properties: self._connected.clear()
         self._started = False
 
     def __call__(self, payload: dict[str, Any]) -> None:
@@ -199,6 +202,9 @@ class MqttAction:
                 raise ActionError(f"site broker unreachable: {exc}") from None
             self._client.loop_start()
             self._started = True
+        # paho refuses a publish while disconnected; the dispatcher retries this attempt later.
+        if not self._connected.wait(self._settings.timeout_s):
+            raise ActionError(f"site broker {self._settings.host}:{self._settings.port} not connected")
         info = self._client.publish(self._settings.topic, json.dumps(payload), qos=self._settings.qos)
         try:
             info.wait_for_publish(self._settings.timeout_s)

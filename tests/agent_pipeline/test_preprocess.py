@@ -19,15 +19,13 @@ def reference(frame: np.ndarray, spec: InputSpec) -> np.ndarray:
     if spec.resize == "letterbox":
         r = min(w / frame.shape[1], h / frame.shape[0])
         nw, nh = max(1, round(frame.shape[1] * r)), max(1, round(frame.shape[0] * r))
-        interp = cv2.INTER_AREA if nw * nh < frame.shape[0] * frame.shape[1] else cv2.INTER_LINEAR
-        inner = cv2.resize(frame, (nw, nh), interpolation=interp)
+        inner = cv2.resize(frame, (nw, nh), interpolation=cv2.INTER_LINEAR)
         canvas = np.full((h, w, 3), LETTERBOX_FILL, dtype=np.uint8)
         top, left = (h - nh) // 2, (w - nw) // 2
         canvas[top : top + nh, left : left + nw] = inner
         resized = canvas
     else:
-        interp = cv2.INTER_AREA if w * h < frame.shape[0] * frame.shape[1] else cv2.INTER_LINEAR
-        resized = cv2.resize(frame, (w, h), interpolation=interp)
+        resized = cv2.resize(frame, (w, h), interpolation=cv2.INTER_LINEAR)
     if spec.colour == "RGB":
         pixels = resized[:, :, ::-1]
     elif spec.colour == "GRAY":
