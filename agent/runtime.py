@@ -11,8 +11,10 @@ register command handlers and listen for desired documents.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -35,6 +37,40 @@ CommandHandler = Callable[[protocol.Command], dict[str, Any]]
 DesiredListener = Callable[[protocol.Desired], None]
 
 
+class Notifier:
+    """systemd's sd_notify protocol, spoken directly: readiness, watchdog pings, stopping.
+
+    A no-op outside a ``Type=notify`` unit (no NOTIFY_SOCKET). The watchdog is
+    pinged from the run loop itself, so a loop stuck on a hung disk or a
+    deadlock stops the pings and systemd restarts the agent.
+    """
+
+    def __init__(self, address: str | None = None) -> None:
+        address = os.environ.get("NOTIFY_SOCKET") if address is None else address
+        if address and address.startswith("@"):
+            address = "\0" + address[1:]  # abstract namespace socket
+        self.address = address or None
+        watchdog_usec = os.environ.get("WATCHDOG_USEC", "")
+        # Ping at half the period systemd allows, as sd_watchdog_enabled(3) advises.
+        self.interval = int(watchdog_usec) / 2e6 if watchdog_usec.isdigit() and int(watchdog_usec) > 0 else None
+        self._last = 0.0
+
+    def notify(self, state: str) -> None:
+        if self.address is None:
+            return
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                sock.sendto(state.encode(), self.address)
+        except OSError as exc:
+            log.warning("event=sd_notify_failed state=%s error=%s", state.split("\n")[0], exc)
+
+    def watchdog(self) -> None:
+        now = time.monotonic()
+        if self.interval is not None and now - self._last >= self.interval:
+            self._last = now
+            self.notify("WATCHDOG=1")
+
+
 class Component(Protocol):
     """A part of the agent started and stopped with the runtime."""
 
@@ -52,6 +88,7 @@ class Runtime:
         self.model_version: str | None = None
         self.commands: dict[str, CommandHandler] = {"ping": self._ping, "flush": self._flush}
         self.desired_listeners: list[DesiredListener] = []
+        self.notifier = Notifier()
         config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         settings = config.outbox
         self.outbox = Outbox(
@@ -112,6 +149,9 @@ class Runtime:
         for component in self.components:
             component.start(self)
         self.link.start()
+        # Ready once the outbox is open and the link is started: the broker
+        # may be away for hours and the agent must keep working meanwhile.
+        self.notifier.notify("READY=1")
         interval = self.config.agent.heartbeat_interval_s
         next_heartbeat = time.monotonic()
         try:
@@ -123,6 +163,7 @@ class Runtime:
                 self._wait(min(_IDLE_WAKE_S, max(0.0, next_heartbeat - time.monotonic())))
                 self._report_drops()
                 self.pump()
+                self.notifier.watchdog()
         finally:
             self._shutdown()
         return 0
@@ -166,6 +207,7 @@ class Runtime:
             self._desired(message)
 
     def _shutdown(self) -> None:
+        self.notifier.notify("STOPPING=1")
         for component in reversed(self.components):
             component.stop()
         # Make every appended record durable before saying goodbye.
@@ -205,6 +247,9 @@ class Runtime:
                 log.info("event=publish_deferred rc=%s", info.rc)
                 self.outbox.requeue()
                 break
+            log.debug(
+                "event=telemetry_sent records=%d floor=%d bytes=%d", len(batch.seqs), batch.floor, len(batch.payload)
+            )
             sent += len(batch.seqs)
         return sent
 

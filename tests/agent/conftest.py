@@ -23,8 +23,9 @@ AGENT = Path(sys.executable).with_name("edgefleet-agent")
 
 
 class AgentProcess:
-    def __init__(self, config: Path, log: Path) -> None:
+    def __init__(self, config: Path, log: Path, **extra_env: str) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_AGENT_")}
+        env.update(extra_env)
         self.log_path = log
         self._log: TextIO = log.open("w")
         self.proc = subprocess.Popen(

@@ -51,7 +51,7 @@ def backlog(device: tuple[Device, str], mqtt_url: str, tmp_path: Path) -> Iterat
                 "server": {"url": "http://127.0.0.1:8000"},
                 "device": {"id": device[0].device_id, "secret": device[1]},
                 "mqtt": {"url": mqtt_url},
-                "agent": {"data_dir": str(data), "heartbeat_interval_s": 1},
+                "agent": {"data_dir": str(data), "heartbeat_interval_s": 1, "log_level": "debug"},
                 "outbox": {"max_bytes": MAX_BYTES},
             }
         ),

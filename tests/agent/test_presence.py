@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,10 +38,32 @@ def config(device: tuple[Device, str], mqtt_url: str, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def running(config: Path, tmp_path: Path) -> Iterator[AgentProcess]:
-    process = AgentProcess(config, tmp_path / "agent.log")
+def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
+    """Where the agent sends its sd_notify messages, as systemd would receive them."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify.sock"))
+    sock.settimeout(30)
+    yield sock
+    sock.close()
+
+
+@pytest.fixture
+def running(config: Path, tmp_path: Path, notify_socket: socket.socket) -> Iterator[AgentProcess]:
+    process = AgentProcess(
+        config, tmp_path / "agent.log", NOTIFY_SOCKET=notify_socket.getsockname(), WATCHDOG_USEC="400000"
+    )
     yield process
     process.close()
+
+
+def notifications(sock: socket.socket) -> list[str]:
+    sock.setblocking(False)
+    received = []
+    while True:
+        try:
+            received.append(sock.recv(4096).decode())
+        except BlockingIOError:
+            return received
 
 
 def online(device: Device) -> bool:
@@ -69,7 +92,7 @@ def test_a_killed_agent_turns_offline_through_its_last_will(
 
 
 def test_a_running_agent_answers_ping_stores_desired_and_stops_cleanly_on_sigterm(
-    bridge: Bridge, device: tuple[Device, str], running: AgentProcess, tmp_path: Path, mqtt_url: str
+    bridge: Bridge, device: tuple[Device, str], running: AgentProcess, tmp_path: Path, notify_socket: socket.socket
 ) -> None:
     row = device[0]
     assert wait_until(lambda: online(row) and heartbeat_acknowledged(tmp_path / "data"), bridge), running.log()
@@ -101,3 +124,6 @@ def test_a_running_agent_answers_ping_stores_desired_and_stops_cleanly_on_sigter
     assert running.proc.wait(timeout=30) == 0
     assert wait_until(lambda: not online(row), bridge), running.log()
     assert "event=stopped" in running.log() and "offline_not_confirmed" not in running.log()
+    # systemd heard that it started, that its loop is alive, and that it stopped.
+    told = notifications(notify_socket)
+    assert told[0] == "READY=1" and "WATCHDOG=1" in told and told[-1] == "STOPPING=1"
