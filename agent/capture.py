@@ -286,7 +286,7 @@ class Capture:
         while not self._stop.is_set():
             try:
                 item = self.source.read()
-            except CaptureError:
+            except (CaptureError, OSError, cv2.error):
                 self.errors += 1
                 log.exception("capture from %s failed", self.source.name)
                 return

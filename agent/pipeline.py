@@ -27,9 +27,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
-from agent.actions import ActionDispatcher
-from agent.capture import Capture, Closed, Frame, FrameQueue, FrameSource, open_source
-from agent.escalation import EscalationClient
+from agent.actions import ActionDispatcher, ActionsSettings
+from agent.capture import Capture, CaptureSettings, Closed, Frame, FrameQueue, FrameSource, open_source
+from agent.escalation import EscalationClient, EscalationSettings
 from agent.inference import InferenceSettings, ModelSession, Result, SessionHolder
 from agent.spec import Thresholds
 from agent.window import WindowAggregator
@@ -180,6 +180,7 @@ class _Outbox(Protocol):
 class _Runtime(Protocol):
     outbox: _Outbox
     desired_listeners: list[Callable[[Any], None]]
+    model_version: str | None
 
 
 class PipelineComponent:
@@ -200,13 +201,15 @@ class PipelineComponent:
 
     def start(self, runtime: _Runtime) -> None:
         runtime.desired_listeners.append(self.apply_desired)
+        runtime.model_version = self.pipeline.holder.session.version  # for heartbeats and ``reported``
         self.pipeline.start()
         self._thread = threading.Thread(target=self._tick, args=(runtime.outbox,), name="windows", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
+        # The pipeline first: the last window then counts every frame that was decided.
         self.pipeline.stop()
+        self._stop.set()
         if self._thread is not None:
             self._thread.join()
 
@@ -219,6 +222,47 @@ class PipelineComponent:
             self.pipeline.escalation.set_threshold(None if value is None else float(value))
         except (TypeError, ValueError) as exc:
             log.warning("ignoring desired escalation_threshold %r: %s", value, exc)
+
+    @classmethod
+    def build(
+        cls,
+        model: ModelSession,
+        *,
+        capture: CaptureSettings,
+        actions: ActionsSettings | None = None,
+        escalation: EscalationSettings | None = None,
+        server_url: str,
+        device_id: str,
+        secret: str,
+        data_dir: Path,
+        ca_file: Path | None = None,
+        interval_s: float = 60.0,
+    ) -> PipelineComponent:
+        """Everything the ``run`` command needs from its config sections, in one call.
+
+        Raises CaptureError when the source cannot be opened.
+        """
+        source = open_source(capture.source, loop=capture.loop)
+        client = None
+        if escalation is not None and escalation.enabled:
+            client = EscalationClient(
+                escalation,
+                server_url=server_url,
+                device_id=device_id,
+                secret=secret,
+                queue_dir=data_dir / "escalations",
+                ca_file=ca_file,
+            )
+        pipeline = Pipeline(
+            source,
+            SessionHolder(model),
+            queue_size=capture.queue_size,
+            max_fps=capture.max_fps,
+            every_nth=capture.every_nth,
+            actions=ActionDispatcher.from_settings(actions) if actions and actions.rules else None,
+            escalation=client,
+        )
+        return cls(pipeline, interval_s=interval_s)
 
     def _tick(self, outbox: _Outbox) -> None:
         # The last, partial window is written on stop too, so a clean shutdown loses no counts.

@@ -134,6 +134,7 @@ def test_the_component_puts_windows_into_the_runtime_outbox(tmp_path: Path, colo
         def __init__(self) -> None:
             self.outbox = Outbox(tmp_path / "outbox.db")
             self.desired_listeners: list[Any] = []
+            self.model_version: str | None = None
 
     runtime = Runtime()
     pipeline = Pipeline(ListSource([solid(GREEN)] * 5), SessionHolder(colour_model), lossless=True)
@@ -151,6 +152,7 @@ def test_the_component_puts_windows_into_the_runtime_outbox(tmp_path: Path, colo
     assert [r.kind for r in records] == ["window"]
     assert protocol.window_of(records[0]).classes == {"green": 5}
     assert runtime.desired_listeners == [component.apply_desired]
+    assert runtime.model_version == "1.0.0"
 
 
 def test_run_over_and_the_command_line_decide_every_image_of_a_folder(
@@ -183,3 +185,38 @@ def test_the_command_line_names_a_bad_model_file(tmp_path: Path, capsys: pytest.
     (tmp_path / "m.json").write_text("{}")
     assert main([str(tmp_path / "m.json"), str(tmp_path)]) == 1
     assert "not usable model metadata" in capsys.readouterr().err
+
+
+def test_the_component_is_built_from_config_sections_and_follows_the_desired_threshold(
+    tmp_path: Path, colour_model: ModelSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    from agent.actions import ActionsSettings
+    from agent.capture import CaptureSettings
+    from agent.escalation import EscalationSettings
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), solid(RED))
+    component = PipelineComponent.build(
+        colour_model,
+        capture=CaptureSettings(source=str(folder), max_fps=5, every_nth=2, loop=True),
+        actions=ActionsSettings.model_validate({"rules": [{"kind": "webhook", "url": "http://127.0.0.1:9/"}]}),
+        escalation=EscalationSettings(),
+        server_url="https://cloud.example",
+        device_id="dev-1",
+        secret="s",
+        data_dir=tmp_path / "data",
+    )
+    pipeline = component.pipeline
+    assert pipeline.capture.every_nth == 2 and pipeline.capture.max_fps == 5
+    assert pipeline.actions is not None and len(pipeline.actions.actions) == 1
+    escalation = pipeline.escalation
+    assert escalation is not None and (tmp_path / "data/escalations").is_dir()
+
+    component.apply_desired(protocol.Desired(generation=2, config={"escalation_threshold": 0.9}))
+    assert escalation.threshold(0.6) == 0.9
+    component.apply_desired(protocol.Desired(generation=3, config={"escalation_threshold": "lots"}))
+    assert escalation.threshold(0.6) == 0.9  # a bad value is ignored, and said so
+    assert "ignoring desired escalation_threshold 'lots'" in caplog.text
+    component.apply_desired(protocol.Desired(generation=4, config={}))
+    assert escalation.threshold(0.6) == 0.6
