@@ -105,7 +105,7 @@ def publish_version(
             build_target_bundle(version, FP32, model_bytes, tensors, outputs)
             AuditLog.record(actor=actor, action="model_version.publish", target=version, version=metadata.version)
             if metadata.quantize:
-                _queue_int8(version)
+                queue_int8(version)
     except IntegrityError:
         # Another publisher won the race for this version between our check and insert.
         again = _existing(model_name, metadata, digest)
@@ -128,11 +128,12 @@ def _existing(model_name: str, metadata: PublishMetadata, digest: str) -> Publis
             409,
         )
     if metadata.quantize and not version.bundles.filter(target=INT8).exists():
-        _queue_int8(version)
+        queue_int8(version)
     return Published(version, created=False)
 
 
-def _queue_int8(version: ModelVersion) -> None:
+def queue_int8(version: ModelVersion) -> None:
+    """Build the cpu-int8 bundle in a worker once the surrounding transaction commits."""
     from registry.tasks import build_int8_bundle
 
     transaction.on_commit(lambda: build_int8_bundle.delay(version.pk))
