@@ -8,6 +8,7 @@ broker checks the database itself, ``none`` is for brokers managed elsewhere.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import lru_cache
 from typing import Protocol
 
@@ -23,12 +24,18 @@ class Provisioner(Protocol):
     def remove_device(self, device_id: str) -> None:
         """Refuse ``device_id`` from now on and disconnect it if connected. Idempotent."""
 
+    def remove_devices(self, device_ids: Iterable[str]) -> None:
+        """``remove_device`` for many, in as few broker round trips as the broker allows."""
+
 
 class NullProvisioner:
     def add_device(self, device_id: str, secret: str) -> None:
         return None
 
     def remove_device(self, device_id: str) -> None:
+        return None
+
+    def remove_devices(self, device_ids: Iterable[str]) -> None:
         return None
 
 

@@ -89,11 +89,14 @@ class DynsecProvisioner:
     look after (reconnects, a broker restart between calls).
     """
 
-    def __init__(self, url: str, username: str, password: str | None, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self, url: str, username: str, password: str | None, *, timeout: float = 10.0, remove_batch: int = 200
+    ) -> None:
         self.url = url
         self.username = username
         self.password = password
         self.timeout = timeout
+        self.remove_batch = remove_batch
 
     @classmethod
     def from_settings(cls) -> DynsecProvisioner:
@@ -112,15 +115,23 @@ class DynsecProvisioner:
         self._upsert(device_role(device_id), device_role_acls(device_id), device_id, secret, DEVICE_TEXT_NAME)
 
     def remove_device(self, device_id: str) -> None:
-        # deleteClient kicks a connected session; the role goes with it.
-        answers = self.send(
-            [
-                {"command": "deleteClient", "username": device_id},
-                {"command": "deleteRole", "rolename": device_role(device_id)},
-            ]
-        )
-        for answer in answers:
-            _require(answer, allow=_GONE)
+        self.remove_devices([device_id])
+
+    def remove_devices(self, device_ids: Iterable[str]) -> None:
+        """Delete clients and their roles, ``remove_batch`` per message so each answer stays small.
+
+        The periodic reconciliation covers every revoked device, so one
+        connection per device would not fit its time limit on a large fleet.
+        """
+        ids = list(device_ids)
+        for start in range(0, len(ids), self.remove_batch):
+            commands: list[dict[str, Any]] = []
+            for device_id in ids[start : start + self.remove_batch]:
+                # deleteClient kicks a connected session; the role goes with it.
+                commands.append({"command": "deleteClient", "username": device_id})
+                commands.append({"command": "deleteRole", "rolename": device_role(device_id)})
+            for answer in self.send(commands):
+                _require(answer, allow=_GONE)
 
     # --- bootstrap and reconciliation ---------------------------------------
 

@@ -222,3 +222,15 @@ def test_the_shipped_mosquitto_config_runs_with_device_accounts(tmp_path: Path) 
         admin.add_device("dev-shipped", "secret")
         assert can_connect(running.url, "dev-shipped", "secret")
         assert not can_connect(running.url, "dev-shipped", "wrong")
+
+
+def test_many_devices_are_removed_in_batches(mosquitto: RunningBroker) -> None:
+    admin = DynsecProvisioner(mosquitto.url, mosquitto.admin_username, mosquitto.admin_password, remove_batch=2)
+    ids = [f"dev-batch-{n}" for n in range(5)]
+    for device_id in ids:
+        admin.add_device(device_id, "secret")
+
+    admin.remove_devices([*ids, "dev-never-existed"])
+
+    assert admin.device_clients() == set()
+    assert not can_connect(mosquitto.url, ids[-1], "secret")
