@@ -17,6 +17,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image, UnidentifiedImageError
 
+from agent.inference import Preprocessor
 from agent.spec import ClassificationOutput, DetectionOutput, InputSpec
 
 _DTYPES = {"float32": "tensor(float)", "uint8": "tensor(uint8)"}
@@ -92,52 +93,31 @@ def input_size(spec: InputSpec) -> tuple[int, int]:
 
 
 def preprocess(image: bytes, spec: InputSpec) -> np.ndarray:
-    """An encoded image as the model's input tensor, batch of one (see InputSpec)."""
+    """An encoded image as the model's input tensor, batch of one.
+
+    The pixels go through the agent's own ``Preprocessor``, so the reference
+    tensors in a bundle are exactly what a device makes of the same picture.
+    """
     try:
         picture = Image.open(io.BytesIO(image))
         picture.load()
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise PublishError("bad_image", f"A reference image cannot be read: {exc}") from None
-    picture = picture.convert("L" if spec.colour == "GRAY" else "RGB")
-    height, width = input_size(spec)
-    if spec.resize == "letterbox":
-        ratio = min(width / picture.width, height / picture.height)
-        inner = (max(1, round(picture.width * ratio)), max(1, round(picture.height * ratio)))
-        canvas = Image.new(picture.mode, (width, height), 114 if picture.mode == "L" else (114, 114, 114))
-        offset = ((width - inner[0]) // 2, (height - inner[1]) // 2)
-        canvas.paste(picture.resize(inner, Image.Resampling.BILINEAR), offset)
-        picture = canvas
-    else:
-        picture = picture.resize((width, height), Image.Resampling.BILINEAR)
-    pixels = np.asarray(picture, dtype=np.uint8)
-    if pixels.ndim == 2:
-        pixels = pixels[:, :, None]
-    if spec.colour == "BGR":
-        pixels = pixels[:, :, ::-1]
-    if spec.dtype == "float32":
-        mean = np.asarray(spec.mean, dtype=np.float32)
-        std = np.asarray(spec.std, dtype=np.float32)
-        tensor = (pixels.astype(np.float32) * np.float32(spec.scale) - mean) / std
-    else:
-        tensor = pixels
-    if spec.layout == "NCHW":
-        tensor = tensor.transpose(2, 0, 1)
-    return np.ascontiguousarray(tensor[None, ...])
+    bgr = np.ascontiguousarray(np.asarray(picture.convert("RGB"), dtype=np.uint8)[:, :, ::-1])
+    tensor, _ = Preprocessor(spec)(bgr)
+    return tensor
 
 
 def generated_inputs(spec: InputSpec, count: int, seed: int = 0) -> list[np.ndarray]:
     """Deterministic smooth pseudo-images for a model published without reference images."""
     rng = np.random.default_rng(seed)
     height, width = input_size(spec)
-    channels = 1 if spec.colour == "GRAY" else 3
     tensors = []
     for _ in range(count):
         # Low-frequency noise upsampled: closer to real pictures than white noise,
         # so a quantised model is calibrated on a plausible range.
-        coarse = rng.integers(0, 256, size=(max(1, height // 16), max(1, width // 16), channels), dtype=np.uint8)
-        picture = Image.fromarray(coarse.squeeze(-1) if channels == 1 else coarse).resize(
-            (width, height), Image.Resampling.BILINEAR
-        )
+        coarse = rng.integers(0, 256, size=(max(1, height // 16), max(1, width // 16), 3), dtype=np.uint8)
+        picture = Image.fromarray(coarse).resize((width, height), Image.Resampling.BILINEAR)
         buffer = io.BytesIO()
         picture.save(buffer, format="PNG")
         tensors.append(preprocess(buffer.getvalue(), spec))
