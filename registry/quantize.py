@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-from agent.spec import InputSpec
+from agent.inference import Geometry, box_iou, decode_detection
+from agent.spec import DetectionOutput, InputSpec, OutputDecoding
 from registry import inspection
 
 
@@ -30,13 +31,17 @@ class Int8Result:
     metrics: dict[str, Any]
 
 
-def quantize(model: bytes, spec: InputSpec, tensors: Sequence[np.ndarray], *, detection: bool) -> Int8Result:
+def quantize(
+    model: bytes, spec: InputSpec, tensors: Sequence[np.ndarray], *, output: OutputDecoding, labels: list[str]
+) -> Int8Result:
     """Quantise ``model`` and measure it against the fp32 model on the same tensors.
 
     The metrics compare like with like in one process: size in bytes, median
     latency ratio int8/fp32 (one thread each, same inputs), and top-1
-    agreement (for a detector: the class of the most confident box).
+    agreement (for a detector: the class of the most confident box, and the
+    share of fp32 detections int8 finds too, same class at IoU >= 0.5).
     """
+    detection = isinstance(output, DetectionOutput)
     with tempfile.TemporaryDirectory(prefix="edgefleet-quant-") as tmp:
         source, target = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         source.write_bytes(model)
@@ -64,7 +69,7 @@ def quantize(model: bytes, spec: InputSpec, tensors: Sequence[np.ndarray], *, de
     fp32_ms = inspection.latency_ms(fp32_session, spec, tensors, rounds)
     int8_ms = inspection.latency_ms(int8_session, spec, tensors, rounds)
     max_abs = float(max(np.max(np.abs(a[0] - b[0])) for a, b in pairs))
-    metrics = {
+    metrics: dict[str, Any] = {
         "size_bytes": len(int8),
         "fp32_size_bytes": len(model),
         "size_ratio": round(len(int8) / len(model), 4),
@@ -76,4 +81,26 @@ def quantize(model: bytes, spec: InputSpec, tensors: Sequence[np.ndarray], *, de
         "reference_count": len(tensors),
         "method": "onnxruntime quantize_static QDQ, per-channel int8 weights, uint8 activations",
     }
+    if isinstance(output, DetectionOutput):
+        metrics.update(detection_agreement(pairs, output, labels))
     return Int8Result(int8, int8_outputs, metrics)
+
+
+def detection_agreement(
+    pairs: list[tuple[list[np.ndarray], list[np.ndarray]]], output: DetectionOutput, labels: list[str]
+) -> dict[str, Any]:
+    """How many of the fp32 model's detections the int8 model also makes (same class, IoU >= 0.5)."""
+    found = matched = 0
+    for fp32, int8 in pairs:
+        geometry = Geometry(1.0, 1.0, 0.0, 0.0, 10**6, 10**6)  # stay in input pixels; nothing to clip
+        reference = decode_detection(fp32[0], output, labels, geometry).detections
+        candidate = decode_detection(int8[0], output, labels, geometry).detections
+        found += len(reference)
+        for det in reference:
+            same = [d.box for d in candidate if d.class_id == det.class_id]
+            if same and float(np.max(box_iou(np.asarray(det.box), np.asarray(same)))) >= 0.5:
+                matched += 1
+    return {
+        "fp32_detections": found,
+        "detection_agreement": round(matched / found, 4) if found else None,
+    }

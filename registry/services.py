@@ -16,10 +16,11 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from pydantic import TypeAdapter
 
 from agent import verify
 from agent.manifest import MODEL_NAME, FileEntry, Manifest, Provenance, ReferenceCase, canonical_json
-from agent.spec import InputSpec
+from agent.spec import InputSpec, OutputDecoding
 from fleet.models import AuditLog
 from registry import inspection
 from registry.bundles import build_bundle
@@ -253,7 +254,8 @@ def build_int8_bundle(version: ModelVersion) -> Bundle:
         model_bytes = (verified.directory / MODEL_NAME).read_bytes()
         tensors = [np.load(verified.directory / c.input, allow_pickle=False) for c in verified.manifest.references]
     spec = InputSpec.model_validate(version.input_spec)
-    result = quantize(model_bytes, spec, tensors, detection=version.model.task == "detection")
+    output = TypeAdapter(OutputDecoding).validate_python(version.output)
+    result = quantize(model_bytes, spec, tensors, output=output, labels=list(version.labels))
     with transaction.atomic():
         locked = ModelVersion.objects.select_for_update().get(pk=version.pk)
         existing = locked.bundles.filter(target=INT8).first()

@@ -53,6 +53,46 @@ def make_classifier(labels: int = 3, side: int = 32, seed: int = 7) -> bytes:
     return model.SerializeToString()
 
 
+def make_detector(labels: int = 2, side: int = 32, seed: int = 11) -> bytes:
+    """A YOLO-shaped detector: a strided conv makes a 4x4 grid of rows (cx, cy, w, h, objectness, classes)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    rows, cells = 5 + labels, (side // 8) ** 2
+    nodes = [
+        helper.make_node("Conv", ["image", "w", "b"], ["grid"], strides=[8, 8]),
+        helper.make_node("Sigmoid", ["grid"], ["unit"]),
+        helper.make_node("Mul", ["unit", "pixels"], ["scaled"]),
+        helper.make_node("Reshape", ["scaled", "shape"], ["flat"]),
+        helper.make_node("Transpose", ["flat"], ["detections"], perm=[0, 2, 1]),
+    ]
+    # Box values in input pixels, scores in 0..1, as the agent decodes them.
+    pixels = np.array([side] * 4 + [1.0] * (1 + labels), dtype=np.float32).reshape(1, rows, 1, 1)
+    weights = [
+        numpy_helper.from_array(rng.normal(0, 0.5, (rows, 3, 8, 8)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.normal(0, 0.5, (rows,)).astype(np.float32), "b"),
+        numpy_helper.from_array(pixels, "pixels"),
+        numpy_helper.from_array(np.array([1, rows, cells], dtype=np.int64), "shape"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny-detector",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, side, side])],
+        [helper.make_tensor_value_info("detections", TensorProto.FLOAT, [1, cells, rows])],
+        initializer=weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+@pytest.fixture(scope="session")
+def detector_onnx() -> bytes:
+    return make_detector()
+
+
 @pytest.fixture(scope="session")
 def classifier_onnx() -> bytes:
     return make_classifier()

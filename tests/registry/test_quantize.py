@@ -56,3 +56,33 @@ def test_an_identical_republish_that_asks_for_int8_builds_it(
 
     assert response.status_code == 200
     assert Bundle.objects.filter(target="cpu-int8").exists()
+
+
+def test_a_detector_gets_an_int8_bundle_with_its_detection_agreement(
+    token_client, detector_onnx, metadata, django_capture_on_commit_callbacks
+):
+    detector = metadata(
+        task="detection", labels=["washer", "gear"],
+        input={"name": "image", "shape": [1, 3, 32, 32]},
+        output={"kind": "detection", "output": "detections", "score_threshold": 0.2},
+        quantize=True,
+    )
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = publish(token_client("publish"), detector_onnx, detector, name="parts-detector")
+
+    assert response.status_code == 201, response.content
+    metrics = Bundle.objects.get(target="cpu-int8").metrics
+    assert metrics["fp32_detections"] > 0 and 0 <= metrics["detection_agreement"] <= 1
+
+
+def test_a_detector_whose_rows_do_not_fit_its_labels_is_refused(token_client, detector_onnx, metadata):
+    detector = metadata(
+        task="detection", labels=["washer", "gear", "bracket"],
+        input={"name": "image", "shape": [1, 3, 32, 32]},
+        output={"kind": "detection", "output": "detections"},
+    )
+
+    response = publish(token_client("publish"), detector_onnx, detector, name="parts-detector")
+
+    assert response.status_code == 400 and "5 + 3 labels" in response.json()["detail"]
