@@ -162,9 +162,10 @@ def _announce(alert: Alert, event: str) -> None:
     from telemetry.notify import channels_for
 
     alert = Alert.objects.select_related("rule", "device", "device__site").get(pk=alert.pk)
+    # The device is the audit target (AuditLog keys targets by device_id); the alert id rides in the data.
     AuditLog.record(
-        actor=None, action=f"alert.{event}", target=alert, rule=alert.rule.kind,
-        device=alert.device.device_id, value=alert.value,
+        actor=None, action=f"alert.{event}", target=alert.device, alert=alert.pk, rule=alert.rule.kind,
+        value=alert.value,
     )  # fmt: skip
     log.info("alert %s %s on device=%s value=%s", alert.rule.kind, event, alert.device.device_id, alert.value)
     for channel in channels_for(alert):

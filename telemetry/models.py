@@ -215,8 +215,8 @@ class Alert(models.Model):
         changed = self._move({self.State.OPEN}, self.State.ACKNOWLEDGED, acknowledged_at=timezone.now(),
                              acknowledged_by=label)  # fmt: skip
         if changed:
-            AuditLog.record(actor=actor, action="alert.acknowledge", target=self, reason=note,
-                            rule=self.rule.kind, device=self.device.device_id)  # fmt: skip
+            AuditLog.record(actor=actor, action="alert.acknowledge", target=self.device, reason=note,
+                            alert=self.pk, rule=self.rule.kind)  # fmt: skip
         return changed
 
     def resolve(self, now: datetime) -> bool:

@@ -7,15 +7,28 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from django.db.models import Sum
+from django.utils import timezone
 
 from fleet.bridge import Bridge, BridgeConfig
 from fleet.models import Device, Site
-from telemetry.models import TelemetryRecord
+from telemetry.models import TelemetryRecord, WindowRollup
+from telemetry.rollups import SETTLE, roll_up
 from tests.bridge.helpers import status, telemetry, topic
+from tests.telemetry.factories import window_data
+
+
+def window_batch(seqs: range) -> bytes:
+    now = datetime.now(dt_timezone.utc)
+    data = window_data(now, [12.0, 14.0, 30.0], [0.9, 0.8, 0.4])
+    records = [{"seq": s, "kind": "window", "ts": now.isoformat(), "data": data} for s in seqs]
+    return json.dumps({"v": 1, "type": "telemetry", "records": records}).encode()
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -142,13 +155,21 @@ def test_two_bridges_on_one_shared_subscription_store_every_record_once(
     try:
         for seq in range(1, 201):
             device_client.publish("telemetry", telemetry(seq))
-        assert wait_until(lambda: TelemetryRecord.objects.filter(device=device).count() == 200, bridges)
-        assert wait_until(lambda: sum(b.accepted["telemetry"] for b in bridges) == 200, bridges)
+        # Then batches of window summaries, each sent twice, as an outbox resends after a lost ack.
+        for first in range(201, 401, 20):
+            payload = window_batch(range(first, first + 20))
+            device_client.publish("telemetry", payload)
+            device_client.publish("telemetry", payload)
+        assert wait_until(lambda: TelemetryRecord.objects.filter(device=device).count() == 400, bridges)
+        assert wait_until(lambda: sum(b.accepted["telemetry"] for b in bridges) == 220, bridges)
         # The broker spread the work over both, and nobody stored anything twice.
         assert all(b.accepted["telemetry"] > 0 for b in bridges)
         seqs = list(TelemetryRecord.objects.filter(device=device).values_list("seq", flat=True))
-        assert sorted(seqs) == list(range(1, 201))
-        assert device_client.wait_for(lambda got: ("ack", {"v": 1, "type": "ack", "seq": 200}) in got)
+        assert sorted(seqs) == list(range(1, 401))
+        assert device_client.wait_for(lambda got: ("ack", {"v": 1, "type": "ack", "seq": 400}) in got)
+        roll_up(now=timezone.now() + SETTLE + timedelta(seconds=1))
+        frames = WindowRollup.objects.filter(resolution="1h", scope="device").aggregate(n=Sum("frames"))["n"]
+        assert frames == 200 * 3, "every window counted once in the rollups"
     finally:
         for bridge in bridges:
             bridge.stop()

@@ -79,7 +79,13 @@ def test_the_ack_covers_only_contiguous_records_across_several_devices(devices: 
     feed = Feed(first)
     now = timezone.now()
     records = [feed.heartbeat(now) for _ in range(5)]
-    stored = ingest.store_batches([(first, batch(*records[:2])), (second, batch(*Feed(second).windows(now, 1, random.Random(1)))), (first, batch(records[4]))])
+    stored = ingest.store_batches(
+        [
+            (first, batch(*records[:2])),
+            (second, batch(*Feed(second).windows(now, 1, random.Random(1)))),
+            (first, batch(records[4])),
+        ]
+    )
     assert stored.acks == {first.pk: 2, second.pk: 6}
     assert ingest.store_telemetry(first, batch(records[2], records[3])) == 5
 
@@ -105,7 +111,9 @@ def payload(records: list[protocol.TelemetryRecord]) -> bytes:
     return protocol.encode(batch(*records))
 
 
-def test_the_bridge_stores_a_drained_queue_together_and_acks_each_device_once(bridge: Bridge, devices: list[Device]) -> None:
+def test_the_bridge_stores_a_drained_queue_together_and_acks_each_device_once(
+    bridge: Bridge, devices: list[Device]
+) -> None:
     now = timezone.now()
     feeds = [Feed(d) for d in devices]
     items = []

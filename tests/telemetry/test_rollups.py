@@ -88,7 +88,8 @@ def test_rollups_exist_per_device_site_and_model_version_at_both_resolutions(dev
     }  # fmt: skip
     fleet = hours.get(scope=Scope.FLEET, model_version="1.0.0")
     assert fleet.frames == sum(
-        r.frames for r in WindowRollup.objects.filter(resolution=Resolution.MINUTE, scope=Scope.FLEET, model_version="1.0.0")
+        r.frames
+        for r in WindowRollup.objects.filter(resolution=Resolution.MINUTE, scope=Scope.FLEET, model_version="1.0.0")
     )
     assert HeartbeatRollup.objects.filter(resolution=Resolution.HOUR, temperature_c_max=71.5).exists()
 

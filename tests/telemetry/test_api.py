@@ -1,0 +1,184 @@
+"""The telemetry series and alerts endpoints: what a chart gets, who may see and acknowledge, and query counts."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from rest_framework.test import APIClient
+
+from fleet.models import Device, Site
+from telemetry import alerts
+from telemetry.models import Alert, Resolution, Scope, WindowRollup
+from tests.telemetry.factories import Feed, roll_up_everything
+from tests.telemetry.helpers import alive
+
+pytestmark = pytest.mark.django_db
+
+START = datetime(2026, 11, 20, 8, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def devices(site: Site, enroll_device: Callable[..., Any]) -> list[Device]:
+    devices = [enroll_device(site, name=f"cam-{i}").device for i in range(3)]
+    rng = random.Random(0)
+    for device in devices:
+        feed = Feed(device)
+        feed.store([*feed.windows(START, minutes=30, rng=rng, per_minute=2), feed.heartbeat(START, temperature_c=61.0)])
+    roll_up_everything()
+    return devices
+
+
+def series(client: APIClient, **params: Any) -> Any:
+    return client.get("/api/v1/telemetry/", params)
+
+
+def test_a_site_series_merges_every_device_and_reads_percentiles_off_the_merged_histogram(
+    viewer_client: APIClient, devices: list[Device]
+) -> None:
+    answer = series(
+        viewer_client,
+        scope="site",
+        key="plant-a",
+        start=START.isoformat(),
+        end=(START + timedelta(hours=1)).isoformat(),
+    )
+    assert answer.status_code == 200, answer.content
+    body = answer.json()
+    assert body["resolution"] == "1m" and body["model_versions"] == ["detector@1.0.0"]
+    assert sum(p["frames"] for p in body["points"]) == 3 * 30 * 2 * 50
+    assert 15 < body["summary"]["latency_p50_ms"] < 25 < body["summary"]["latency_p95_ms"]
+    assert sum(body["summary"]["confidence_distribution"]) == pytest.approx(1.0)
+    assert set(body["summary"]["class_mix"]) == {"ok", "defect"}
+
+
+def test_the_server_downsamples_to_at_most_the_points_asked_for(
+    viewer_client: APIClient, devices: list[Device]
+) -> None:
+    body = series(viewer_client, scope="device", key=devices[0].device_id, start=START.isoformat(),
+                  end=(START + timedelta(minutes=31)).isoformat(), points=4).json()  # fmt: skip
+    assert body["step_s"] == 480 and len(body["points"]) == 4
+    assert sum(p["windows"] for p in body["points"]) == 60
+    assert body["health"][0]["temperature_c_max"] == 61.0
+
+
+def test_a_week_is_read_from_hour_rollups(viewer_client: APIClient, devices: list[Device]) -> None:
+    body = series(viewer_client, scope="model", key="detector@1.0.0", start=(START - timedelta(days=6)).isoformat(),
+                  end=(START + timedelta(days=1)).isoformat()).json()  # fmt: skip
+    assert body["resolution"] == "1h" and body["step_s"] == 3600
+    assert body["summary"]["frames"] == 3 * 30 * 2 * 50
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"scope": "site", "key": "plant-a", "start": "2026-11-20T10:00:00Z", "end": "2026-11-20T09:00:00Z"}, "after"),
+        ({"scope": "site", "key": "plant-a", "start": "2026-11-01T00:00:00Z", "resolution": "1m"}, "minute"),
+        ({"scope": "model", "key": "detector", "start": "2026-11-20T00:00:00Z"}, "name@version"),
+        ({"scope": "galaxy", "key": "x", "start": "2026-11-20T00:00:00Z"}, "scope"),
+        ({"scope": "site", "key": "plant-a", "start": "yesterday"}, "start"),
+        ({"scope": "site", "key": "plant-a", "start": "2026-11-20T00:00:00Z", "points": 5000}, "points"),
+    ],
+)
+def test_bad_series_requests_get_a_clear_400(
+    viewer_client: APIClient, site: Site, params: dict[str, Any], message: str
+) -> None:
+    answer = series(viewer_client, **params)
+    assert answer.status_code == 400 and message in answer.content.decode()
+
+
+def test_an_unknown_device_or_site_is_404(viewer_client: APIClient, site: Site) -> None:
+    assert series(viewer_client, scope="device", key="dev-nope", start="2026-11-20T00:00:00Z").status_code == 404
+    assert series(viewer_client, scope="site", key="nowhere", start="2026-11-20T00:00:00Z").status_code == 404
+
+
+def test_the_series_query_count_does_not_grow_with_devices_or_points(
+    viewer_client: APIClient, site: Site, enroll_device: Callable[..., Any]
+) -> None:
+    def count(n_devices: int) -> int:
+        for i in range(n_devices):
+            device = enroll_device(site, name=f"extra-{n_devices}-{i}").device
+            for hour in range(48):
+                WindowRollup.objects.create(resolution=Resolution.HOUR, scope=Scope.DEVICE, key=device.device_id,
+                                            bucket=START - timedelta(hours=hour), frames=10)  # fmt: skip
+        with CaptureQueriesContext(connection) as queries:
+            assert series(viewer_client, scope="site", key="plant-a", start=(START - timedelta(days=7)).isoformat(),
+                          end=START.isoformat()).status_code == 200  # fmt: skip
+        return len(queries)
+
+    assert count(2) == count(20) <= 6
+
+
+def test_anonymous_and_device_callers_get_no_telemetry(anonymous: APIClient, site: Site) -> None:
+    assert series(anonymous, scope="site", key="plant-a", start="2026-11-20T00:00:00Z").status_code in (401, 403)
+
+
+# --- alerts --------------------------------------------------------------------
+
+
+@pytest.fixture
+def alert(site: Site, enroll_device: Callable[..., Any]) -> Alert:
+    device = enroll_device(site, name="hot").device
+    now = datetime.now(timezone.utc)
+    alerts.ensure_rules()
+    alive(device, now, temperature_c=99.0)
+    alerts.evaluate(now)
+    later = now + timedelta(minutes=6)  # past the rule's five minutes
+    alive(device, later, temperature_c=99.0)
+    alerts.evaluate(later)
+    return Alert.objects.get(rule__kind="temperature_high")
+
+
+def test_anyone_signed_in_lists_alerts_with_filters(viewer_client: APIClient, alert: Alert, other_site: Site) -> None:
+    body = viewer_client.get("/api/v1/alerts/", {"state": "open", "site": "plant-a"}).json()
+    assert [a["id"] for a in body["results"]] == [alert.pk]
+    assert body["results"][0]["rule"] == "temperature_high" and body["results"][0]["value"] == 99.0
+    assert viewer_client.get("/api/v1/alerts/", {"site": "plant-b"}).json()["results"] == []
+    assert viewer_client.get("/api/v1/alerts/", {"live": "false"}).json()["results"] == []
+
+
+def test_the_alert_list_query_count_is_bounded(
+    viewer_client: APIClient, alert: Alert, enroll_device: Callable[..., Any], site: Site
+) -> None:
+    with CaptureQueriesContext(connection) as one:
+        viewer_client.get("/api/v1/alerts/")
+    for i in range(5):
+        device = enroll_device(site, name=f"more-{i}").device
+        Alert.objects.create(rule=alert.rule, device=device, since=alert.since, state="open")
+    with CaptureQueriesContext(connection) as six:
+        assert len(viewer_client.get("/api/v1/alerts/").json()["results"]) == 6
+    assert len(one) == len(six)
+
+
+@pytest.mark.parametrize(
+    ("who", "expected"),
+    [("admin", 200), ("viewer", 403), ("read_token", 403), ("fleet_token", 200), ("anonymous", 401)],
+)
+def test_only_staff_or_a_fleet_token_may_acknowledge(
+    who: str, expected: int, alert: Alert, admin_client: APIClient, viewer_client: APIClient,
+    anonymous: APIClient, token_client: Callable[..., APIClient],
+) -> None:  # fmt: skip
+    clients = {
+        "admin": lambda: admin_client, "viewer": lambda: viewer_client, "anonymous": lambda: anonymous,
+        "read_token": lambda: token_client("read"), "fleet_token": lambda: token_client("fleet"),
+    }  # fmt: skip
+    answer = clients[who]().post(f"/api/v1/alerts/{alert.pk}/acknowledge/", {"note": "on it"}, format="json")
+    assert answer.status_code in ((401, 403) if expected == 401 else (expected,))
+    alert.refresh_from_db()
+    assert (alert.state == "acknowledged") == (expected == 200)
+
+
+def test_acknowledging_twice_is_a_conflict(admin_client: APIClient, alert: Alert) -> None:
+    assert admin_client.post(f"/api/v1/alerts/{alert.pk}/acknowledge/").status_code == 200
+    answer = admin_client.post(f"/api/v1/alerts/{alert.pk}/acknowledge/")
+    assert answer.status_code == 409 and "acknowledged" in answer.json()["detail"]
+
+
+def test_the_openapi_schema_describes_telemetry_and_alerts(admin_client: APIClient) -> None:
+    schema = admin_client.get("/api/v1/schema/", {"format": "json"}).json()
+    assert "/api/v1/telemetry/" in schema["paths"] and "/api/v1/alerts/{id}/acknowledge/" in schema["paths"]
