@@ -23,7 +23,9 @@ from tests.broker.clients import Probe
 from tests.broker.conftest import BRIDGE_PASSWORD, BRIDGE_USERNAME
 from tests.brokers import RunningBroker, free_port, mosquitto_with_dynsec
 
-pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+pytestmark = pytest.mark.integration
+# Real commits: the revocation hook runs on commit, and the broker checks what was committed.
+with_db = pytest.mark.django_db(transaction=True)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,6 +42,7 @@ def enroll_over_api(token: str, name: str = "cam-1") -> Any:
     return APIClient().post("/api/v1/enroll", {"token": token, "name": name}, format="json")
 
 
+@with_db
 def test_a_stock_client_with_one_devices_credentials_is_refused_on_another_devices_topic(
     dynsec_settings: DynsecProvisioner, site: Site, enroll_device: Callable[..., services.Enrollment]
 ) -> None:
@@ -71,6 +74,7 @@ def test_a_stock_client_with_one_devices_credentials_is_refused_on_another_devic
     bridge.close()
 
 
+@with_db
 def test_an_mqtt5_device_is_told_its_publish_to_another_device_is_not_authorized(
     dynsec_settings: DynsecProvisioner, site: Site, enroll_device: Callable[..., services.Enrollment]
 ) -> None:
@@ -82,6 +86,7 @@ def test_an_mqtt5_device_is_told_its_publish_to_another_device_is_not_authorized
     probe.close()
 
 
+@with_db
 def test_enrollment_fails_cleanly_when_the_broker_is_unreachable_and_the_token_stays_usable(
     settings: Any, site: Site
 ) -> None:
@@ -103,6 +108,7 @@ def test_enrollment_fails_cleanly_when_the_broker_is_unreachable_and_the_token_s
     assert not Device.objects.exists()
 
 
+@with_db
 def test_an_enrollment_refused_for_want_of_a_broker_succeeds_once_it_is_back(
     dynsec_settings: DynsecProvisioner, settings: Any, site: Site
 ) -> None:
@@ -143,6 +149,7 @@ def test_removing_a_device_twice_is_harmless(dynsec_settings: DynsecProvisioner)
     assert "dev-gone" not in dynsec_settings.device_clients()
 
 
+@with_db
 def test_the_bridge_may_subscribe_through_a_shared_subscription_and_publish_retained_desired(
     dynsec_settings: DynsecProvisioner, site: Site, enroll_device: Callable[..., services.Enrollment]
 ) -> None:
@@ -162,6 +169,7 @@ def test_the_bridge_may_subscribe_through_a_shared_subscription_and_publish_reta
     bridge.close()
 
 
+@with_db
 def test_bootstrap_creates_the_bridge_and_removes_revoked_and_unknown_devices(
     dynsec_settings: DynsecProvisioner, settings: Any, site: Site, enroll_device: Callable[..., services.Enrollment]
 ) -> None:
@@ -189,6 +197,7 @@ def test_bootstrap_creates_the_bridge_and_removes_revoked_and_unknown_devices(
     assert "1 in step, 0 removed, 1 need re-enrollment" in out.getvalue()
 
 
+@with_db
 def test_bootstrap_dry_run_changes_nothing(dynsec_settings: DynsecProvisioner, settings: Any) -> None:
     settings.MQTT_USERNAME, settings.MQTT_PASSWORD = BRIDGE_USERNAME, BRIDGE_PASSWORD
     dynsec_settings.add_device("dev-orphan", "secret")
