@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python manage.py demo
+	$(BIN)/python -m fleet.demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
