@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
+import json
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -93,23 +94,41 @@ def detector_onnx() -> bytes:
     return make_detector()
 
 
+MODELS = Path(__file__).resolve().parents[2] / "models"
+REAL_CLASSIFIER = "parts-classifier"
+
+
+def real_model(name: str) -> tuple[bytes, dict[str, Any]] | None:
+    """The project's trained model ``models/onnx/<name>.onnx`` and its publish metadata, when present."""
+    model, metadata = MODELS / "onnx" / f"{name}.onnx", MODELS / f"{name}.json"
+    if not (model.exists() and metadata.exists()):
+        return None
+    return model.read_bytes(), json.loads(metadata.read_text())
+
+
 @pytest.fixture(scope="session")
 def classifier_onnx() -> bytes:
-    return make_classifier()
+    """The real parts classifier from models/ (see docs/models.md); a small built graph until it exists."""
+    real = real_model(REAL_CLASSIFIER)
+    return real[0] if real else make_classifier()
 
 
 def metadata_for(version: str = "1.0.0", **overrides: Any) -> dict[str, Any]:
-    document: dict[str, Any] = {
-        "version": version,
+    """Publish metadata for ``classifier_onnx``: the real model's own file when it is there."""
+    real = real_model(REAL_CLASSIFIER)
+    document: dict[str, Any] = real[1] if real else {
         "task": "classification",
         "labels": list(LABELS),
         "input": {"name": "input", "shape": [1, 3, 32, 32], "mean": [0.5], "std": [0.25]},
         "output": {"kind": "classification", "output": "logits"},
         "thresholds": {"escalate_below": 0.5, "act_above": 0.9},
         "metrics": {"accuracy": 0.93},
-        "provenance": {"git_commit": "0123abcd", "ci_run": "https://ci.example/run/1"},
-        "reference_count": 3,
     }
+    document.update(
+        version=version,
+        provenance={**document.get("provenance", {}), "git_commit": "0123abcd", "ci_run": "https://ci.example/run/1"},
+        reference_count=3,
+    )
     document.update(overrides)
     return document
 

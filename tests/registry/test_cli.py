@@ -11,7 +11,6 @@ from typer.testing import CliRunner
 
 from registry import cli
 from registry.models import Bundle
-from tests.registry.conftest import metadata_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
 
@@ -19,11 +18,11 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def files(tmp_path, classifier_onnx, png_images) -> dict[str, Path]:
+def files(tmp_path, classifier_onnx, metadata, png_images) -> dict[str, Path]:
     model = tmp_path / "model.onnx"
     model.write_bytes(classifier_onnx)
     meta = tmp_path / "metadata.json"
-    meta.write_text(json.dumps(metadata_for("0.0.1")))
+    meta.write_text(json.dumps(metadata("0.0.1")))
     image = tmp_path / "ref.png"
     image.write_bytes(png_images[0])
     junk = tmp_path / "junk.onnx"
