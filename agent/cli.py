@@ -261,13 +261,18 @@ def setup_logging(level: str, style: str) -> None:
 @app.command()
 def run(config: ConfigOption = agent_config.DEFAULT_CONFIG_PATH) -> None:
     """Run the agent until SIGTERM or SIGINT."""
+    from agent.inference import ModelLoadError
     from agent.runtime import Runtime
+    from agent.updater import Updater
+    from agent.vision import Vision
 
     settings = _load(config)
     setup_logging(settings.agent.log_level, settings.agent.log_format)
     try:
-        runtime = Runtime(settings)
-    except (OSError, sqlite3.Error) as exc:
+        # The updater first: it loads the installed (or fallback) model the pipeline starts with.
+        updater = Updater(settings)
+        runtime = Runtime(settings, components=[updater, Vision(settings, updater)])
+    except (OSError, sqlite3.Error, ModelLoadError) as exc:
         log.error("event=start_failed error=%s", exc)
         fail(Exit.FAILURE, f"cannot start: {exc}")
     raise typer.Exit(runtime.run())
@@ -315,6 +320,20 @@ def status(
     width = max(len(k) for k in summary)
     for key, value in summary.items():
         typer.echo(f"{key.ljust(width)}  {'-' if value is None else value}")
+
+
+# --- doctor ---------------------------------------------------------------------------
+
+
+@app.command()
+def doctor(config: ConfigOption = agent_config.DEFAULT_CONFIG_PATH) -> None:
+    """Check config, clock, server and broker reachability, model load and disk; non-zero on a failure."""
+    from agent.doctor import print_checks, run_checks
+
+    checks = run_checks(config)
+    print_checks(checks)
+    if any(check.status == "fail" for check in checks):
+        raise typer.Exit(int(Exit.FAILURE))
 
 
 def main() -> None:

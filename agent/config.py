@@ -23,6 +23,11 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from agent.actions import ActionsSettings
+from agent.capture import CaptureSettings
+from agent.escalation import EscalationSettings
+from agent.inference import InferenceSettings
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10 devices
@@ -114,12 +119,39 @@ class OutboxSettings(_Section):
     live_share: float = Field(default=0.1, ge=0, le=1)
 
 
+class UpdaterSettings(_Section):
+    """The ``[updater]`` section: how model bundles are fetched and when the fallback model takes over."""
+
+    max_bundle_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
+    """A download announcing more than this is refused before its first byte."""
+    download_timeout_s: float = Field(default=30.0, gt=0, le=600)
+    retry_after_s: float = Field(default=30.0, gt=0, le=3600)
+    """A failed download (network, server) is tried again after this long."""
+    crash_threshold: int = Field(default=20, ge=1, le=100_000)
+    """Frames in a row the active model may fail on before the fallback model takes over."""
+
+
+class VisionSettings(_Section):
+    """The ``[vision]`` section: inference in ``run`` and its window telemetry."""
+
+    enabled: bool = True
+    window_interval_s: float = Field(default=60.0, ge=0.1, le=3600)
+    """How often the pipeline's window summary becomes a ``window`` telemetry record."""
+
+
 class AgentConfig(_Section):
     server: ServerSettings
     device: DeviceSettings
     mqtt: MqttSettings
     agent: AgentSettings
     outbox: OutboxSettings = OutboxSettings()
+    updater: UpdaterSettings = UpdaterSettings()
+    vision: VisionSettings = VisionSettings()
+    capture: CaptureSettings | None = None
+    """Without a ``[capture]`` source the agent updates models but runs no inference."""
+    inference: InferenceSettings = InferenceSettings()
+    actions: ActionsSettings = ActionsSettings()
+    escalation: EscalationSettings = EscalationSettings()
 
     @property
     def data_dir(self) -> Path:
@@ -136,6 +168,10 @@ class AgentConfig(_Section):
     @property
     def desired_path(self) -> Path:
         return self.agent.data_dir / "desired.json"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.agent.data_dir / "models"
 
 
 SECTIONS: dict[str, type[_Section]] = {

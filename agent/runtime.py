@@ -86,6 +86,9 @@ class Runtime:
         self.stopping = threading.Event()
         self.components = list(components or [])
         self.model_version: str | None = None
+        # What the updater last said (phase, error, model, fallback): every later report repeats it,
+        # so a reconnect does not turn a failed or degraded device back into an idle-looking one.
+        self.reported_fields: dict[str, Any] = {}
         self.commands: dict[str, CommandHandler] = {"ping": self._ping, "flush": self._flush}
         self.desired_listeners: list[DesiredListener] = []
         self.notifier = Notifier()
@@ -124,6 +127,7 @@ class Runtime:
             "agent_version": __version__,
             "model_version": self.model_version,
         }
+        values.update(self.reported_fields)
         values.update(fields)
         if self.link.connected.is_set():
             self.link.publish("reported", protocol.Reported(**values))

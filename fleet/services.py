@@ -98,3 +98,34 @@ def revoke_device(device: Device, *, actor: Any, reason: str) -> None:
     from fleet.tasks import reconcile_broker
 
     transaction.on_commit(lambda: reconcile_broker.delay(device.pk))
+
+
+def assign_model(
+    device: Device, version: Any, *, actor: Any, target: str | None = None, config: dict[str, Any] | None = None
+) -> int:
+    """Point a device at a model version's bundle for its target; returns the new desired generation.
+
+    The desired runtime config (thresholds, escalation policy, telemetry
+    interval) is kept, with ``config`` merged over it. The bridge signs and
+    publishes the document; the agent's updater converges on it. Used by
+    tests and the demo now and by rollouts later.
+    """
+    from registry.models import Bundle
+
+    wanted = target or "cpu-fp32"
+    bundle = Bundle.objects.select_related("version__model").filter(version=version, target=wanted).first()
+    if bundle is None:
+        raise ValueError(f"{version} has no bundle for target {wanted}")
+    with transaction.atomic():
+        current = Device.objects.select_for_update().get(pk=device.pk).desired or {}
+        document = {
+            "model": bundle.desired_model(),
+            "config": {**(current.get("config") or {}), **(config or {})},
+        }
+        generation = device.set_desired(document)
+        AuditLog.record(
+            actor=actor, action="device.assign_model", target=device,
+            model=bundle.version.model.name, version=bundle.version.version, bundle_target=bundle.target,
+            generation=generation,
+        )
+    return generation

@@ -1,0 +1,73 @@
+"""Inference in ``edgefleet-agent run``: the frame pipeline on the configured source.
+
+The pipeline decides with whatever model the updater holds (the installed
+one, or the fallback), so an update swaps the model under it between two
+frames. Every ``[vision] window_interval_s`` the closed window becomes a
+``window`` telemetry record in the outbox (``agent.pipeline.PipelineComponent``).
+A source that cannot be opened is reported as an event and logged; the agent
+keeps running (updates, telemetry, commands) without inference.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from agent.actions import ActionDispatcher
+from agent.capture import CaptureError, open_source
+from agent.config import AgentConfig
+from agent.escalation import EscalationClient
+from agent.pipeline import Pipeline, PipelineComponent
+from agent.updater import Updater
+
+log = logging.getLogger(__name__)
+
+
+class Vision:
+    """A runtime ``Component``: capture -> inference -> actions, windows and escalation."""
+
+    def __init__(self, config: AgentConfig, updater: Updater) -> None:
+        self.config = config
+        self.updater = updater
+        self.pipeline: Pipeline | None = None
+        self._component: PipelineComponent | None = None
+
+    def start(self, runtime: Any) -> None:
+        config = self.config
+        capture = config.capture
+        if capture is None or not config.vision.enabled:
+            log.info("event=inference_off reason=%s", "no [capture] source" if capture is None else "disabled")
+            return
+        try:
+            source = open_source(capture.source, loop=capture.loop)
+        except CaptureError as exc:
+            log.error("event=capture_unavailable source=%s error=%s", capture.source, exc)
+            runtime.event("capture_unavailable", source=capture.source[:200], error=str(exc)[:300])
+            return
+        actions = ActionDispatcher.from_settings(config.actions) if config.actions.rules else None
+        escalation = None
+        if config.escalation.enabled:
+            escalation = EscalationClient(
+                config.escalation,
+                server_url=config.server.url,
+                device_id=config.device.id,
+                secret=config.device.secret,
+                queue_dir=config.data_dir / "escalations",
+            )
+        self.pipeline = Pipeline(
+            source,
+            self.updater.holder,
+            queue_size=capture.queue_size,
+            max_fps=capture.max_fps,
+            every_nth=capture.every_nth,
+            actions=actions,
+            escalation=escalation,
+        )
+        self._component = PipelineComponent(self.pipeline, interval_s=config.vision.window_interval_s)
+        self._component.start(runtime)
+        self.updater.attach(self.pipeline)
+        log.info("event=inference_started source=%s model=%s", capture.source, self.updater.holder.session.version)
+
+    def stop(self) -> None:
+        if self._component is not None:
+            self._component.stop()
