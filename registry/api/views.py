@@ -264,14 +264,22 @@ class BundleDownloadView(APIView):
         headers["Content-Length"] = str(end - start + 1)
         if request.method == "HEAD":
             return HttpResponse(status=code, headers=headers, content_type="application/gzip")
-        response = StreamingHttpResponse(
-            _read_span(bundle, start, end - start + 1), status=code, content_type="application/gzip", headers=headers
+        try:
+            # Opened before the status line goes out, so a missing file is a clear 503, not a cut body.
+            handle = bundle.file.storage.open(bundle.file.name, "rb")
+        except OSError:
+            log.exception("bundle %s is missing from storage (%s)", bundle.pk, bundle.file.name)
+            return HttpResponse(status=503, headers={"Retry-After": "60"})
+        return StreamingHttpResponse(
+            _read_span(bundle, handle, start, end - start + 1),
+            status=code,
+            content_type="application/gzip",
+            headers=headers,
         )
-        return response
 
 
-def _read_span(bundle: Bundle, start: int, length: int, chunk: int = 256 * 1024) -> Iterator[bytes]:
-    with bundle.file.storage.open(bundle.file.name, "rb") as handle:
+def _read_span(bundle: Bundle, handle: Any, start: int, length: int, chunk: int = 256 * 1024) -> Iterator[bytes]:
+    with handle:
         handle.seek(start)
         while length > 0:
             data = handle.read(min(chunk, length))

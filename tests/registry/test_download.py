@@ -135,3 +135,11 @@ def test_the_desired_model_names_the_download_and_its_digests(bundle):
 
     assert described["bundle_url"] == f"/api/v1/bundles/{bundle.pk}/download"
     assert (described["sha256"], described["size"], described["sequence"]) == (bundle.sha256, bundle.size, 1)
+
+
+def test_a_bundle_missing_from_storage_is_a_clear_503(device, bundle):
+    bundle.file.storage.delete(bundle.file.name)
+
+    response = device.get(bundle.download_path())
+
+    assert response.status_code == 503 and response["Retry-After"] == "60"
