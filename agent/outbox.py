@@ -433,6 +433,10 @@ def inspect(path: Path) -> OutboxStats | None:
         return None
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not {"records", "meta"} <= tables:
+            # Created a moment ago by an agent that has not written its schema yet.
+            return OutboxStats(depth=0, bytes=0, last_seq=0, acked_seq=0, dropped_total=0, in_flight=0, oldest_seq=None)
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         count, size, oldest, top = db.execute(
             "SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(seq), COALESCE(MAX(seq), 0) FROM records"

@@ -16,6 +16,7 @@ import pytest
 
 from agent import protocol
 from agent.outbox import MAX_BATCH_BYTES, Outbox, OutboxError
+from agent.outbox import inspect as outbox_inspect
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -282,3 +283,14 @@ def test_kill_9_mid_write_loses_nothing_committed_and_never_repeats_a_seq(path: 
             assert box.append("window", window()) > max(seqs[-1], committed)
             box.commit()
             previous_top = box.committed_seq
+
+
+def test_status_can_read_an_outbox_that_is_absent_or_not_set_up_yet(path: Path) -> None:
+    assert outbox_inspect(path) is None
+    sqlite3.connect(path).close()
+    stats = outbox_inspect(path)
+    assert stats is not None and (stats.depth, stats.last_seq) == (0, 0)
+    with Outbox(path) as box:
+        box.append("window", window())
+    stats = outbox_inspect(path)
+    assert stats is not None and (stats.depth, stats.last_seq) == (1, 1)
