@@ -47,6 +47,8 @@ class Link:
         self.on_message = on_message
         self.on_connected = on_connected
         self.connected = threading.Event()
+        # Set once the broker confirmed the subscriptions of the current connection.
+        self.subscribed = threading.Event()
         self.rejected = 0
         self._stopping = threading.Event()
         self._was_connected = False
@@ -64,6 +66,7 @@ class Link:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -85,6 +88,7 @@ class Link:
         self.client.disconnect()
         self.client.loop_stop()
         self.connected.clear()
+        self.subscribed.clear()
 
     # --- outgoing --------------------------------------------------------------
 
@@ -116,9 +120,18 @@ class Link:
         if self.on_connected is not None:
             self.on_connected()
 
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+        refused = [str(r) for r in reasons if r.is_failure]
+        if refused:
+            # The broker's ACL refused a topic of our own: a broker misconfiguration worth an error.
+            log.error("event=subscribe_refused reasons=%s", ",".join(refused))
+            return
+        self.subscribed.set()
+
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         was = self.connected.is_set()
         self.connected.clear()
+        self.subscribed.clear()
         if self._stopping.is_set():
             log.info("event=disconnected reason=stop")
         elif was:
