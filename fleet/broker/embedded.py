@@ -129,10 +129,6 @@ class DeviceAuthPlugin(BaseAuthPlugin):
 class DeviceTopicPlugin(BaseTopicPlugin):
     """A device's own topics only; the bridge every device's."""
 
-    @dataclass
-    class Config:
-        enabled: bool = True
-
     async def topic_filtering(
         self, *, session: Session | None = None, topic: str | None = None, action: Action | None = None
     ) -> bool:
