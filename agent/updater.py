@@ -297,7 +297,7 @@ def download(
         offset = 0
     if size is not None and offset == size and (sha256 is None or _sha256(part) == sha256):
         return part
-    headers = {"Authorization": authorization, "Accept": "application/gzip"}
+    headers = {"Authorization": authorization}
     etag = f'"{sha256}"' if sha256 else None
     if offset and etag:
         headers["Range"] = f"bytes={offset}-"
@@ -376,6 +376,7 @@ class Updater:
         self._thread: threading.Thread | None = None
         self._watched: _Watched | None = None
         self._retry: protocol.Desired | None = None
+        self._pending_events: list[tuple[str, dict[str, Any]]] = []
         self.converged = threading.Event()
         """Set each time a desired document has been handled (tests and benchmarks wait on it)."""
         self._load_current()
@@ -440,6 +441,7 @@ class Updater:
             except queue.Empty:
                 job = None
                 self._watch()
+                self._send_pending_events()
                 if retry_at is not None and self._retry is not None and time.monotonic() >= retry_at:
                     job, retry_at = self._retry, None
                 if job is None:
@@ -673,8 +675,26 @@ class Updater:
         runtime.report()
 
     def _event(self, kind: str, **data: Any) -> None:
-        if self._runtime is not None:
-            self._runtime.event(kind, **data)
+        runtime = self._runtime
+        if runtime is None:
+            return
+        if not self._online():
+            # Events are not kept in the outbox; the few the updater raises matter (fallback engaged),
+            # so they wait here for the link instead of being dropped at start-up.
+            if len(self._pending_events) < 20:
+                self._pending_events.append((kind, data))
+            return
+        runtime.event(kind, **data)
+
+    def _online(self) -> bool:
+        link = getattr(self._runtime, "link", None)
+        return link is None or link.connected.is_set()
+
+    def _send_pending_events(self) -> None:
+        if self._pending_events and self._runtime is not None and self._online():
+            pending, self._pending_events = self._pending_events, []
+            for kind, data in pending:
+                self._runtime.event(kind, **data)
 
     def _authorization(self) -> str:
         device = self.config.device

@@ -21,6 +21,8 @@ from agent import protocol
 from agent.manifest import canonical_bytes
 from agent.verify import desired_signing_bytes
 from registry.bundles import Signer
+from tests.agent.conftest import bridge  # noqa: F401 - the real bridge, shared with the agent tests
+from tests.registry import conftest as registry_fixtures
 from tests.registry.conftest import Crafted, make_classifier, trusted
 
 
@@ -34,6 +36,11 @@ def signer() -> Signer:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     return Signer(Ed25519PrivateKey.generate())
+
+
+@pytest.fixture
+def png_images() -> list[bytes]:
+    return registry_fixtures.png_images.__wrapped__()  # type: ignore[attr-defined]
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent import protocol
 from agent.manifest import MANIFEST_NAME
-from agent.updater import CURRENT, PREVIOUS, Updater, UpdateError
+from agent.updater import CURRENT, PREVIOUS, UpdateError, Updater
 from registry.bundles import Signer, pack
 from tests.registry.conftest import Crafted
 from tests.updater.conftest import BundleServer, RecordingRuntime, desired_for, make_config, publish, sign, trusted
@@ -239,7 +239,9 @@ def test_a_rollback_to_the_previous_version_needs_no_download(
     assert installed.store.pointer(PREVIOUS).name.startswith("parts-1.3.0")  # type: ignore[union-attr]
 
 
-def test_only_the_current_and_previous_versions_stay_on_disk(installed, classifier_onnx, signer, bundle_server, tmp_path):
+def test_only_the_current_and_previous_versions_stay_on_disk(
+    installed, classifier_onnx, signer, bundle_server, tmp_path
+):
     installed.converge(publish(newer(classifier_onnx, "1.3.0", 6), signer, bundle_server, tmp_path, 2))
     installed.converge(publish(newer(classifier_onnx, "1.4.0", 7), signer, bundle_server, tmp_path, 3))
     names = sorted(p.name.split("-")[1] for p in installed.store.installed())

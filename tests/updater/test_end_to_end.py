@@ -1,0 +1,114 @@
+"""A real agent, enrolled to a real control plane, installs a published model and decides frames with it.
+
+The control plane is Django's live server (bundle download, keyring), the broker the machine's
+Mosquitto, the bridge a real one: the desired state the bridge signs is what the agent verifies.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent import config as agent_config
+from agent import protocol
+from fleet import services
+from fleet.bridge import Bridge
+from fleet.models import AuditLog, Device, Site
+from registry.models import ModelVersion
+from telemetry.models import DeviceEvent, TelemetryRecord
+from tests.agent.conftest import AgentProcess, wait_until
+from tests.registry.conftest import metadata_for
+from tests.registry.helpers import publish
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def frames(tmp_path: Path, png_images: list[bytes]) -> Path:
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for index, image in enumerate(png_images):
+        (folder / f"{index:03d}.png").write_bytes(image)
+    return folder
+
+
+@pytest.fixture
+def enrolled(enroll_device: Any, mqtt_url: str) -> Iterator[Any]:
+    site = Site.objects.create(slug="plant-u", name="Plant U")
+    enrollment = enroll_device(site, name="cam-u")
+    yield enrollment
+    # Leave the shared broker as found: no retained status or desired for this device.
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"cleanup-{enrollment.device.device_id}")
+    client.connect("127.0.0.1", 1883)
+    client.loop_start()
+    for suffix in ("status", "desired"):
+        client.publish(protocol.topic(enrollment.device.device_id, suffix), b"", qos=1, retain=True).wait_for_publish(5)
+    client.disconnect()
+    client.loop_stop()
+
+
+def agent_config_for(enrollment: Any, live_server: Any, mqtt_url: str, frames: Path, tmp_path: Path) -> Path:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "trust.json").write_text(json.dumps(enrollment.trust_store))
+    settings = agent_config.AgentConfig.model_validate(
+        {
+            "server": {"url": live_server.url},
+            "device": {"id": enrollment.device.device_id, "secret": enrollment.secret, "name": "cam-u"},
+            "mqtt": {"url": mqtt_url, "keepalive": 10},
+            "agent": {"data_dir": str(data_dir), "heartbeat_interval_s": 1, "log_level": "debug"},
+            "capture": {"source": str(frames), "loop": True, "max_fps": 20},
+            "vision": {"window_interval_s": 1},
+            "inference": {"intra_op_threads": 1},
+            "escalation": {"enabled": False},
+        }
+    )
+    path = tmp_path / "agent.toml"
+    agent_config.write(path, settings)
+    return path
+
+
+def reported(device: Device) -> dict[str, Any]:
+    device.refresh_from_db()
+    return device.reported or {}
+
+
+def test_a_real_agent_installs_a_published_model_and_sends_window_telemetry_from_real_inference(
+    bridge: Bridge, enrolled: Any, live_server: Any, mqtt_url: str, frames: Path, tmp_path: Path,
+    token_client: Any, classifier_onnx: bytes, png_images: list[bytes],
+) -> None:
+    response = publish(token_client("publish"), classifier_onnx, metadata_for("1.0.0"), images=png_images)
+    assert response.status_code == 201, response.content
+    version = ModelVersion.objects.get(version="1.0.0")
+    device = enrolled.device
+    process = AgentProcess(agent_config_for(enrolled, live_server, mqtt_url, frames, tmp_path), tmp_path / "agent.log")
+    try:
+        # Before any model is assigned the fallback serves, and the device says so.
+        assert wait_until(lambda: reported(device).get("fallback") is True, bridge), process.log()
+
+        services.assign_model(device, version, actor=None, config={"telemetry_interval_s": 1})
+
+        def active() -> bool:
+            state = reported(device)
+            return state.get("phase") == "active" and state.get("model_version") == "1.0.0"
+
+        assert wait_until(active, bridge, timeout=60), process.log()
+        state = reported(device)
+        assert state["fallback"] is False and state["model_name"] == "parts" and state["error"] is None
+        assert AuditLog.objects.filter(action="device.assign_model").exists()
+
+        def windows_from_the_model() -> bool:
+            records = TelemetryRecord.objects.filter(device=device, kind="window")
+            return any(r.data.get("frames", 0) > 0 and r.data.get("model_version") == "1.0.0" for r in records)
+
+        assert wait_until(windows_from_the_model, bridge, timeout=30), process.log()
+        assert DeviceEvent.objects.filter(device=device, kind="model_swap").exists()
+        assert (tmp_path / "data" / "models" / "current").is_symlink()
+    finally:
+        process.close()
