@@ -16,6 +16,7 @@ when idle a message is stored as soon as it arrives.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import queue
 import threading
@@ -36,6 +37,8 @@ from fleet.models import Device
 from registry.signing import sign_desired
 from telemetry import services as telemetry
 from telemetry.exporter import LAG_BUCKETS
+
+_LAG_KEYS = [str(bound) for bound in LAG_BUCKETS] + ["+Inf"]
 
 log = logging.getLogger(__name__)
 
@@ -195,18 +198,41 @@ class Bridge:
 
     def handle_many(self, items: list[tuple[str, bytes]]) -> None:
         """Apply queued messages: telemetry stored together, everything else one by one, in order."""
-        telemetry_items: list[tuple[str, bytes, Device, protocol.Telemetry]] = []
+        decoded: list[tuple[str, bytes, str, protocol.Telemetry]] = []
         for topic, payload in items:
             if not topic.endswith("/telemetry"):
                 self.handle(topic, payload)
                 continue
-            checked = self._checked(topic, payload)
-            if checked is not None:
-                device, message = checked
-                assert isinstance(message, protocol.Telemetry)
-                telemetry_items.append((topic, payload, device, message))
-        if telemetry_items:
-            self._store_together(telemetry_items)
+            device_id = "?"
+            try:
+                device_id, suffix = protocol.parse_topic(topic)
+                message = protocol.decode(suffix, payload, max_bytes=self.config.max_payload)
+            except protocol.ProtocolError as exc:
+                self._reject(device_id, topic, exc)
+                continue
+            assert isinstance(message, protocol.Telemetry)
+            decoded.append((topic, payload, device_id, message))
+        if not decoded:
+            return
+        try:
+            # One query for every device of the batch, not one per message.
+            known = Device.objects.in_bulk({device_id for _, _, device_id, _ in decoded}, field_name="device_id")
+        except DatabaseError:
+            log.exception("device lookup failed for a batch of %d telemetry messages", len(decoded))
+            for _ in decoded:
+                self._count(self.rejected, "storage_error")
+            return
+        ready: list[tuple[str, bytes, Device, protocol.Telemetry]] = []
+        for topic, payload, device_id, message in decoded:
+            device = known.get(device_id)
+            if device is None:
+                self._reject(device_id, topic, protocol.ProtocolError("unknown_device", device_id))
+            elif device.is_revoked:
+                self._reject(device_id, topic, protocol.ProtocolError("revoked_device", device_id))
+            else:
+                ready.append((topic, payload, device, message))
+        if ready:
+            self._store_together(ready)
 
     def _store_together(self, items: list[tuple[str, bytes, Device, protocol.Telemetry]]) -> None:
         now = timezone.now()
@@ -233,10 +259,8 @@ class Bridge:
             self.records += len(lags)
             self.batches += 1
             self.lag_sum += sum(lags)
-            for lag in lags:
-                for bound in LAG_BUCKETS:
-                    if lag <= bound:
-                        self.lag_buckets[str(bound)] += 1
+            # Per-bucket (not cumulative) counts; the exporter accumulates them.
+            self.lag_buckets.update(_LAG_KEYS[bisect.bisect_left(LAG_BUCKETS, lag)] for lag in lags)
             self._progress.notify_all()
 
     def export_stats(self) -> None:
@@ -257,19 +281,6 @@ class Bridge:
             )
         except DatabaseError:
             log.warning("could not export bridge counters; next interval retries", exc_info=True)
-
-    def _checked(self, topic: str, payload: bytes) -> tuple[Device, protocol.Message] | None:
-        """The device and validated message, or None after counting the rejection."""
-        device_id = "?"
-        try:
-            device_id, _ = protocol.parse_topic(topic)
-            return self._validate(topic, payload)
-        except protocol.ProtocolError as exc:
-            self._reject(device_id, topic, exc)
-        except DatabaseError:
-            log.exception("device lookup failed for device=%s topic=%s", device_id, topic[:200])
-            self._count(self.rejected, "storage_error")
-        return None
 
     def _validate(self, topic: str, payload: bytes) -> tuple[Device, protocol.Message]:
         device_id, suffix = protocol.parse_topic(topic)

@@ -86,9 +86,12 @@ def render() -> str:
     )  # fmt: skip
     lag_samples: list[Sample] = []
     for s in stats:
+        # The bridge counts each record once, in the first bucket that holds it.
         buckets = s.counters.get("lag_buckets", {})
+        cumulative = 0
         for bound in LAG_BUCKETS:
-            lag_samples.append(("_bucket", {"bridge": s.bridge_id, "le": _number(bound)}, buckets.get(str(bound), 0)))
+            cumulative += buckets.get(str(bound), 0)
+            lag_samples.append(("_bucket", {"bridge": s.bridge_id, "le": _number(bound)}, cumulative))
         lag_samples.append(("_bucket", {"bridge": s.bridge_id, "le": "+Inf"}, s.counters.get("records", 0)))
         lag_samples.append(("_sum", {"bridge": s.bridge_id}, float(s.counters.get("lag_sum", 0.0))))
         lag_samples.append(("_count", {"bridge": s.bridge_id}, s.counters.get("records", 0)))

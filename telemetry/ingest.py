@@ -9,13 +9,18 @@ computed per device: the highest seq below which everything is stored.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
-from django.db import transaction
+import psycopg
+from django.db import connection, transaction
+from django.db.models import Q
+from django.utils import timezone as dj_timezone
 
 from agent import protocol
 from fleet.models import Device
@@ -46,7 +51,7 @@ def store_batches(batches: Sequence[tuple[Device, protocol.Telemetry]]) -> Store
     for device, batch in batches:
         by_device[device.pk].append(batch)
         devices[device.pk] = device
-    rows: list[TelemetryRecord] = []
+    rows: list[_Row] = []
     for pk, device_batches in by_device.items():
         # Records at or below the ack were stored before (and may since have
         # aged out of raw retention): skipping them keeps a late redelivery from
@@ -57,16 +62,66 @@ def store_batches(batches: Sequence[tuple[Device, protocol.Telemetry]]) -> Store
             for r in batch.records:
                 if r.seq > acked and r.seq not in seen:
                     seen.add(r.seq)
-                    rows.append(TelemetryRecord(device_id=pk, seq=r.seq, kind=r.kind, recorded_at=r.ts, data=r.data))
+                    rows.append((pk, r.seq, r.kind, r.ts, r.data))
     # Sorted rows take row locks in one order, so two bridges cannot deadlock.
-    rows.sort(key=lambda row: (row.device_id, row.seq))
-    acks: dict[int, int] = {}
+    rows.sort(key=lambda row: (row[0], row[1]))
     with transaction.atomic():
-        for start in range(0, len(rows), INSERT_CHUNK):
-            TelemetryRecord.objects.bulk_create(rows[start : start + INSERT_CHUNK], ignore_conflicts=True)
-        for pk in sorted(by_device):
-            acks[pk] = _advance(devices[pk], by_device[pk])
+        _insert(rows)
+        acks = _advance({pk: devices[pk] for pk in sorted(by_device)}, by_device)
     return Stored(acks=acks, offered=len(rows))
+
+
+_UNNEST_INSERT = (
+    "INSERT INTO telemetry_telemetryrecord (device_id, seq, kind, recorded_at, received_at, data) "
+    "SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::varchar[], %b::timestamptz[], %b::timestamptz[], "
+    "%b::text[]::jsonb[]) ON CONFLICT (device_id, seq) DO NOTHING"
+)
+
+
+# (device pk, seq, kind, recorded_at, data): plain tuples, as model instances
+# cost more to build than the insert of their row.
+_Row = tuple[int, int, str, datetime, dict[str, Any]]
+
+
+def _insert(rows: list[_Row]) -> None:
+    """One multi-row INSERT ... ON CONFLICT DO NOTHING per chunk.
+
+    On PostgreSQL the rows travel as six array parameters expanded by
+    ``unnest``: one short statement whatever the row count, instead of six
+    bind parameters per row that Django's bulk_create would format. Other
+    databases (SQLite for the demo) use bulk_create with ignore_conflicts.
+    """
+    if not rows:
+        return
+    if connection.vendor != "postgresql":
+        for start in range(0, len(rows), INSERT_CHUNK):
+            TelemetryRecord.objects.bulk_create(
+                [
+                    TelemetryRecord(device_id=pk, seq=seq, kind=kind, recorded_at=ts, data=data)
+                    for pk, seq, kind, ts, data in rows[start : start + INSERT_CHUNK]
+                ],
+                ignore_conflicts=True,
+            )
+        return
+    now = dj_timezone.now()
+    connection.ensure_connection()
+    # A server-side-binding cursor on Django's connection (same transaction):
+    # the arrays go as binary parameters instead of being quoted into the SQL
+    # text, which costs more than the insert itself.
+    with psycopg.Cursor(connection.connection) as cursor:
+        for start in range(0, len(rows), INSERT_CHUNK):
+            chunk = rows[start : start + INSERT_CHUNK]
+            cursor.execute(
+                _UNNEST_INSERT,
+                [
+                    [r[0] for r in chunk],
+                    [r[1] for r in chunk],
+                    [r[2] for r in chunk],
+                    [r[3] for r in chunk],
+                    [now] * len(chunk),
+                    [json.dumps(r[4], separators=(",", ":")) for r in chunk],
+                ],
+            )
 
 
 def store_telemetry(device: Device, batch: protocol.Telemetry) -> int:
@@ -74,29 +129,79 @@ def store_telemetry(device: Device, batch: protocol.Telemetry) -> int:
     return store_batches([(device, batch)]).acks[device.pk]
 
 
-def _advance(device: Device, batches: list[protocol.Telemetry]) -> int:
-    """Move the device's contiguous watermark forward and keep its newest heartbeat."""
-    locked = Device.objects.select_for_update().get(pk=device.pk)
-    watermark = locked.telemetry_acked_seq
-    floors = [b.floor for b in batches if b.floor is not None]
-    if floors:
-        watermark = max(watermark, max(floors) - 1)
-    stored = TelemetryRecord.objects.filter(device_id=device.pk, seq__gt=watermark).order_by("seq")
-    for seq in stored.values_list("seq", flat=True)[:_ACK_WINDOW]:
-        if seq != watermark + 1:
-            break
-        watermark = seq
-    fields = ["telemetry_acked_seq"]
-    locked.telemetry_acked_seq = watermark
-    latest = _latest_heartbeat([r for b in batches for r in b.records])
-    if latest is not None and latest[0] >= _heartbeat_time(locked):
-        ts, heartbeat = latest
-        locked.last_heartbeat = {**heartbeat.model_dump(mode="json"), "ts": ts.isoformat()}
-        locked.agent_version = heartbeat.agent_version
-        fields += ["last_heartbeat", "agent_version"]
-    locked.save(update_fields=fields)
-    device.telemetry_acked_seq = watermark
-    return watermark
+def _advance(devices: dict[int, Device], batches: dict[int, list[protocol.Telemetry]]) -> dict[int, int]:
+    """Move each device's contiguous watermark forward and keep its newest heartbeat.
+
+    Three statements for the whole batch: lock the devices (in pk order, so
+    two bridges queue instead of deadlocking), read the stored seqs above each
+    watermark, write the new watermarks back.
+    """
+    locked = {d.pk: d for d in Device.objects.select_for_update().filter(pk__in=devices).order_by("pk")}
+    watermarks: dict[int, int] = {}
+    for pk, device in locked.items():
+        floors = [b.floor for b in batches[pk] if b.floor is not None]
+        watermarks[pk] = max([device.telemetry_acked_seq, *(f - 1 for f in floors)])
+    stored = _stored_above(watermarks)
+    gaps: set[int] = set()
+    for pk, seq in stored:
+        if pk in gaps:
+            continue
+        if seq == watermarks[pk] + 1:
+            watermarks[pk] = seq
+        else:
+            gaps.add(pk)
+    beating: list[Device] = []
+    for pk, device in locked.items():
+        device.telemetry_acked_seq = watermarks[pk]
+        devices[pk].telemetry_acked_seq = watermarks[pk]
+        latest = _latest_heartbeat([r for b in batches[pk] for r in b.records])
+        if latest is not None and latest[0] >= _heartbeat_time(device):
+            ts, heartbeat = latest
+            device.last_heartbeat = {**heartbeat.model_dump(mode="json"), "ts": ts.isoformat()}
+            device.agent_version = heartbeat.agent_version
+            beating.append(device)
+    _write_back(list(locked.values()), beating)
+    return watermarks
+
+
+def _stored_above(watermarks: dict[int, int]) -> list[tuple[int, int]]:
+    """(device pk, seq) stored just above each device's watermark, in order."""
+    if connection.vendor == "postgresql":
+        with psycopg.Cursor(connection.connection) as cursor:
+            cursor.execute(
+                "SELECT t.device_id, t.seq FROM telemetry_telemetryrecord t "
+                "JOIN unnest(%b::bigint[], %b::bigint[]) AS w(id, mark) "
+                "ON t.device_id = w.id AND t.seq > w.mark AND t.seq <= w.mark + %b ORDER BY 1, 2",
+                [list(watermarks), list(watermarks.values()), _ACK_WINDOW],
+            )
+            return [(int(pk), int(seq)) for pk, seq in cursor.fetchall()]
+    above = Q()
+    for pk, watermark in watermarks.items():
+        above |= Q(device_id=pk, seq__gt=watermark, seq__lte=watermark + _ACK_WINDOW)
+    return list(TelemetryRecord.objects.filter(above).order_by("device_id", "seq").values_list("device_id", "seq"))
+
+
+def _write_back(devices: list[Device], beating: list[Device]) -> None:
+    """Save new watermarks (and newest heartbeats): one UPDATE from arrays on PostgreSQL."""
+    if connection.vendor != "postgresql":
+        Device.objects.bulk_update(devices, ["telemetry_acked_seq"])
+        if beating:
+            Device.objects.bulk_update(beating, ["last_heartbeat", "agent_version"])
+        return
+    table = Device._meta.db_table
+    with psycopg.Cursor(connection.connection) as cursor:
+        cursor.execute(
+            f"UPDATE {table} d SET telemetry_acked_seq = v.seq "  # noqa: S608 - the table name is ours
+            "FROM unnest(%b::bigint[], %b::bigint[]) AS v(id, seq) WHERE d.id = v.id",
+            [[d.pk for d in devices], [d.telemetry_acked_seq for d in devices]],
+        )
+        if beating:
+            cursor.execute(
+                f"UPDATE {table} d SET last_heartbeat = v.beat, agent_version = v.version "  # noqa: S608
+                "FROM unnest(%b::bigint[], %b::text[]::jsonb[], %b::text[]) AS v(id, beat, version) WHERE d.id = v.id",
+                [[d.pk for d in beating], [json.dumps(d.last_heartbeat) for d in beating],
+                 [d.agent_version for d in beating]],
+            )  # fmt: skip
 
 
 def _latest_heartbeat(records: list[protocol.TelemetryRecord]) -> tuple[datetime, protocol.Heartbeat] | None:

@@ -3,9 +3,14 @@ from __future__ import annotations
 import hmac
 
 from django.conf import settings
+from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
 
+from fleet.models import Site
 from telemetry import exporter
+from telemetry.filters import AlertFilter
+from telemetry.models import Alert, AlertRule
 
 
 def metrics(request: HttpRequest) -> HttpResponse:
@@ -16,3 +21,26 @@ def metrics(request: HttpRequest) -> HttpResponse:
         if not hmac.compare_digest(offered.encode(), token.encode()):
             return HttpResponse("metrics token required\n", status=401, content_type="text/plain")
     return HttpResponse(exporter.render(), content_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+ALERTS_SHOWN = 200
+
+
+@login_required
+def alerts(request: HttpRequest) -> HttpResponse:
+    """Alerts of every state but pending, filtered as the API filters them; staff may acknowledge."""
+    queryset = Alert.objects.select_related("rule", "device", "device__site").exclude(state=Alert.State.PENDING)
+    filterset = AlertFilter(request.GET, queryset=queryset)
+    valid = filterset.is_valid()
+    context = {
+        "filter": filterset,
+        "alerts": list(filterset.qs[:ALERTS_SHOWN]) if valid else [],
+        "limit": ALERTS_SHOWN,
+        "states": [s for s in Alert.State if s != Alert.State.PENDING],
+        "severities": list(AlertRule.Severity),
+        "sites": list(Site.objects.values_list("slug", flat=True)),
+        # The API lets session users write when they are staff (fleet.api.authentication.HasScope):
+        # the button follows the same rule, and the API refuses everyone else anyway.
+        "can_acknowledge": request.user.is_staff,
+    }
+    return render(request, "telemetry/alerts.html", context, status=200 if valid else 400)
