@@ -124,8 +124,15 @@ def test_the_bridge_keeps_working_after_garbage_over_the_wire(
         for junk in [b"\x00\xff", b"{}", b'{"v":1,"type":"status","state":1}', b"[" * 5000]:
             device_client.publish("status", junk)
         device_client.publish("status", status("online"))
-        assert bridge.wait_for(lambda b: b.accepted["status"] == 1, timeout=20)
-        assert sum(bridge.rejected.values()) == 4
+        # Retained messages of other devices on the shared broker may add unknown_device rejections.
+        expected = {"not_json": 2, "bad_version": 1, "schema": 1}
+
+        def mine(b: Bridge) -> dict[str, int]:
+            return {reason: n for reason, n in b.rejected.items() if reason != "unknown_device"}
+
+        assert bridge.wait_for(lambda b: b.accepted["status"] == 1 and mine(b) == expected, timeout=20), (
+            dict(bridge.accepted), dict(bridge.rejected)
+        )
         assert Device.objects.get(pk=device.pk).online
     finally:
         bridge.stop()
