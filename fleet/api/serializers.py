@@ -40,6 +40,13 @@ class RevokeSerializer(serializers.Serializer):
     reason = serializers.CharField(max_length=2000)
 
 
+class AssignModelSerializer(serializers.Serializer):
+    model = serializers.CharField(max_length=63, help_text="Registry model name.")
+    version = serializers.CharField(max_length=64)
+    target = serializers.CharField(max_length=32, required=False, help_text="Bundle target; default cpu-fp32.")
+    config = serializers.DictField(required=False, help_text="Runtime config merged over the desired one.")
+
+
 class EnrollmentTokenRequestSerializer(serializers.Serializer):
     ttl_hours = serializers.IntegerField(min_value=1, max_value=24 * 30, required=False)
     note = serializers.CharField(max_length=200, required=False, allow_blank=True)

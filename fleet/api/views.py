@@ -17,6 +17,7 @@ from rest_framework.views import APIView
 from fleet import services
 from fleet.api.authentication import DeviceAuthentication, HasScope, IsDevice
 from fleet.api.serializers import (
+    AssignModelSerializer,
     DeviceSerializer,
     EnrollmentTokenRequestSerializer,
     EnrollmentTokenSerializer,
@@ -99,6 +100,27 @@ class DeviceViewSet(
         body = RevokeSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         services.revoke_device(device, actor=request.user, reason=body.validated_data["reason"])
+        return Response(DeviceSerializer(device).data)
+
+    @extend_schema(request=AssignModelSerializer, responses={200: DeviceSerializer, 400: OpenApiResponse()})
+    @action(detail=True, methods=["post"], url_path="assign-model")
+    def assign_model(self, request: Request, device_id: str | None = None) -> Response:
+        """Point the device at a model version's bundle; its agent downloads, verifies and installs it."""
+        from registry.models import ModelVersion
+
+        device = self.get_object()
+        body = AssignModelSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        version = ModelVersion.objects.filter(model__name=data["model"], version=data["version"]).first()
+        if version is None:
+            return Response({"version": [f"{data['model']} {data['version']} is not published."]}, status=400)
+        try:
+            services.assign_model(
+                device, version, actor=request.user, target=data.get("target"), config=data.get("config")
+            )
+        except ValueError as exc:
+            return Response({"target": [str(exc)]}, status=400)
         return Response(DeviceSerializer(device).data)
 
 
