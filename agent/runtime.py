@@ -15,6 +15,7 @@ import os
 import queue
 import signal
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -163,7 +164,11 @@ class Runtime:
                 now = time.monotonic()
                 if now >= next_heartbeat:
                     self.heartbeat()
-                    next_heartbeat = max(next_heartbeat + interval, now)
+                    # Keep the cadence, but after a stall (suspend, a slow disk) skip
+                    # the missed beats rather than send them back to back.
+                    next_heartbeat += interval
+                    if next_heartbeat <= now:
+                        next_heartbeat = now + interval
                 self._wait(min(_IDLE_WAKE_S, max(0.0, next_heartbeat - time.monotonic())))
                 self._report_drops()
                 self.pump()
@@ -199,7 +204,12 @@ class Runtime:
             self.outbox.requeue()
             self.report()
         elif kind == "message":
-            self._dispatch(value)
+            try:
+                self._dispatch(value)
+            except (OSError, sqlite3.Error):
+                # A full or failing disk costs this message (an unapplied ack is
+                # repeated by the next one, desired is retained), never the loop.
+                log.exception("event=message_failed type=%s", type(value).__name__)
 
     def _dispatch(self, message: protocol.Message) -> None:
         if isinstance(message, protocol.Ack):
