@@ -99,10 +99,14 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"
+# The dashboard's own CSS/JS, and Chart.js as `npm ci` installed it (package-lock.json pins it):
+# nothing is copied into the repository or fetched from a CDN, since sites are air-gapped.
+STATICFILES_DIRS = [BASE_DIR / "static", ("vendor/chart.js", BASE_DIR / "node_modules" / "chart.js" / "dist")]
 MEDIA_ROOT = Path(env.string("MEDIA_ROOT", str(DATA_DIR / "media")) or "")
 MEDIA_URL = "media/"
 
-LOGIN_URL = "/admin/login/"
+# The dashboard's own login page: the admin's form admits staff only, and viewers are not staff.
+LOGIN_URL = "/login/"
 
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env.boolean("BEHIND_TLS_PROXY", PRODUCTION) else None
 SESSION_COOKIE_SECURE = PRODUCTION

@@ -1,12 +1,19 @@
 from django.contrib import admin
+from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from fleet import views
+from registry import views as registry_views
 from telemetry import views as telemetry_views
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
+    path("devices/<str:device_id>/", views.device_detail, name="device-detail"),
+    path("alerts/", telemetry_views.alerts, name="alerts"),
+    path("models/", registry_views.models, name="models"),
+    path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(next_page="login"), name="logout"),
     path("admin/", admin.site.urls),
     path("api/v1/", include("fleet.api.urls")),
     path("api/v1/", include("registry.api.urls")),

@@ -1,0 +1,119 @@
+// Charts of the dashboard: every [data-series] element names one series of
+// /api/v1/telemetry/ (scope, key, start, end, points); it is fetched once with the
+// page's session and drawn into each canvas[data-chart] inside. When drawn, a
+// canvas carries data-points (how many points it shows) and the container
+// data-state = ready | empty | error, which tests and people can rely on.
+(function () {
+  "use strict";
+
+  const COLOURS = ["#2563eb", "#d97706", "#dc2626", "#059669", "#7c3aed"];
+  const timeFormat = new Intl.DateTimeFormat(undefined, { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
+
+  function line(label, values, colour, axis) {
+    return { type: "line", label, data: values, borderColor: colour, backgroundColor: colour, yAxisID: axis || "y",
+             pointRadius: 2, borderWidth: 2, spanGaps: true, tension: 0.2 };
+  }
+
+  function xy(points, field) {
+    return points.map((p) => ({ x: Date.parse(p.t), y: p[field] }));
+  }
+
+  // The whole requested range, so one point sits where it belongs rather than filling the axis.
+  function timeAxis(range) {
+    return { type: "linear", min: range.min, max: range.max,
+             ticks: { maxTicksLimit: 6, callback: (v) => timeFormat.format(new Date(v)) } };
+  }
+
+  const percent = { ticks: { callback: (v) => Math.round(v * 1000) / 10 + " %" }, beginAtZero: true };
+
+  // Each chart: its datasets from the series body, and its scales.
+  const CHARTS = {
+    "site-overview": (body, range) => ({
+      datasets: [line("p95 latency (ms)", xy(body.points, "latency_p95_ms"), COLOURS[0]),
+                 line("escalation rate", xy(body.points, "escalation_rate"), COLOURS[1], "rate")],
+      scales: { x: timeAxis(range), y: { beginAtZero: true, title: { display: true, text: "ms" } },
+                rate: { ...percent, position: "right", grid: { drawOnChartArea: false } } },
+    }),
+    latency: (body, range) => ({
+      datasets: ["p50", "p95", "p99"].map((q, i) => line(q, xy(body.points, `latency_${q}_ms`), COLOURS[i])),
+      scales: { x: timeAxis(range), y: { beginAtZero: true, title: { display: true, text: "ms" } } },
+    }),
+    frames: (body, range) => ({
+      datasets: [{ type: "bar", label: "frames", data: xy(body.points, "frames"), backgroundColor: COLOURS[0] },
+                 { type: "bar", label: "dropped", data: xy(body.points, "dropped_frames"), backgroundColor: COLOURS[2] }],
+      scales: { x: timeAxis(range), y: { beginAtZero: true } },
+    }),
+    confidence: (body, range) => ({
+      datasets: [line("mean confidence", xy(body.points, "mean_confidence"), COLOURS[3])],
+      scales: { x: timeAxis(range), y: { min: 0, max: 1 } },
+    }),
+    "confidence-histogram": (body, range) => {
+      const bins = body.summary.confidence_distribution || [];
+      const width = bins.length ? 1 / bins.length : 0;
+      return {
+        labels: bins.map((_, i) => (i * width).toFixed(2)),
+        datasets: [{ type: "bar", label: "share of frames", data: bins, backgroundColor: COLOURS[3] }],
+        scales: { x: { type: "category", title: { display: true, text: "confidence" } }, y: percent },
+        empty: !bins.some((v) => v > 0),
+      };
+    },
+    escalation: (body, range) => ({
+      datasets: [line("escalation rate", xy(body.points, "escalation_rate"), COLOURS[1])],
+      scales: { x: timeAxis(range), y: percent },
+    }),
+    health: (body, range) => {
+      const health = body.health || [];
+      return {
+        datasets: [line("max temperature (°C)", xy(health, "temperature_c_max"), COLOURS[2]),
+                   line("min CPU clock (MHz)", xy(health, "cpu_freq_mhz_min"), COLOURS[4], "mhz")],
+        scales: { x: timeAxis(range), y: { title: { display: true, text: "°C" } },
+                  mhz: { position: "right", title: { display: true, text: "MHz" }, grid: { drawOnChartArea: false } } },
+        empty: health.length === 0,
+      };
+    },
+  };
+
+  function draw(canvas, body, range) {
+    const spec = CHARTS[canvas.dataset.chart](body, range);
+    const shown = spec.labels ? spec.datasets[0].data.length : Math.max(0, ...spec.datasets.map((d) => d.data.length));
+    const chart = new Chart(canvas, {
+      data: { labels: spec.labels, datasets: spec.datasets },
+      options: {
+        responsive: true, maintainAspectRatio: false, animation: false, interaction: { mode: "index", intersect: false },
+        scales: spec.scales, plugins: { legend: { position: "bottom", labels: { boxWidth: 12 } } },
+      },
+    });
+    canvas.dataset.points = String(spec.empty ? 0 : shown);
+    return chart;
+  }
+
+  async function load(container) {
+    const message = container.querySelector("[data-series-message]");
+    const params = new URLSearchParams({ scope: container.dataset.scope, key: container.dataset.key,
+                                         start: container.dataset.start,
+                                         end: container.dataset.end, points: container.dataset.points });
+    try {
+      const response = await fetch(`/api/v1/telemetry/?${params}`, { credentials: "same-origin", headers: { Accept: "application/json" } });
+      const body = await response.json();
+      if (!response.ok) throw new Error(body.detail || `HTTP ${response.status}`);
+      const empty = body.points.length === 0;
+      const range = { min: Date.parse(container.dataset.start), max: Date.parse(container.dataset.end) };
+      container.querySelectorAll("canvas[data-chart]").forEach((canvas) => {
+        if (empty) {
+          // Empty axes say less than a sentence does.
+          canvas.hidden = true;
+          canvas.dataset.points = "0";
+        } else {
+          draw(canvas, body, range);
+        }
+      });
+      if (message && empty) message.textContent = "No telemetry in this range yet.";
+      container.dataset.state = empty ? "empty" : "ready";
+    } catch (error) {
+      if (message) message.textContent = `Could not load the series: ${error.message}`;
+      container.dataset.state = "error";
+    }
+  }
+
+  document.querySelectorAll("[data-series]").forEach(load);
+})();
