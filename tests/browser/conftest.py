@@ -19,25 +19,42 @@ ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
+ASYNC_UNSAFE = "DJANGO_ALLOW_ASYNC_UNSAFE"
 
-if not CHROMIUM.exists():
-    pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium; .ci/run does it as root)", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
 
-# Playwright's sync API runs an event loop in this thread; the ORM calls the tests
-# make between page actions are still plain synchronous calls, so Django's guard
-# against ORM use from async code does not apply to them.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+def require_browser() -> Any:
+    """Skip the calling test module unless Chromium and Playwright are here; returns playwright.sync_api.
+
+    Called at the top of each browser test module (a conftest cannot skip a module).
+    """
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium; .ci/run does it as root)",
+                    allow_module_level=True)  # fmt: skip
+    return pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
+
 
 TIMEOUT_MS = 15_000
 
 
-@pytest.fixture(scope="session")
+# One Chromium per module, and Playwright's event loop gone before other suites run.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
-        yield browser
-        browser.close()
+    sync_api = require_browser()
+    # Playwright's sync API keeps an event loop in this thread while it runs; the ORM
+    # calls tests and fixtures make between page actions are still plain synchronous
+    # calls, so Django's guard against ORM use from async code does not apply to them.
+    previous = os.environ.get(ASYNC_UNSAFE)
+    os.environ[ASYNC_UNSAFE] = "true"
+    try:
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+            yield browser
+            browser.close()
+    finally:
+        if previous is None:
+            os.environ.pop(ASYNC_UNSAFE, None)
+        else:
+            os.environ[ASYNC_UNSAFE] = previous
 
 
 @pytest.fixture

@@ -6,12 +6,13 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from playwright.sync_api import expect
 
 from fleet.models import Device, Site
 from telemetry.models import Alert
-from tests.browser.conftest import sign_in
+from tests.browser.conftest import require_browser, sign_in
 from tests.dashboard.fixtures import open_alert, registry_model, reporting, with_event, with_telemetry
+
+expect = require_browser().expect
 
 DEVICE_CHARTS = ("latency", "frames", "confidence", "confidence-histogram", "escalation", "health")
 
