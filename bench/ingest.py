@@ -72,13 +72,15 @@ def start_mosquitto(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
 # --- messages -------------------------------------------------------------------
 
 
-def payloads(device_ids: list[str], messages: int, records: int, first_seq: int, paced_ts: bool) -> list[tuple[str, bytes]]:
+def payloads(
+    device_ids: list[str], messages: int, records: int, first_seq: int, paced_ts: bool
+) -> list[tuple[str, bytes]]:
     """Realistic telemetry: window summaries (and a heartbeat in every fifth message)."""
     import random
 
     from agent import histogram, protocol
 
-    rng = random.Random(1)
+    rng = random.Random(1)  # noqa: S311 - synthetic data, not secrets
     now = datetime.now(timezone.utc)
     latency = histogram.LatencyHistogram.of(rng.lognormvariate(3.0, 0.3) for _ in range(300)).to_wire()
     confidence = histogram.confidence_histogram(rng.betavariate(6, 2) for _ in range(300))
@@ -193,7 +195,9 @@ def bridge_rate(port: int, items: list[tuple[str, bytes]], records: int) -> tupl
     return total / elapsed, bridge
 
 
-def lag(port: int, bridge: Any, items: list[tuple[str, bytes]], rate: float, records: int, since: datetime) -> dict[str, float]:
+def lag(
+    port: int, bridge: Any, items: list[tuple[str, bytes]], rate: float, records: int, since: datetime
+) -> dict[str, float]:
     from django.db import connection
 
     before = bridge.records

@@ -141,6 +141,14 @@ def _advance(devices: dict[int, Device], batches: dict[int, list[protocol.Teleme
     for pk, device in locked.items():
         floors = [b.floor for b in batches[pk] if b.floor is not None]
         watermarks[pk] = max([device.telemetry_acked_seq, *(f - 1 for f in floors)])
+    # Every seq of this batch is stored now (inserted here, or the conflict
+    # proves a committed row), so the walk starts through them without a read;
+    # the database is asked only about what lies beyond, which is empty unless
+    # records arrived out of order.
+    for pk in watermarks:
+        present = {r.seq for b in batches[pk] for r in b.records}
+        while watermarks[pk] + 1 in present:
+            watermarks[pk] += 1
     stored = _stored_above(watermarks)
     gaps: set[int] = set()
     for pk, seq in stored:
@@ -169,9 +177,11 @@ def _stored_above(watermarks: dict[int, int]) -> list[tuple[int, int]]:
     if connection.vendor == "postgresql":
         with psycopg.Cursor(connection.connection) as cursor:
             cursor.execute(
-                "SELECT t.device_id, t.seq FROM telemetry_telemetryrecord t "
-                "JOIN unnest(%b::bigint[], %b::bigint[]) AS w(id, mark) "
-                "ON t.device_id = w.id AND t.seq > w.mark AND t.seq <= w.mark + %b ORDER BY 1, 2",
+                # LATERAL: one range scan of the (device, seq) index per device; a
+                # plain join lets the planner hash the whole table instead.
+                "SELECT w.id, t.seq FROM unnest(%b::bigint[], %b::bigint[]) AS w(id, mark) "
+                "CROSS JOIN LATERAL (SELECT seq FROM telemetry_telemetryrecord r WHERE r.device_id = w.id "
+                "AND r.seq > w.mark AND r.seq <= w.mark + %b ORDER BY r.seq) t ORDER BY 1, 2",
                 [list(watermarks), list(watermarks.values()), _ACK_WINDOW],
             )
             return [(int(pk), int(seq)) for pk, seq in cursor.fetchall()]
