@@ -43,6 +43,9 @@ PRIORITY: dict[str, int] = {"heartbeat": 0, "window": 1}
 # Room for the envelope around the records of one telemetry message.
 _ENVELOPE_BYTES = 1024
 MAX_BATCH_BYTES = protocol.MAX_PAYLOAD_BYTES - _ENVELOPE_BYTES
+# Acks in a row that do not advance before what is in flight is sent again.
+# More than one, so batches reordered between two bridges do not trigger it.
+DUPLICATE_ACKS_TO_RESEND = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -116,6 +119,7 @@ class Outbox:
         # Highest seq sent by the oldest-first stream since the last requeue.
         self._cursor = 0
         self._nudge = False
+        self._dup_acks = 0
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -325,6 +329,7 @@ class Outbox:
         self._in_flight.clear()
         self._cursor = 0
         self._nudge = False
+        self._dup_acks = 0
 
     def ack(self, seq: int) -> int:
         """Apply the control plane's acknowledgement; returns how many records left the outbox."""
@@ -333,8 +338,21 @@ class Outbox:
             if seq > self._last_seq:
                 self._renumber_locked(seq)
                 return 0
-            if seq <= self._acked_seq and not self._in_flight:
+            if seq <= self._acked_seq:
+                # An ack that does not advance while later records are in
+                # flight means the control plane got those but misses earlier
+                # ones (lost when a bridge was not subscribed yet, say): resend
+                # now, as TCP's fast retransmit does, not after resend_after_s.
+                lowest = self._db.execute("SELECT MIN(seq) FROM records").fetchone()[0]
+                # Only a record we hold and sent can be missing there; above a
+                # gap of dropped records the floor nudge is what helps.
+                if lowest == seq + 1 and lowest in self._in_flight:
+                    self._dup_acks += 1
+                    if self._dup_acks >= DUPLICATE_ACKS_TO_RESEND:
+                        log.info("event=outbox_resend in_flight=%d reason=duplicate_acks", len(self._in_flight))
+                        self._requeue_locked()
                 return 0
+            self._dup_acks = 0
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 count, size = self._db.execute(

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from agent import protocol
-from agent.outbox import MAX_BATCH_BYTES, Outbox, OutboxError
+from agent.outbox import DUPLICATE_ACKS_TO_RESEND, MAX_BATCH_BYTES, Outbox, OutboxError
 from agent.outbox import inspect as outbox_inspect
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -294,3 +294,19 @@ def test_status_can_read_an_outbox_that_is_absent_or_not_set_up_yet(path: Path) 
         box.append("window", window())
     stats = outbox_inspect(path)
     assert stats is not None and (stats.depth, stats.last_seq) == (1, 1)
+
+
+def test_acks_that_stop_advancing_get_what_is_in_flight_resent_without_waiting(box: Outbox) -> None:
+    for i in range(10):
+        box.append("window", window(i=i))
+    box.commit()
+    first = box.next_batch()
+    assert first is not None and first.seqs == list(range(1, 11))
+    box.ack(3)
+    # Later batches keep arriving but the ack stays at 3: records 4.. were lost on the way.
+    for _ in range(DUPLICATE_ACKS_TO_RESEND - 1):
+        box.ack(3)
+        assert box.next_batch() is None
+    box.ack(3)
+    again = box.next_batch()
+    assert again is not None and again.seqs == list(range(4, 11))
