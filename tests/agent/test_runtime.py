@@ -143,3 +143,13 @@ def test_a_clean_stop_commits_the_outbox_and_says_offline(runtime: Runtime, clou
     assert runtime.stopping.is_set()
     stats = inspect(tmp_path / "data" / "outbox.db")
     assert stats is not None and stats.last_seq >= seq
+
+
+def test_flush_commits_and_sends_everything_unacknowledged_now(runtime: Runtime, cloud: Cloud) -> None:
+    runtime.outbox.commit_interval_s = 60
+    runtime.outbox.append("window", {"pending": True})
+    cloud.send("commands", protocol.Command(id="c-flush", name="flush"))
+    assert cloud.wait_for(lambda got: any(m.get("kind") == "flushed" for s, m in got if s == "events"))
+    (event,) = [m["data"] for m in cloud.of("events") if m["kind"] == "flushed"]
+    # Nothing acknowledges here, so the startup heartbeat is resent along with the new record.
+    assert event["command_id"] == "c-flush" and event["sent"] == 2 and event["outbox_depth"] == 2
