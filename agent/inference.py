@@ -382,7 +382,8 @@ class ModelSession:
     @classmethod
     def from_metadata(cls, path: Path, *, settings: InferenceSettings | None = None) -> ModelSession:
         """Load a model described by a metadata JSON (``models/<name>.json``: input, output, labels,
-        thresholds and ``file`` relative to the JSON), or a ``.onnx`` with such a JSON beside it."""
+        thresholds, and the model at ``file`` or else ``onnx/<name>.onnx`` beside it), or a ``.onnx``
+        with such a JSON beside it or one folder up."""
         from pydantic import TypeAdapter, ValidationError
 
         from agent.spec import OutputDecoding
@@ -392,13 +393,15 @@ class ModelSession:
             meta_path = path.parent.parent / f"{path.stem}.json"  # models/onnx/x.onnx -> models/x.json
         try:
             document = json.loads(meta_path.read_bytes())
-            model_file = path if path.suffix == ".onnx" else meta_path.parent / str(document["file"])
+            # models/<name>.json describes models/onnx/<name>.onnx unless it names its file.
+            default_file = f"onnx/{meta_path.stem}.onnx"
+            model_file = path if path.suffix == ".onnx" else meta_path.parent / str(document.get("file", default_file))
             return cls(
                 model_file,
                 InputSpec.model_validate(document["input"]),
                 TypeAdapter(OutputDecoding).validate_python(document["output"]),
                 [str(label) for label in document["labels"]],
-                name=str(document.get("name") or model_file.stem),
+                name=str(document.get("name") or meta_path.stem),
                 version=document.get("version"),
                 thresholds=Thresholds.model_validate(document.get("thresholds") or {}),
                 settings=settings,
