@@ -130,7 +130,7 @@ class Demo:
         self.say("starting the MQTT bridge and the worker ...")
         # The embedded broker has no shared subscriptions: one bridge subscribes directly.
         self.spawn("bridge", sys.executable, "manage.py", "mqtt_bridge", "--shared-group", "")
-        for folder in ("queue", "processed"):
+        for folder in ("queue", "processed", "control"):
             (self.data_dir / "celery" / folder).mkdir(parents=True, exist_ok=True)
         self.spawn(
             "worker", str(BIN / "celery"), "-A", "fleet", "worker", "-B", "--loglevel=INFO",
