@@ -6,6 +6,7 @@ Mosquitto, the bridge a real one: the desired state the bridge signs is what the
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,19 +24,29 @@ from fleet.models import AuditLog, Device, Site
 from registry.models import ModelVersion
 from telemetry.models import DeviceEvent, TelemetryRecord
 from tests.agent.conftest import AgentProcess, wait_until
-from tests.registry.conftest import metadata_for
 from tests.registry.helpers import publish
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = ROOT / "models" / "onnx" / "parts-classifier.onnx"
+METADATA = ROOT / "models" / "parts-classifier.json"
+
+
+def png(image: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 @pytest.fixture
-def frames(tmp_path: Path, png_images: list[bytes]) -> Path:
-    folder = tmp_path / "frames"
-    folder.mkdir()
-    for index, image in enumerate(png_images):
-        (folder / f"{index:03d}.png").write_bytes(image)
-    return folder
+def frames(tmp_path: Path) -> Path:
+    """Rendered part crops, a few of each label, as an image folder the agent loops over."""
+    from models import samples
+
+    samples.write_samples(tmp_path / "frames", samples.reference_crops(count=8, seed=7_001))
+    return tmp_path / "frames"
 
 
 @pytest.fixture
@@ -81,9 +92,14 @@ def reported(device: Device) -> dict[str, Any]:
 
 def test_a_real_agent_installs_a_published_model_and_sends_window_telemetry_from_real_inference(
     bridge: Bridge, enrolled: Any, live_server: Any, mqtt_url: str, frames: Path, tmp_path: Path,
-    token_client: Any, classifier_onnx: bytes, png_images: list[bytes],
+    token_client: Any,
 ) -> None:
-    response = publish(token_client("publish"), classifier_onnx, metadata_for("1.0.0"), images=png_images)
+    from models import samples
+
+    references = [png(sample.image) for sample in samples.reference_crops(count=4)]
+    metadata = json.loads(METADATA.read_text())
+    client = token_client("publish")
+    response = publish(client, MODEL.read_bytes(), metadata, name="parts-classifier", images=references)
     assert response.status_code == 201, response.content
     version = ModelVersion.objects.get(version="1.0.0")
     device = enrolled.device
@@ -100,12 +116,16 @@ def test_a_real_agent_installs_a_published_model_and_sends_window_telemetry_from
 
         assert wait_until(active, bridge, timeout=60), process.log()
         state = reported(device)
-        assert state["fallback"] is False and state["model_name"] == "parts" and state["error"] is None
+        assert state["fallback"] is False and state["model_name"] == "parts-classifier" and state["error"] is None
         assert AuditLog.objects.filter(action="device.assign_model").exists()
 
         def windows_from_the_model() -> bool:
             records = TelemetryRecord.objects.filter(device=device, kind="window")
-            return any(r.data.get("frames", 0) > 0 and r.data.get("model_version") == "1.0.0" for r in records)
+            return any(
+                r.data.get("frames", 0) > 0 and r.data.get("model_version") == "1.0.0"
+                and set(r.data.get("classes", {})) <= {"ok", "crack", "missing_hole", "scratch"}
+                for r in records
+            )
 
         assert wait_until(windows_from_the_model, bridge, timeout=30), process.log()
         assert DeviceEvent.objects.filter(device=device, kind="model_swap").exists()

@@ -70,7 +70,7 @@ def test_with_the_outbox_full_records_are_dropped_and_counted_while_inference_go
         pipeline = vision.pipeline
         assert pipeline is not None and updater.holder.fallback
         # Nothing is acknowledged (no link): fill the outbox far past its cap.
-        for i in range(400):
+        for _ in range(400):
             box.append("window", {"start": "2026-01-01T00:00:00Z", "end": "2026-01-01T00:01:00Z",
                                   "frames": 0, "pad": "x" * 1000})
         box.commit()
