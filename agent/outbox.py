@@ -295,8 +295,9 @@ class Outbox:
     def _choose(self, budget: int, max_bytes: int) -> list[tuple[int, str]]:
         chosen: dict[int, str] = {}
         used = 0
-        # Rows already in flight are skipped, so read past them (the LIMITs keep each query bounded).
-        slack = len(self._in_flight)
+        # Rows already in flight are skipped, so read past them; above the
+        # cursor those are only the live share of earlier batches.
+        slack = sum(1 for seq in self._in_flight if seq > self._cursor)
 
         def take(sql: str, limit: int) -> None:
             nonlocal used
