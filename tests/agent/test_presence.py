@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -127,3 +128,36 @@ def test_a_running_agent_answers_ping_stores_desired_and_stops_cleanly_on_sigter
     # systemd heard that it started, that its loop is alive, and that it stopped.
     told = notifications(notify_socket)
     assert told[0] == "READY=1" and "WATCHDOG=1" in told and told[-1] == "STOPPING=1"
+
+
+def test_sigterm_stops_an_agent_that_cannot_reach_its_broker(tmp_path: Path) -> None:
+    from tests.brokers import free_port
+
+    path = tmp_path / "agent.toml"
+    agent_config.write(
+        path,
+        agent_config.AgentConfig.model_validate(
+            {
+                "server": {"url": "http://127.0.0.1:8000"},
+                "device": {"id": "dev-nowhere", "secret": "s"},
+                "mqtt": {"url": f"mqtt://127.0.0.1:{free_port()}"},
+                "agent": {"data_dir": str(tmp_path / "data"), "heartbeat_interval_s": 1},
+            }
+        ),
+    )
+    process = AgentProcess(path, tmp_path / "agent.log")
+    try:
+        # Offline, it still keeps its heartbeats.
+        def heartbeats() -> int:
+            stats = outbox.inspect(tmp_path / "data" / "outbox.db")
+            return stats.depth if stats else 0
+
+        deadline = time.monotonic() + 30
+        while heartbeats() < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert heartbeats() >= 2, process.log()
+        process.proc.send_signal(signal.SIGTERM)
+        assert process.proc.wait(timeout=30) == 0
+        assert "event=stopped" in process.log()
+    finally:
+        process.close()
