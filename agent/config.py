@@ -271,8 +271,9 @@ def load(path: Path, *, environ: Mapping[str, str] | None = None) -> AgentConfig
 
 
 def to_document(config: AgentConfig) -> dict[str, Any]:
-    # TOML has no null: unset optional keys are left out.
-    return config.model_dump(mode="json", exclude_none=True)
+    # Only what was set: a default written into the file would stay frozen
+    # there when a later agent version improves it. TOML has no null either.
+    return config.model_dump(mode="json", exclude_unset=True, exclude_none=True)
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:

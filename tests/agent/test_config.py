@@ -122,3 +122,11 @@ def test_a_failed_write_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.M
     with pytest.raises(OSError, match="No space"):
         config.atomic_write(target, b"new")
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["agent.toml"]
+
+
+def test_only_keys_that_were_set_are_written_so_defaults_can_improve(tmp_path: Path) -> None:
+    settings = config.load(write(tmp_path, GOOD), environ={"EDGEFLEET_AGENT_MQTT_KEEPALIVE": "15"})
+    target = tmp_path / "out.toml"
+    config.write(target, settings)
+    text = target.read_text()
+    assert "keepalive = 15" in text and "[outbox]" not in text and "commit_interval_ms" not in text
