@@ -141,3 +141,11 @@ def test_with_retry_for_it_retries_an_unreachable_server_then_gives_up(tmp_path:
     result = enroll(f"http://127.0.0.1:{port}", "efe_x", tmp_path, "--retry-for", "1.5")
     assert result.returncode == Exit.UNREACHABLE
     assert "retrying in 1s" in result.stderr and not (tmp_path / "agent.toml").exists()
+
+
+def test_a_name_the_server_refuses_is_reported_with_the_field(live_server: Any, site: Site, tmp_path: Path) -> None:
+    _, token = EnrollmentToken.issue(site)
+    result = enroll(live_server.url, token, tmp_path, name="cam 1!")
+    assert result.returncode == Exit.REQUEST_REJECTED
+    assert "the server rejected the request (HTTP 400): name:" in result.stderr
+    assert EnrollmentToken.objects.usable().count() == 1
