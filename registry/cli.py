@@ -114,6 +114,9 @@ def publish(
     reference: Annotated[
         list[Path] | None, typer.Option(exists=True, dir_okay=False, help="Reference/calibration image; repeat.")
     ] = None,
+    calibration: Annotated[
+        list[Path] | None, typer.Option(exists=True, dir_okay=False, help="INT8 calibration image; repeat.")
+    ] = None,
     quantize: Annotated[bool, typer.Option(help="Also build the cpu-int8 bundle.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the server's answer.")] = 600.0,
 ) -> None:
@@ -133,7 +136,9 @@ def publish(
     except ValueError as exc:
         err.print(f"[red]metadata is invalid:[/red] {exc}")
         raise typer.Exit(EXIT_INVALID) from None
-    body = _Multipart({"metadata": text}, [("model", file), *[("references", p) for p in reference or []]])
+    files = [("model", file), *[("references", p) for p in reference or []]]
+    files += [("calibration", p) for p in calibration or []]
+    body = _Multipart({"metadata": text}, files)
     url = f"{server.rstrip('/')}/api/v1/models/{model}/versions/"
     with _progress() as progress:
         task = progress.add_task(f"upload {file.name}", total=body.length)

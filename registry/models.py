@@ -158,6 +158,10 @@ class Model(models.Model):
         return (last or 0) + 1
 
 
+def calibration_path(instance: ModelVersion, filename: str) -> str:
+    return f"calibration/{instance.model.name}/{instance.version}/{filename}"
+
+
 class ModelVersion(models.Model):
     """One published version; its content never changes once it exists."""
 
@@ -177,6 +181,10 @@ class ModelVersion(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     deprecated_at = models.DateTimeField(null=True, blank=True)
     deprecation_reason = models.TextField(blank=True)
+    calibration = models.FileField(
+        upload_to=calibration_path, max_length=300, blank=True,
+        help_text="Pre-processed calibration tensors (.npz) for the INT8 variant; not part of any bundle.",
+    )
 
     IMMUTABLE = ("model_id", "version", "sequence", "content_digest", "labels", "input_spec", "output")
 

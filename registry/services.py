@@ -6,6 +6,7 @@ import hashlib
 import io
 import logging
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -39,17 +40,27 @@ class Published:
     created: bool
 
 
-def content_digest(model_bytes: bytes, metadata: PublishMetadata, images: list[bytes]) -> str:
+def content_digest(
+    model_bytes: bytes, metadata: PublishMetadata, images: list[bytes], calibration: list[bytes]
+) -> str:
     digest = hashlib.sha256()
     digest.update(hashlib.sha256(model_bytes).digest())
     digest.update(canonical_json(metadata.content()))
-    for image in images:
-        digest.update(hashlib.sha256(image).digest())
+    for group in (images, calibration):
+        digest.update(len(group).to_bytes(4, "big"))
+        for image in group:
+            digest.update(hashlib.sha256(image).digest())
     return digest.hexdigest()
 
 
 def publish_version(
-    *, model_name: str, model_bytes: bytes, metadata: PublishMetadata, images: list[bytes], actor: Any
+    *,
+    model_name: str,
+    model_bytes: bytes,
+    metadata: PublishMetadata,
+    images: list[bytes],
+    actor: Any,
+    calibration: Sequence[bytes] = (),
 ) -> Published:
     """Check, sign and store a new version; identical content again returns the existing one.
 
@@ -59,7 +70,7 @@ def publish_version(
     """
     if len(model_bytes) > settings.REGISTRY_MAX_UPLOAD_BYTES:
         raise PublishError("too_large", f"The model is over {settings.REGISTRY_MAX_UPLOAD_BYTES} bytes.", 413)
-    digest = content_digest(model_bytes, metadata, images)
+    digest = content_digest(model_bytes, metadata, images, list(calibration))
     existing = _existing(model_name, metadata, digest)
     if existing is not None:
         return existing
@@ -70,6 +81,8 @@ def publish_version(
     else:
         tensors = inspection.generated_inputs(metadata.input, metadata.reference_count)
     outputs = inspection.run(session, metadata.input, tensors)
+    # Calibration images only steer the INT8 variant; they must still be readable now.
+    calibration_tensors = [inspection.preprocess(image, metadata.input) for image in calibration]
 
     try:
         with transaction.atomic():
@@ -99,6 +112,11 @@ def publish_version(
                 metrics=dict(metadata.metrics),
                 published_by=actor if getattr(actor, "is_authenticated", False) and getattr(actor, "pk", 0) else None,
             )
+            if calibration_tensors:
+                arrays = {f"c{i:04d}": t for i, t in enumerate(calibration_tensors)}
+                buffer = io.BytesIO()
+                np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]
+                version.calibration.save("calibration.npz", ContentFile(buffer.getvalue()), save=False)
             version.full_clean()
             version.save()
             model.labels = list(metadata.labels)
@@ -234,6 +252,7 @@ def keyring() -> verify.Keyring:
 
 def read_bundle(bundle: Bundle, directory: Path) -> verify.VerifiedBundle:
     """Copy a stored bundle out of storage and verify it like a device would."""
+    directory.mkdir(parents=True, exist_ok=True)
     archive = directory / "bundle.tar.gz"
     with bundle.file.open("rb") as source, archive.open("wb") as out:
         for chunk in source.chunks():
@@ -253,9 +272,13 @@ def build_int8_bundle(version: ModelVersion) -> Bundle:
         verified = read_bundle(fp32, Path(tmp))
         model_bytes = (verified.directory / MODEL_NAME).read_bytes()
         tensors = [np.load(verified.directory / c.input, allow_pickle=False) for c in verified.manifest.references]
+    calibration: list[np.ndarray] = []
+    if version.calibration:
+        with version.calibration.open("rb") as handle, np.load(io.BytesIO(handle.read()), allow_pickle=False) as npz:
+            calibration = [npz[name] for name in sorted(npz.files)]
     spec = InputSpec.model_validate(version.input_spec)
     output = TypeAdapter(OutputDecoding).validate_python(version.output)
-    result = quantize(model_bytes, spec, tensors, output=output, labels=list(version.labels))
+    result = quantize(model_bytes, spec, tensors, calibration, output=output, labels=list(version.labels))
     with transaction.atomic():
         locked = ModelVersion.objects.select_for_update().get(pk=version.pk)
         existing = locked.bundles.filter(target=INT8).first()

@@ -46,10 +46,12 @@ _, key = ApiToken.issue(user, name='github-actions', scopes=['publish'])
 _, enroll = EnrollmentToken.issue(Site.objects.create(slug='plant-a', name='Plant A'))
 print(key, enroll)" | tail -1)"
 
-echo "== 1. publish $NAME from $MODEL (reference and calibration images from models.samples)"
+echo "== 1. publish $NAME from $MODEL (8 reference and 64 calibration images from models.samples)"
 "$PY" -m models.samples reference "$WORK/reference" --count 8 >/dev/null
+"$PY" -m models.samples calibration "$WORK/calibration" --count 64 >/dev/null
 refs=()
 for image in "$WORK"/reference/*.png; do refs+=(--reference "$image"); done
+for image in "$WORK"/calibration/*.png; do refs+=(--calibration "$image"); done
 EDGEFLEET_TOKEN="$TOKEN" "$BIN/edgefleet" publish --server "$SERVER" --model "$NAME" --file "$MODEL" \
     --metadata "$META" --quantize "${refs[@]}" >"$WORK/published.json"
 EDGEFLEET_TOKEN="$TOKEN" "$BIN/edgefleet" publish --server "$SERVER" --model "$NAME" --file "$MODEL" \
@@ -85,8 +87,8 @@ for b in published['bundles']:
     if b['target'] == 'cpu-int8':
         print(f\"   cpu-int8: {b['size']} B bundle, model {m['size_bytes']} B vs {m['fp32_size_bytes']} B fp32 \"
               f\"(x{m['size_ratio']}); latency {m['int8_latency_ms']} ms vs {m['fp32_latency_ms']} ms \"
-              f\"(ratio {m['latency_ratio']}); top-1 agreement {m['top1_agreement']:.1%} on {m['reference_count']} \"
-              f\"reference inputs; max |delta| {m['max_abs_output_delta']}\")
+              f\"(ratio {m['latency_ratio']}); top-1 agreement {m['top1_agreement']:.1%} on {m['measured_on']} \"
+              f\"reference and calibration inputs; max |delta| {m['max_abs_output_delta']}\")
     else:
         print(f\"   {b['target']}: {b['size']} B bundle, sha256 {b['sha256'][:16]}..., key {b['key_id']}\")
 " "$WORK/published.json"

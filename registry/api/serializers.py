@@ -73,7 +73,13 @@ class PublishRequestSerializer(serializers.Serializer):
 
     model = serializers.FileField(help_text="The ONNX file.")
     metadata = serializers.CharField(help_text="JSON: version, task, labels, input, output, thresholds, ...")
-    references = serializers.ListField(child=serializers.FileField(), required=False, help_text="Reference images.")
+    references = serializers.ListField(
+        child=serializers.FileField(), required=False, help_text="Reference images, shipped in every bundle."
+    )
+    calibration = serializers.ListField(
+        child=serializers.FileField(), required=False,
+        help_text="More images for INT8 calibration and the fp32/int8 agreement figure; not shipped in bundles.",
+    )
 
 
 class DeprecateSerializer(serializers.Serializer):

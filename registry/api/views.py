@@ -152,9 +152,15 @@ class ModelVersionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, view
         except ValueError as exc:
             return _error("bad_metadata", str(exc), 400)
         images = [f.read() for f in request.FILES.getlist("references")]
+        calibration = [f.read() for f in request.FILES.getlist("calibration")]
         try:
             published = services.publish_version(
-                model_name=model_name, model_bytes=upload.read(), metadata=metadata, images=images, actor=request.user
+                model_name=model_name,
+                model_bytes=upload.read(),
+                metadata=metadata,
+                images=images,
+                calibration=calibration,
+                actor=request.user,
             )
         except PublishError as exc:
             log.info("publish of %s %s refused: %s %s", model_name, metadata.version, exc.code, exc.message)

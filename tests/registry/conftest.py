@@ -231,6 +231,12 @@ class Crafted:
         return path
 
 
+@pytest.fixture(scope="session")
+def tiny_classifier() -> bytes:
+    return make_classifier()
+
+
 @pytest.fixture
-def crafted(classifier_onnx: bytes) -> Crafted:
-    return Crafted(classifier_onnx)
+def crafted(tiny_classifier: bytes) -> Crafted:
+    """Archive tests need a model, not a good one: the small built graph keeps them fast."""
+    return Crafted(tiny_classifier)

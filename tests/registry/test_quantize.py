@@ -86,3 +86,26 @@ def test_a_detector_whose_rows_do_not_fit_its_labels_is_refused(token_client, de
     response = publish(token_client("publish"), detector_onnx, detector, name="parts-detector")
 
     assert response.status_code == 400 and "5 + 3 labels" in response.json()["detail"]
+
+
+def test_calibration_images_steer_int8_and_its_figures_but_stay_out_of_the_bundles(
+    token_client, classifier_onnx, metadata, png_images, tmp_path, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        response = publish(
+            token_client("publish"), classifier_onnx, metadata(quantize=True),
+            images=png_images[:1], calibration=png_images * 2,
+        )
+
+    assert response.status_code == 201, response.content
+    int8 = Bundle.objects.get(target="cpu-int8")
+    assert (int8.metrics["reference_count"], int8.metrics["measured_on"]) == (1, 7)
+    for bundle in Bundle.objects.all():
+        checked = services.read_bundle(bundle, tmp_path / bundle.target)
+        assert len(checked.manifest.references) == 1
+
+
+def test_an_unreadable_calibration_image_is_refused(token_client, classifier_onnx, metadata):
+    response = publish(token_client("publish"), classifier_onnx, metadata(), calibration=[b"not an image"])
+
+    assert response.status_code == 400 and response.json()["code"] == "bad_image"
