@@ -39,6 +39,8 @@ from telemetry import services as telemetry
 from telemetry.exporter import LAG_BUCKETS
 
 _LAG_KEYS = [str(bound) for bound in LAG_BUCKETS] + ["+Inf"]
+# What storing telemetry reads of a device; its JSON documents are left unparsed.
+_INGEST_FIELDS = ("pk", "device_id", "revoked_at", "online", "telemetry_acked_seq")
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +218,9 @@ class Bridge:
             return
         try:
             # One query for every device of the batch, not one per message.
-            known = Device.objects.in_bulk({device_id for _, _, device_id, _ in decoded}, field_name="device_id")
+            known = Device.objects.only(*_INGEST_FIELDS).in_bulk(
+                {device_id for _, _, device_id, _ in decoded}, field_name="device_id"
+            )
         except DatabaseError:
             log.exception("device lookup failed for a batch of %d telemetry messages", len(decoded))
             for _ in decoded:

@@ -136,7 +136,13 @@ def _advance(devices: dict[int, Device], batches: dict[int, list[protocol.Teleme
     two bridges queue instead of deadlocking), read the stored seqs above each
     watermark, write the new watermarks back.
     """
-    locked = {d.pk: d for d in Device.objects.select_for_update().filter(pk__in=devices).order_by("pk")}
+    locked = {
+        d.pk: d
+        for d in Device.objects.select_for_update()
+        .filter(pk__in=devices)
+        .only("pk", "telemetry_acked_seq", "last_heartbeat", "agent_version")
+        .order_by("pk")
+    }
     watermarks: dict[int, int] = {}
     for pk, device in locked.items():
         floors = [b.floor for b in batches[pk] if b.floor is not None]
