@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.serialization import (
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.core.validators import RegexValidator
-from django.db import models, transaction
+from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
 from agent.manifest import parse_version
@@ -46,9 +46,18 @@ class SigningKey(models.Model):
     public_key = models.CharField(max_length=64, help_text="Raw Ed25519 public key, base64.")
     created_at = models.DateTimeField(default=timezone.now)
     retired_at = models.DateTimeField(null=True, blank=True, help_text="Signatures are refused from then on.")
+    automatic = models.BooleanField(default=False, help_text="Created on first use rather than by an operator.")
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        constraints = [
+            # The web process, the bridge and workers may all need a key at the
+            # first start: one of them creates it, the others lose the insert
+            # and use it, so no device is enrolled with a key that is not the signer.
+            models.UniqueConstraint(
+                fields=["automatic"], condition=models.Q(automatic=True), name="one_automatic_signing_key"
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.key_id
@@ -88,7 +97,7 @@ class SigningKey(models.Model):
         }
 
     @classmethod
-    def generate(cls) -> SigningKey:
+    def generate(cls, *, automatic: bool = False) -> SigningKey:
         """Create a key pair: the private key goes to a new 0600 file, the public one to the database."""
         signer = Signer(Ed25519PrivateKey.generate())
         directory = cls.key_dir()
@@ -101,7 +110,14 @@ class SigningKey(models.Model):
             out.write(pem)
             out.flush()
             os.fsync(out.fileno())
-        return cls.objects.create(key_id=signer.key_id, public_key=base64.b64encode(signer.public_bytes).decode())
+        try:
+            with transaction.atomic():
+                return cls.objects.create(
+                    key_id=signer.key_id, public_key=base64.b64encode(signer.public_bytes).decode(), automatic=automatic
+                )
+        except IntegrityError:
+            path.unlink(missing_ok=True)
+            raise
 
     @classmethod
     def current(cls) -> SigningKey:
@@ -111,8 +127,14 @@ class SigningKey(models.Model):
             return key
         if not settings.REGISTRY_AUTO_SIGNING_KEY:
             raise ImproperlyConfigured("No usable signing key: run `manage.py signing_key create`.")
-        with transaction.atomic():
+        if cls.objects.filter(automatic=True).exists():
+            # The first key was retired without a successor: in development, make another.
             return cls.generate()
+        try:
+            return cls.generate(automatic=True)
+        except IntegrityError:
+            # Another process made the first key a moment ago: use that one.
+            return cls.objects.get(automatic=True)
 
 
 class KeyringUpdate(models.Model):

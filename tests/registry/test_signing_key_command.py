@@ -122,3 +122,22 @@ def test_without_automatic_keys_a_missing_key_is_an_explicit_error(settings):
 
     with pytest.raises(ImproperlyConfigured, match="signing_key create"):
         SigningKey.current()
+
+
+def test_only_one_process_creates_the_first_key_and_the_loser_leaves_no_file(key_dir):
+    from django.db import IntegrityError
+
+    first = SigningKey.current()
+
+    with pytest.raises(IntegrityError):
+        SigningKey.generate(automatic=True)
+
+    assert SigningKey.current() == first
+    assert [p.name for p in key_dir.iterdir()] == [f"{first.key_id}.pem"]
+
+
+def test_after_the_first_key_is_retired_development_makes_another(key_dir):
+    first = SigningKey.current()
+    run("retire", first.key_id)
+
+    assert SigningKey.current() != first
