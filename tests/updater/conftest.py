@@ -24,6 +24,7 @@ from registry.bundles import Signer
 from tests.agent.conftest import bridge  # noqa: F401 - the real bridge, shared with the agent tests
 from tests.registry import conftest as registry_fixtures
 from tests.registry.conftest import Crafted, make_classifier, trusted
+from tests.updater.helpers import RecordingRuntime  # noqa: F401 - the tests import it from here
 
 
 @pytest.fixture(scope="session")
@@ -110,39 +111,6 @@ def bundle_server() -> Iterator[BundleServer]:
     server = BundleServer()
     yield server
     server.close()
-
-
-class RecordingRuntime:
-    """What the updater needs of ``agent.runtime.Runtime``; keeps every report and event."""
-
-    def __init__(self, config: agent_config.AgentConfig) -> None:
-        self.config = config
-        self.desired: protocol.Desired | None = None
-        self.desired_listeners: list[Any] = []
-        self.model_version: str | None = None
-        self.reported_fields: dict[str, Any] = {}
-        self.reports: list[dict[str, Any]] = []
-        self.events: list[tuple[str, dict[str, Any]]] = []
-
-    def report(self, **fields: Any) -> None:
-        self.reports.append({**self.reported_fields, **fields})
-
-    def event(self, kind: str, **data: Any) -> None:
-        self.events.append((kind, data))
-
-    def phases(self) -> list[str]:
-        phases: list[str] = []
-        for report in self.reports:
-            if not phases or phases[-1] != report.get("phase"):
-                phases.append(report.get("phase", "idle"))
-        return phases
-
-    @property
-    def last(self) -> dict[str, Any]:
-        return self.reports[-1]
-
-    def event_kinds(self) -> list[str]:
-        return [kind for kind, _ in self.events]
 
 
 def make_config(

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from agent import config, protocol
 from agent.updater import Updater
-from tests.updater.conftest import RecordingRuntime
+from tests.updater.helpers import RecordingRuntime
 settings = config.load(Path(sys.argv[1]))
 updater = Updater(settings)
 updater.start(RecordingRuntime(settings))
