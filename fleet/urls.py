@@ -9,7 +9,7 @@ from telemetry import views as telemetry_views
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
-    path("devices/<str:device_id>/", views.device_detail, name="device-detail"),
+    path("devices/<str:device_id>/", views.device_detail, name="device-page"),
     path("alerts/", telemetry_views.alerts, name="alerts"),
     path("models/", registry_views.models, name="models"),
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),

@@ -1,8 +1,9 @@
 // Charts of the dashboard: every [data-series] element names one series of
 // /api/v1/telemetry/ (scope, key, start, end, points); it is fetched once with the
-// page's session and drawn into each canvas[data-chart] inside. When drawn, a
-// canvas carries data-points (how many points it shows) and the container
-// data-state = ready | empty | error, which tests and people can rely on.
+// page's session and drawn into each canvas[data-chart] inside. When done, a
+// canvas carries data-points (how many points it shows; a chart with none is
+// left out and named) and the container data-state = ready (something drawn) |
+// empty | error, which tests and people can rely on.
 (function () {
   "use strict";
 
@@ -73,18 +74,25 @@
     },
   };
 
+  // Points that carry a value: a bucket with no heartbeat temperature is a gap, not a point.
+  function counted(values) {
+    return values.filter((v) => v !== null && v !== undefined && (typeof v !== "object" || v.y !== null)).length;
+  }
+
+  // Draws one chart and returns how many points it shows (0: nothing drawn).
   function draw(canvas, body, range) {
     const spec = CHARTS[canvas.dataset.chart](body, range);
-    const shown = spec.labels ? spec.datasets[0].data.length : Math.max(0, ...spec.datasets.map((d) => d.data.length));
-    const chart = new Chart(canvas, {
+    const shown = spec.empty ? 0 : Math.max(0, ...spec.datasets.map((d) => counted(d.data)));
+    canvas.dataset.points = String(shown);
+    if (shown === 0) return 0;
+    new Chart(canvas, {
       data: { labels: spec.labels, datasets: spec.datasets },
       options: {
         responsive: true, maintainAspectRatio: false, animation: false, interaction: { mode: "index", intersect: false },
         scales: spec.scales, plugins: { legend: { position: "bottom", labels: { boxWidth: 12 } } },
       },
     });
-    canvas.dataset.points = String(spec.empty ? 0 : shown);
-    return chart;
+    return shown;
   }
 
   async function load(container) {
@@ -96,19 +104,26 @@
       const response = await fetch(`/api/v1/telemetry/?${params}`, { credentials: "same-origin", headers: { Accept: "application/json" } });
       const body = await response.json();
       if (!response.ok) throw new Error(body.detail || `HTTP ${response.status}`);
-      const empty = body.points.length === 0;
       const range = { min: Date.parse(container.dataset.start), max: Date.parse(container.dataset.end) };
+      const missing = [];
+      let drawn = 0;
       container.querySelectorAll("canvas[data-chart]").forEach((canvas) => {
-        if (empty) {
-          // Empty axes say less than a sentence does.
-          canvas.hidden = true;
-          canvas.dataset.points = "0";
+        if (draw(canvas, body, range) > 0) {
+          drawn += 1;
+          return;
+        }
+        // Empty axes say less than a sentence does: leave the chart out and name it.
+        const figure = canvas.closest("figure");
+        if (figure && figure !== container && !figure.hasAttribute("data-series")) {
+          figure.hidden = true;
+          missing.push(figure.querySelector("figcaption").textContent.trim());
         } else {
-          draw(canvas, body, range);
+          canvas.hidden = true;
         }
       });
-      if (message && empty) message.textContent = "No telemetry in this range yet.";
-      container.dataset.state = empty ? "empty" : "ready";
+      if (message && drawn === 0) message.textContent = "No telemetry in this range yet.";
+      else if (message && missing.length) message.textContent = `No data in this range for: ${missing.join(", ")}.`;
+      container.dataset.state = drawn === 0 ? "empty" : "ready";
     } catch (error) {
       if (message) message.textContent = `Could not load the series: ${error.message}`;
       container.dataset.state = "error";

@@ -64,7 +64,10 @@ def test_a_device_page_draws_every_chart_from_the_devices_telemetry(
 ) -> None:
     device = fleet[0]
     with_event(device, "model.swap", version="1.0.0")
-    sign_in(page, "victor", "pw-victor-123", path=f"/devices/{device.device_id}/?range=1h")
+    sign_in(page, "victor", "pw-victor-123")
+    page.get_by_role("link", name="cam-online").click()
+    page.get_by_test_id("range-1h").click()
+    page.wait_for_url(f"**/devices/{device.device_id}/?range=1h")
     expect(page.get_by_test_id("device-charts")).to_have_attribute("data-state", "ready")
     for chart in DEVICE_CHARTS:
         points = int(page.get_by_test_id(f"chart-{chart}").get_attribute("data-points"))

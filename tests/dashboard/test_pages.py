@@ -79,6 +79,11 @@ def test_the_overview_filter_is_the_apis_filter(viewer_client: Client, cameras: 
     assert f'data-device="{cameras[1].device_id}"' in body and f'data-device="{cameras[0].device_id}"' not in body
 
 
+def test_each_device_row_links_to_its_device_page(viewer_client: Client, cameras: list[Device]) -> None:
+    body = page(viewer_client, "/")[1]
+    assert f'href="/devices/{cameras[0].device_id}/"' in body
+
+
 def test_the_overview_query_count_does_not_grow_with_devices(
     viewer_client: Client, site: Site, other_site: Site, enroll_device: Callable[..., Any]
 ) -> None:
