@@ -10,7 +10,14 @@ import pytest
 from fleet.models import Device, Site
 from telemetry.models import Alert
 from tests.browser.conftest import require_browser, sign_in
-from tests.dashboard.fixtures import open_alert, registry_model, reporting, with_event, with_telemetry
+from tests.dashboard.fixtures import (
+    open_alert,
+    registry_model,
+    reporting,
+    with_event,
+    with_heartbeats_only,
+    with_telemetry,
+)
 
 expect = require_browser().expect
 
@@ -86,6 +93,17 @@ def test_a_device_without_telemetry_says_so_instead_of_drawing(
     sign_in(page, "victor", "pw-victor-123", path=f"/devices/{fleet[1].device_id}/")
     expect(page.get_by_test_id("device-charts")).to_have_attribute("data-state", "empty")
     expect(page.get_by_text("No telemetry in this range yet.")).to_be_visible()
+
+
+def test_a_device_with_heartbeats_but_no_windows_draws_its_health_and_names_what_is_missing(
+    page: Any, fleet: list[Device], viewer_user: Any
+) -> None:
+    device = with_heartbeats_only(fleet[1])
+    sign_in(page, "victor", "pw-victor-123", path=f"/devices/{device.device_id}/?range=1h")
+    expect(page.get_by_test_id("device-charts")).to_have_attribute("data-state", "ready")
+    assert int(page.get_by_test_id("chart-health").get_attribute("data-points")) >= 9
+    expect(page.get_by_test_id("chart-latency")).to_be_hidden()
+    expect(page.get_by_text("No data in this range for: Latency (ms), Frames")).to_be_visible()
 
 
 def test_acknowledging_an_alert_in_the_page_acknowledges_it_in_the_database(

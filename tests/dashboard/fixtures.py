@@ -33,6 +33,17 @@ def with_telemetry(device: Device, now: datetime | None = None, *, minutes: int 
     return device
 
 
+def with_heartbeats_only(device: Device, now: datetime | None = None, *, minutes: int = 10) -> Device:
+    """A device that runs no model yet: heartbeats, no inference windows (as the demo's devices on the fallback)."""
+    now = now or timezone.now()
+    feed = Feed(device)
+    feed.store([feed.heartbeat(now - timedelta(minutes=m), temperature_c=None, cpu_freq_mhz=2400.0)
+                for m in range(minutes, 0, -1)])  # fmt: skip
+    roll_up_everything()
+    device.refresh_from_db()
+    return device
+
+
 def reporting(device: Device, **reported: Any) -> Device:
     """The device says it runs this (as the bridge stores a ``reported`` message)."""
     device.reported = {"generation": 1, "model_name": "detector", "model_version": "1.0.0", "phase": "active",
