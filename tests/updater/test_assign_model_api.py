@@ -7,15 +7,24 @@ from typing import Any
 import pytest
 
 from fleet.models import AuditLog, Device
-from tests.registry.conftest import metadata_for
 from tests.registry.helpers import publish
 
 pytestmark = pytest.mark.django_db
 
+# Publish metadata of the small built classifier (tests/registry/conftest.py make_classifier).
+TINY_METADATA = {
+    "version": "1.0.0",
+    "task": "classification",
+    "labels": ["ok", "scratch", "dent"],
+    "input": {"name": "input", "shape": [1, 3, 32, 32], "mean": [0.5], "std": [0.25]},
+    "output": {"kind": "classification", "output": "logits"},
+    "reference_count": 3,
+}
+
 
 @pytest.fixture
 def published(token_client: Any, classifier_onnx: bytes, png_images: list[bytes]) -> None:
-    response = publish(token_client("publish"), classifier_onnx, metadata_for("1.0.0"), images=png_images)
+    response = publish(token_client("publish"), classifier_onnx, TINY_METADATA, images=png_images)
     assert response.status_code == 201, response.content
 
 
