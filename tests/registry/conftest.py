@@ -114,16 +114,28 @@ def classifier_onnx() -> bytes:
 
 
 def metadata_for(version: str = "1.0.0", **overrides: Any) -> dict[str, Any]:
-    """Publish metadata for ``classifier_onnx``: the real model's own file when it is there."""
-    real = real_model(REAL_CLASSIFIER)
-    document: dict[str, Any] = real[1] if real else {
+    """Publish metadata of the small built graph (``make_classifier``)."""
+    document: dict[str, Any] = {
+        "version": version,
         "task": "classification",
         "labels": list(LABELS),
         "input": {"name": "input", "shape": [1, 3, 32, 32], "mean": [0.5], "std": [0.25]},
         "output": {"kind": "classification", "output": "logits"},
         "thresholds": {"escalate_below": 0.5, "act_above": 0.9},
         "metrics": {"accuracy": 0.93},
+        "provenance": {"git_commit": "0123abcd", "ci_run": "https://ci.example/run/1"},
+        "reference_count": 3,
     }
+    document.update(overrides)
+    return document
+
+
+def classifier_metadata(version: str = "1.0.0", **overrides: Any) -> dict[str, Any]:
+    """Publish metadata for ``classifier_onnx``: the real model's own file when it is there."""
+    real = real_model(REAL_CLASSIFIER)
+    if real is None:
+        return metadata_for(version, **overrides)
+    document = real[1]
     document.update(
         version=version,
         provenance={**document.get("provenance", {}), "git_commit": "0123abcd", "ci_run": "https://ci.example/run/1"},
@@ -135,7 +147,7 @@ def metadata_for(version: str = "1.0.0", **overrides: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def metadata() -> Callable[..., dict[str, Any]]:
-    return metadata_for
+    return classifier_metadata
 
 
 @pytest.fixture
