@@ -47,8 +47,19 @@ _, enroll = EnrollmentToken.issue(Site.objects.create(slug='plant-a', name='Plan
 print(key, enroll)" | tail -1)"
 
 echo "== 1. publish $NAME from $MODEL (8 reference and 64 calibration images from models.samples)"
-"$PY" -m models.samples reference "$WORK/reference" --count 8 >/dev/null
-"$PY" -m models.samples calibration "$WORK/calibration" --count 64 >/dev/null
+if grep -q '"task": "detection"' "$META"; then
+    # A detector is fed whole frames, not part crops.
+    "$PY" -c "
+import sys
+from pathlib import Path
+from models import samples
+for folder, seed, count in ((sys.argv[1], samples.REFERENCE_SEED, 8), (sys.argv[2], samples.CALIBRATION_SEED, 64)):
+    samples.write_samples(Path(folder), samples.reference_frames(count=count, seed=seed))
+" "$WORK/reference" "$WORK/calibration" >/dev/null
+else
+    "$PY" -m models.samples reference "$WORK/reference" --count 8 >/dev/null
+    "$PY" -m models.samples calibration "$WORK/calibration" --count 64 >/dev/null
+fi
 refs=()
 for image in "$WORK"/reference/*.png; do refs+=(--reference "$image"); done
 for image in "$WORK"/calibration/*.png; do refs+=(--calibration "$image"); done
@@ -85,6 +96,8 @@ published = json.load(open(sys.argv[1]))
 for b in published['bundles']:
     m = b['metrics']
     if b['target'] == 'cpu-int8':
+        if m.get('detection_agreement') is not None:
+            print(f\"   detections kept by int8: {m['detection_agreement']:.1%} of {m['fp32_detections']} fp32 detections\")
         print(f\"   cpu-int8: {b['size']} B bundle, model {m['size_bytes']} B vs {m['fp32_size_bytes']} B fp32 \"
               f\"(x{m['size_ratio']}); latency {m['int8_latency_ms']} ms vs {m['fp32_latency_ms']} ms \"
               f\"(ratio {m['latency_ratio']}); top-1 agreement {m['top1_agreement']:.1%} on {m['measured_on']} \"
