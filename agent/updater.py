@@ -44,6 +44,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, Protocol
@@ -377,6 +378,10 @@ class Updater:
         self._watched: _Watched | None = None
         self._retry: protocol.Desired | None = None
         self._pending_events: list[tuple[str, dict[str, Any]]] = []
+        self._last_verified: protocol.Desired | None = None
+        self.verified_listeners: list[Callable[[protocol.Desired], None]] = []
+        """Called with each desired document whose signature verified: runtime config (thresholds,
+        telemetry interval) is applied from these only, never from what merely arrived."""
         self.converged = threading.Event()
         """Set each time a desired document has been handled (tests and benchmarks wait on it)."""
         self._load_current()
@@ -492,7 +497,11 @@ class Updater:
             log.warning("event=desired_rejected generation=%d reason=%s", desired.generation, exc)
             self._event("desired_rejected", generation=desired.generation, reason=exc.reason, detail=exc.detail[:300])
             self._publish_state(phase="failed", error=f"desired rejected: {exc}"[:2000])
+            self._forget(desired)
             raise UpdateError(exc.reason, str(exc)) from None
+        self._last_verified = desired
+        for listener in self.verified_listeners:
+            listener(desired)
         if desired.model is None:
             self._publish_state(phase="active" if self.active else "idle", error=None)
             return
@@ -512,6 +521,23 @@ class Updater:
             self._switch_to_installed(on_disk, wanted)
             return
         self._update(wanted)
+
+    def _forget(self, rejected: protocol.Desired) -> None:
+        """Put the last verified document back where the runtime keeps the current one.
+
+        The runtime stores what arrives before it is verified and ignores any
+        later, lower generation; a forged document with a huge generation would
+        otherwise freeze the device against every genuine one.
+        """
+        runtime = self._runtime
+        if runtime is None or runtime.desired != rejected:
+            return  # a newer document arrived meanwhile: it gets its own turn
+        runtime.desired = self._last_verified
+        path = self.config.desired_path
+        if self._last_verified is None:
+            path.unlink(missing_ok=True)
+        else:
+            atomic_write(path, protocol.encode(self._last_verified), mode=0o600)
 
     def _verify_desired(self, desired: protocol.Desired) -> None:
         try:

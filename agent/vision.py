@@ -63,10 +63,29 @@ class Vision:
             actions=actions,
             escalation=escalation,
         )
-        self._component = PipelineComponent(self.pipeline, interval_s=config.vision.window_interval_s)
-        self._component.start(runtime)
+        self._component = component = PipelineComponent(self.pipeline, interval_s=config.vision.window_interval_s)
+        component.start(runtime)
+        # The component listens to every desired document that arrives; thresholds must come
+        # only from signed ones, so it hears them from the updater once verified instead.
+        if component.apply_desired in runtime.desired_listeners:
+            runtime.desired_listeners.remove(component.apply_desired)
+        self.updater.verified_listeners += [component.apply_desired, self.apply_desired]
         self.updater.attach(self.pipeline)
         log.info("event=inference_started source=%s model=%s", capture.source, self.updater.holder.session.version)
+
+    def apply_desired(self, desired: Any) -> None:
+        """``config.telemetry_interval_s`` of a verified desired document sets the window interval."""
+        value = (getattr(desired, "config", None) or {}).get("telemetry_interval_s")
+        if value is None or self._component is None:
+            return
+        try:
+            interval = float(value)
+        except (TypeError, ValueError):
+            interval = -1.0
+        if not 0.1 <= interval <= 3600:
+            log.warning("event=desired_config_ignored key=telemetry_interval_s value=%r", value)
+            return
+        self._component.interval_s = interval  # read at each wait of the window thread
 
     def stop(self) -> None:
         if self._component is not None:

@@ -107,3 +107,26 @@ def test_a_source_that_cannot_be_opened_is_reported_and_the_agent_goes_on(tmp_pa
     assert vision.pipeline is None
     assert runtime.events[0][0] == "capture_unavailable"
     box.close()
+
+
+def test_runtime_config_comes_from_verified_documents_only(tmp_path: Path, frames: Path) -> None:
+    config = make_config(tmp_path, "http://127.0.0.1:9", [], capture={"source": str(frames), "loop": True},
+                         escalation={"enabled": False})
+    box = Outbox(tmp_path / "outbox.db")
+    runtime = OutboxRuntime(box)
+    updater = Updater(config)
+    vision = Vision(config, updater)
+    vision.start(runtime)
+    try:
+        component = vision._component
+        assert component is not None
+        assert component.apply_desired not in runtime.desired_listeners
+        assert component.apply_desired in updater.verified_listeners
+
+        vision.apply_desired(type("D", (), {"config": {"telemetry_interval_s": 5}})())
+        assert component.interval_s == 5
+        vision.apply_desired(type("D", (), {"config": {"telemetry_interval_s": "soon"}})())
+        assert component.interval_s == 5
+    finally:
+        vision.stop()
+        box.close()
