@@ -468,6 +468,13 @@ class Updater:
             except UpdateError as exc:
                 if exc.retry:
                     self._retry, retry_at = job, time.monotonic() + self.settings.retry_after_s
+            except OSError as exc:
+                # A full or failing disk while unpacking or installing: the model in service keeps
+                # serving (the pointer switch is the last step) and the update is tried again.
+                log.error("event=update_io_error error=%s", exc)
+                self.store.clean()
+                self._publish_state(phase="failed", error=f"io_error: {exc}"[:2000])
+                self._retry, retry_at = job, time.monotonic() + self.settings.retry_after_s
             finally:
                 self.converged.set()
 
@@ -601,7 +608,8 @@ class Updater:
             part.unlink(missing_ok=True)
             self._event("validation_failed", version=wanted.version, reason=exc.reason, detail=exc.detail[:300])
             self._fail(exc.reason, str(exc))
-        except ModelLoadError as exc:
+        except (ModelLoadError, ValueError) as exc:
+            # ValueError: a reference file that is not a readable .npy, or a spec the model cannot meet.
             shutil.rmtree(unpacked, ignore_errors=True)
             part.unlink(missing_ok=True)
             self._event("validation_failed", version=wanted.version, reason="model_load_failed", detail=str(exc)[:300])

@@ -126,11 +126,12 @@ def check_outbox(path: Path, cloud: Cloud) -> int:
     db = sqlite3.connect(path)
     try:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        stats = outbox.inspect(path)
+        if stats is None:
+            return 0  # killed before the first schema commit: nothing was ever committed
         pending = {seq for (seq,) in db.execute("SELECT seq FROM records")}
     finally:
         db.close()
-    stats = outbox.inspect(path)
-    assert stats is not None
     with cloud.changed:
         stored = set(cloud.records)
     missing = set(range(1, stats.last_seq + 1)) - pending - stored

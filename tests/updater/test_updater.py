@@ -321,3 +321,22 @@ def test_the_archive_digest_is_checked_against_the_desired_state(
     with pytest.raises(UpdateError):
         updater.converge(wrong)
     assert runtime.last["error"].startswith("etag_mismatch")
+
+
+def test_a_disk_failure_while_installing_keeps_the_old_model_and_is_retried(
+    installed, runtime, classifier_onnx, signer, bundle_server, tmp_path, monkeypatch
+):
+    from agent import updater as updater_module
+
+    def full_disk(self, unpacked, bundle):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(updater_module.ModelStore, "install", full_disk)
+    installed.converged.clear()
+    installed.submit(publish(newer(classifier_onnx), signer, bundle_server, tmp_path, 2))
+    assert installed.converged.wait(30)
+
+    assert runtime.last["phase"] == "failed" and runtime.last["error"].startswith("io_error")
+    assert installed.holder.session.version == "1.2.0"
+    assert installed._retry is not None, "the update is tried again later"
+    assert not [p for p in installed.store.root.iterdir() if p.name.startswith(".unpack")]
