@@ -243,11 +243,10 @@ class Bridge:
         devices = {device.pk: device for _, _, device, _ in items}
         try:
             with transaction.atomic():
-                Device.objects.filter(pk__in=devices).update(last_seen=now)
                 for device in devices.values():
                     if not device.online:
                         device.record_presence(True, now)
-                stored = telemetry.store_batches([(device, message) for _, _, device, message in items])
+                stored = telemetry.store_batches([(d, m) for _, _, d, m in items], seen_at=now)
         except DatabaseError:
             # One bad message must not cost the others: store them one by one,
             # so only the culprit is rejected (and stays in its outbox).

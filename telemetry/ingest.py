@@ -44,8 +44,12 @@ class Stored:
     offered: int
 
 
-def store_batches(batches: Sequence[tuple[Device, protocol.Telemetry]]) -> Stored:
-    """Store several devices' batches in one transaction and return the ack per device pk."""
+def store_batches(batches: Sequence[tuple[Device, protocol.Telemetry]], seen_at: datetime | None = None) -> Stored:
+    """Store several devices' batches in one transaction and return the ack per device pk.
+
+    ``seen_at`` (when the bridge received them) moves each device's last_seen
+    forward in the same statement as its ack.
+    """
     by_device: dict[int, list[protocol.Telemetry]] = defaultdict(list)
     devices: dict[int, Device] = {}
     for device, batch in batches:
@@ -67,7 +71,7 @@ def store_batches(batches: Sequence[tuple[Device, protocol.Telemetry]]) -> Store
     rows.sort(key=lambda row: (row[0], row[1]))
     with transaction.atomic():
         _insert(rows)
-        acks = _advance({pk: devices[pk] for pk in sorted(by_device)}, by_device)
+        acks = _advance({pk: devices[pk] for pk in sorted(by_device)}, by_device, seen_at)
     return Stored(acks=acks, offered=len(rows))
 
 
@@ -129,7 +133,9 @@ def store_telemetry(device: Device, batch: protocol.Telemetry) -> int:
     return store_batches([(device, batch)]).acks[device.pk]
 
 
-def _advance(devices: dict[int, Device], batches: dict[int, list[protocol.Telemetry]]) -> dict[int, int]:
+def _advance(
+    devices: dict[int, Device], batches: dict[int, list[protocol.Telemetry]], seen_at: datetime | None
+) -> dict[int, int]:
     """Move each device's contiguous watermark forward and keep its newest heartbeat.
 
     Three statements for the whole batch: lock the devices (in pk order, so
@@ -140,7 +146,7 @@ def _advance(devices: dict[int, Device], batches: dict[int, list[protocol.Teleme
         d.pk: d
         for d in Device.objects.select_for_update()
         .filter(pk__in=devices)
-        .only("pk", "telemetry_acked_seq", "last_heartbeat", "agent_version")
+        .only("pk", "telemetry_acked_seq", "last_heartbeat", "agent_version", "last_seen")
         .order_by("pk")
     }
     watermarks: dict[int, int] = {}
@@ -174,7 +180,7 @@ def _advance(devices: dict[int, Device], batches: dict[int, list[protocol.Teleme
             device.last_heartbeat = {**heartbeat.model_dump(mode="json"), "ts": ts.isoformat()}
             device.agent_version = heartbeat.agent_version
             beating.append(device)
-    _write_back(list(locked.values()), beating)
+    _write_back(list(locked.values()), beating, seen_at)
     return watermarks
 
 
@@ -197,27 +203,38 @@ def _stored_above(watermarks: dict[int, int]) -> list[tuple[int, int]]:
     return list(TelemetryRecord.objects.filter(above).order_by("device_id", "seq").values_list("device_id", "seq"))
 
 
-def _write_back(devices: list[Device], beating: list[Device]) -> None:
-    """Save new watermarks (and newest heartbeats): one UPDATE from arrays on PostgreSQL."""
+def _write_back(devices: list[Device], beating: list[Device], seen_at: datetime | None) -> None:
+    """Save new watermarks, newest heartbeats and presence: one UPDATE from arrays on PostgreSQL.
+
+    One statement and one new row version per device and batch: the device
+    rows are the hottest in the database, and every extra UPDATE leaves a dead
+    tuple that the next batch's lock has to step over.
+    """
+    beats = {d.pk for d in beating}
     if connection.vendor != "postgresql":
-        Device.objects.bulk_update(devices, ["telemetry_acked_seq"])
+        fields = ["telemetry_acked_seq", *(["last_seen"] if seen_at else [])]
+        for device in devices:
+            device.last_seen = max(filter(None, [device.last_seen, seen_at]), default=None)
+        Device.objects.bulk_update(devices, fields)
         if beating:
             Device.objects.bulk_update(beating, ["last_heartbeat", "agent_version"])
         return
     table = Device._meta.db_table
     with psycopg.Cursor(connection.connection) as cursor:
         cursor.execute(
-            f"UPDATE {table} d SET telemetry_acked_seq = v.seq "  # noqa: S608 - the table name is ours
-            "FROM unnest(%b::bigint[], %b::bigint[]) AS v(id, seq) WHERE d.id = v.id",
-            [[d.pk for d in devices], [d.telemetry_acked_seq for d in devices]],
+            f"UPDATE {table} d SET telemetry_acked_seq = v.seq, "  # noqa: S608 - the table name is ours
+            "last_seen = GREATEST(d.last_seen, %b::timestamptz), "
+            "last_heartbeat = COALESCE(v.beat, d.last_heartbeat), agent_version = COALESCE(v.version, d.agent_version) "
+            "FROM unnest(%b::bigint[], %b::bigint[], %b::text[]::jsonb[], %b::text[]) AS v(id, seq, beat, version) "
+            "WHERE d.id = v.id",
+            [
+                seen_at,
+                [d.pk for d in devices],
+                [d.telemetry_acked_seq for d in devices],
+                [json.dumps(d.last_heartbeat) if d.pk in beats else None for d in devices],
+                [d.agent_version if d.pk in beats else None for d in devices],
+            ],
         )
-        if beating:
-            cursor.execute(
-                f"UPDATE {table} d SET last_heartbeat = v.beat, agent_version = v.version "  # noqa: S608
-                "FROM unnest(%b::bigint[], %b::text[]::jsonb[], %b::text[]) AS v(id, beat, version) WHERE d.id = v.id",
-                [[d.pk for d in beating], [json.dumps(d.last_heartbeat) for d in beating],
-                 [d.agent_version for d in beating]],
-            )  # fmt: skip
 
 
 def _latest_heartbeat(records: list[protocol.TelemetryRecord]) -> tuple[datetime, protocol.Heartbeat] | None:
