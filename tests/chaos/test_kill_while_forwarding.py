@@ -182,6 +182,7 @@ def test_fifty_kills_while_writing_and_forwarding_lose_and_duplicate_nothing(mqt
 
 
 @pytest.mark.chaos
+@pytest.mark.timeout(1800)
 def test_a_thousand_kills_while_writing_and_forwarding_lose_and_duplicate_nothing(
     mqtt_url: str, tmp_path: Path
 ) -> None:
