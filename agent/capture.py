@@ -136,6 +136,13 @@ class VideoSource:
         self._count += 1
         return _u8(image), f"{self.name}#{self._count}"
 
+    def reopen(self) -> None:
+        """Open the camera or stream again after it failed (raises CaptureError while it is away)."""
+        self._capture.release()
+        self._capture = cv2.VideoCapture(self._target)
+        if not self._capture.isOpened():
+            raise CaptureError(f"cannot reopen video source {self.name!r}")
+
     def close(self) -> None:
         self._capture.release()
 
@@ -250,6 +257,8 @@ class Capture:
         max_fps: float | None = None,
         every_nth: int = 1,
         clock: Any = time.monotonic,
+        reconnect_s: float = 0.5,
+        reconnect_max_s: float = 30.0,
     ) -> None:
         if every_nth < 1:
             raise ValueError("every_nth must be >= 1")
@@ -263,6 +272,10 @@ class Capture:
         self.captured = 0
         self.skipped = 0
         self.errors = 0
+        self.reconnects = 0
+        self.reconnects_in_a_row = 0
+        self.reconnect_s = reconnect_s
+        self.reconnect_max_s = reconnect_max_s
         self.finished = threading.Event()
         self._clock = clock
         self._stop = threading.Event()
@@ -286,12 +299,19 @@ class Capture:
         while not self._stop.is_set():
             try:
                 item = self.source.read()
-            except (CaptureError, OSError, cv2.error):
+            except (CaptureError, OSError, cv2.error) as exc:
                 self.errors += 1
-                log.exception("capture from %s failed", self.source.name)
-                return
+                if not self.source.live:
+                    log.error("capture from %s failed: %s", self.source.name, exc)
+                    return
+                item = None
             if item is None:
-                return
+                # A file ends; a camera or a stream that stops is expected back (a cable, a
+                # rebooting camera, an RTSP server restart): reopen it with backoff, forever.
+                if not self.source.live or not self._reconnect():
+                    return
+                continue
+            self.reconnects_in_a_row = 0
             image, name = item
             self.read_frames += 1
             if (self.read_frames - 1) % self.every_nth:
@@ -311,6 +331,24 @@ class Capture:
             index += 1
             self.captured += 1
             yield Frame(image=image, index=index, ts=time.time(), name=name)
+
+    def _reconnect(self) -> bool:
+        """Wait out the backoff and reopen a live source; False when stopped meanwhile."""
+        if self._stop.is_set():
+            return False
+        delay = min(self.reconnect_max_s, self.reconnect_s * 2**self.reconnects_in_a_row)
+        self.reconnects_in_a_row += 1
+        self.reconnects += 1
+        log.warning("source %s stopped delivering; reopening in %.1fs", self.source.name, delay)
+        if self._stop.wait(delay):
+            return False
+        reopen = getattr(self.source, "reopen", None)
+        if reopen is not None:
+            try:
+                reopen()
+            except CaptureError as exc:
+                log.info("%s", exc)
+        return True
 
     def _run(self) -> None:
         try:

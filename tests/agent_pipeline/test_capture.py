@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -95,7 +96,10 @@ def test_a_live_source_over_the_frame_rate_cap_is_read_and_discarded() -> None:
 
         def read(self) -> tuple[np.ndarray, str] | None:
             now[0] += 0.2  # the camera delivers 5 frames/s
-            return super().read()
+            item = super().read()
+            if item is None:
+                capture.stop()  # a camera never ends by itself; the test does
+            return item
 
     capture = Capture(Camera([solid(RED)] * 10), FrameQueue(1), max_fps=2.0, clock=lambda: now[0])
 
@@ -156,3 +160,36 @@ def test_an_unknown_source_is_refused_with_a_clear_error(tmp_path: Path) -> None
         open_source(str(tmp_path / "missing"))
     with pytest.raises(CaptureError, match="no images"):
         open_source(str(tmp_path))
+
+
+def test_a_live_source_that_stops_delivering_is_reopened_and_capture_goes_on() -> None:
+    class FlakyCamera:
+        name, live = "camera", True
+
+        def __init__(self) -> None:
+            # Two frames, the stream drops (a read error, then nothing), two more frames.
+            self.script: list[Any] = ["a", "b", OSError("stream reset"), None, "c", "d"]
+            self.reopened = 0
+
+        def read(self) -> tuple[np.ndarray, str] | None:
+            if not self.script:
+                capture.stop()  # the test is over
+                return None
+            step = self.script.pop(0)
+            if isinstance(step, Exception):
+                raise step
+            return None if step is None else (solid(RED), step)
+
+        def reopen(self) -> None:
+            self.reopened += 1
+
+        def close(self) -> None:
+            pass
+
+    camera = FlakyCamera()
+    capture = Capture(camera, FrameQueue(1), reconnect_s=0.001)
+
+    names = [f.name for f in capture.frames()]
+
+    assert names == ["a", "b", "c", "d"]
+    assert (capture.errors, capture.reconnects, camera.reopened) == (1, 2, 2)
