@@ -74,9 +74,13 @@ def start_mosquitto(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
 
 
 def payloads(
-    device_ids: list[str], messages: int, records: int, first_seq: int, paced_ts: bool
+    device_ids: list[str], messages: int, records: int, seqs: dict[str, int], paced_ts: bool
 ) -> list[tuple[str, bytes]]:
-    """Realistic telemetry: window summaries (and a heartbeat in every fifth message)."""
+    """Realistic telemetry: window summaries (and a heartbeat in every fifth message).
+
+    ``seqs`` holds each device's last seq and is moved on, so successive calls
+    continue every device's sequence without a gap (a gap would hold its ack).
+    """
     import random
 
     from agent import histogram, protocol
@@ -92,7 +96,6 @@ def payloads(
     }  # fmt: skip
     beat = {"agent_version": "0.1.0", "uptime_s": 100.0, "cpu_percent": 40.0, "memory_percent": 30.0,
             "disk_percent": 20.0, "disk_free_bytes": 10**9, "temperature_c": 55.0, "outbox_depth": 3}  # fmt: skip
-    seqs = dict.fromkeys(device_ids, first_seq)
     out = []
     for i in range(messages):
         device = device_ids[i % len(device_ids)]
@@ -276,21 +279,22 @@ def main() -> None:
     try:
         device_ids = make_devices(args.devices)
         bridge = start_bridge(port, args.messages + 10)
-        per_device = args.messages * args.records // len(device_ids) + 1
+        bare_seqs = dict.fromkeys(device_ids, 0)
+        bridge_seqs = dict.fromkeys(device_ids, 0)
         # Rounds alternate the two consumers so that load from elsewhere on the
         # machine falls on both alike; the median ratio is the figure.
         bare_rates, bridge_rates = [], []
-        for round_ in range(args.rounds):
-            bare_items = payloads(device_ids, args.messages, args.records, round_ * per_device, paced_ts=False)
+        for _ in range(args.rounds):
+            bare_items = payloads(device_ids, args.messages, args.records, bare_seqs, paced_ts=False)
             bare_rates.append(bare_rate(port, bare_items) * args.records)
-            bridge_items = payloads(device_ids, args.messages, args.records, round_ * per_device, paced_ts=False)
+            bridge_items = payloads(device_ids, args.messages, args.records, bridge_seqs, paced_ts=False)
             bridge_rates.append(bridge_rate(port, bridge, bridge_items, args.records))
         ratios = [b / a for a, b in zip(bare_rates, bridge_rates, strict=True)]
         stored = statistics.median(bridge_rates)
         target = 0.5 * stored / args.records
         lag_count = max(1, int(target * args.lag_seconds))
         since = datetime.now(timezone.utc)
-        lag_items = payloads(device_ids, lag_count, args.records, args.rounds * per_device, paced_ts=True)
+        lag_items = payloads(device_ids, lag_count, args.records, bridge_seqs, paced_ts=True)
         figures = lag(port, bridge, lag_items, target, args.records, since)
         bridge.stop()
     finally:
