@@ -3,7 +3,7 @@
 A condition that starts holding creates a *pending* alert; once it has held
 for the rule's ``duration_s`` the alert *opens* and channels are notified. An
 operator may *acknowledge* it. When the condition no longer holds the alert
-*resolves* by itself (a pending one closes silently). Opening, acknowledging
+*resolves* by itself (a pending one is dropped, unannounced). Opening, acknowledging
 and resolving are written to the audit log. Evaluation is idempotent: running
 it twice in a row changes nothing the second time.
 """
@@ -139,8 +139,10 @@ def evaluate(now: datetime | None = None) -> Evaluation:
         for device_pk, alert in live.items():
             if device_pk in findings:
                 continue
-            was_pending = alert.state == Alert.State.PENDING
-            if alert.resolve(now) and not was_pending:
+            if alert.state == Alert.State.PENDING:
+                # A blip shorter than the rule's duration leaves no trace.
+                Alert.objects.filter(pk=alert.pk, state=Alert.State.PENDING).delete()
+            elif alert.resolve(now):
                 _announce(alert, "resolved")
                 result.resolved += 1
     return result
