@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fleet import demo_scene
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 SITES = {
@@ -136,7 +138,13 @@ class Demo:
             "worker", str(BIN / "celery"), "-A", "fleet", "worker", "-B", "--loglevel=INFO",
             "--concurrency=1", "--pool=solo",
         )
+        self.say(f"publishing the {demo_scene.MODEL} model as CI would (edgefleet publish, with an INT8 variant) ...")
+        published = demo_scene.publish_model(BIN, self.server, seed["api_token"], self.data_dir / "publish")
         self.start_devices(seed["tokens"])
+        ids = demo_scene.device_ids(self.server, seed["api_token"])
+        demo_scene.assign_model(self.server, seed["api_token"], str(published["version"]), list(ids.values()))
+        self.say(f"assigned {demo_scene.MODEL} {published['version']} to every device (download, verify, install)")
+        self.say(f"  {'/'.join(demo_scene.DARK_CAMERA)} has a failed lamp: its dark frames should raise a drift alert")
         self.say("")
         self.say(f"  dashboard : {self.server}/")
         self.say(f"  API docs  : {self.server}/api/v1/docs/")
@@ -166,7 +174,10 @@ class Demo:
             out, _ = proc.communicate(timeout=120)
             if proc.returncode != 0:
                 raise SystemExit(f"enrolling {name} failed:\n{out}")
-        for slug, name, device_dir, _ in devices:
+        for number, (slug, name, device_dir, _) in enumerate(devices):
+            dark = (slug, name) == demo_scene.DARK_CAMERA
+            frames = demo_scene.write_frames(device_dir / "camera", dark=dark, seed=10_000 + number)
+            demo_scene.configure_agent(device_dir / "agent.toml", frames)
             config = str(device_dir / "agent.toml")
             self.spawn(f"agent-{slug}-{name}", str(BIN / "edgefleet-agent"), "run", "--config", config)
         self.say(f"started {len(devices)} simulated devices (real agent processes) at {len(SITES)} sites")

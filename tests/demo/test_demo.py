@@ -25,7 +25,7 @@ def get_json(url: str, token: str) -> dict:  # type: ignore[type-arg]
         return json.load(response)  # type: ignore[no-any-return]
 
 
-def test_the_demo_brings_twelve_devices_online_and_stops_cleanly(tmp_path: Path) -> None:
+def test_the_demo_brings_twelve_devices_online_running_the_published_model_and_stops_cleanly(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "MQTT_", "DJANGO_"))}
     demo = subprocess.Popen(
         [sys.executable, "-m", "fleet.demo", "--data-dir", str(tmp_path), "--web-port", "0", "--mqtt-port", "0"],
@@ -53,6 +53,17 @@ def test_the_demo_brings_twelve_devices_online_and_stops_cleanly(tmp_path: Path)
             time.sleep(1)
         assert len(devices) == 12 and all(d["online"] for d in devices), devices
         assert {d["site"] for d in devices} == {"plant-north", "depot-east", "farm-south"}
+
+        # Each agent downloads, verifies and installs the published model, then reports it active.
+        def active(device: dict) -> bool:  # type: ignore[type-arg]
+            reported = device["reported"] or {}
+            return reported.get("phase") == "active" and reported.get("model_version") == "1.0.0"
+
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not all(active(d) for d in devices):
+            time.sleep(1)
+            devices = get_json(f"{server}/api/v1/devices/", token)["results"]
+        assert all(active(d) for d in devices), [(d["name"], d["reported"]) for d in devices if not active(d)]
     finally:
         demo.send_signal(signal.SIGINT)
         rest, _ = demo.communicate(timeout=60)
