@@ -157,6 +157,23 @@ class PlainCNN(nn.Module):
         return self.head(torch.cat([self.avg(h), self.max(h)], dim=1))  # type: ignore[no-any-return]
 
 
+class FlipAverage(nn.Module):
+    """Averages a classifier's logits over the four flips of its input, inside the exported graph.
+
+    A part on a belt has no up or left, the training saw every flip, and the average is
+    about a point more accurate than one look, for four times a very small cost.
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        views = torch.cat([x, x.flip(3), x.flip(2), x.flip(2).flip(3)], dim=0)
+        logits = self.net(views)
+        return logits.view(4, x.shape[0], logits.shape[1]).mean(dim=0)
+
+
 class TinyYolo(nn.Module):
     """A single-scale grid detector: one box per cell of a stride-16 grid, one anchor.
 
@@ -494,6 +511,7 @@ def train_classifier(name: str, plan: Plan, *, size: int, stages: list[tuple[int
     model = PlainCNN(stages, len(render.LABELS))
     log(f"{name}: training {sum(p.numel() for p in model.parameters())} parameters at {size}x{size}")
     fit_classifier(model, images, labels, plan.epochs(epochs), seed)
+    model = FlipAverage(model).eval()
     path = ONNX_DIR / f"{name}.onnx"
     export(model, path, size, "logits")
     sess = session(path)
@@ -534,7 +552,7 @@ def train_parts_classifier(plan: Plan) -> None:
 def train_cloud_classifier(plan: Plan) -> None:
     train_classifier(
         "cloud-classifier", plan, size=128, stages=[(16, 1), (32, 2), (64, 2), (128, 2)], train_count=6000,
-        epochs=7, condition="wide", seed=2, role="cloud",
+        epochs=8, condition="wide", seed=2, role="cloud",
         description="Cloud classifier for escalated crops: same labels as parts-classifier, higher resolution, "
                     "more capacity, trained on a wide range of lighting including dark frames.",
     )
@@ -593,7 +611,7 @@ def train_parts_detector(plan: Plan) -> None:
 def train_benchmark_networks(plan: Plan) -> None:
     """MobileNetV2 and ResNet-18, briefly trained at 64 px and exported at 1x3x224x224 for bench/."""
     size = 64
-    images, labels = crop_set(4, plan.n(3000), size, "normal")
+    images, labels = crop_set(4, plan.n(2000), size, "normal")
     normal = held_out(plan, "normal")
     report: dict[str, Any] = {}
     networks: dict[str, Callable[[], nn.Module]] = {
@@ -605,7 +623,7 @@ def train_benchmark_networks(plan: Plan) -> None:
         torch.manual_seed(4)
         model = build()
         log(f"{name}: training {sum(p.numel() for p in model.parameters())} parameters at {size}x{size}")
-        fit_classifier(model, images, labels, plan.epochs(4), 4, lr=2e-3)
+        fit_classifier(model, images, labels, plan.epochs(3), 4, lr=2e-3)
         path = BUILD_DIR / f"{name}-224.onnx"
         export(model, path, 224, "logits", dynamic_batch=False)
         sess = session(path)
