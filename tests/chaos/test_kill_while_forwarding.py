@@ -126,9 +126,11 @@ def check_outbox(path: Path, cloud: Cloud) -> int:
     db = sqlite3.connect(path)
     try:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        stats = outbox.inspect(path)
-        if stats is None:
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "records" not in tables:
             return 0  # killed before the first schema commit: nothing was ever committed
+        stats = outbox.inspect(path)
+        assert stats is not None
         pending = {seq for (seq,) in db.execute("SELECT seq FROM records")}
     finally:
         db.close()
