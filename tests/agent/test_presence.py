@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import time
@@ -35,6 +36,11 @@ def config(device: tuple[Device, str], mqtt_url: str, tmp_path: Path) -> Path:
         }
     )
     agent_config.write(path, settings)
+    # The trust store enrollment writes: the agent acts only on desired state signed by these keys.
+    from registry.trust import trust_store
+
+    (tmp_path / "data").mkdir(exist_ok=True)
+    (tmp_path / "data" / "trust.json").write_text(json.dumps(trust_store()))
     return path
 
 
