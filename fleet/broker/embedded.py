@@ -148,6 +148,53 @@ class DeviceTopicPlugin(BaseTopicPlugin):
 # --- the broker ---------------------------------------------------------------------
 
 
+class IsolatingBroker(Broker):
+    """amqtt's broker, with every retained or queued delivery checked against the receiver's rights.
+
+    amqtt 0.12 checks ``Action.RECEIVE`` only for live broadcasts. When a
+    client connects it replays retained messages for every filter in the
+    broker-wide subscription table, whoever holds it (the bridge's
+    ``+/status``, each device's own ``desired``), so a device connecting after
+    others received their retained status and desired. And a session resumed
+    under another device's client id would hand over what was queued for it.
+    """
+
+    async def _publish_retained_messages_for_subscription(
+        self, subscription: tuple[str, int], session: Session
+    ) -> None:
+        topic_filter, qos = subscription
+        holders = self._subscriptions.get(topic_filter, [])
+        # Only the session's own filters: amqtt also passes everyone else's on connect.
+        if not any(holder.client_id == session.client_id for holder, _ in holders):
+            return
+        handler = self._get_handler(session)
+        if handler is None:
+            return
+        publishes = [
+            asyncio.ensure_future(
+                handler.mqtt_publish(retained.topic, retained.data, min(qos, retained.qos or qos), retain=True)
+            )
+            for topic, retained in list(self._retained_messages.items())
+            if self._matches(topic, topic_filter)
+            and await self._topic_filtering(session, topic=topic, action=Action.RECEIVE)
+        ]
+        if publishes:
+            await asyncio.wait(publishes)
+
+    async def _publish_session_retained_messages(self, session: Session) -> None:
+        # What was queued was checked against the session's previous owner;
+        # check it again against who is connecting now.
+        queued = session.retained_messages
+        allowed = []
+        while not queued.empty():
+            message = queued.get_nowait()
+            if await self._topic_filtering(session, topic=message.topic, action=Action.RECEIVE):
+                allowed.append(message)
+        for message in allowed:
+            queued.put_nowait(message)
+        await super()._publish_session_retained_messages(session)
+
+
 @dataclass(frozen=True)
 class EmbeddedBrokerConfig:
     bind: str = "127.0.0.1:1883"
@@ -196,7 +243,7 @@ class EmbeddedBroker:
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then close every session and the listener."""
-        broker = Broker(self.config.amqtt_config())
+        broker = IsolatingBroker(self.config.amqtt_config())
         await broker.start()
         try:
             while not stop.is_set():
