@@ -58,6 +58,7 @@ class BridgeConfig:
     queue_size: int = 10_000
     batch_messages: int = 500
     stats_interval_s: float = 10.0
+    workers: int = 2
 
     @classmethod
     def from_settings(cls, **overrides: Any) -> BridgeConfig:
@@ -72,6 +73,7 @@ class BridgeConfig:
             "keepalive": settings.MQTT_KEEPALIVE,
             "batch_messages": settings.BRIDGE_BATCH_MESSAGES,
             "stats_interval_s": settings.BRIDGE_STATS_INTERVAL_S,
+            "workers": settings.BRIDGE_WORKERS,
         }
         values.update(overrides)
         return cls(**values)
@@ -89,7 +91,13 @@ class Bridge:
         self.lag_sum = 0.0
         self._started_at = timezone.now()
         self._exported_at = 0.0
-        self._inbox: queue.Queue[tuple[str, bytes] | None] = queue.Queue(maxsize=config.queue_size)
+        # One inbox per worker, chosen by device: each device's messages stay in
+        # order (presence and reported state depend on it), while one worker's
+        # wait on the database overlaps with another's decoding.
+        per_inbox = max(1, config.queue_size // max(1, config.workers))
+        self._inboxes: list[queue.Queue[tuple[str, bytes] | None]] = [
+            queue.Queue(maxsize=per_inbox) for _ in range(max(1, config.workers))
+        ]
         self._stopping = threading.Event()
         self._connected = threading.Event()
         self._progress = threading.Condition()
@@ -115,14 +123,19 @@ class Bridge:
         default_port = 8883 if parts.scheme == "mqtts" else 1883
         self.client.connect_async(parts.hostname or "127.0.0.1", parts.port or default_port, self.config.keepalive)
         self.client.loop_start()
-        for target, name in ((self._work, "bridge-worker"), (self._publish_desired_loop, "bridge-desired")):
-            thread = threading.Thread(target=target, name=name, daemon=True)
+        targets: list[tuple[Any, tuple[Any, ...], str]] = [
+            (self._work, (inbox,), f"bridge-worker-{i}") for i, inbox in enumerate(self._inboxes)
+        ]
+        targets.append((self._publish_desired_loop, (), "bridge-desired"))
+        for target, args, name in targets:
+            thread = threading.Thread(target=target, args=args, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
 
     def stop(self) -> None:
         self._stopping.set()
-        self._inbox.put(None)
+        for inbox in self._inboxes:
+            inbox.put(None)
         for thread in self._threads:
             thread.join(timeout=10)
         self.client.disconnect()
@@ -154,8 +167,10 @@ class Bridge:
             log.info("bridge disconnected (%s); paho reconnects with backoff", reason)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        parts = message.topic.split("/", 3)
+        inbox = self._inboxes[hash(parts[2]) % len(self._inboxes) if len(parts) > 2 else 0]
         try:
-            self._inbox.put_nowait((message.topic, message.payload))
+            inbox.put_nowait((message.topic, message.payload))
         except queue.Full:
             # Dropping here is safe for telemetry (unacknowledged, so the device
             # resends) and bounds memory when the database falls far behind.
@@ -164,16 +179,16 @@ class Bridge:
 
     # --- the worker ----------------------------------------------------------
 
-    def _work(self) -> None:
+    def _work(self, inbox: queue.Queue[tuple[str, bytes] | None]) -> None:
         try:
-            self._drain()
+            self._drain(inbox)
         finally:
             self.export_stats()
             connection.close()
 
-    def _drain(self) -> None:
+    def _drain(self, inbox: queue.Queue[tuple[str, bytes] | None]) -> None:
         while True:
-            item = self._inbox.get()
+            item = inbox.get()
             if item is None:
                 return
             items = [item]
@@ -182,7 +197,7 @@ class Bridge:
             # no latency when messages trickle in.
             while len(items) < self.config.batch_messages:
                 try:
-                    more = self._inbox.get_nowait()
+                    more = inbox.get_nowait()
                 except queue.Empty:
                     break
                 if more is None:

@@ -206,6 +206,9 @@ TELEMETRY_ROLLUP_RETENTION_DAYS = env.integer("TELEMETRY_ROLLUP_RETENTION_DAYS",
 TELEMETRY_BASELINE_HOURS = env.integer("TELEMETRY_BASELINE_HOURS", 24, minimum=1, maximum=24 * 30)
 # How many queued messages the bridge stores in one transaction.
 BRIDGE_BATCH_MESSAGES = env.integer("BRIDGE_BATCH_MESSAGES", 500, minimum=1, maximum=10_000)
+# Worker threads per bridge, each with its own database connection; a device's
+# messages always go to the same one.
+BRIDGE_WORKERS = env.integer("BRIDGE_WORKERS", 2, minimum=1, maximum=16)
 # How often a bridge writes its counters to the database for /metrics.
 BRIDGE_STATS_INTERVAL_S = env.integer("BRIDGE_STATS_INTERVAL_S", 10, minimum=1, maximum=3600)
 ALERT_WEBHOOK_TIMEOUT_S = env.integer("ALERT_WEBHOOK_TIMEOUT_S", 5, minimum=1, maximum=60)
