@@ -6,7 +6,7 @@ action rules) divided by the p50 of the bare ``session.run`` on the same
 frames' ready tensors, with the same thread count. The two are measured
 interleaved, frame by frame, alternating which goes first, so drift in the
 machine's speed hits both alike. Then frames/s of the threaded pipeline with
-window telemetry on and off, in alternating blocks.
+window telemetry on and off, in pairs of 60-frame blocks.
 
     .venv/bin/python -m bench.agent_overhead                       # models/build/{resnet18,mobilenetv2}-224.onnx
     .venv/bin/python -m bench.agent_overhead --model path/to.onnx --frames 500 --threads 1
@@ -131,17 +131,19 @@ def measure(path: Path, images: list[np.ndarray], threads: int, warmup: int) -> 
     }
 
 
-def throughput(session: ModelSession, images: list[np.ndarray], threads: int, pairs: int = 8) -> dict[str, Any]:
+def throughput(
+    session: ModelSession, images: list[np.ndarray], threads: int, pairs: int = 8, block: int = 60
+) -> dict[str, Any]:
     """Frames/s of the threaded pipeline (lossless queue), telemetry on and off.
 
     Short blocks in pairs, alternating which goes first; the ratio is the
     median of the pairs' ratios, so a burst of load from elsewhere spoils one
     pair rather than the figure.
     """
-    block = max(10, len(images) // (2 * pairs))
+    block_frames = [images[i % len(images)] for i in range(block)]
 
     def rate(telemetry: bool) -> tuple[int, float]:
-        pipeline = Pipeline(_Source(images[:block]), SessionHolder(session), lossless=True, telemetry=telemetry)
+        pipeline = Pipeline(_Source(block_frames), SessionHolder(session), lossless=True, telemetry=telemetry)
         start = time.perf_counter()
         pipeline.start()
         pipeline.wait()
