@@ -37,5 +37,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# Retrain the project's own vision models into models/ (docs/models.md); torch comes with the
+# `train` extra and is never a run-time dependency.
+.PHONY: models
+models: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[train]'
+	$(BIN)/python -m models.train
+
 clean:
 	rm -rf var .pytest_cache .hypothesis
