@@ -38,7 +38,7 @@ def preprocess(images: Sequence[Image.Image], spec: InputSpec) -> np.ndarray:
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
+    return np.asarray(exp / exp.sum(axis=-1, keepdims=True))
 
 
 @dataclass(frozen=True)

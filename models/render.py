@@ -153,7 +153,7 @@ class Frame:
 
 def _rotate(points: np.ndarray, angle: float) -> np.ndarray:
     c, s = math.cos(angle), math.sin(angle)
-    return points @ np.array([[c, s], [-s, c]])
+    return np.asarray(points @ np.array([[c, s], [-s, c]]))
 
 
 def _circle(cx: float, cy: float, r: float) -> tuple[float, float, float, float]:
@@ -311,7 +311,7 @@ def _belt(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
     # Dust and small bright specks of swarf.
     specks = rng.random((height, width)) < 0.002
     belt[specks] += rng.uniform(0.1, 0.3)
-    return belt.astype(np.float32)
+    return np.asarray(belt, dtype=np.float32)
 
 
 def _paint_part(canvas: np.ndarray, placement: Placement, rng: np.random.Generator) -> tuple[float, ...] | None:

@@ -1,7 +1,7 @@
 """Train the project's vision models on rendered frames and export them to ONNX.
 
     .venv/bin/pip install -e '.[train]'      # torch, CPU only; never needed at run time
-    .venv/bin/python -m models.train          # everything (about a quarter of an hour on 2 cores)
+    .venv/bin/python -m models.train          # everything (half an hour on a busy 2-core machine)
     .venv/bin/python -m models.train parts-classifier cloud-classifier
     .venv/bin/python -m models.train benchmark   # only the MobileNetV2 / ResNet-18 networks for bench/
 
