@@ -230,3 +230,86 @@ def test_escalation_never_delays_the_local_decision(tmp_path: Path) -> None:
     assert escalation.counters.dropped == 10 - 1 - 2  # one being written, two waiting
     stuck.set()
     pipeline.stop()
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, the certificate doubling as the device's trust store."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "control plane")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+def test_uploads_go_over_https_verified_against_the_device_trust_store(tmp_path: Path) -> None:
+    import http.server
+    import ssl
+
+    cert, key = self_signed(tmp_path)
+    received = threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the http.server API
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(201)
+            self.end_headers()
+            received.set()
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    url = f"https://127.0.0.1:{server.server_address[1]}"
+    try:
+        trusted = EscalationClient(
+            EscalationSettings.model_validate(FAST),
+            server_url=url,
+            device_id="dev-1",
+            secret="s",
+            queue_dir=tmp_path / "trusted",
+            ca_file=cert,
+        )
+        trusted.start()
+        trusted.offer(*uncertain(), model_default=0.6)
+        assert trusted.wait_for(lambda c: c.uploaded == 1, 10)
+        trusted.stop()
+        assert received.is_set()
+
+        # Without the trust store the same server is refused, and the frame waits on disk.
+        untrusted = client(tmp_path, url)
+        untrusted.start()
+        untrusted.offer(*uncertain(), model_default=0.6)
+        assert untrusted.wait_for(lambda c: c.failed_attempts >= 1, 10)
+        untrusted.stop()
+        assert untrusted.counters.uploaded == 0 and len(untrusted.queue) == 1
+    finally:
+        server.shutdown()
+        server.server_close()
