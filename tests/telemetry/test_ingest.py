@@ -149,3 +149,19 @@ def test_the_bridge_exports_its_counters_for_the_web_process(bridge: Bridge, dev
     stats = BridgeStats.objects.get(bridge_id=bridge.client_id)
     assert stats.counters["records"] == 1 and stats.counters["rejected"] == {"not_json": 1}
     assert sum(stats.counters["lag_buckets"].values()) >= 1
+
+
+def test_each_devices_messages_go_to_one_worker_so_they_stay_in_order() -> None:
+    bridge = Bridge(BridgeConfig(url="mqtt://127.0.0.1:1", workers=3))
+    for device in ("dev-a", "dev-b", "dev-c", "dev-d"):
+        for suffix in ("status", "telemetry", "reported", "status"):
+            message = mock.Mock(topic=protocol.topic(device, suffix), payload=suffix.encode())
+            bridge._on_message(bridge.client, None, message)
+    for inbox in bridge._inboxes:
+        queued = []
+        while not inbox.empty():
+            item = inbox.get_nowait()
+            assert item is not None
+            queued.append((item[0].split("/")[2], item[1]))
+        for device in {d for d, _ in queued}:
+            assert [p for d, p in queued if d == device] == [b"status", b"telemetry", b"reported", b"status"]
