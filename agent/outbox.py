@@ -118,6 +118,9 @@ class Outbox:
         self._in_flight: dict[int, float] = {}
         # Highest seq sent by the oldest-first stream since the last requeue.
         self._cursor = 0
+        # Highest seq sent by the live share since the last requeue: later
+        # live shares take only records above it (see _choose).
+        self._live_top = 0
         self._nudge = False
         self._dup_acks = 0
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -269,8 +272,7 @@ class Outbox:
                 self._requeue_locked()
             if not self._count:
                 return None
-            budget = min(max_records, protocol.MAX_BATCH_RECORDS, self.max_in_flight - len(self._in_flight))
-            chosen = self._choose(budget, max_bytes) if budget > 0 else []
+            chosen = self._choose(min(max_records, protocol.MAX_BATCH_RECORDS), max_bytes)
             if not chosen:
                 if not self._nudge:
                     return None
@@ -292,16 +294,30 @@ class Outbox:
                 self._in_flight[seq] = now
             return Batch(seqs=[s for s, _ in chosen], floor=floor, message=message, payload=protocol.encode(message))
 
-    def _choose(self, budget: int, max_bytes: int) -> list[tuple[int, str]]:
+    def _choose(self, size: int, max_bytes: int) -> list[tuple[int, str]]:
         chosen: dict[int, str] = {}
         used = 0
-        # Rows already in flight are skipped, so read past them; above the
-        # cursor those are only the live share of earlier batches.
-        slack = sum(1 for seq in self._in_flight if seq > self._cursor)
+        # Records sent ahead of the oldest-first stream (the live share) cannot
+        # be covered by the contiguous ack until that stream reaches them, so
+        # they stay in flight for the whole drain. Sharing one window with the
+        # backlog, they used to fill it (5,000 in a 45,000-record drain) and
+        # starve the backlog until resend_after_s. So they get their own part
+        # of the window, live_share of it, and the backlog always keeps the
+        # rest: the total on the wire stays within max_in_flight.
+        ahead = sum(1 for seq in self._in_flight if seq > self._cursor)
+        live_part = round(self.max_in_flight * self.live_share)
+        if self.live_share > 0:
+            live_part = max(live_part, 1)
+        # Even with live_share=1 the backlog keeps room, or it could never drain.
+        live_part = min(live_part, self.max_in_flight - 1)
+        live_room = live_part - ahead
+        backlog_room = self.max_in_flight - len(self._in_flight) - max(0, live_room)
 
-        def take(sql: str, limit: int) -> None:
+        def take(sql: str, floor: int, limit: int) -> None:
             nonlocal used
-            rows = self._db.execute(sql, (self._cursor, limit + slack)).fetchall()
+            # Rows already in flight are skipped, so read past them; above
+            # the cursor those are only the live share of earlier batches.
+            rows = self._db.execute(sql, (floor, limit + ahead)).fetchall()
             for seq, size, body in rows:
                 if len(chosen) >= limit or used + size + 1 > max_bytes:
                     return
@@ -310,12 +326,23 @@ class Outbox:
                 chosen[seq] = body
                 used += size + 1
 
-        # Live share first: the newest records the backlog stream has not reached.
-        live = math.ceil(budget * self.live_share)
-        if live:
-            take("SELECT seq, size, body FROM records WHERE seq > ? ORDER BY seq DESC LIMIT ?", live)
+        # Live share first: the newest records the backlog stream has not
+        # reached. After the first batch only records newer than the last live
+        # share qualify: what was already queued is backlog, and eating it
+        # from the top would only spend the live part of the window on
+        # records that are not live.
+        live = min(math.ceil(size * self.live_share), live_room)
+        if live > 0:
+            take(
+                "SELECT seq, size, body FROM records WHERE seq > ? ORDER BY seq DESC LIMIT ?",
+                max(self._cursor, self._live_top), live,
+            )
         live_seqs = set(chosen)
-        take("SELECT seq, size, body FROM records WHERE seq > ? ORDER BY seq LIMIT ?", budget)
+        if live_seqs:
+            self._live_top = max(self._live_top, max(live_seqs))
+        if backlog_room > 0:
+            take("SELECT seq, size, body FROM records WHERE seq > ? ORDER BY seq LIMIT ?",
+                 self._cursor, min(size, len(chosen) + backlog_room))
         backlog = [s for s in chosen if s not in live_seqs]
         if backlog:
             self._cursor = max(self._cursor, max(backlog))
@@ -329,6 +356,7 @@ class Outbox:
     def _requeue_locked(self) -> None:
         self._in_flight.clear()
         self._cursor = 0
+        self._live_top = 0
         self._nudge = False
         self._dup_acks = 0
 

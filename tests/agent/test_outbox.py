@@ -208,7 +208,13 @@ def test_the_in_flight_window_bounds_what_is_on_the_wire(path: Path) -> None:
         sent = []
         while (batch := box.next_batch()) is not None:
             sent += batch.seqs
-        assert len(sent) == 1500
+        # The backlog fills its part; live_share (10 %) of the window stays
+        # for live records, of which the first batch took the newest 100.
+        assert len(sent) == 1350 + 100
+        live = box.append("window", window(live=True))
+        box.commit()
+        batch = box.next_batch()
+        assert batch is not None and batch.seqs == [live]
         box.ack(1000)
         more = box.next_batch()
         assert more is not None and len(more.seqs) <= 1000
@@ -310,3 +316,72 @@ def test_acks_that_stop_advancing_get_what_is_in_flight_resent_without_waiting(b
     box.ack(3)
     again = box.next_batch()
     assert again is not None and again.seqs == list(range(4, 11))
+
+
+class ContiguousStore:
+    """A control plane in miniature: stores what it is sent, acknowledges the highest contiguous seq."""
+
+    def __init__(self) -> None:
+        self.stored: set[int] = set()
+        self.contiguous = 0
+
+    def receive(self, batch: Any) -> int:
+        self.stored.update(batch.seqs)
+        self.contiguous = max(self.contiguous, batch.floor - 1)
+        while self.contiguous + 1 in self.stored:
+            self.contiguous += 1
+        return self.contiguous
+
+
+def test_a_backlog_larger_than_ten_windows_drains_in_round_trips_while_live_records_keep_going(path: Path) -> None:
+    # Each round trip the device produces some live records, sends what the
+    # in-flight window allows, and the control plane acks every batch. A
+    # backlog that needs the resend timer (30 s) to move again would send
+    # nothing for as many round trips as it takes, so the count stays bounded.
+    backlog, live_per_round = 60_000, 20
+    with Outbox(path, max_in_flight=5000, live_share=0.1, commit_records=10_000) as box:
+        for i in range(backlog):
+            box.append("window", window(i=i))
+        box.commit()
+        cloud = ContiguousStore()
+        rounds = 0
+        # At least ten times the production rate, as the drain must be.
+        while cloud.contiguous < backlog:
+            rounds += 1
+            assert rounds <= backlog // (10 * live_per_round), f"stalled at ack {cloud.contiguous}"
+            live = [box.append("window", window(live=True)) for _ in range(live_per_round)]
+            box.commit()
+            batches = []
+            while (batch := box.next_batch()) is not None:
+                batches.append(batch)
+            sent = {seq for batch in batches for seq in batch.seqs}
+            assert set(live) <= sent, f"round {rounds}: live records held back"
+            assert any(seq <= backlog for seq in sent) or cloud.contiguous >= backlog
+            for batch in batches:
+                box.ack(cloud.receive(batch))
+        # Nothing left before an ack covered it, and every record arrived.
+        assert box.stats().depth == len(cloud.stored) - cloud.contiguous
+        assert set(range(1, backlog + 1)) <= cloud.stored
+
+
+@pytest.mark.parametrize(("max_in_flight", "live_share"), [(1, 0.1), (2, 1.0), (10, 1.0), (10, 0.0)])
+def test_any_window_and_live_share_leave_the_backlog_room_to_drain(
+    path: Path, max_in_flight: int, live_share: float
+) -> None:
+    with Outbox(path, max_in_flight=max_in_flight, live_share=live_share) as box:
+        for i in range(50):
+            box.append("window", window(i=i))
+        box.commit()
+        cloud = ContiguousStore()
+        rounds = 0
+        while cloud.contiguous < 50:
+            rounds += 1
+            assert rounds <= 100, f"stalled at ack {cloud.contiguous}"
+            box.append("window", window(live=True))
+            box.commit()
+            batches = []
+            while (batch := box.next_batch()) is not None:
+                batches.append(batch)
+            assert box.stats().in_flight <= max_in_flight
+            for batch in batches:
+                box.ack(cloud.receive(batch))
