@@ -115,6 +115,7 @@ class Bridge:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -142,6 +143,7 @@ class Bridge:
         self.client.loop_stop()
 
     def wait_connected(self, timeout: float) -> bool:
+        """Wait until connected and subscribed (the broker confirmed every subscription)."""
         return self._connected.wait(timeout)
 
     def wait_for(self, predicate: Any, timeout: float) -> bool:
@@ -159,6 +161,14 @@ class Bridge:
         prefix = f"$share/{group}/" if group else ""
         client.subscribe([(f"{prefix}{protocol.TOPIC_ROOT}/+/{s}", 1) for s in protocol.DEVICE_TO_CLOUD])
         log.info("bridge connected to %s (shared group %s)", self.config.url, group or "none")
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+        # Ready only once the broker confirms the subscriptions: a device message
+        # published between CONNACK and SUBACK would otherwise pass the bridge by.
+        refused = [str(r) for r in reasons if r.is_failure]
+        if refused:
+            log.error("bridge subscriptions refused by broker: %s", ", ".join(refused))
+            return
         self._connected.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:

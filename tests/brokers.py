@@ -45,6 +45,14 @@ class RunningBroker:
         return f"mqtt://{self.host}:{self.port}"
 
 
+def address(url: str) -> tuple[str, int]:
+    """Host and port of an ``mqtt://`` URL, for plain paho clients in tests."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or 1883
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -24,16 +26,38 @@ def _answers(host: str, port: int) -> bool:
 
 
 @pytest.fixture(scope="session")
-def mqtt_url() -> str:
-    """The machine's Mosquitto on 1883 when it runs (as on CI)."""
-    if _answers("127.0.0.1", 1883):
-        return "mqtt://127.0.0.1:1883"
-    pytest.skip("no MQTT broker on 127.0.0.1:1883")
+def mqtt_url() -> Iterator[str]:
+    """The machine's Mosquitto on 1883 when it runs (as on CI), else the embedded broker.
+
+    A newcomer's laptop without Mosquitto still runs every broker test against
+    the embedded default; ``EDGEFLEET_TEST_MQTT=embedded`` forces that path.
+    """
+    forced = os.environ.get("EDGEFLEET_TEST_MQTT", "")
+    if forced not in ("", "embedded", "mosquitto"):
+        raise pytest.UsageError(f"EDGEFLEET_TEST_MQTT={forced!r}: use embedded or mosquitto")
+    if forced != "embedded" and _answers("127.0.0.1", 1883):
+        yield "mqtt://127.0.0.1:1883"
+        return
+    if forced == "mosquitto":
+        pytest.fail("EDGEFLEET_TEST_MQTT=mosquitto but nothing answers on 127.0.0.1:1883")
+    from tests.brokers import embedded_broker
+
+    # Anonymous with every right, as a stock development Mosquitto: these tests
+    # are about the bridge and the agent; ACLs have their own tests per broker.
+    with embedded_broker(allow_anonymous=True) as broker:
+        yield broker.url
 
 
 @pytest.fixture(scope="session")
 def shared_subscriptions(mqtt_url: str) -> bool:
-    return True
+    """Whether the broker under test supports ``$share`` (the embedded amqtt broker does not)."""
+    return mqtt_url == "mqtt://127.0.0.1:1883"
+
+
+@pytest.fixture
+def bridge_group(shared_subscriptions: bool) -> str | None:
+    """A fresh shared-subscription group for a test's bridges, or None to subscribe directly."""
+    return f"test-{uuid.uuid4().hex[:8]}" if shared_subscriptions else None
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from agent import protocol
 from fleet.bridge import Bridge, BridgeConfig
 from fleet.models import Device, Site
+from tests.brokers import address
 
 AGENT = Path(sys.executable).with_name("edgefleet-agent")
 
@@ -43,8 +44,8 @@ class AgentProcess:
 
 
 @pytest.fixture
-def bridge(mqtt_url: str) -> Iterator[Bridge]:
-    bridge = Bridge(BridgeConfig(url=mqtt_url, shared_group=f"test-{uuid.uuid4().hex[:8]}", desired_poll_s=0.2))
+def bridge(mqtt_url: str, bridge_group: str | None) -> Iterator[Bridge]:
+    bridge = Bridge(BridgeConfig(url=mqtt_url, shared_group=bridge_group, desired_poll_s=0.2))
     bridge.start()
     assert bridge.wait_connected(10), "bridge did not connect"
     yield bridge
@@ -58,7 +59,7 @@ def device(enroll_device: Callable[..., Any], mqtt_url: str) -> Iterator[tuple[D
     yield enrollment.device, enrollment.secret
     # Leave the shared broker as found: no retained status or desired for this device.
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"cleanup-{uuid.uuid4().hex[:8]}")
-    client.connect("127.0.0.1", 1883)
+    client.connect(*address(mqtt_url))
     client.loop_start()
     for suffix in ("status", "desired"):
         client.publish(protocol.topic(enrollment.device.device_id, suffix), b"", qos=1, retain=True).wait_for_publish(5)

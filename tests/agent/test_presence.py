@@ -20,6 +20,7 @@ from fleet.bridge import Bridge
 from fleet.models import Device
 from telemetry.models import DeviceEvent, TelemetryRecord
 from tests.agent.conftest import AgentProcess, wait_until
+from tests.brokers import address
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -99,7 +100,8 @@ def test_a_killed_agent_turns_offline_through_its_last_will(
 
 
 def test_a_running_agent_answers_ping_stores_desired_and_stops_cleanly_on_sigterm(
-    bridge: Bridge, device: tuple[Device, str], running: AgentProcess, tmp_path: Path, notify_socket: socket.socket
+    bridge: Bridge, device: tuple[Device, str], running: AgentProcess, tmp_path: Path, notify_socket: socket.socket,
+    mqtt_url: str,
 ) -> None:
     row = device[0]
     assert wait_until(lambda: online(row) and heartbeat_acknowledged(tmp_path / "data"), bridge), running.log()
@@ -113,7 +115,7 @@ def test_a_running_agent_answers_ping_stores_desired_and_stops_cleanly_on_sigter
 
     # ping -> pong event; garbage on the commands topic is dropped without harm.
     sender = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"cloud-{uuid.uuid4().hex[:8]}")
-    sender.connect("127.0.0.1", 1883)
+    sender.connect(*address(mqtt_url))
     sender.loop_start()
     try:
         commands = protocol.topic(row.device_id, "commands")

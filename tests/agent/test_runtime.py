@@ -16,6 +16,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from agent import protocol
 from agent.config import AgentConfig
 from agent.runtime import Runtime
+from tests.brokers import address
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.integration
 class Cloud:
     """Plays the control plane's side of one device's topics with plain paho."""
 
-    def __init__(self, device_id: str) -> None:
+    def __init__(self, device_id: str, url: str) -> None:
         self.device_id = device_id
         self.received: list[tuple[str, dict[str, Any]]] = []
         self.arrived = threading.Condition()
@@ -31,7 +32,7 @@ class Cloud:
         self.client.on_message = self._on_message
         subscribed = threading.Event()
         self.client.on_subscribe = lambda *_args: subscribed.set()
-        self.client.connect("127.0.0.1", 1883)
+        self.client.connect(*address(url))
         self.client.loop_start()
         self.client.subscribe([(protocol.topic(device_id, s), 1) for s in ("events", "reported", "status")])
         assert subscribed.wait(10)
@@ -68,7 +69,7 @@ def device_id() -> str:
 
 @pytest.fixture
 def cloud(mqtt_url: str, device_id: str) -> Iterator[Cloud]:
-    cloud = Cloud(device_id)
+    cloud = Cloud(device_id, mqtt_url)
     yield cloud
     cloud.close()
 

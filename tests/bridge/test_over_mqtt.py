@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
@@ -33,7 +32,7 @@ def window_batch(seqs: range) -> bytes:
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 
-def start_bridge(url: str, group: str) -> Bridge:
+def start_bridge(url: str, group: str | None) -> Bridge:
     bridge = Bridge(BridgeConfig(url=url, shared_group=group, desired_poll_s=0.2))
     bridge.start()
     assert bridge.wait_connected(10), "bridge did not connect"
@@ -86,8 +85,8 @@ class DeviceClient:
 
 
 @pytest.fixture
-def group() -> str:
-    return f"test-{uuid.uuid4().hex[:8]}"
+def group(bridge_group: str | None) -> str | None:
+    return bridge_group
 
 
 @pytest.fixture
@@ -103,7 +102,7 @@ def device_client(mqtt_url: str, device: Device) -> Iterator[DeviceClient]:
 
 
 def test_a_devices_messages_are_stored_and_telemetry_acknowledged(
-    mqtt_url: str, group: str, device: Device, device_client: DeviceClient
+    mqtt_url: str, group: str | None, device: Device, device_client: DeviceClient
 ) -> None:
     bridge = start_bridge(mqtt_url, group)
     try:
@@ -117,7 +116,7 @@ def test_a_devices_messages_are_stored_and_telemetry_acknowledged(
 
 
 def test_the_bridge_keeps_working_after_garbage_over_the_wire(
-    mqtt_url: str, group: str, device: Device, device_client: DeviceClient
+    mqtt_url: str, group: str | None, device: Device, device_client: DeviceClient
 ) -> None:
     bridge = start_bridge(mqtt_url, group)
     try:
@@ -139,7 +138,7 @@ def test_the_bridge_keeps_working_after_garbage_over_the_wire(
 
 
 def test_desired_state_reaches_the_device_retained(
-    mqtt_url: str, group: str, device: Device, device_client: DeviceClient
+    mqtt_url: str, group: str | None, device: Device, device_client: DeviceClient
 ) -> None:
     bridge = start_bridge(mqtt_url, group)
     try:
@@ -154,7 +153,7 @@ def test_desired_state_reaches_the_device_retained(
 
 
 def test_two_bridges_on_one_shared_subscription_store_every_record_once(
-    mqtt_url: str, group: str, device: Device, device_client: DeviceClient, shared_subscriptions: bool
+    mqtt_url: str, group: str | None, device: Device, device_client: DeviceClient, shared_subscriptions: bool
 ) -> None:
     if not shared_subscriptions:
         pytest.skip("the embedded broker has no shared subscriptions; needs Mosquitto")

@@ -24,6 +24,7 @@ from fleet.models import AuditLog, Device, Site
 from registry.models import ModelVersion
 from telemetry.models import DeviceEvent, TelemetryRecord
 from tests.agent.conftest import AgentProcess, wait_until
+from tests.brokers import address
 from tests.registry.helpers import publish
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -56,7 +57,7 @@ def enrolled(enroll_device: Any, mqtt_url: str) -> Iterator[Any]:
     yield enrollment
     # Leave the shared broker as found: no retained status or desired for this device.
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"cleanup-{enrollment.device.device_id}")
-    client.connect("127.0.0.1", 1883)
+    client.connect(*address(mqtt_url))
     client.loop_start()
     for suffix in ("status", "desired"):
         client.publish(protocol.topic(enrollment.device.device_id, suffix), b"", qos=1, retain=True).wait_for_publish(5)
