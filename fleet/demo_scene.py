@@ -40,7 +40,8 @@ def write_frames(folder: Path, *, dark: bool, seed: int) -> Path:
 
 
 def publish_model(bin_dir: Path, server: str, token: str, work: Path) -> dict[str, object]:
-    """Publish the classifier as CI would, with reference and calibration images; idempotent."""
+    """Publish the classifier as CI would, with reference and calibration images and its reference
+    confidence distribution; idempotent."""
     from models import samples
 
     references = samples.write_samples(work / "reference", samples.reference_crops(8))
@@ -48,9 +49,17 @@ def publish_model(bin_dir: Path, server: str, token: str, work: Path) -> dict[st
     calibration = samples.write_samples(
         work / "calibration", samples.calibration_crops(64, condition="normal")
     )
+    metadata = work / f"{MODEL}.json"
+    if not metadata.exists():
+        from models import reference
+
+        # CI's measured confidence distribution: the drift baseline the dark camera is judged against.
+        document = json.loads(MODEL_METADATA.read_text())
+        document["reference_distribution"] = reference.distribution(MODEL)
+        metadata.write_text(json.dumps(document, indent=1))
     command = [
         str(bin_dir / "edgefleet"), "publish", "--server", server, "--token", token, "--model", MODEL,
-        "--file", str(MODEL_FILE), "--metadata", str(MODEL_METADATA), "--quantize",
+        "--file", str(MODEL_FILE), "--metadata", str(metadata), "--quantize",
     ]
     command += [arg for path in references for arg in ("--reference", str(path))]
     command += [arg for path in calibration for arg in ("--calibration", str(path))]

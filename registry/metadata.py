@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from agent import histogram
 from agent.manifest import parse_version
 from agent.spec import InputSpec, OutputDecoding, Task, Thresholds
 
@@ -21,6 +22,26 @@ class PublishProvenance(BaseModel):
     git_commit: Annotated[str, Field(max_length=64)] | None = None
     ci_run: Annotated[str, Field(max_length=500)] | None = None
     source: Annotated[str, Field(max_length=500)] | None = None
+
+
+class ReferenceDistribution(BaseModel):
+    """What CI measured on its evaluation set: the drift baseline of the version until the field has its own.
+
+    Drift needs a baseline of at least ``telemetry.drift.MIN_FRAMES`` frames to
+    tell a shift from sampling noise, far more than the reference images a
+    publish uploads, so CI sends the counts it measured on its held-out set.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    confidence: list[Annotated[int, Field(ge=0)]] = Field(
+        min_length=histogram.CONFIDENCE_BINS, max_length=histogram.CONFIDENCE_BINS
+    )
+    """Counts per confidence bin, with the edges of ``agent.histogram``."""
+    classes: dict[Annotated[str, Field(max_length=100)], Annotated[int, Field(ge=0)]] = Field(
+        default_factory=dict, max_length=10_000
+    )
+    """Top-1 label counts over the same frames."""
 
 
 class PublishMetadata(BaseModel):
@@ -45,6 +66,8 @@ class PublishMetadata(BaseModel):
     description: Annotated[str, Field(max_length=2000)] = ""
     quantize: bool = False
     """Also build a ``cpu-int8`` bundle, calibrated on the reference inputs."""
+    reference_distribution: ReferenceDistribution | None = None
+    """Classification only: confidence and class counts CI measured, the version's drift baseline."""
 
     @field_validator("version", "min_agent_version")
     @classmethod
@@ -59,6 +82,13 @@ class PublishMetadata(BaseModel):
             raise ValueError(f"output decoding {self.output.kind!r} does not match task {self.task!r}")
         if len(set(self.labels)) != len(self.labels):
             raise ValueError("labels must be unique")
+        reference = self.reference_distribution
+        if reference is not None:
+            if self.task != "classification":
+                raise ValueError("reference_distribution is for classification models")
+            unknown = sorted(set(reference.classes) - set(self.labels))
+            if unknown:
+                raise ValueError(f"reference_distribution.classes names unknown labels: {', '.join(unknown[:5])}")
         return self
 
     def content(self) -> dict[str, object]:

@@ -28,6 +28,7 @@ from registry.bundles import build_bundle
 from registry.inspection import PublishError
 from registry.metadata import PublishMetadata
 from registry.models import Bundle, KeyringUpdate, Model, ModelVersion, SigningKey
+from telemetry import drift
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,9 @@ def publish_version(
             model.labels = list(metadata.labels)
             model.save(update_fields=["labels"])
             build_target_bundle(version, FP32, model_bytes, tensors, outputs)
+            reference = metadata.reference_distribution
+            if reference is not None:
+                drift.set_reference(model_name, metadata.version, list(reference.confidence), reference.classes)
             AuditLog.record(actor=actor, action="model_version.publish", target=version, version=metadata.version)
             if metadata.quantize:
                 queue_int8(version)

@@ -188,3 +188,37 @@ def test_a_published_version_never_changes(ci, classifier_onnx, metadata):
 
     with pytest.raises(ValidationError):
         version.full_clean()
+
+
+def test_the_reference_distribution_ci_measured_becomes_the_versions_drift_baseline(ci, classifier_onnx, metadata):
+    from telemetry.models import Baseline
+
+    labels = metadata()["labels"]
+    confidence = [0] * 14 + [50, 100, 200, 400, 600, 650]
+    reference = {"confidence": confidence, "classes": {labels[0]: 1500, labels[1]: 500}}
+
+    response = publish(ci, classifier_onnx, metadata(reference_distribution=reference))
+
+    assert response.status_code == 201, response.content
+    baseline = Baseline.objects.get(model_name="parts", model_version="1.0.0")
+    assert baseline.source == Baseline.Source.REFERENCE
+    assert baseline.confidence == confidence and baseline.frames == 2000
+    assert baseline.classes == reference["classes"]
+
+
+@pytest.mark.parametrize(
+    "reference",
+    [
+        {"confidence": [1, 2, 3]},  # not the 20 shared bins
+        {"confidence": [-1] + [0] * 19},
+        {"confidence": [1] * 20, "classes": {"no-such-label": 3}},
+    ],
+)
+def test_a_malformed_reference_distribution_is_refused_and_nothing_is_published(ci, classifier_onnx, metadata, reference):
+    from telemetry.models import Baseline
+
+    response = publish(ci, classifier_onnx, metadata(reference_distribution=reference))
+
+    assert response.status_code == 400, response.content
+    assert "reference_distribution" in response.content.decode()
+    assert not ModelVersion.objects.exists() and not Baseline.objects.exists()
