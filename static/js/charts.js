@@ -97,6 +97,12 @@
 
   async function load(container) {
     const message = container.querySelector("[data-series-message]");
+    if (typeof Chart === "undefined") {
+      // Chart.js comes from `npm ci` at install time; a machine without npm serves the pages without it.
+      if (message) message.textContent = "Charts are unavailable: Chart.js is not installed (see docs/dashboard.md).";
+      container.dataset.state = "error";
+      return;
+    }
     const params = new URLSearchParams({ scope: container.dataset.scope, key: container.dataset.key,
                                          start: container.dataset.start,
                                          end: container.dataset.end, points: container.dataset.points });
