@@ -2,9 +2,10 @@
 
 import django.core.validators
 import django.db.models.deletion
-import fleet.models
 from django.conf import settings
 from django.db import migrations, models
+
+import fleet.models
 
 
 class Migration(migrations.Migration):

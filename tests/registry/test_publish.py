@@ -214,7 +214,9 @@ def test_the_reference_distribution_ci_measured_becomes_the_versions_drift_basel
         {"confidence": [1] * 20, "classes": {"no-such-label": 3}},
     ],
 )
-def test_a_malformed_reference_distribution_is_refused_and_nothing_is_published(ci, classifier_onnx, metadata, reference):
+def test_a_malformed_reference_distribution_is_refused_and_nothing_is_published(
+    ci, classifier_onnx, metadata, reference
+):
     from telemetry.models import Baseline
 
     response = publish(ci, classifier_onnx, metadata(reference_distribution=reference))
