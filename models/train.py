@@ -552,7 +552,7 @@ def train_parts_classifier(plan: Plan) -> None:
 def train_cloud_classifier(plan: Plan) -> None:
     train_classifier(
         "cloud-classifier", plan, size=128, stages=[(16, 1), (32, 2), (64, 2), (128, 2)], train_count=6000,
-        epochs=8, condition="wide", seed=2, role="cloud",
+        epochs=12, condition="wide", seed=2, role="cloud",
         description="Cloud classifier for escalated crops: same labels as parts-classifier, higher resolution, "
                     "more capacity, trained on a wide range of lighting including dark frames.",
     )
