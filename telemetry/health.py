@@ -142,8 +142,18 @@ def cpu_throttled(ctx: Context, threshold: float) -> Findings:
 
 
 def fallback_active(ctx: Context, threshold: float) -> Findings:
-    """The device runs its fallback model (reported, or in recent windows)."""
-    recent_fallback = {key for (key, _, _), s in ctx.recent().items() if s.fallback_windows}
+    """The device runs its fallback model now: it reports so, or its newest minute of windows did.
+
+    Only the newest minute counts: a device that ran the fallback until its
+    first model arrived is not degraded for the rest of the hour.
+    """
+    latest: dict[str, tuple[datetime, int]] = {}
+    for row in WindowRollup.objects.filter(
+        resolution=Resolution.MINUTE, scope=Scope.DEVICE, bucket__gte=ctx.now - PEER_WINDOW
+    ).values("key", "bucket", "fallback_windows"):
+        if row["key"] not in latest or row["bucket"] > latest[row["key"]][0]:
+            latest[row["key"]] = (row["bucket"], row["fallback_windows"])
+    recent_fallback = {key for key, (_, fallback_windows) in latest.items() if fallback_windows}
     found = {}
     for device in ctx.live():
         reported = isinstance(device.reported, dict) and bool(device.reported.get("fallback"))

@@ -235,3 +235,21 @@ def test_a_channel_without_what_it_needs_is_refused() -> None:
 def test_drift_thresholds_are_the_documented_ones() -> None:
     assert (drift.WATCH, drift.ALERT) == (0.1, 0.25)
     assert alerts.DEFAULT_RULES["confidence_drift"].threshold == drift.ALERT
+
+
+def test_fallback_is_judged_by_the_newest_minute_not_by_the_whole_hour(fleet: list[Device], immediate: None) -> None:
+    device = fleet[0]
+    # The device ran the fallback until its first model arrived, twenty minutes ago...
+    before = recent_windows(device, NOW, seed=7, fallback=True, minutes_ago=20)
+    assert before.fallback_windows == 1
+    alerts.evaluate(NOW - timedelta(minutes=19))
+    assert Alert.objects.get(rule__kind="fallback_active").state == "open"
+    # ...and has run its real model since: the newest minute has no fallback window.
+    before.pk = None
+    before.bucket = (NOW - timedelta(minutes=1)).replace(second=0, microsecond=0)
+    before.fallback_windows = 0
+    before.save()
+
+    alerts.evaluate(NOW)
+
+    assert Alert.objects.get(rule__kind="fallback_active").state == "resolved"
