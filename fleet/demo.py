@@ -174,10 +174,11 @@ class Demo:
             out, _ = proc.communicate(timeout=120)
             if proc.returncode != 0:
                 raise SystemExit(f"enrolling {name} failed:\n{out}")
-        for number, (slug, name, device_dir, _) in enumerate(devices):
-            dark = (slug, name) == demo_scene.DARK_CAMERA
-            frames = demo_scene.write_frames(device_dir / "camera", dark=dark, seed=10_000 + number)
-            demo_scene.configure_agent(device_dir / "agent.toml", frames)
+        self.say("rendering the cameras' frames ...")
+        cameras = {dark: demo_scene.write_frames(self.data_dir / "cameras" / ("dark" if dark else "normal"), dark=dark)
+                   for dark in (False, True)}
+        for slug, name, device_dir, _ in devices:
+            demo_scene.configure_agent(device_dir / "agent.toml", cameras[(slug, name) == demo_scene.DARK_CAMERA])
             config = str(device_dir / "agent.toml")
             self.spawn(f"agent-{slug}-{name}", str(BIN / "edgefleet-agent"), "run", "--config", config)
         self.say(f"started {len(devices)} simulated devices (real agent processes) at {len(SITES)} sites")
@@ -235,7 +236,9 @@ def main(argv: list[str] | None = None) -> int:
         web_port=free_port(args.web_port),
         mqtt_port=free_port(args.mqtt_port),
     )
-    signal.signal(signal.SIGTERM, _interrupt)
+    # SIGINT explicitly too: a launcher started in the background by a script inherits it ignored.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _interrupt)
     try:
         demo.start()
         demo.watch(args.stop_after)
