@@ -53,6 +53,23 @@ def address(url: str) -> tuple[str, int]:
     return parts.hostname or "127.0.0.1", parts.port or 1883
 
 
+def clear_retained(url: str, device_id: str, suffixes: tuple[str, ...] = ("status", "desired")) -> None:
+    """Leave a shared broker as found: no retained messages of this device."""
+    import paho.mqtt.client as mqtt
+
+    from agent import protocol
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"cleanup-{device_id}")
+    client.connect(*address(url))
+    client.loop_start()
+    try:
+        for suffix in suffixes:
+            client.publish(protocol.topic(device_id, suffix), b"", qos=1, retain=True).wait_for_publish(5)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -6,19 +6,15 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
-from agent import protocol
 from fleet.bridge import Bridge, BridgeConfig
 from fleet.models import Device, Site
-from tests.brokers import address
+from tests.brokers import clear_retained
 
 AGENT = Path(sys.executable).with_name("edgefleet-agent")
 
@@ -57,14 +53,7 @@ def device(enroll_device: Callable[..., Any], mqtt_url: str) -> Iterator[tuple[D
     site = Site.objects.create(slug="plant-a", name="Plant A")
     enrollment = enroll_device(site, name="cam-1")
     yield enrollment.device, enrollment.secret
-    # Leave the shared broker as found: no retained status or desired for this device.
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"cleanup-{uuid.uuid4().hex[:8]}")
-    client.connect(*address(mqtt_url))
-    client.loop_start()
-    for suffix in ("status", "desired"):
-        client.publish(protocol.topic(enrollment.device.device_id, suffix), b"", qos=1, retain=True).wait_for_publish(5)
-    client.disconnect()
-    client.loop_stop()
+    clear_retained(mqtt_url, enrollment.device.device_id)
 
 
 def wait_until(predicate: Callable[[], bool], bridge: Bridge, timeout: float = 30) -> bool:

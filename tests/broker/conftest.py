@@ -11,6 +11,7 @@ import pytest
 
 from fleet.broker import provisioner
 from fleet.broker.dynsec import DynsecProvisioner
+from tests.broker.clients import Probe
 from tests.brokers import RunningBroker, embedded_broker, mosquitto_with_dynsec
 
 BRIDGE_USERNAME = "edgefleet-bridge"
@@ -57,3 +58,12 @@ def broker(request: pytest.FixtureRequest, settings: Any) -> Iterator[BrokerUnde
     with embedded_broker(bridge_username=BRIDGE_USERNAME, bridge_password=BRIDGE_PASSWORD, recheck_s=0.2) as running:
         yield BrokerUnderTest("embedded", running.url)
     provisioner.cache_clear()
+
+
+@pytest.fixture
+def probes() -> Iterator[list[Probe]]:
+    """MQTT clients a test opened; closed after it."""
+    opened: list[Probe] = []
+    yield opened
+    for probe in opened:
+        probe.close()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -18,14 +18,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 def topic(device_id: str, suffix: str) -> str:
     return protocol.topic(device_id, suffix)
-
-
-@pytest.fixture
-def probes() -> Iterator[list[Probe]]:
-    opened: list[Probe] = []
-    yield opened
-    for probe in opened:
-        probe.close()
 
 
 @pytest.fixture

@@ -62,14 +62,6 @@ def broker(settings: Any) -> Iterator[RunningBroker]:
 
 
 @pytest.fixture
-def probes() -> Iterator[list[Probe]]:
-    opened: list[Probe] = []
-    yield opened
-    for probe in opened:
-        probe.close()
-
-
-@pytest.fixture
 def bridge(broker: RunningBroker, probes: list[Probe]) -> Probe:
     probe = Probe(broker.url, BRIDGE_USERNAME, BRIDGE_PASSWORD, client_id="bridge-under-test")
     probes.append(probe)

@@ -12,19 +12,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from agent import config as agent_config
-from agent import protocol
 from fleet import services
 from fleet.bridge import Bridge
 from fleet.models import AuditLog, Device, Site
 from registry.models import ModelVersion
 from telemetry.models import DeviceEvent, TelemetryRecord
 from tests.agent.conftest import AgentProcess, wait_until
-from tests.brokers import address
+from tests.brokers import clear_retained
 from tests.registry.helpers import publish
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -55,14 +52,7 @@ def enrolled(enroll_device: Any, mqtt_url: str) -> Iterator[Any]:
     site = Site.objects.create(slug="plant-u", name="Plant U")
     enrollment = enroll_device(site, name="cam-u")
     yield enrollment
-    # Leave the shared broker as found: no retained status or desired for this device.
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"cleanup-{enrollment.device.device_id}")
-    client.connect(*address(mqtt_url))
-    client.loop_start()
-    for suffix in ("status", "desired"):
-        client.publish(protocol.topic(enrollment.device.device_id, suffix), b"", qos=1, retain=True).wait_for_publish(5)
-    client.disconnect()
-    client.loop_stop()
+    clear_retained(mqtt_url, enrollment.device.device_id)
 
 
 def agent_config_for(enrollment: Any, live_server: Any, mqtt_url: str, frames: Path, tmp_path: Path) -> Path:
