@@ -45,6 +45,8 @@ typecheck: $(STAMP)
 # `train` extra and is never a run-time dependency.
 .PHONY: models
 models: $(STAMP)
+	# The exact version first: a bare range would take the newest torch with several GB of CUDA packages.
+	$(BIN)/python -m pip install --quiet 'torch==2.13.0'
 	$(BIN)/python -m pip install --quiet -e '.[train]'
 	$(BIN)/python -m models.train
 
