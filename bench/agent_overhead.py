@@ -10,6 +10,13 @@ window telemetry on and off, in pairs of 60-frame blocks.
 
     .venv/bin/python -m bench.agent_overhead                       # models/build/{resnet18,mobilenetv2}-224.onnx
     .venv/bin/python -m bench.agent_overhead --model path/to.onnx --frames 500 --threads 1
+    .venv/bin/python -m bench.agent_overhead --mqtt mqtt://127.0.0.1:1883   # the agent's run loop alongside
+
+With ``--mqtt`` the agent's own run loop (``agent.runtime.Runtime``: outbox,
+MQTT link, a heartbeat every second) runs in the same process during the
+measurement, and the pipeline's window goes into its outbox every 50 frames:
+the per-frame figures then include what telemetry and MQTT cost the frame loop
+(the GIL, commits, publishing), as on a device.
 
 A model is read with its ``models/<name>.json`` metadata when there is one;
 otherwise as a 224x224 ImageNet-normalised classifier (the benchmark networks).
@@ -18,18 +25,25 @@ otherwise as a 224x224 ImageNet-normalised classifier (the benchmark networks).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import statistics
 import sys
+import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from agent.actions import ActionDispatcher, Rule
+from agent.config import AgentConfig
 from agent.inference import InferenceSettings, ModelSession, SessionHolder
 from agent.pipeline import Pipeline
+from agent.runtime import Runtime
 from agent.spec import ClassificationOutput, InputSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,7 +101,38 @@ class _Source:
         pass
 
 
-def measure(path: Path, images: list[np.ndarray], threads: int, warmup: int) -> dict[str, Any]:
+WINDOW_EVERY = 50
+
+
+@contextlib.contextmanager
+def run_loop(mqtt_url: str | None, data_dir: Path) -> Iterator[Runtime | None]:
+    """The agent's run loop in a thread, talking to a real broker; nothing when no URL is given."""
+    if mqtt_url is None:
+        yield None
+        return
+    config = AgentConfig.model_validate(
+        {
+            "server": {"url": "http://127.0.0.1:9"},
+            "device": {"id": f"dev-bench-{os.getpid()}", "secret": "bench"},
+            "mqtt": {"url": mqtt_url},
+            "agent": {"data_dir": str(data_dir), "heartbeat_interval_s": 1},
+        }
+    )
+    runtime = Runtime(config)
+    thread = threading.Thread(target=runtime.run, name="agent-run", daemon=True)
+    thread.start()
+    if not runtime.link.subscribed.wait(15):
+        raise SystemExit(f"the agent's link did not come up on {mqtt_url}")
+    try:
+        yield runtime
+    finally:
+        runtime.stop()
+        thread.join(30)
+
+
+def measure(
+    path: Path, images: list[np.ndarray], threads: int, warmup: int, runtime: Runtime | None = None
+) -> dict[str, Any]:
     session = load(path, threads)
     tensors = [session.preprocess(image)[0] for image in images]
     feeds = session.input_spec.name
@@ -114,11 +159,14 @@ def measure(path: Path, images: list[np.ndarray], threads: int, warmup: int) -> 
                 start = time.perf_counter()
                 pipeline.process(frame)
                 agent.append((time.perf_counter() - start) * 1000)
+        if runtime is not None and i % WINDOW_EVERY == WINDOW_EVERY - 1:
+            runtime.outbox.append("window", pipeline.take_window())
     pipeline.take_window()
 
     fps = throughput(session, images, threads)
     return {
         "model": path.name,
+        "mqtt": runtime is not None,
         "threads": threads,
         "frames": len(images),
         "frame_size": f"{images[0].shape[1]}x{images[0].shape[0]}",
@@ -193,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--size", default="640x480", help="camera frame size, WIDTHxHEIGHT")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--mqtt", help="run the agent's run loop (outbox, MQTT link, heartbeats) against this broker")
     args = parser.parse_args(argv)
     models = args.model or [p for p in DEFAULT_MODELS if p.exists()]
     if not models:
@@ -201,15 +250,19 @@ def main(argv: list[str] | None = None) -> int:
     width, height = (int(v) for v in args.size.lower().split("x"))
     images = frames(args.frames, width, height)
     rows = []
-    for path in models:
-        row = measure(path, images, args.threads, args.warmup)
-        target = next((t for key, t in TARGETS.items() if key in path.name), None)
-        row["target_ratio"] = target
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+    with tempfile.TemporaryDirectory() as data_dir, run_loop(args.mqtt, Path(data_dir)) as runtime:
+        for path in models:
+            rows.append(_row(path, images, args, runtime))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
     return 0
+
+
+def _row(path: Path, images: list[np.ndarray], args: argparse.Namespace, runtime: Runtime | None) -> dict[str, Any]:
+    row = measure(path, images, args.threads, args.warmup, runtime)
+    row["target_ratio"] = next((t for key, t in TARGETS.items() if key in path.name), None)
+    print(json.dumps(row), flush=True)
+    return row
 
 
 if __name__ == "__main__":
