@@ -74,6 +74,12 @@ TEMPLATES = [
 _default_db = f"sqlite:///{DATA_DIR / 'edgefleet.sqlite3'}"
 _database_url = env.url("DATABASE_URL", _default_db, ("sqlite", "postgres", "postgresql"))
 DATABASES = {"default": dj_database_url.parse(_database_url, conn_max_age=60)}
+if DATABASES["default"]["ENGINE"].endswith("postgresql"):
+    # No JIT: the planner misestimates array-driven statements (unnest) by
+    # millions of rows, and compiling them cost ~100 ms per ingest batch for a
+    # sub-millisecond execution. JIT pays off for long analytical queries only.
+    _options = DATABASES["default"].setdefault("OPTIONS", {})
+    _options["options"] = f"{_options.get('options', '')} -c jit=off".strip()
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # Several processes (web, bridge, worker) share the file in the demo: WAL
     # lets readers run beside the writer, and the timeout waits out a writer
