@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 
 import pytest
 
@@ -40,6 +41,45 @@ def test_it_rejects_bad_payloads_with_a_reason(suffix: str, raw: bytes, reason: 
     with pytest.raises(ProtocolError) as info:
         protocol.decode(suffix, raw)
     assert info.value.reason == reason
+
+
+def record(**fields: object) -> dict[str, object]:
+    return {"seq": 1, "kind": "window", "ts": "2026-11-23T10:00:00Z", "data": {}, **fields}
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        # Numbers no database JSON column takes, and strings that are not UTF-8 text.
+        (b'{"v": 1, "type": "telemetry", "records": [], "x": NaN}', "not_json"),
+        (b'{"v": 1, "type": "telemetry", "records": [], "x": 1e400}', "not_json"),
+        (b'{"v": 1, "type": "telemetry", "records": [], "x": "\\ud800"}', "not_json"),
+        (b"[" * 2000 + b"]" * 2000, "not_json"),
+        # seq is a JSON integer that fits a bigint: not 5.0, "5", true or 2**63.
+        (payload(type="telemetry", records=[record(seq=5.0)]), "schema"),
+        (payload(type="telemetry", records=[record(seq="5")]), "schema"),
+        (payload(type="telemetry", records=[record(seq=True)]), "schema"),
+        (payload(type="telemetry", records=[record(seq=2**63)]), "schema"),
+        (payload(type="telemetry", records=[record()], floor=2**63), "schema"),
+        # A record's time says which instant it is: no naive times, no bare numbers.
+        (payload(type="telemetry", records=[record(ts="2026-11-23T10:00:00")]), "schema"),
+        (payload(type="telemetry", records=[record(data=[1, 2])]), "schema"),
+    ],
+)
+def test_telemetry_is_refused_unless_the_database_would_read_it_as_the_protocol_does(raw: bytes, reason: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        protocol.decode("telemetry", raw)
+    assert info.value.reason == reason
+
+
+def test_a_record_keeps_its_data_as_decoded_and_its_time_with_its_offset() -> None:
+    message = protocol.decode(
+        "telemetry", payload(type="telemetry", records=[record(seq=2**63 - 1, ts="2026-11-23T11:00:00+01:00")])
+    )
+    assert isinstance(message, protocol.Telemetry)
+    (only,) = message.records
+    assert only.seq == 2**63 - 1 and only.data == {}
+    assert only.ts == datetime(2026, 11, 23, 10, tzinfo=timezone.utc)
 
 
 def test_it_rejects_a_payload_over_the_size_limit_before_parsing_it() -> None:
