@@ -271,7 +271,7 @@ class Bridge:
                 for device in devices.values():
                     if not device.online:
                         device.record_presence(True, now)
-                stored = telemetry.store_batches([(d, m) for _, _, d, m in items], seen_at=now)
+                stored = telemetry.store_batches([telemetry.Received(d, m) for _, _, d, m in items], seen_at=now)
         except DatabaseError:
             # One bad message must not cost the others: store them one by one,
             # so only the culprit is rejected (and stays in its outbox).

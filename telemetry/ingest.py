@@ -9,14 +9,14 @@ computed per device: the highest seq below which everything is stored.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
+import orjson
 import psycopg
 from django.db import connection, transaction
 from django.db.models import Q
@@ -29,123 +29,134 @@ from telemetry.models import TelemetryRecord
 # How far past the acknowledged watermark one ack computation looks; a device
 # sends at most MAX_BATCH_RECORDS per message, so this covers several batches.
 _ACK_WINDOW = 10 * protocol.MAX_BATCH_RECORDS
-# Rows per INSERT statement: large enough to amortise the round trip, small
-# enough to stay well under PostgreSQL's 65,535 bind parameters (6 per row).
-INSERT_CHUNK = 2000
 
 log = logging.getLogger(__name__)
 
 
+class Received(NamedTuple):
+    """One telemetry message to store and the device it came from."""
+
+    device: Device
+    message: protocol.Telemetry
+
+
 @dataclass(frozen=True)
 class Stored:
-    """What one call stored: the ack per device and how many records were offered to the insert."""
+    """What one call stored: the ack per device pk."""
 
     acks: dict[int, int]
-    offered: int
 
 
-def store_batches(batches: Sequence[tuple[Device, protocol.Telemetry]], seen_at: datetime | None = None) -> Stored:
+def store_batches(batches: Sequence[Received], seen_at: datetime | None = None) -> Stored:
     """Store several devices' batches in one transaction and return the ack per device pk.
 
     ``seen_at`` (when the bridge received them) moves each device's last_seen
     forward in the same statement as its ack.
     """
-    by_device: dict[int, list[protocol.Telemetry]] = defaultdict(list)
-    devices: dict[int, Device] = {}
-    for device, batch in batches:
-        by_device[device.pk].append(batch)
-        devices[device.pk] = device
-    rows: list[_Row] = []
-    for pk, device_batches in by_device.items():
-        # Records at or below the ack were stored before (and may since have
-        # aged out of raw retention): skipping them keeps a late redelivery from
-        # bringing them back.
-        acked = devices[pk].telemetry_acked_seq
-        seen: set[int] = set()
-        for batch in device_batches:
-            for r in batch.records:
-                if r.seq > acked and r.seq not in seen:
-                    seen.add(r.seq)
-                    rows.append((pk, r.seq, r.kind, r.ts, r.data))
-    # Sorted rows take row locks in one order, so two bridges cannot deadlock.
-    rows.sort(key=lambda row: (row[0], row[1]))
+    by_device: dict[int, list[Received]] = defaultdict(list)
+    for item in batches:
+        by_device[item.device.pk].append(item)
+    rows = _rows(by_device)
     with transaction.atomic():
         _insert(rows)
-        acks = _advance({pk: devices[pk] for pk in sorted(by_device)}, by_device, seen_at)
-    return Stored(acks=acks, offered=len(rows))
+        acks = _advance(by_device, seen_at)
+    return Stored(acks=acks)
 
 
-_UNNEST_INSERT = (
-    "INSERT INTO telemetry_telemetryrecord (device_id, seq, kind, recorded_at, received_at, data) "
-    "SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::varchar[], %b::timestamptz[], %b::timestamptz[], "
-    "%b::text[]::jsonb[]) ON CONFLICT (device_id, seq) DO NOTHING"
+# Rows are copied (COPY, binary) into a session's staging table, then moved
+# with one INSERT ... SELECT in (device, seq) order: sorted rows take index
+# locks in one order, so two bridges cannot deadlock, and ON CONFLICT makes a
+# redelivered record a no-op. The staging table is emptied before each use
+# (and at commit), so nothing carries over from a batch that failed.
+_STAGE = (
+    "CREATE TEMP TABLE IF NOT EXISTS telemetry_incoming "
+    "(device_id bigint, seq bigint, kind text, recorded_at timestamptz, data text) ON COMMIT DELETE ROWS"
 )
-
+_COPY = "COPY telemetry_incoming (device_id, seq, kind, recorded_at, data) FROM STDIN (FORMAT BINARY)"
+_COPY_TYPES = ["int8", "int8", "text", "timestamptz", "text"]
+_MOVE = (
+    "INSERT INTO telemetry_telemetryrecord (device_id, seq, kind, recorded_at, received_at, data) "
+    "SELECT device_id, seq, kind, recorded_at, %s, data::json FROM telemetry_incoming "
+    "ORDER BY device_id, seq ON CONFLICT (device_id, seq) DO NOTHING"
+)
 
 # (device pk, seq, kind, recorded_at, data): plain tuples, as model instances
 # cost more to build than the insert of their row.
 _Row = tuple[int, int, str, datetime, dict[str, Any]]
 
 
-def _insert(rows: list[_Row]) -> None:
-    """One multi-row INSERT ... ON CONFLICT DO NOTHING per chunk.
+def _rows(by_device: dict[int, list[Received]]) -> list[_Row]:
+    """The rows to insert, once per (device, seq).
 
-    On PostgreSQL the rows travel as six array parameters expanded by
-    ``unnest``: one short statement whatever the row count, instead of six
-    bind parameters per row that Django's bulk_create would format. Other
-    databases (SQLite for the demo) use bulk_create with ignore_conflicts.
+    Records at or below the device's ack were stored before (and may since
+    have aged out of raw retention): skipping them keeps a late redelivery
+    from bringing them back.
+    """
+    rows: list[_Row] = []
+    for pk, items in by_device.items():
+        acked = items[0].device.telemetry_acked_seq
+        seen: set[int] = set()
+        for item in items:
+            for r in item.message.records:
+                if r.seq > acked and r.seq not in seen:
+                    seen.add(r.seq)
+                    rows.append((pk, r.seq, r.kind, r.ts, r.data))
+    return rows
+
+
+def _insert(rows: list[_Row]) -> None:
+    """Insert the rows once per (device, seq).
+
+    On PostgreSQL: a binary COPY into a staging table, then one INSERT ...
+    SELECT ... ON CONFLICT DO NOTHING; three statements whatever the row
+    count, and no per-row parameters to format (Django's bulk_create quotes
+    six per row into the SQL text). Data goes as JSON text into a ``json``
+    column (``VerbatimJSONField``), which PostgreSQL checks but does not
+    decompose. Other databases (SQLite for the demo) use bulk_create with
+    ignore_conflicts.
     """
     if not rows:
         return
     if connection.vendor != "postgresql":
-        for start in range(0, len(rows), INSERT_CHUNK):
-            TelemetryRecord.objects.bulk_create(
-                [
-                    TelemetryRecord(device_id=pk, seq=seq, kind=kind, recorded_at=ts, data=data)
-                    for pk, seq, kind, ts, data in rows[start : start + INSERT_CHUNK]
-                ],
-                ignore_conflicts=True,
-            )
+        TelemetryRecord.objects.bulk_create(
+            [
+                TelemetryRecord(device_id=pk, seq=seq, kind=kind, recorded_at=ts, data=data)
+                for pk, seq, kind, ts, data in rows
+            ],
+            batch_size=1000,
+            ignore_conflicts=True,
+        )
         return
     now = dj_timezone.now()
     connection.ensure_connection()
-    # A server-side-binding cursor on Django's connection (same transaction):
-    # the arrays go as binary parameters instead of being quoted into the SQL
-    # text, which costs more than the insert itself.
+    # A psycopg cursor on Django's connection, inside its transaction.
     with psycopg.Cursor(connection.connection) as cursor:
-        for start in range(0, len(rows), INSERT_CHUNK):
-            chunk = rows[start : start + INSERT_CHUNK]
-            cursor.execute(
-                _UNNEST_INSERT,
-                [
-                    [r[0] for r in chunk],
-                    [r[1] for r in chunk],
-                    [r[2] for r in chunk],
-                    [r[3] for r in chunk],
-                    [now] * len(chunk),
-                    [json.dumps(r[4], separators=(",", ":")) for r in chunk],
-                ],
-            )
+        cursor.execute(_STAGE)
+        cursor.execute("DELETE FROM telemetry_incoming")
+        with cursor.copy(_COPY) as copy:
+            copy.set_types(_COPY_TYPES)
+            for pk, seq, kind, ts, data in rows:
+                copy.write_row((pk, seq, kind, ts, orjson.dumps(data).decode()))
+        cursor.execute(_MOVE, [now])
 
 
 def store_telemetry(device: Device, batch: protocol.Telemetry) -> int:
     """Store one batch once per (device, seq) and return the seq to acknowledge."""
-    return store_batches([(device, batch)]).acks[device.pk]
+    return store_batches([Received(device, batch)]).acks[device.pk]
 
 
-def _advance(
-    devices: dict[int, Device], batches: dict[int, list[protocol.Telemetry]], seen_at: datetime | None
-) -> dict[int, int]:
+def _advance(by_device: dict[int, list[Received]], seen_at: datetime | None) -> dict[int, int]:
     """Move each device's contiguous watermark forward and keep its newest heartbeat.
 
     Three statements for the whole batch: lock the devices (in pk order, so
     two bridges queue instead of deadlocking), read the stored seqs above each
     watermark, write the new watermarks back.
     """
+    batches = {pk: [item.message for item in items] for pk, items in by_device.items()}
     locked = {
         d.pk: d
         for d in Device.objects.select_for_update()
-        .filter(pk__in=devices)
+        .filter(pk__in=batches)
         .only("pk", "telemetry_acked_seq", "last_heartbeat", "agent_version", "last_seen")
         .order_by("pk")
     }
@@ -173,7 +184,8 @@ def _advance(
     beating: list[Device] = []
     for pk, device in locked.items():
         device.telemetry_acked_seq = watermarks[pk]
-        devices[pk].telemetry_acked_seq = watermarks[pk]
+        for item in by_device[pk]:
+            item.device.telemetry_acked_seq = watermarks[pk]
         latest = _latest_heartbeat([r for b in batches[pk] for r in b.records])
         if latest is not None and latest[0] >= _heartbeat_time(device):
             ts, heartbeat = latest
@@ -236,7 +248,7 @@ def _write_back(devices: list[Device], beating: list[Device], seen_at: datetime 
                 seen_at,
                 [d.pk for d in devices],
                 [d.telemetry_acked_seq for d in devices],
-                [json.dumps(d.last_heartbeat) if d.pk in beats else None for d in devices],
+                [orjson.dumps(d.last_heartbeat).decode() if d.pk in beats else None for d in devices],
                 [d.agent_version if d.pk in beats else None for d in devices],
             ],
         )
@@ -248,9 +260,8 @@ def _latest_heartbeat(records: list[protocol.TelemetryRecord]) -> tuple[datetime
     A malformed heartbeat is still stored as a record (refusing it would block
     the device's outbox behind it forever) but never shown as the device's state.
     """
-    for record in sorted(records, key=lambda r: r.seq, reverse=True):
-        if record.kind != "heartbeat":
-            continue
+    beats = [r for r in records if r.kind == "heartbeat"]
+    for record in sorted(beats, key=lambda r: r.seq, reverse=True):
         try:
             return record.ts, protocol.heartbeat_of(record)
         except protocol.ProtocolError as exc:

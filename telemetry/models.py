@@ -7,6 +7,24 @@ from django.db import models, transaction
 from django.utils import timezone
 
 
+class VerbatimJSONField(models.JSONField):  # type: ignore[type-arg]
+    """JSON stored as written: PostgreSQL ``json``, not ``jsonb``.
+
+    Raw telemetry is written once, read back whole by the rollups, and never
+    queried by key, so nothing needs jsonb's decomposed binary form, while
+    building it cost more than the rest of the row's insert (see
+    docs/benchmarks.md). ``json`` still refuses anything that is not JSON.
+    Other databases keep Django's own JSON column.
+    """
+
+    def db_type(self, connection: Any) -> str | None:
+        return "json" if connection.vendor == "postgresql" else super().db_type(connection)
+
+    def from_db_value(self, value: Any, expression: Any, connection: Any) -> Any:
+        # psycopg parses ``json`` itself (it hands Django only jsonb as text).
+        return value if isinstance(value, (dict, list)) else super().from_db_value(value, expression, connection)
+
+
 class TelemetryRecord(models.Model):
     """One record from a device's outbox, stored once per (device, seq)."""
 
@@ -23,7 +41,7 @@ class TelemetryRecord(models.Model):
     kind = models.CharField(max_length=16)
     recorded_at = models.DateTimeField()
     received_at = models.DateTimeField(auto_now_add=True)
-    data = models.JSONField()
+    data = VerbatimJSONField()
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["device", "seq"], name="telemetry_unique_device_seq")]

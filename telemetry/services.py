@@ -5,12 +5,13 @@ from __future__ import annotations
 from agent import protocol
 from fleet.models import Device
 from telemetry.baseline import BaselineComparison, Figure, compare_to_baseline
-from telemetry.ingest import Stored, store_batches, store_telemetry
+from telemetry.ingest import Received, Stored, store_batches, store_telemetry
 from telemetry.models import DeviceEvent
 
 __all__ = [
     "BaselineComparison",
     "Figure",
+    "Received",
     "Stored",
     "compare_to_baseline",
     "record_event",

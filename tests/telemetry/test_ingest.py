@@ -10,7 +10,7 @@ from typing import Any
 from unittest import mock
 
 import pytest
-from django.db import DatabaseError
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from agent import protocol
@@ -42,7 +42,7 @@ def stored_state(devices: list[Device]) -> dict[str, Any]:
     return {"records": records, "acks": acks, "rollups": rollups}
 
 
-def make_batches(devices: list[Device]) -> list[tuple[Device, protocol.Telemetry]]:
+def make_batches(devices: list[Device]) -> list[ingest.Received]:
     rng = random.Random(7)
     start = timezone.now().replace(second=0, microsecond=0) - timedelta(minutes=10)
     out = []
@@ -50,7 +50,7 @@ def make_batches(devices: list[Device]) -> list[tuple[Device, protocol.Telemetry
         feed = Feed(device)
         records = feed.windows(start, minutes=5, rng=rng, frames=20)
         records.append(feed.heartbeat(start + timedelta(minutes=5)))
-        out += [(device, batch(*records[i : i + 4])) for i in range(0, len(records), 4)]
+        out += [ingest.Received(device, batch(*records[i : i + 4])) for i in range(0, len(records), 4)]
     return out
 
 
@@ -68,7 +68,7 @@ def test_redelivered_and_reordered_batches_store_the_same_state_as_a_clean_run(d
     messy = batches + rng.sample(batches, k=len(batches) // 2)  # every batch, half of them twice
     rng.shuffle(messy)
     for start in range(0, len(messy), 5):
-        fresh = [(Device.objects.get(pk=d.pk), b) for d, b in messy[start : start + 5]]
+        fresh = [ingest.Received(Device.objects.get(pk=d.pk), b) for d, b in messy[start : start + 5]]
         ingest.store_batches(fresh)
         roll_up_everything()  # rollups computed midway are recomputed, not added to
     assert stored_state(devices) == clean
@@ -81,9 +81,9 @@ def test_the_ack_covers_only_contiguous_records_across_several_devices(devices: 
     records = [feed.heartbeat(now) for _ in range(5)]
     stored = ingest.store_batches(
         [
-            (first, batch(*records[:2])),
-            (second, batch(*Feed(second).windows(now, 1, random.Random(1)))),
-            (first, batch(records[4])),
+            ingest.Received(first, batch(*records[:2])),
+            ingest.Received(second, batch(*Feed(second).windows(now, 1, random.Random(1)))),
+            ingest.Received(first, batch(records[4])),
         ]
     )
     assert stored.acks == {first.pk: 2, second.pk: 6}
@@ -165,3 +165,22 @@ def test_each_devices_messages_go_to_one_worker_so_they_stay_in_order() -> None:
             queued.append((item[0].split("/")[2], item[1]))
         for device in {d for d, _ in queued}:
             assert [p for d, p in queued if d == device] == [b"status", b"telemetry", b"reported", b"status"]
+
+
+def test_record_data_comes_back_exactly_as_sent(devices: list[Device]) -> None:
+    device = devices[0]
+    data = {"name": "caméra 北", "nested": [{"a": [1, 2.5, None, True]}], "big": 2**63 - 1, "tiny": 1e-300}
+    record = protocol.TelemetryRecord(seq=1, kind="window", ts=timezone.now(), data=data)
+    assert ingest.store_telemetry(device, batch(record)) == 1
+    assert TelemetryRecord.objects.get(device=device, seq=1).data == data
+
+
+def test_nothing_staged_for_one_batch_reaches_the_next_in_the_same_transaction(devices: list[Device]) -> None:
+    device = devices[0]
+    feed = Feed(device)
+    now = timezone.now()
+    with transaction.atomic():
+        ingest.store_telemetry(device, batch(feed.heartbeat(now), feed.heartbeat(now)))
+        TelemetryRecord.objects.all().delete()  # aged out, say, before the next batch
+        ingest.store_telemetry(device, batch(feed.heartbeat(now)))
+    assert list(TelemetryRecord.objects.values_list("seq", flat=True)) == [3]
