@@ -17,6 +17,7 @@ when idle a message is stored as soon as it arrives.
 from __future__ import annotations
 
 import bisect
+import gc
 import logging
 import queue
 import threading
@@ -281,7 +282,8 @@ class Bridge:
             return
         for pk, seq in stored.acks.items():
             self._publish(devices[pk].device_id, "ack", protocol.Ack(seq=seq))
-        lags = [max(0.0, (now - r.ts).total_seconds()) for _, _, _, m in items for r in m.records]
+        now_s = now.timestamp()
+        lags = [max(0.0, now_s - r.ts.timestamp()) for _, _, _, m in items for r in m.records]
         with self._progress:
             self.accepted["telemetry"] += len(items)
             self.records += len(lags)
@@ -427,7 +429,27 @@ class Bridge:
         return count
 
 
+def tune_gc() -> None:
+    """Keep Python's cyclic garbage collector off the ingest path of a bridge process.
+
+    Every batch allocates and frees hundreds of thousands of small containers
+    (decoded messages, their records and data) that form no cycles and are
+    freed by reference counting. With the default thresholds they still set
+    off a collection every 700 allocations, and the older generations'
+    collections walk every long-lived object of Django and the app registry:
+    measured, that cost the bridge a third of its records/s. Freezing what
+    start-up built moves it out of the collector's sight, and a larger first
+    threshold lets a batch come and go between collections. Cycles are still
+    collected, only less often.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
 def run_forever(config: BridgeConfig, stop: threading.Event) -> Bridge:
+    """The bridge process's main loop (``manage.py mqtt_bridge``)."""
+    tune_gc()
     bridge = Bridge(config)
     bridge.start()
     try:
@@ -436,5 +458,3 @@ def run_forever(config: BridgeConfig, stop: threading.Event) -> Bridge:
     finally:
         bridge.stop()
     return bridge
-
-
