@@ -3,8 +3,17 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 from typing import Any
+from unittest import mock
 
 from agent import protocol
+from fleet.bridge import Bridge, BridgeConfig
+
+
+def offline_bridge(**config: Any) -> Bridge:
+    """A bridge that is never connected; what it would publish is recorded on a mock."""
+    bridge = Bridge(BridgeConfig(url="mqtt://127.0.0.1:1", **config))
+    bridge.client.publish = mock.Mock(autospec=True)  # type: ignore[method-assign]
+    return bridge
 
 
 def now() -> str:

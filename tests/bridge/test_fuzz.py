@@ -5,16 +5,15 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from typing import Any
-from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent import protocol
-from fleet.bridge import Bridge, BridgeConfig
+from fleet.bridge import Bridge
 from fleet.models import Device, Site
-from tests.bridge.helpers import status, topic
+from tests.bridge.helpers import offline_bridge, status, topic
 
 pytestmark = pytest.mark.django_db
 
@@ -43,9 +42,7 @@ suffixes = st.sampled_from(protocol.SUFFIXES)
 
 @pytest.fixture
 def bridge() -> Bridge:
-    bridge = Bridge(BridgeConfig(url="mqtt://127.0.0.1:1", max_payload=64 * 1024))
-    bridge.client.publish = mock.Mock(autospec=True)  # type: ignore[method-assign]
-    return bridge
+    return offline_bridge(max_payload=64 * 1024)
 
 
 @pytest.fixture

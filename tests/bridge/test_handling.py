@@ -9,20 +9,18 @@ from unittest import mock
 
 import pytest
 
-from fleet.bridge import Bridge, BridgeConfig
+from fleet.bridge import Bridge
 from fleet.models import Device, Site
 from telemetry.models import DeviceEvent, TelemetryRecord
-from tests.bridge.helpers import status, telemetry, topic
+from tests.bridge.helpers import offline_bridge, status, telemetry, topic
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
 def bridge() -> Bridge:
-    bridge = Bridge(BridgeConfig(url="mqtt://127.0.0.1:1"))
     # Outgoing messages are recorded instead of sent: these tests are about handling.
-    bridge.client.publish = mock.Mock(autospec=True)  # type: ignore[method-assign]
-    return bridge
+    return offline_bridge()
 
 
 @pytest.fixture

@@ -6,16 +6,16 @@ import random
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
-from unittest import mock
 
 import pytest
 from django.utils import timezone
 
 from agent import protocol
-from fleet.bridge import Bridge, BridgeConfig
+from fleet.bridge import Bridge
 from fleet.models import Device, Site
 from telemetry import alerts
 from telemetry.models import Alert
+from tests.bridge.helpers import offline_bridge
 from tests.telemetry.factories import Feed, batch, roll_up_everything
 
 pytestmark = pytest.mark.django_db
@@ -23,9 +23,7 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def bridge() -> Bridge:
-    bridge = Bridge(BridgeConfig(url="mqtt://127.0.0.1:1"))
-    bridge.client.publish = mock.Mock(autospec=True)  # type: ignore[method-assign]
-    return bridge
+    return offline_bridge()
 
 
 @pytest.fixture

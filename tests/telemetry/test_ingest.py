@@ -14,10 +14,11 @@ from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from agent import protocol
-from fleet.bridge import Bridge, BridgeConfig
+from fleet.bridge import Bridge
 from fleet.models import Device, Site
 from telemetry import ingest
 from telemetry.models import BridgeStats, TelemetryRecord, WindowRollup
+from tests.bridge.helpers import offline_bridge
 from tests.telemetry.factories import Feed, batch, roll_up_everything
 
 pytestmark = pytest.mark.django_db
@@ -102,9 +103,7 @@ def test_a_late_redelivery_below_the_ack_is_not_stored_again(devices: list[Devic
 
 @pytest.fixture
 def bridge() -> Bridge:
-    bridge = Bridge(BridgeConfig(url="mqtt://127.0.0.1:1"))
-    bridge.client.publish = mock.Mock(autospec=True)  # type: ignore[method-assign]
-    return bridge
+    return offline_bridge()
 
 
 def payload(records: list[protocol.TelemetryRecord]) -> bytes:
@@ -152,7 +151,7 @@ def test_the_bridge_exports_its_counters_for_the_web_process(bridge: Bridge, dev
 
 
 def test_each_devices_messages_go_to_one_worker_so_they_stay_in_order() -> None:
-    bridge = Bridge(BridgeConfig(url="mqtt://127.0.0.1:1", workers=3))
+    bridge = offline_bridge(workers=3)
     for device in ("dev-a", "dev-b", "dev-c", "dev-d"):
         for suffix in ("status", "telemetry", "reported", "status"):
             message = mock.Mock(topic=protocol.topic(device, suffix), payload=suffix.encode())
