@@ -66,9 +66,7 @@ app = typer.Typer(
 
 ConfigOption = Annotated[
     Path,
-    typer.Option(
-        "--config", "-c", envvar="EDGEFLEET_AGENT_CONFIG", help="Path of agent.toml.", dir_okay=False
-    ),
+    typer.Option("--config", "-c", envvar="EDGEFLEET_AGENT_CONFIG", help="Path of agent.toml.", dir_okay=False),
 ]
 
 
@@ -206,7 +204,10 @@ def enroll(
             {
                 "server": {"url": server},
                 "device": {
-                    "id": answer.device_id, "secret": answer.secret, "name": name, "site": answer.site,
+                    "id": answer.device_id,
+                    "secret": answer.secret,
+                    "name": name,
+                    "site": answer.site,
                     "hardware_profile": hardware_profile,
                 },
                 "mqtt": {"url": answer.broker_url},
@@ -247,8 +248,12 @@ class _JsonFormatter(logging.Formatter):
 
 def setup_logging(level: str, style: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    formatter = _JsonFormatter() if style == "json" else logging.Formatter(
-        "ts=%(asctime)s.%(msecs)03dZ level=%(levelname)s logger=%(name)s %(message)s", "%Y-%m-%dT%H:%M:%S"
+    formatter = (
+        _JsonFormatter()
+        if style == "json"
+        else logging.Formatter(
+            "ts=%(asctime)s.%(msecs)03dZ level=%(levelname)s logger=%(name)s %(message)s", "%Y-%m-%dT%H:%M:%S"
+        )
     )
     # UTC everywhere: devices sit in many time zones, their logs get read side by side.
     formatter.converter = time.gmtime

@@ -113,7 +113,9 @@ class Link:
         client.subscribe([(protocol.topic(self.device_id, suffix), 1) for suffix in SUBSCRIPTIONS])
         log.info(
             "event=%s broker=%s device=%s",
-            "reconnected" if self._was_connected else "connected", self.settings.url, self.device_id,
+            "reconnected" if self._was_connected else "connected",
+            self.settings.url,
+            self.device_id,
         )
         self._was_connected = True
         self.connected.set()

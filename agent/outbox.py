@@ -205,7 +205,9 @@ class Outbox:
             self._dropped_total += dropped[0]
             log.warning(
                 "event=outbox_full dropped=%d dropped_total=%d max_bytes=%d",
-                dropped[0], self._dropped_total, self.max_bytes,
+                dropped[0],
+                self._dropped_total,
+                self.max_bytes,
             )
         if self.on_commit is not None:
             self.on_commit()
@@ -335,14 +337,18 @@ class Outbox:
         if live > 0:
             take(
                 "SELECT seq, size, body FROM records WHERE seq > ? ORDER BY seq DESC LIMIT ?",
-                max(self._cursor, self._live_top), live,
+                max(self._cursor, self._live_top),
+                live,
             )
         live_seqs = set(chosen)
         if live_seqs:
             self._live_top = max(self._live_top, max(live_seqs))
         if backlog_room > 0:
-            take("SELECT seq, size, body FROM records WHERE seq > ? ORDER BY seq LIMIT ?",
-                 self._cursor, min(size, len(chosen) + backlog_room))
+            take(
+                "SELECT seq, size, body FROM records WHERE seq > ? ORDER BY seq LIMIT ?",
+                self._cursor,
+                min(size, len(chosen) + backlog_room),
+            )
         backlog = [s for s in chosen if s not in live_seqs]
         if backlog:
             self._cursor = max(self._cursor, max(backlog))

@@ -149,7 +149,10 @@ class Runtime:
             signal.signal(signal.SIGINT, self._on_signal)
         log.info(
             "event=starting device=%s broker=%s data_dir=%s agent_version=%s",
-            self.config.device.id, self.config.mqtt.url, self.config.data_dir, __version__,
+            self.config.device.id,
+            self.config.mqtt.url,
+            self.config.data_dir,
+            __version__,
         )
         for component in self.components:
             component.start(self)
@@ -328,4 +331,3 @@ class Runtime:
             log.warning("event=desired_unreadable path=%s reason=%s", path, exc)
             return None
         return message if isinstance(message, protocol.Desired) else None
-

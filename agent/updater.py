@@ -198,7 +198,8 @@ class ModelStore:
 
     def installed(self) -> list[Path]:
         return sorted(
-            p for p in self.root.iterdir()
+            p
+            for p in self.root.iterdir()
             if p.is_dir() and not p.is_symlink() and not p.name.startswith(".") and p != self.downloads
         )
 
@@ -587,8 +588,13 @@ class Updater:
         part = self.store.downloads / f"{wanted.sha256 or wanted.manifest_sha256}.part"
         try:
             archive = download(
-                url, part, authorization=self._authorization(), sha256=wanted.sha256, size=wanted.size,
-                max_bytes=self.settings.max_bundle_bytes, timeout=self.settings.download_timeout_s,
+                url,
+                part,
+                authorization=self._authorization(),
+                sha256=wanted.sha256,
+                size=wanted.size,
+                max_bytes=self.settings.max_bundle_bytes,
+                timeout=self.settings.download_timeout_s,
                 stop=self._stopping,
             )
         except UpdateError as exc:
@@ -616,8 +622,13 @@ class Updater:
             self._fail("model_load_failed", str(exc))
         directory = self.store.install(unpacked, bundle)
         checkpoint("installing")
-        self._activate(Installed(directory, verify.VerifiedBundle(
-            bundle.manifest, directory, bundle.key_id, bundle.manifest_sha256)), session, phase="active")
+        self._activate(
+            Installed(
+                directory, verify.VerifiedBundle(bundle.manifest, directory, bundle.key_id, bundle.manifest_sha256)
+            ),
+            session,
+            phase="active",
+        )
         part.unlink(missing_ok=True)
 
     def _verify_bundle(self, archive: Path, unpacked: Path, wanted: DesiredModel) -> verify.VerifiedBundle:
@@ -627,12 +638,17 @@ class Updater:
         def attempt() -> verify.VerifiedBundle:
             shutil.rmtree(unpacked, ignore_errors=True)
             return verify.verify_bundle(
-                archive, unpacked, self.keyring, agent_version=self.agent_version,
+                archive,
+                unpacked,
+                self.keyring,
+                agent_version=self.agent_version,
                 installed_sequence=installed_sequence,
                 # The signed desired document names this exact version: going back to it is a rollback.
                 allowed_rollback=wanted.version,
-                limits=verify.Limits(max_archive_bytes=self.settings.max_bundle_bytes,
-                                     max_unpacked_bytes=2 * self.settings.max_bundle_bytes),
+                limits=verify.Limits(
+                    max_archive_bytes=self.settings.max_bundle_bytes,
+                    max_unpacked_bytes=2 * self.settings.max_bundle_bytes,
+                ),
             )
 
         try:
@@ -679,8 +695,12 @@ class Updater:
         self.store.prune()
         log.info("event=model_active name=%s version=%s phase=%s", installed.name, installed.version, phase)
         self._event(
-            "model_swap", name=installed.name, version=installed.version, sequence=installed.sequence,
-            previous=previous.version if previous else None, phase=phase,
+            "model_swap",
+            name=installed.name,
+            version=installed.version,
+            sequence=installed.sequence,
+            previous=previous.version if previous else None,
+            phase=phase,
         )
         self._publish_state(phase=phase, error=None)
 
@@ -733,4 +753,3 @@ class Updater:
     def _authorization(self) -> str:
         device = self.config.device
         return "Basic " + base64.b64encode(f"{device.id}:{device.secret}".encode()).decode("ascii")
-

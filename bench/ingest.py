@@ -90,12 +90,28 @@ def payloads(
     latency = histogram.LatencyHistogram.of(rng.lognormvariate(3.0, 0.3) for _ in range(300)).to_wire()
     confidence = histogram.confidence_histogram(rng.betavariate(6, 2) for _ in range(300))
     window = {
-        "start": now.isoformat(), "end": (now + timedelta(seconds=10)).isoformat(), "model_name": "detector",
-        "model_version": "1.0.0", "frames": 300, "errors": 0, "escalations": 7, "dropped_frames": 0,
-        "latency_ms": latency, "confidence": confidence, "classes": {"ok": 281, "defect": 19},
-    }  # fmt: skip
-    beat = {"agent_version": "0.1.0", "uptime_s": 100.0, "cpu_percent": 40.0, "memory_percent": 30.0,
-            "disk_percent": 20.0, "disk_free_bytes": 10**9, "temperature_c": 55.0, "outbox_depth": 3}  # fmt: skip
+        "start": now.isoformat(),
+        "end": (now + timedelta(seconds=10)).isoformat(),
+        "model_name": "detector",
+        "model_version": "1.0.0",
+        "frames": 300,
+        "errors": 0,
+        "escalations": 7,
+        "dropped_frames": 0,
+        "latency_ms": latency,
+        "confidence": confidence,
+        "classes": {"ok": 281, "defect": 19},
+    }
+    beat = {
+        "agent_version": "0.1.0",
+        "uptime_s": 100.0,
+        "cpu_percent": 40.0,
+        "memory_percent": 30.0,
+        "disk_percent": 20.0,
+        "disk_free_bytes": 10**9,
+        "temperature_c": 55.0,
+        "outbox_depth": 3,
+    }
     out = []
     for i in range(messages):
         device = device_ids[i % len(device_ids)]
@@ -322,13 +338,18 @@ def main() -> None:
         broker.wait(10)
         shutil.rmtree(workdir, ignore_errors=True)
     result = {
-        "messages": args.messages, "records_per_message": args.records, "devices": args.devices,
-        "rounds": args.rounds, "bare_records_per_s": [round(r) for r in bare_rates],
-        "bridge_records_per_s": [round(r) for r in bridge_rates], "ratios": [round(r, 3) for r in ratios],
+        "messages": args.messages,
+        "records_per_message": args.records,
+        "devices": args.devices,
+        "rounds": args.rounds,
+        "bare_records_per_s": [round(r) for r in bare_rates],
+        "bridge_records_per_s": [round(r) for r in bridge_rates],
+        "ratios": [round(r, 3) for r in ratios],
         "ratio_median": round(statistics.median(ratios), 3),
-        "lag_rate_msgs_per_s": round(target, 1), "lag_seconds": args.lag_seconds,
+        "lag_rate_msgs_per_s": round(target, 1),
+        "lag_seconds": args.lag_seconds,
         **{k: round(v, 1) if isinstance(v, float) else v for k, v in figures.items()},
-    }  # fmt: skip
+    }
     print(json.dumps(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

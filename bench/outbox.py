@@ -65,8 +65,11 @@ def durable(records: int, naive_records: int, directory: Path) -> dict[str, Any]
     naive = naive_records / (time.perf_counter() - start)
     db.close()
     return {
-        "bench": "durable", "records": records, "outbox_records_per_s": round(batched),
-        "one_fsync_per_record_per_s": round(naive), "ratio": round(batched / naive, 1),
+        "bench": "durable",
+        "records": records,
+        "outbox_records_per_s": round(batched),
+        "one_fsync_per_record_per_s": round(naive),
+        "ratio": round(batched / naive, 1),
     }
 
 
@@ -120,10 +123,14 @@ def drain(rate: float, outage_s: float, broker: str, directory: Path) -> dict[st
     from agent.runtime import Runtime
 
     device_id = f"bench-{uuid.uuid4().hex[:10]}"
-    config = agent_config.AgentConfig.model_validate({
-        "server": {"url": "http://127.0.0.1:9"}, "device": {"id": device_id, "secret": "x"},
-        "mqtt": {"url": broker}, "agent": {"data_dir": str(directory / "agent"), "heartbeat_interval_s": 30},
-    })
+    config = agent_config.AgentConfig.model_validate(
+        {
+            "server": {"url": "http://127.0.0.1:9"},
+            "device": {"id": device_id, "secret": "x"},
+            "mqtt": {"url": broker},
+            "agent": {"data_dir": str(directory / "agent"), "heartbeat_interval_s": 30},
+        }
+    )
     runtime = Runtime(config)
     backlog = int(rate * outage_s)
     # The outage: what the device produced while nothing could leave.
@@ -156,8 +163,12 @@ def drain(rate: float, outage_s: float, broker: str, directory: Path) -> dict[st
     delays = sorted(cloud.live_delays)
     drain_rate = backlog / elapsed
     return {
-        "bench": "drain", "rate_per_s": rate, "outage_s": outage_s, "backlog": backlog,
-        "drain_s": round(elapsed, 2), "drain_records_per_s": round(drain_rate),
+        "bench": "drain",
+        "rate_per_s": rate,
+        "outage_s": outage_s,
+        "backlog": backlog,
+        "drain_s": round(elapsed, 2),
+        "drain_records_per_s": round(drain_rate),
         "drain_per_production": round(drain_rate / rate, 1),
         "live_records_during_drain": len(delays),
         "live_delay_p50_s": round(statistics.median(delays), 3) if delays else None,
@@ -179,8 +190,9 @@ def private_broker(directory: Path) -> tuple[Any, str]:
         f"user {pwd.getpwuid(os.geteuid()).pw_name}\nlistener {port} 127.0.0.1\nallow_anonymous true\n"
         "persistence false\nmax_queued_messages 100000\nmax_inflight_messages 0\n"
     )
-    process = subprocess.Popen(["/usr/sbin/mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        ["/usr/sbin/mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:

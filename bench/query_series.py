@@ -47,21 +47,34 @@ def seed(devices: int, days: int) -> tuple[str, datetime, datetime, float]:
     shapes = []
     for _ in range(20):
         frames = 360 * 30
-        shapes.append({
-            "frames": frames, "windows": 360, "errors": rng.randrange(3), "escalations": rng.randrange(300),
-            "dropped_frames": rng.randrange(20),
-            "latency": histogram.LatencyHistogram.of(rng.lognormvariate(3, 0.3) for _ in range(500)).to_wire(),
-            "confidence": histogram.confidence_histogram(rng.betavariate(6, 2) for _ in range(frames // 20)),
-            "classes": {"ok": frames - 500, "defect": 500},
-        })  # fmt: skip
+        shapes.append(
+            {
+                "frames": frames,
+                "windows": 360,
+                "errors": rng.randrange(3),
+                "escalations": rng.randrange(300),
+                "dropped_frames": rng.randrange(20),
+                "latency": histogram.LatencyHistogram.of(rng.lognormvariate(3, 0.3) for _ in range(500)).to_wire(),
+                "confidence": histogram.confidence_histogram(rng.betavariate(6, 2) for _ in range(frames // 20)),
+                "classes": {"ok": frames - 500, "defect": 500},
+            }
+        )
     hours = [start + timedelta(hours=h) for h in range(days * 24)]
     batch: list[WindowRollup] = []
     for key in keys:
         for hour in hours:
-            batch.append(WindowRollup(
-                resolution=Resolution.HOUR, scope=Scope.DEVICE, key=key, model_name="detector",
-                model_version="1.0.0", bucket=hour, devices=1, **rng.choice(shapes),
-            ))  # fmt: skip
+            batch.append(
+                WindowRollup(
+                    resolution=Resolution.HOUR,
+                    scope=Scope.DEVICE,
+                    key=key,
+                    model_name="detector",
+                    model_version="1.0.0",
+                    bucket=hour,
+                    devices=1,
+                    **rng.choice(shapes),
+                )
+            )
             if len(batch) >= 5000:
                 WindowRollup.objects.bulk_create(batch)
                 batch = []
@@ -91,8 +104,12 @@ def measure(slug: str, start: datetime, end: datetime, repeats: int) -> dict[str
         assert response.status_code == 200, response.content[:300]
         queries = len(captured)
         points = len(response.json()["points"])
-    return {"server_ms_median": statistics.median(timings), "server_ms_max": max(timings), "queries": queries,
-            "points": points}  # fmt: skip
+    return {
+        "server_ms_median": statistics.median(timings),
+        "server_ms_max": max(timings),
+        "queries": queries,
+        "points": points,
+    }
 
 
 def main() -> None:
@@ -106,9 +123,14 @@ def main() -> None:
     t0 = time.perf_counter()
     slug, start, end, per_hour = seed(args.devices, args.days)
     seeded = time.perf_counter() - t0
-    result = {"devices": args.devices, "days": args.days, "device_hour_rows": args.devices * args.days * 24,
-              "seed_s": round(seeded, 1), "site_rollup_ms_per_hour": round(per_hour * 1000, 1),
-              **measure(slug, start, end, args.repeats)}  # fmt: skip
+    result = {
+        "devices": args.devices,
+        "days": args.days,
+        "device_hour_rows": args.devices * args.days * 24,
+        "seed_s": round(seeded, 1),
+        "site_rollup_ms_per_hour": round(per_hour * 1000, 1),
+        **measure(slug, start, end, args.repeats),
+    }
     result["server_ms_median"] = round(result["server_ms_median"], 1)
     result["server_ms_max"] = round(result["server_ms_max"], 1)
     print(json.dumps(result))

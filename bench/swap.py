@@ -64,7 +64,8 @@ def classifier(weights: int, seed: int) -> bytes:
         helper.make_node("MatMul", ["r", "w2"], ["logits"]),
     ]
     graph = helper.make_graph(
-        nodes, "swap-bench",
+        nodes,
+        "swap-bench",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 224, 224])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1000])],
         initializer=initializers,
@@ -94,12 +95,17 @@ def bundle(model: bytes, version: str, sequence: int, signer: Signer) -> tuple[b
         references.append(ReferenceCase(input=f"reference/{i}.input.npy", expected=[f"reference/{i}.output.npy"]))
     now = datetime.now(timezone.utc)
     manifest = Manifest(
-        model="bench", version=version, sequence=sequence, task="classification",
+        model="bench",
+        version=version,
+        sequence=sequence,
+        task="classification",
         files=[FileEntry(path=p, sha256=hashlib.sha256(d).hexdigest(), size=len(d)) for p, d in files.items()],
         input={"name": "input", "shape": [1, 3, 224, 224]},
         output={"kind": "classification", "output": "logits"},
-        labels=[f"class-{i}" for i in range(1000)], references=references,
-        created_at=now - timedelta(minutes=1), expires_at=now + timedelta(days=30),
+        labels=[f"class-{i}" for i in range(1000)],
+        references=references,
+        created_at=now - timedelta(minutes=1),
+        expires_at=now + timedelta(days=30),
     )
     archive, _ = build_bundle(manifest, files, signer)
     return archive, manifest
@@ -146,11 +152,18 @@ class Frames:
 
 
 def desired(manifest: Manifest, archive: bytes, url: str, signer: Signer, generation: int) -> protocol.Desired:
-    message = protocol.Desired(generation=generation, model={
-        "name": manifest.model, "version": manifest.version, "sequence": manifest.sequence,
-        "bundle_url": url, "sha256": hashlib.sha256(archive).hexdigest(), "size": len(archive),
-        "manifest_sha256": hashlib.sha256(canonical_bytes(manifest)).hexdigest(),
-    })
+    message = protocol.Desired(
+        generation=generation,
+        model={
+            "name": manifest.model,
+            "version": manifest.version,
+            "sequence": manifest.sequence,
+            "bundle_url": url,
+            "sha256": hashlib.sha256(archive).hexdigest(),
+            "size": len(archive),
+            "manifest_sha256": hashlib.sha256(canonical_bytes(manifest)).hexdigest(),
+        },
+    )
     return message.model_copy(update={"signature": signer.sign(desired_signing_bytes(message))})
 
 
@@ -188,18 +201,28 @@ def main(argv: list[str] | None = None) -> int:
         public = base64.b64encode(signer.public_bytes).decode()
         trust = [{"key_id": key_id_for(signer.public_bytes), "public_key": public}]
         (data / "trust.json").write_text(json.dumps(trust))
-        config = agent_config.AgentConfig.model_validate({
-            "server": {"url": base}, "device": {"id": "bench", "secret": "x"}, "mqtt": {"url": "mqtt://127.0.0.1:1"},
-            "agent": {"data_dir": str(data)}, "inference": {"intra_op_threads": 1},
-        })
+        config = agent_config.AgentConfig.model_validate(
+            {
+                "server": {"url": base},
+                "device": {"id": "bench", "secret": "x"},
+                "mqtt": {"url": "mqtt://127.0.0.1:1"},
+                "agent": {"data_dir": str(data)},
+                "inference": {"intra_op_threads": 1},
+            }
+        )
         updater = Updater(config)
         recorder = Recorder()
         updater.start(recorder)  # type: ignore[arg-type]
         updater.converge(desired(first_manifest, first, "/1.tar.gz", signer, 1))
         source = Frames(args.frames_fps)
         decided: list[float] = []
-        pipeline = Pipeline(source, updater.holder, queue_size=2, telemetry=False,
-                            on_result=lambda frame, result: decided.append(time.perf_counter()))
+        pipeline = Pipeline(
+            source,
+            updater.holder,
+            queue_size=2,
+            telemetry=False,
+            on_result=lambda frame, result: decided.append(time.perf_counter()),
+        )
         pipeline.start()
         time.sleep(1.0)
         recorder.phases.clear()
@@ -221,23 +244,27 @@ def main(argv: list[str] | None = None) -> int:
     swapped_at = marks["active"]
     at_swap = [b - a for a, b in itertools.pairwise(decided) if a <= swapped_at <= b]
     at_10mbit = len(second) * 8 / 10e6
-    print(json.dumps({
-        "bundle_bytes": len(second),
-        "download_s": round(download_s, 4),
-        "download_s_10mbit": round(at_10mbit, 3),
-        "verify_s": round(marks["validating"] - marks["verifying"], 4),
-        "validate_install_swap_s": round(end - marks["validating"], 4),
-        "stage_swap_s": round(stage_swap_s, 4),
-        "stage_swap_per_download_loopback": round(stage_swap_s / download_s, 2),
-        "stage_swap_per_download_10mbit": round(stage_swap_s / at_10mbit, 3),
-        "frames_during_update": len(during),
-        "frames_lost": pipeline.errors,
-        "frames_dropped_by_queue": pipeline.queue.dropped,
-        "median_gap_ms": round(statistics.median(gaps) * 1000, 2),
-        "max_gap_during_update_ms": round(max(swap_gaps) * 1000, 2) if swap_gaps else None,
-        "gap_at_swap_ms": round(at_swap[0] * 1000, 2) if at_swap else None,
-        "served_by": updater.holder.session.version,
-    }))
+    print(
+        json.dumps(
+            {
+                "bundle_bytes": len(second),
+                "download_s": round(download_s, 4),
+                "download_s_10mbit": round(at_10mbit, 3),
+                "verify_s": round(marks["validating"] - marks["verifying"], 4),
+                "validate_install_swap_s": round(end - marks["validating"], 4),
+                "stage_swap_s": round(stage_swap_s, 4),
+                "stage_swap_per_download_loopback": round(stage_swap_s / download_s, 2),
+                "stage_swap_per_download_10mbit": round(stage_swap_s / at_10mbit, 3),
+                "frames_during_update": len(during),
+                "frames_lost": pipeline.errors,
+                "frames_dropped_by_queue": pipeline.queue.dropped,
+                "median_gap_ms": round(statistics.median(gaps) * 1000, 2),
+                "max_gap_during_update_ms": round(max(swap_gaps) * 1000, 2) if swap_gaps else None,
+                "gap_at_swap_ms": round(at_swap[0] * 1000, 2) if at_swap else None,
+                "served_by": updater.holder.session.version,
+            }
+        )
+    )
     return 0
 
 

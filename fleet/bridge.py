@@ -300,9 +300,13 @@ class Bridge:
         self._exported_at = time.monotonic()
         with self._progress:
             counters = {
-                "accepted": dict(self.accepted), "rejected": dict(self.rejected), "records": self.records,
-                "batches": self.batches, "lag_buckets": dict(self.lag_buckets), "lag_sum": self.lag_sum,
-            }  # fmt: skip
+                "accepted": dict(self.accepted),
+                "rejected": dict(self.rejected),
+                "records": self.records,
+                "batches": self.batches,
+                "lag_buckets": dict(self.lag_buckets),
+                "lag_sum": self.lag_sum,
+            }
         try:
             BridgeStats.objects.update_or_create(
                 bridge_id=self.client_id,

@@ -135,8 +135,15 @@ class Demo:
         for folder in ("queue", "processed", "control"):
             (self.data_dir / "celery" / folder).mkdir(parents=True, exist_ok=True)
         self.spawn(
-            "worker", str(BIN / "celery"), "-A", "fleet", "worker", "-B", "--loglevel=INFO",
-            "--concurrency=1", "--pool=solo",
+            "worker",
+            str(BIN / "celery"),
+            "-A",
+            "fleet",
+            "worker",
+            "-B",
+            "--loglevel=INFO",
+            "--concurrency=1",
+            "--pool=solo",
         )
         self.say(f"publishing the {demo_scene.MODEL} model as CI would (edgefleet publish, with an INT8 variant) ...")
         published = demo_scene.publish_model(BIN, self.server, seed["api_token"], self.data_dir / "publish")
@@ -175,8 +182,10 @@ class Demo:
             if proc.returncode != 0:
                 raise SystemExit(f"enrolling {name} failed:\n{out}")
         self.say("rendering the cameras' frames ...")
-        cameras = {dark: demo_scene.write_frames(self.data_dir / "cameras" / ("dark" if dark else "normal"), dark=dark)
-                   for dark in (False, True)}
+        cameras = {
+            dark: demo_scene.write_frames(self.data_dir / "cameras" / ("dark" if dark else "normal"), dark=dark)
+            for dark in (False, True)
+        }
         for slug, name, device_dir, _ in devices:
             demo_scene.configure_agent(device_dir / "agent.toml", cameras[(slug, name) == demo_scene.DARK_CAMERA])
             config = str(device_dir / "agent.toml")
@@ -187,11 +196,27 @@ class Demo:
         device_dir.mkdir(parents=True, exist_ok=True)
         return subprocess.Popen(
             [
-                str(BIN / "edgefleet-agent"), "enroll", "--server", self.server, "--token", token,
-                "--name", name, "--site", slug, "--hardware-profile", hardware,
-                "--config", str(device_dir / "agent.toml"), "--data-dir", str(device_dir / "data"),
+                str(BIN / "edgefleet-agent"),
+                "enroll",
+                "--server",
+                self.server,
+                "--token",
+                token,
+                "--name",
+                name,
+                "--site",
+                slug,
+                "--hardware-profile",
+                hardware,
+                "--config",
+                str(device_dir / "agent.toml"),
+                "--data-dir",
+                str(device_dir / "data"),
             ],
-            env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
 
     def watch(self, stop_after: float | None) -> None:

@@ -52,9 +52,7 @@ def publish_model(bin_dir: Path, server: str, token: str, work: Path) -> dict[st
 
     references = samples.write_samples(work / "reference", samples.reference_crops(8))
     # Calibration under normal light: the INT8 variant and the drift baseline both come from it.
-    calibration = samples.write_samples(
-        work / "calibration", samples.calibration_crops(64, condition="normal")
-    )
+    calibration = samples.write_samples(work / "calibration", samples.calibration_crops(64, condition="normal"))
     metadata = work / f"{MODEL}.json"
     if not metadata.exists():
         from models import reference
@@ -64,8 +62,19 @@ def publish_model(bin_dir: Path, server: str, token: str, work: Path) -> dict[st
         document["reference_distribution"] = reference.distribution(MODEL)
         metadata.write_text(json.dumps(document, indent=1))
     command = [
-        str(bin_dir / "edgefleet"), "publish", "--server", server, "--token", token, "--model", MODEL,
-        "--file", str(MODEL_FILE), "--metadata", str(metadata), "--quantize",
+        str(bin_dir / "edgefleet"),
+        "publish",
+        "--server",
+        server,
+        "--token",
+        token,
+        "--model",
+        MODEL,
+        "--file",
+        str(MODEL_FILE),
+        "--metadata",
+        str(metadata),
+        "--quantize",
     ]
     command += [arg for path in references for arg in ("--reference", str(path))]
     command += [arg for path in calibration for arg in ("--calibration", str(path))]
@@ -107,7 +116,9 @@ def device_ids(server: str, token: str) -> Mapping[tuple[str, str], str]:
 
 def _post(url: str, token: str, body: dict[str, object]) -> None:
     request = urllib.request.Request(  # noqa: S310 - the demo's own server
-        url, data=json.dumps(body).encode(), method="POST",
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
     )
     with urllib.request.urlopen(request, timeout=30):  # noqa: S310

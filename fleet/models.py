@@ -223,9 +223,7 @@ class AuditLog(models.Model):
         ordering = ["-created_at"]
 
     @classmethod
-    def record(
-        cls, *, actor: Any, action: str, target: models.Model, reason: str = "", **data: Any
-    ) -> AuditLog:
+    def record(cls, *, actor: Any, action: str, target: models.Model, reason: str = "", **data: Any) -> AuditLog:
         user = actor if getattr(actor, "is_authenticated", False) else None
         label = getattr(actor, "username", None) or (str(actor) if actor else "system")
         return cls.objects.create(

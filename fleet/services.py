@@ -124,8 +124,12 @@ def assign_model(
         }
         generation = device.set_desired(document)
         AuditLog.record(
-            actor=actor, action="device.assign_model", target=device,
-            model=bundle.version.model.name, version=bundle.version.version, bundle_target=bundle.target,
+            actor=actor,
+            action="device.assign_model",
+            target=device,
+            model=bundle.version.model.name,
+            version=bundle.version.version,
+            bundle_target=bundle.target,
             generation=generation,
         )
     return generation

@@ -163,8 +163,12 @@ def _circle(cx: float, cy: float, r: float) -> tuple[float, float, float, float]
 def _rounded_rect(w: float, h: float, r: float, steps: int = 6) -> np.ndarray:
     """Outline of a w x h rectangle centred on 0 with corner radius r."""
     pts: list[tuple[float, float]] = []
-    corners = ((w / 2 - r, h / 2 - r, 0.0), (-w / 2 + r, h / 2 - r, 90.0),
-               (-w / 2 + r, -h / 2 + r, 180.0), (w / 2 - r, -h / 2 + r, 270.0))
+    corners = (
+        (w / 2 - r, h / 2 - r, 0.0),
+        (-w / 2 + r, h / 2 - r, 90.0),
+        (-w / 2 + r, -h / 2 + r, 180.0),
+        (w / 2 - r, -h / 2 + r, 270.0),
+    )
     for x, y, start in corners:
         for i in range(steps + 1):
             a = math.radians(start + 90.0 * i / steps)
@@ -218,8 +222,17 @@ def _shape(kind: str, label: str, rng: np.random.Generator) -> _Shape:
         else:
             # An L bracket: a long arm and a short one, a hole at each end and one in the corner.
             t = 0.5 * h
-            outline = np.array([(-1.0, -1.0 + 2 * t), (-1.0, -1.0), (1.0, -1.0), (1.0, -1.0 + t),
-                                (-1.0 + t, -1.0 + t), (-1.0 + t, 0.6), (-1.0, 0.6)])
+            outline = np.array(
+                [
+                    (-1.0, -1.0 + 2 * t),
+                    (-1.0, -1.0),
+                    (1.0, -1.0),
+                    (1.0, -1.0 + t),
+                    (-1.0 + t, -1.0 + t),
+                    (-1.0 + t, 0.6),
+                    (-1.0, 0.6),
+                ]
+            )
             mid = -1.0 + t / 2
             holes = [(0.72, mid, 0.11), (mid, 0.3, 0.11), (mid, mid, 0.11)]
         round_ = False
@@ -304,7 +317,7 @@ def _belt(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
     phase = rng.uniform(0, period)
     horizontal = rng.random() < 0.5
     coord = np.arange(width if horizontal else height, dtype=np.float32)
-    seam = np.exp(-(((coord + phase) % period) - 1.5) ** 2 / 1.5)
+    seam = np.exp(-((((coord + phase) % period) - 1.5) ** 2) / 1.5)
     seam_field = seam[None, :] if horizontal else seam[:, None]
     shade = shade * (1.0 - 0.35 * seam_field)
     belt = base[None, None, :] * shade[:, :, None]
@@ -328,7 +341,7 @@ def _paint_part(canvas: np.ndarray, placement: Placement, rng: np.random.Generat
     draw = ImageDraw.Draw(mask)
     draw.polygon(to_canvas(shape.outline), fill=255)
     for hx, hy, hr in shape.holes:
-        (px, py), = to_canvas(np.array([[hx, hy]]))
+        ((px, py),) = to_canvas(np.array([[hx, hy]]))
         draw.ellipse(_circle(px, py, hr * r * ss), fill=0)
     alpha = _reduce(mask, width, height)
     if alpha.max() < 0.5:
@@ -348,7 +361,7 @@ def _paint_part(canvas: np.ndarray, placement: Placement, rng: np.random.Generat
             bright_draw.line(to_canvas(path), fill=int(rng.integers(200, 256)), width=w)
     for hx, hy, hr in shape.missing:
         if rng.random() < 0.5:
-            (px, py), = to_canvas(np.array([[hx, hy]]))
+            ((px, py),) = to_canvas(np.array([[hx, hy]]))
             dark_draw.ellipse(_circle(px, py, max(1.0, 0.15 * hr * r) * ss), fill=90)
     dark_mark = _reduce(dark, width, height) * alpha
     bright_mark = _reduce(bright, width, height) * alpha
@@ -554,6 +567,4 @@ class FrameStream:
         return self
 
     def __next__(self) -> Frame:
-        return render_frame(
-            self.rng, self.width, self.height, condition=self.condition, defect_rate=self.defect_rate
-        )
+        return render_frame(self.rng, self.width, self.height, condition=self.condition, defect_rate=self.defect_rate)

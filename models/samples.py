@@ -57,12 +57,15 @@ def reference_frames(count: int = 4, size: int = 256, seed: int = REFERENCE_SEED
     if count < 1:
         raise ValueError(f"count must be at least 1, got {count}")
     rng = np.random.default_rng(seed)
-    return [Sample(name=f"frame-{i:03d}", image=render.render_frame(rng, size, size).image, label="frame")
-            for i in range(count)]
+    return [
+        Sample(name=f"frame-{i:03d}", image=render.render_frame(rng, size, size).image, label="frame")
+        for i in range(count)
+    ]
 
 
-def calibration_crops(count: int = 64, size: int = 128, seed: int = CALIBRATION_SEED,
-                      condition: render.Condition = "wide") -> list[Sample]:
+def calibration_crops(
+    count: int = 64, size: int = 128, seed: int = CALIBRATION_SEED, condition: render.Condition = "wide"
+) -> list[Sample]:
     """A varied set (``wide`` lighting by default) for quantisation calibration or baseline statistics."""
     if count < 1:
         raise ValueError(f"count must be at least 1, got {count}")
@@ -75,8 +78,15 @@ def calibration_crops(count: int = 64, size: int = 128, seed: int = CALIBRATION_
     return samples
 
 
-def video(frames: int, *, seed: int = VIDEO_SEED, width: int = 320, height: int = 240, defect_rate: float = 0.1,
-          darken_after: int | None = None) -> Iterator[render.Frame]:
+def video(
+    frames: int,
+    *,
+    seed: int = VIDEO_SEED,
+    width: int = 320,
+    height: int = 240,
+    defect_rate: float = 0.1,
+    darken_after: int | None = None,
+) -> Iterator[render.Frame]:
     """``frames`` consecutive camera frames; from frame ``darken_after`` on, the lamp fails (dark condition)."""
     if frames < 0:
         raise ValueError(f"frames must not be negative, got {frames}")
@@ -87,8 +97,16 @@ def video(frames: int, *, seed: int = VIDEO_SEED, width: int = 320, height: int 
         yield next(stream)
 
 
-def write_video(directory: Path, frames: int, *, seed: int = VIDEO_SEED, width: int = 320, height: int = 240,
-                defect_rate: float = 0.1, darken_after: int | None = None) -> Path:
+def write_video(
+    directory: Path,
+    frames: int,
+    *,
+    seed: int = VIDEO_SEED,
+    width: int = 320,
+    height: int = 240,
+    defect_rate: float = 0.1,
+    darken_after: int | None = None,
+) -> Path:
     """Write ``frame-00000.png``... and ``truth.json`` (each part's kind, label and box per frame)."""
     directory.mkdir(parents=True, exist_ok=True)
     truth = []
@@ -96,11 +114,13 @@ def write_video(directory: Path, frames: int, *, seed: int = VIDEO_SEED, width: 
     for index, frame in enumerate(frames_):
         name = f"frame-{index:05d}.png"
         frame.image.save(directory / name)
-        truth.append({
-            "file": name,
-            "condition": "dark" if darken_after is not None and index >= darken_after else "normal",
-            "parts": [{"kind": p.kind, "label": p.label, "box": list(p.box)} for p in frame.parts],
-        })
+        truth.append(
+            {
+                "file": name,
+                "condition": "dark" if darken_after is not None and index >= darken_after else "normal",
+                "parts": [{"kind": p.kind, "label": p.label, "box": list(p.box)} for p in frame.parts],
+            }
+        )
     path = directory / "truth.json"
     path.write_text(json.dumps(truth, indent=1) + "\n")
     return path
@@ -122,11 +142,14 @@ def write_fixtures(directory: Path = FIXTURES) -> list[Path]:
     rng = np.random.default_rng(REFERENCE_SEED + 1)
     normal = render.render_frame(rng, 256, 256, parts=3, defect_rate=0.0)
     dark = render.render_frame(rng, 256, 256, parts=3, defect_rate=0.0, condition="dark")
-    paths = write_samples(directory, [
-        *(Sample(name=f"crop-{s.label}", image=s.image, label=s.label) for s in crops),
-        Sample(name="frame-normal", image=normal.image, label="frame"),
-        Sample(name="frame-dark", image=dark.image, label="frame"),
-    ])
+    paths = write_samples(
+        directory,
+        [
+            *(Sample(name=f"crop-{s.label}", image=s.image, label=s.label) for s in crops),
+            Sample(name="frame-normal", image=normal.image, label="frame"),
+            Sample(name="frame-dark", image=dark.image, label="frame"),
+        ],
+    )
     truth = {
         **{f"crop-{s.label}.png": {"label": s.label} for s in crops},
         "frame-normal.png": {"parts": [{"kind": p.kind, "label": p.label, "box": list(p.box)} for p in normal.parts]},
@@ -158,8 +181,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "video":
-            path = write_video(args.directory, args.frames, seed=args.seed, width=args.width, height=args.height,
-                               defect_rate=args.defect_rate, darken_after=args.darken_after)
+            path = write_video(
+                args.directory,
+                args.frames,
+                seed=args.seed,
+                width=args.width,
+                height=args.height,
+                defect_rate=args.defect_rate,
+                darken_after=args.darken_after,
+            )
             print(path)
         elif args.command == "reference":
             print("\n".join(map(str, write_samples(args.directory, reference_crops(args.count)))))

@@ -57,9 +57,9 @@ def log(message: str) -> None:
 # ---------------------------------------------------------------- data
 
 
-def crop_set(seed: int, count: int, size: int, condition: render.Condition, spread: float = 1.6) -> tuple[
-    np.ndarray, np.ndarray
-]:
+def crop_set(
+    seed: int, count: int, size: int, condition: render.Condition, spread: float = 1.6
+) -> tuple[np.ndarray, np.ndarray]:
     """``count`` crops, labels balanced, each rendered at a random size up to ``spread`` x ``size`` and resized.
 
     Rendering above the input size and resizing is what happens at run time when a
@@ -126,9 +126,18 @@ def to_input(batch: torch.Tensor) -> torch.Tensor:
 
 
 def conv_bn(cin: int, cout: int, stride: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3 if groups == 1 or groups == cin else 1, stride,
-                                         1 if groups == 1 or groups == cin else 0, groups=groups, bias=False),
-                               nn.BatchNorm2d(cout)]
+    layers: list[nn.Module] = [
+        nn.Conv2d(
+            cin,
+            cout,
+            3 if groups == 1 or groups == cin else 1,
+            stride,
+            1 if groups == 1 or groups == cin else 0,
+            groups=groups,
+            bias=False,
+        ),
+        nn.BatchNorm2d(cout),
+    ]
     if act:
         layers.append(nn.ReLU6(inplace=True) if groups > 1 else nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
@@ -185,9 +194,13 @@ class TinyYolo(nn.Module):
         super().__init__()
         self.classes = classes
         self.features = nn.Sequential(
-            conv_bn(3, 12, 2), conv_bn(12, 24, 2),
-            conv_bn(24, 40, 2), conv_bn(40, 40),
-            conv_bn(40, 64, 2), conv_bn(64, 64), conv_bn(64, 64),
+            conv_bn(3, 12, 2),
+            conv_bn(12, 24, 2),
+            conv_bn(24, 40, 2),
+            conv_bn(40, 40),
+            conv_bn(40, 64, 2),
+            conv_bn(64, 64),
+            conv_bn(64, 64),
         )
         self.head = nn.Conv2d(64, 5 + classes, 1)
 
@@ -224,9 +237,11 @@ class InvertedResidual(nn.Module):
         if expand != 1:
             layers += [nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True)]
         layers += [
-            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden),
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
             nn.ReLU6(inplace=True),
-            nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout),
+            nn.Conv2d(hidden, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
         ]
         self.block = nn.Sequential(*layers)
         self.residual = stride == 1 and cin == cout
@@ -239,8 +254,15 @@ class InvertedResidual(nn.Module):
 class MobileNetV2(nn.Module):
     """MobileNetV2 at width 1.0 (Sandler et al. 2018), as torchvision lays it out."""
 
-    SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
-                (6, 320, 1, 1))
+    SETTINGS = (
+        (1, 16, 1, 1),
+        (6, 24, 2, 2),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    )
 
     def __init__(self, classes: int) -> None:
         super().__init__()
@@ -280,8 +302,9 @@ class ResNet18(nn.Module):
 
     def __init__(self, classes: int) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
-                                  nn.MaxPool2d(3, 2, 1))
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)
+        )
         layers: list[nn.Module] = []
         cin = 64
         for width, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
@@ -308,8 +331,9 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return x
 
 
-def fit_classifier(model: nn.Module, images: np.ndarray, labels: np.ndarray, epochs: int, seed: int,
-                   batch: int = 32, lr: float = 2e-3) -> None:
+def fit_classifier(
+    model: nn.Module, images: np.ndarray, labels: np.ndarray, epochs: int, seed: int, batch: int = 32, lr: float = 2e-3
+) -> None:
     generator = torch.Generator().manual_seed(seed)
     x_all, y_all = torch.from_numpy(images), torch.from_numpy(labels)
     steps = epochs * math.ceil(len(images) / batch)
@@ -320,7 +344,7 @@ def fit_classifier(model: nn.Module, images: np.ndarray, labels: np.ndarray, epo
         order = torch.randperm(len(images), generator=generator)
         total, correct, loss_sum = 0, 0, 0.0
         for start in range(0, len(order), batch):
-            idx = order[start:start + batch]
+            idx = order[start : start + batch]
             x = to_input(augment(x_all[idx], generator))
             y = y_all[idx]
             logits = model(x)
@@ -345,10 +369,15 @@ def detector_targets(boxes: list[np.ndarray], grid: int, classes: int) -> tuple[
             cx, cy, w, h = (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0
             gx = min(grid - 1, int(cx / DETECTOR_STRIDE))
             gy = min(grid - 1, int(cy / DETECTOR_STRIDE))
-            target[b, :, gy, gx] = torch.tensor([
-                cx / DETECTOR_STRIDE - gx, cy / DETECTOR_STRIDE - gy,
-                math.log(max(w, 1.0) / DETECTOR_ANCHOR), math.log(max(h, 1.0) / DETECTOR_ANCHOR), float(label),
-            ])
+            target[b, :, gy, gx] = torch.tensor(
+                [
+                    cx / DETECTOR_STRIDE - gx,
+                    cy / DETECTOR_STRIDE - gy,
+                    math.log(max(w, 1.0) / DETECTOR_ANCHOR),
+                    math.log(max(h, 1.0) / DETECTOR_ANCHOR),
+                    float(label),
+                ]
+            )
             obj[b, gy, gx] = 1.0
     return target, obj
 
@@ -364,8 +393,15 @@ def flip_boxes(rows: np.ndarray, size: int, horizontal: bool, vertical: bool, tr
     return rows
 
 
-def fit_detector(model: TinyYolo, images: np.ndarray, boxes: list[np.ndarray], epochs: int, seed: int,
-                 batch: int = 16, lr: float = 2e-3) -> None:
+def fit_detector(
+    model: TinyYolo,
+    images: np.ndarray,
+    boxes: list[np.ndarray],
+    epochs: int,
+    seed: int,
+    batch: int = 16,
+    lr: float = 2e-3,
+) -> None:
     generator = torch.Generator().manual_seed(seed)
     size = images.shape[1]
     grid = size // DETECTOR_STRIDE
@@ -378,7 +414,7 @@ def fit_detector(model: TinyYolo, images: np.ndarray, boxes: list[np.ndarray], e
         order = torch.randperm(len(images), generator=generator)
         loss_sum, count = 0.0, 0
         for start in range(0, len(order), batch):
-            idx = order[start:start + batch]
+            idx = order[start : start + batch]
             flips = [bool(torch.rand(1, generator=generator).item() < 0.5) for _ in range(3)]
             x = x_all[idx]
             if flips[0]:
@@ -387,8 +423,7 @@ def fit_detector(model: TinyYolo, images: np.ndarray, boxes: list[np.ndarray], e
                 x = x.flip(1)
             if flips[2]:
                 x = x.transpose(1, 2)
-            target, obj = detector_targets([flip_boxes(boxes[int(i)], size, *flips) for i in idx], grid,
-                                           model.classes)
+            target, obj = detector_targets([flip_boxes(boxes[int(i)], size, *flips) for i in idx], grid, model.classes)
             raw = model(to_input(x))
             positive = obj > 0
             obj_loss = F.binary_cross_entropy_with_logits(raw[:, 4], obj, pos_weight=torch.tensor(4.0))
@@ -419,8 +454,17 @@ def export(model: nn.Module, path: Path, size: int, output: str, dynamic_batch: 
     axes = {"image": {0: "batch"}, output: {0: "batch"}} if dynamic_batch else None
     model.eval()
     with torch.no_grad():
-        torch.onnx.export(model, (dummy,), str(path), opset_version=17, dynamo=False, input_names=["image"],
-                          output_names=[output], dynamic_axes=axes, do_constant_folding=True)
+        torch.onnx.export(
+            model,
+            (dummy,),
+            str(path),
+            opset_version=17,
+            dynamo=False,
+            input_names=["image"],
+            output_names=[output],
+            dynamic_axes=axes,
+            do_constant_folding=True,
+        )
 
 
 def session(path: Path) -> ort.InferenceSession:
@@ -431,7 +475,7 @@ def session(path: Path) -> ort.InferenceSession:
 
 def run_onnx(sess: ort.InferenceSession, batch: np.ndarray, chunk: int = 64) -> np.ndarray:
     name = sess.get_inputs()[0].name
-    return np.concatenate([sess.run(None, {name: batch[i:i + chunk]})[0] for i in range(0, len(batch), chunk)])
+    return np.concatenate([sess.run(None, {name: batch[i : i + chunk]})[0] for i in range(0, len(batch), chunk)])
 
 
 def torch_agreement(model: nn.Module, sess: ort.InferenceSession, batch: np.ndarray) -> float:
@@ -441,8 +485,14 @@ def torch_agreement(model: nn.Module, sess: ort.InferenceSession, batch: np.ndar
     return float(np.abs(run_onnx(sess, batch) - expected).max())
 
 
-def classification_metrics(sess: ort.InferenceSession, spec: InputSpec, images: list[Image.Image],
-                           labels: np.ndarray, thresholds: Thresholds, suffix: str) -> dict[str, float]:
+def classification_metrics(
+    sess: ort.InferenceSession,
+    spec: InputSpec,
+    images: list[Image.Image],
+    labels: np.ndarray,
+    thresholds: Thresholds,
+    suffix: str,
+) -> dict[str, float]:
     """Accuracy (overall and per label), mean top-1 confidence and escalation rate, keyed ``<metric>_<suffix>``."""
     probs = evaluate.softmax(run_onnx(sess, evaluate.preprocess(images, spec)))
     predicted = probs.argmax(1)
@@ -451,8 +501,10 @@ def classification_metrics(sess: ort.InferenceSession, spec: InputSpec, images: 
         f"accuracy_{suffix}": round(float((predicted == labels).mean()), 4),
         f"mean_confidence_{suffix}": round(float(confidence.mean()), 4),
         f"escalation_rate_{suffix}": round(float((confidence < thresholds.escalate_below).mean()), 4),
-        **{f"accuracy_{name}_{suffix}": round(float((predicted[labels == i] == i).mean()), 4)
-           for i, name in enumerate(render.LABELS)},
+        **{
+            f"accuracy_{name}_{suffix}": round(float((predicted[labels == i] == i).mean()), 4)
+            for i, name in enumerate(render.LABELS)
+        },
     }
 
 
@@ -502,8 +554,19 @@ def held_out(plan: Plan, condition: render.Condition) -> tuple[list[Image.Image]
     return _EVAL[condition]
 
 
-def train_classifier(name: str, plan: Plan, *, size: int, stages: list[tuple[int, int]], train_count: int,
-                     epochs: int, condition: render.Condition, seed: int, role: str, description: str) -> None:
+def train_classifier(
+    name: str,
+    plan: Plan,
+    *,
+    size: int,
+    stages: list[tuple[int, int]],
+    train_count: int,
+    epochs: int,
+    condition: render.Condition,
+    seed: int,
+    role: str,
+    description: str,
+) -> None:
     started = time.monotonic()
     log(f"{name}: rendering {plan.n(train_count)} crops ({condition} lighting)")
     images, labels = crop_set(seed, plan.n(train_count), size, condition)
@@ -528,33 +591,51 @@ def train_classifier(name: str, plan: Plan, *, size: int, stages: list[tuple[int
         "train_seconds": round(time.monotonic() - started),
     }
     log(f"{name}: {json.dumps(metrics)}")
-    write_metadata(name, {
-        "task": "classification",
-        "role": role,
-        "description": description,
-        "labels": list(render.LABELS),
-        "input": spec.model_dump(mode="json"),
-        "output": ClassificationOutput(output="logits", softmax=True, top_k=len(render.LABELS)).model_dump(),
-        "thresholds": thresholds.model_dump(),
-        "metrics": metrics,
-    }, source=f"python -m models.train {name}: {len(images)} crops, models/render.py, {condition} light, seed {seed}")
+    write_metadata(
+        name,
+        {
+            "task": "classification",
+            "role": role,
+            "description": description,
+            "labels": list(render.LABELS),
+            "input": spec.model_dump(mode="json"),
+            "output": ClassificationOutput(output="logits", softmax=True, top_k=len(render.LABELS)).model_dump(),
+            "thresholds": thresholds.model_dump(),
+            "metrics": metrics,
+        },
+        source=f"python -m models.train {name}: {len(images)} crops, models/render.py, {condition} light, seed {seed}",
+    )
 
 
 def train_parts_classifier(plan: Plan) -> None:
     train_classifier(
-        "parts-classifier", plan, size=96, stages=[(16, 1), (32, 1), (64, 2), (128, 2)], train_count=6000,
-        epochs=14, condition="normal", seed=1, role="edge",
+        "parts-classifier",
+        plan,
+        size=96,
+        stages=[(16, 1), (32, 1), (64, 2), (128, 2)],
+        train_count=6000,
+        epochs=14,
+        condition="normal",
+        seed=1,
+        role="edge",
         description="Edge classifier of a part crop (a detector box enlarged by 1.3): ok, crack, missing hole, "
-                    "scratch. Trained on normal line lighting only, so its confidence falls on dark frames.",
+        "scratch. Trained on normal line lighting only, so its confidence falls on dark frames.",
     )
 
 
 def train_cloud_classifier(plan: Plan) -> None:
     train_classifier(
-        "cloud-classifier", plan, size=128, stages=[(16, 1), (32, 2), (64, 2), (128, 2)], train_count=6000,
-        epochs=12, condition="wide", seed=2, role="cloud",
+        "cloud-classifier",
+        plan,
+        size=128,
+        stages=[(16, 1), (32, 2), (64, 2), (128, 2)],
+        train_count=6000,
+        epochs=12,
+        condition="wide",
+        seed=2,
+        role="cloud",
         description="Cloud classifier for escalated crops: same labels as parts-classifier, higher resolution, "
-                    "more capacity, trained on a wide range of lighting including dark frames.",
+        "more capacity, trained on a wide range of lighting including dark frames.",
     )
 
 
@@ -578,8 +659,7 @@ def train_parts_detector(plan: Plan) -> None:
     rows = run_onnx(sess, batch)
     truths = [[(int(r[0]), (float(r[1]), float(r[2]), float(r[3]), float(r[4]))) for r in b] for b in test_boxes]
     ranked = [evaluate.decode_yolo(r, 0.01, output.iou_threshold, output.max_detections) for r in rows]
-    kept = [evaluate.decode_yolo(r, output.score_threshold, output.iou_threshold, output.max_detections)
-            for r in rows]
+    kept = [evaluate.decode_yolo(r, output.score_threshold, output.iou_threshold, output.max_detections) for r in rows]
     at_threshold = evaluate.average_precision(kept, truths, len(render.PART_KINDS))
     metrics = {
         "held_out_frames": len(test_images),
@@ -593,19 +673,23 @@ def train_parts_detector(plan: Plan) -> None:
         "train_seconds": round(time.monotonic() - started),
     }
     log(f"{name}: {json.dumps(metrics)}")
-    write_metadata(name, {
-        "task": "detection",
-        "role": "edge",
-        "description": "Tiny single-scale grid detector (stride 16, one anchor) finding washers, gears and "
-                       "brackets on the line in a whole frame; crops of its boxes feed parts-classifier.",
-        "labels": list(render.PART_KINDS),
-        "input": spec.model_dump(mode="json"),
-        "output": output.model_dump(),
-        "thresholds": Thresholds(escalate_below=0.4, act_above=0.6).model_dump(),
-        "metrics": metrics,
-        # Rows are in input pixels (0-256), so allow a hundredth of a pixel between runtimes.
-        "tolerance": {"atol": 0.01, "rtol": 0.001},
-    }, source=f"python -m models.train {name}: {len(images)} frames from models/render.py, seed {seed}")
+    write_metadata(
+        name,
+        {
+            "task": "detection",
+            "role": "edge",
+            "description": "Tiny single-scale grid detector (stride 16, one anchor) finding washers, gears and "
+            "brackets on the line in a whole frame; crops of its boxes feed parts-classifier.",
+            "labels": list(render.PART_KINDS),
+            "input": spec.model_dump(mode="json"),
+            "output": output.model_dump(),
+            "thresholds": Thresholds(escalate_below=0.4, act_above=0.6).model_dump(),
+            "metrics": metrics,
+            # Rows are in input pixels (0-256), so allow a hundredth of a pixel between runtimes.
+            "tolerance": {"atol": 0.01, "rtol": 0.001},
+        },
+        source=f"python -m models.train {name}: {len(images)} frames from models/render.py, seed {seed}",
+    )
 
 
 def train_benchmark_networks(plan: Plan) -> None:
@@ -627,13 +711,17 @@ def train_benchmark_networks(plan: Plan) -> None:
         path = BUILD_DIR / f"{name}-224.onnx"
         export(model, path, 224, "logits", dynamic_batch=False)
         sess = session(path)
-        found: dict[str, Any] = {"file": str(path.relative_to(OUT)), "size": path.stat().st_size,
-                                 "sha256": sha256(path), "seconds": round(time.monotonic() - started)}
+        found: dict[str, Any] = {
+            "file": str(path.relative_to(OUT)),
+            "size": path.stat().st_size,
+            "sha256": sha256(path),
+            "seconds": round(time.monotonic() - started),
+        }
         for res in (size, 224):
             spec = InputSpec(name="image", shape=[1, 3, res, res], mean=MEAN, std=STD)
             batch = evaluate.preprocess(normal[0], spec)
             with torch.no_grad():
-                logits = torch.cat([model(torch.from_numpy(batch[i:i + 64])) for i in range(0, len(batch), 64)])
+                logits = torch.cat([model(torch.from_numpy(batch[i : i + 64])) for i in range(0, len(batch), 64)])
             found[f"accuracy_at_{res}"] = round(float((logits.argmax(1).numpy() == normal[1]).mean()), 4)
         one = evaluate.preprocess(normal[0][:1], InputSpec(name="image", shape=[1, 3, 224, 224], mean=MEAN, std=STD))
         found["onnx_vs_torch_max_abs_diff"] = torch_agreement(model, sess, one)

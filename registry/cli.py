@@ -76,8 +76,13 @@ class _Multipart:
 
 def _progress() -> Progress:
     return Progress(
-        "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-        console=err, transient=False, disable=not err.is_terminal and os.environ.get("EDGEFLEET_PROGRESS") != "1",
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=err,
+        transient=False,
+        disable=not err.is_terminal and os.environ.get("EDGEFLEET_PROGRESS") != "1",
     )
 
 
@@ -237,9 +242,14 @@ def verify_command(
         raise typer.Exit(EXIT_VERIFY) from None
     manifest = checked.manifest
     summary = {
-        "model": manifest.model, "version": manifest.version, "sequence": manifest.sequence,
-        "target": manifest.target, "key_id": checked.key_id, "files": len(manifest.files),
-        "references_checked": cases, "expires_at": manifest.expires_at.isoformat(),
+        "model": manifest.model,
+        "version": manifest.version,
+        "sequence": manifest.sequence,
+        "target": manifest.target,
+        "key_id": checked.key_id,
+        "files": len(manifest.files),
+        "references_checked": cases,
+        "expires_at": manifest.expires_at.isoformat(),
         "quantization": manifest.quantization,
     }
     err.print(f"[green]bundle verified[/green]: {manifest.model} {manifest.version} {manifest.target}")

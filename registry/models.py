@@ -204,7 +204,9 @@ class ModelVersion(models.Model):
     deprecated_at = models.DateTimeField(null=True, blank=True)
     deprecation_reason = models.TextField(blank=True)
     calibration = models.FileField(
-        upload_to=calibration_path, max_length=300, blank=True,
+        upload_to=calibration_path,
+        max_length=300,
+        blank=True,
         help_text="Pre-processed calibration tensors (.npz) for the INT8 variant; not part of any bundle.",
     )
 

@@ -41,9 +41,7 @@ class Published:
     created: bool
 
 
-def content_digest(
-    model_bytes: bytes, metadata: PublishMetadata, images: list[bytes], calibration: list[bytes]
-) -> str:
+def content_digest(model_bytes: bytes, metadata: PublishMetadata, images: list[bytes], calibration: list[bytes]) -> str:
     digest = hashlib.sha256()
     digest.update(hashlib.sha256(model_bytes).digest())
     digest.update(canonical_json(metadata.content()))
@@ -89,8 +87,12 @@ def publish_version(
         with transaction.atomic():
             model, _ = Model.objects.get_or_create(
                 name=model_name,
-                defaults={"task": metadata.task, "role": metadata.role, "labels": list(metadata.labels),
-                          "description": metadata.description},
+                defaults={
+                    "task": metadata.task,
+                    "role": metadata.role,
+                    "labels": list(metadata.labels),
+                    "description": metadata.description,
+                },
             )
             model = Model.objects.select_for_update().get(pk=model.pk)
             if model.task != metadata.task:
@@ -139,9 +141,9 @@ def publish_version(
 
 
 def _existing(model_name: str, metadata: PublishMetadata, digest: str) -> Published | None:
-    version = ModelVersion.objects.select_related("model").filter(
-        model__name=model_name, version=metadata.version
-    ).first()
+    version = (
+        ModelVersion.objects.select_related("model").filter(model__name=model_name, version=metadata.version).first()
+    )
     if version is None:
         return None
     if version.content_digest != digest:
@@ -291,8 +293,13 @@ def build_int8_bundle(version: ModelVersion) -> Bundle:
         # Integer kernels differ between CPUs (VNNI or not): a device's int8 outputs
         # may stray from ours by as much as int8 strays from fp32, and no more.
         bundle = build_target_bundle(
-            locked, INT8, result.model, tensors, result.outputs,
-            metrics=result.metrics, atol=result.metrics["max_abs_output_delta"],
+            locked,
+            INT8,
+            result.model,
+            tensors,
+            result.outputs,
+            metrics=result.metrics,
+            atol=result.metrics["max_abs_output_delta"],
         )
         AuditLog.record(actor=None, action="bundle.quantize", target=locked, target_bundle=INT8, **result.metrics)
     return bundle

@@ -38,57 +38,79 @@ class RuleDefault:
 # duration, severity or switches the rule off.
 DEFAULT_RULES: dict[str, RuleDefault] = {
     "offline": RuleDefault(
-        3, 0, "critical",
+        3,
+        0,
+        "critical",
         "Silent for more than N heartbeat intervals, or reported offline",
         health.offline,
     ),
     "temperature_high": RuleDefault(
-        80.0, 300, "warning",
+        80.0,
+        300,
+        "warning",
         "Temperature at or above N degrees C",
         health.temperature_high,
     ),
     "cpu_throttled": RuleDefault(
-        0.7, 300, "warning",
+        0.7,
+        300,
+        "warning",
         "CPU clock below N times its daily peak",
         health.cpu_throttled,
     ),
     "disk_full": RuleDefault(
-        90.0, 0, "warning",
+        90.0,
+        0,
+        "warning",
         "Disk use at or above N percent",
         health.disk_full,
     ),
     "outbox_backlog": RuleDefault(
-        1000, 300, "warning",
+        1000,
+        300,
+        "warning",
         "Telemetry outbox deeper than N records",
         health.outbox_backlog,
     ),
     "fallback_active": RuleDefault(
-        1, 60, "warning",
+        1,
+        60,
+        "warning",
         "Fallback model active",
         health.fallback_active,
     ),
     "confidence_drift": RuleDefault(
-        drift.ALERT, 0, "warning",
+        drift.ALERT,
+        0,
+        "warning",
         "Confidence PSI against the baseline at or above N",
         health.confidence_drift,
     ),
     "class_mix_drift": RuleDefault(
-        drift.ALERT, 0, "warning",
+        drift.ALERT,
+        0,
+        "warning",
         "Class-mix PSI against the baseline at or above N",
         health.class_mix_drift,
     ),
     "latency_outlier": RuleDefault(
-        3.5, 600, "warning",
+        3.5,
+        600,
+        "warning",
         "p95 latency robust z-score against peers at or above N",
         health.latency_outlier,
     ),
     "confidence_outlier": RuleDefault(
-        3.5, 600, "warning",
+        3.5,
+        600,
+        "warning",
         "Mean confidence robust z-score at or below -N",
         health.confidence_outlier,
     ),
     "escalation_outlier": RuleDefault(
-        3.5, 600, "warning",
+        3.5,
+        600,
+        "warning",
         "Escalation-rate robust z-score at or above N",
         health.escalation_outlier,
     ),
@@ -102,9 +124,13 @@ def ensure_rules() -> dict[str, AlertRule]:
         if kind not in rules:
             rules[kind], _ = AlertRule.objects.get_or_create(
                 kind=kind,
-                defaults={"threshold": default.threshold, "duration_s": default.duration_s,
-                          "severity": default.severity, "description": default.description},
-            )  # fmt: skip
+                defaults={
+                    "threshold": default.threshold,
+                    "duration_s": default.duration_s,
+                    "severity": default.severity,
+                    "description": default.description,
+                },
+            )
     return rules
 
 
@@ -166,9 +192,13 @@ def _announce(alert: Alert, event: str) -> None:
     alert = Alert.objects.select_related("rule", "device", "device__site").get(pk=alert.pk)
     # The device is the audit target (AuditLog keys targets by device_id); the alert id rides in the data.
     AuditLog.record(
-        actor=None, action=f"alert.{event}", target=alert.device, alert=alert.pk, rule=alert.rule.kind,
+        actor=None,
+        action=f"alert.{event}",
+        target=alert.device,
+        alert=alert.pk,
+        rule=alert.rule.kind,
         value=alert.value,
-    )  # fmt: skip
+    )
     log.info("alert %s %s on device=%s value=%s", alert.rule.kind, event, alert.device.device_id, alert.value)
     for channel in channels_for(alert):
         transaction.on_commit(

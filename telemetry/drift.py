@@ -85,10 +85,14 @@ def baseline_for(model_name: str, model_version: str, now: datetime) -> Baseline
         model_name=model_name,
         model_version=model_version,
         defaults={
-            "source": Baseline.Source.FIELD, "confidence": summary.confidence, "classes": dict(summary.classes),
-            "frames": sum(summary.confidence), "since": first, "until": until,
+            "source": Baseline.Source.FIELD,
+            "confidence": summary.confidence,
+            "classes": dict(summary.classes),
+            "frames": sum(summary.confidence),
+            "since": first,
+            "until": until,
         },
-    )  # fmt: skip
+    )
     return row
 
 
@@ -100,10 +104,14 @@ def set_reference(model_name: str, model_version: str, confidence: list[int], cl
         model_name=model_name,
         model_version=model_version,
         defaults={
-            "source": Baseline.Source.REFERENCE, "confidence": list(confidence), "classes": dict(classes),
-            "frames": sum(confidence), "since": None, "until": None,
+            "source": Baseline.Source.REFERENCE,
+            "confidence": list(confidence),
+            "classes": dict(classes),
+            "frames": sum(confidence),
+            "since": None,
+            "until": None,
         },
-    )  # fmt: skip
+    )
     return row
 
 
@@ -145,10 +153,13 @@ def device_drift(now: datetime, device_ids: Sequence[str] | None = None) -> list
         enough = base is not None and frames >= MIN_FRAMES and base.frames >= MIN_FRAMES
         results.append(
             Drift(
-                device_id=device_id, model_name=name, model_version=version, frames=frames,
+                device_id=device_id,
+                model_name=name,
+                model_version=version,
+                frames=frames,
                 baseline_frames=base.frames if base else 0,
                 confidence_psi=psi(base.confidence, summary.confidence) if enough and base else None,
                 class_psi=class_psi(base.classes, summary.classes) if enough and base else None,
             )
-        )  # fmt: skip
+        )
     return results

@@ -69,21 +69,29 @@ def render() -> str:
     out = Exposition()
     stats = list(BridgeStats.objects.all())
     out.family(
-        "edgefleet_ingest_messages_total", "counter", "Device messages the bridges accepted, by type.",
+        "edgefleet_ingest_messages_total",
+        "counter",
+        "Device messages the bridges accepted, by type.",
         [("", {"bridge": s.bridge_id, "type": t}, n) for s in stats for t, n in _items(s, "accepted")],
-    )  # fmt: skip
+    )
     out.family(
-        "edgefleet_ingest_records_total", "counter", "Telemetry records the bridges stored (redeliveries included).",
+        "edgefleet_ingest_records_total",
+        "counter",
+        "Telemetry records the bridges stored (redeliveries included).",
         [("", {"bridge": s.bridge_id}, s.counters.get("records", 0)) for s in stats],
-    )  # fmt: skip
+    )
     out.family(
-        "edgefleet_ingest_batches_total", "counter", "Store transactions the bridges committed.",
+        "edgefleet_ingest_batches_total",
+        "counter",
+        "Store transactions the bridges committed.",
         [("", {"bridge": s.bridge_id}, s.counters.get("batches", 0)) for s in stats],
-    )  # fmt: skip
+    )
     out.family(
-        "edgefleet_ingest_rejected_total", "counter", "Device messages the bridges rejected, by reason.",
+        "edgefleet_ingest_rejected_total",
+        "counter",
+        "Device messages the bridges rejected, by reason.",
         [("", {"bridge": s.bridge_id, "reason": r}, n) for s in stats for r, n in _items(s, "rejected")],
-    )  # fmt: skip
+    )
     lag_samples: list[Sample] = []
     for s in stats:
         # The bridge counts each record once, in the first bucket that holds it.
@@ -96,24 +104,32 @@ def render() -> str:
         lag_samples.append(("_sum", {"bridge": s.bridge_id}, float(s.counters.get("lag_sum", 0.0))))
         lag_samples.append(("_count", {"bridge": s.bridge_id}, s.counters.get("records", 0)))
     out.family(
-        "edgefleet_ingest_lag_seconds", "histogram",
-        "Time from a record's timestamp on the device to its storage.", lag_samples,
-    )  # fmt: skip
+        "edgefleet_ingest_lag_seconds",
+        "histogram",
+        "Time from a record's timestamp on the device to its storage.",
+        lag_samples,
+    )
     out.family(
-        "edgefleet_bridge_last_report_timestamp_seconds", "gauge", "When each bridge last wrote its counters.",
+        "edgefleet_bridge_last_report_timestamp_seconds",
+        "gauge",
+        "When each bridge last wrote its counters.",
         [("", {"bridge": s.bridge_id}, s.updated_at.timestamp()) for s in stats],
-    )  # fmt: skip
+    )
     recent = TelemetryRecord.objects.filter(received_at__gte=timezone.now() - timedelta(minutes=1)).count()
     out.family(
-        "edgefleet_ingest_records_last_minute", "gauge", "Telemetry records stored in the last 60 seconds.",
+        "edgefleet_ingest_records_last_minute",
+        "gauge",
+        "Telemetry records stored in the last 60 seconds.",
         [("", {}, recent)],
-    )  # fmt: skip
+    )
     _devices(out)
     alerts = Alert.objects.filter(state__in=[Alert.State.OPEN, Alert.State.ACKNOWLEDGED]).values("rule__kind", "state")
     out.family(
-        "edgefleet_alerts", "gauge", "Live alerts by rule and state.",
+        "edgefleet_alerts",
+        "gauge",
+        "Live alerts by rule and state.",
         [("", {"rule": a["rule__kind"], "state": a["state"]}, a["n"]) for a in alerts.annotate(n=Count("id"))],
-    )  # fmt: skip
+    )
     _queue(out)
     return out.render()
 
@@ -131,10 +147,15 @@ def _devices(out: Exposition) -> None:
         .order_by("site__slug")
     )
     out.family(
-        "edgefleet_devices", "gauge", "Enrolled devices by site and presence.",
-        [("", {"site": r["site__slug"], "state": st}, r["online"] if st == "online" else r["total"] - r["online"])
-         for r in rows for st in ("online", "offline")],
-    )  # fmt: skip
+        "edgefleet_devices",
+        "gauge",
+        "Enrolled devices by site and presence.",
+        [
+            ("", {"site": r["site__slug"], "state": st}, r["online"] if st == "online" else r["total"] - r["online"])
+            for r in rows
+            for st in ("online", "offline")
+        ],
+    )
     # Outbox depth from each device's newest heartbeat, summed and maxed per site.
     depths = (
         Device.objects.filter(revoked_at__isnull=True, last_heartbeat__has_key="outbox_depth")
@@ -144,13 +165,17 @@ def _devices(out: Exposition) -> None:
     )
     depth_rows = list(depths)
     out.family(
-        "edgefleet_device_outbox_depth", "gauge", "Telemetry records waiting in device outboxes (sum per site).",
+        "edgefleet_device_outbox_depth",
+        "gauge",
+        "Telemetry records waiting in device outboxes (sum per site).",
         [("", {"site": r["site__slug"]}, int(r["total"] or 0)) for r in depth_rows],
-    )  # fmt: skip
+    )
     out.family(
-        "edgefleet_device_outbox_depth_max", "gauge", "The deepest device outbox per site.",
+        "edgefleet_device_outbox_depth_max",
+        "gauge",
+        "The deepest device outbox per site.",
         [("", {"site": r["site__slug"]}, int(r["deepest"] or 0)) for r in depth_rows],
-    )  # fmt: skip
+    )
 
 
 def _depth() -> Cast:

@@ -174,9 +174,13 @@ def _drift_check(attribute: str) -> Callable[[Context, float], Findings]:
             if device is not None and value is not None and value >= threshold:
                 found[device.pk] = Finding(
                     round(value, 4),
-                    {"model": f"{result.model_name}@{result.model_version}", "frames": result.frames,
-                     "baseline_frames": result.baseline_frames, "psi": value},
-                )  # fmt: skip
+                    {
+                        "model": f"{result.model_name}@{result.model_version}",
+                        "frames": result.frames,
+                        "baseline_frames": result.baseline_frames,
+                        "psi": value,
+                    },
+                )
         return found
 
     return check
@@ -217,9 +221,14 @@ def _peer_check(metric: Callable[[Summary], float | None], direction: int) -> Ca
                 if z * direction >= threshold:
                     found[ctx.by_key[key].pk] = Finding(
                         round(z, 2),
-                        {"value": values[key], "peer_median": median, "peers": len(values),
-                         "hardware_profile": profile, "model": f"{name}@{version}"},
-                    )  # fmt: skip
+                        {
+                            "value": values[key],
+                            "peer_median": median,
+                            "peers": len(values),
+                            "hardware_profile": profile,
+                            "model": f"{name}@{version}",
+                        },
+                    )
         return found
 
     return check

@@ -164,9 +164,7 @@ class Baseline(models.Model):
     computed_at = models.DateTimeField(auto_now=True)
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["model_name", "model_version"], name="baseline_unique_version")
-        ]
+        constraints = [models.UniqueConstraint(fields=["model_name", "model_version"], name="baseline_unique_version")]
 
 
 class AlertRule(models.Model):
@@ -238,17 +236,25 @@ class Alert(models.Model):
         from fleet.models import AuditLog
 
         label = getattr(actor, "username", None) or str(actor)
-        changed = self._move({self.State.OPEN}, self.State.ACKNOWLEDGED, acknowledged_at=timezone.now(),
-                             acknowledged_by=label)  # fmt: skip
+        changed = self._move(
+            {self.State.OPEN}, self.State.ACKNOWLEDGED, acknowledged_at=timezone.now(), acknowledged_by=label
+        )
         if changed:
-            AuditLog.record(actor=actor, action="alert.acknowledge", target=self.device, reason=note,
-                            alert=self.pk, rule=self.rule.kind)  # fmt: skip
+            AuditLog.record(
+                actor=actor,
+                action="alert.acknowledge",
+                target=self.device,
+                reason=note,
+                alert=self.pk,
+                rule=self.rule.kind,
+            )
         return changed
 
     def resolve(self, now: datetime) -> bool:
         """The condition cleared: resolved whatever its state (pending rows are just closed)."""
-        return self._move({self.State.PENDING, self.State.OPEN, self.State.ACKNOWLEDGED}, self.State.RESOLVED,
-                          resolved_at=now)  # fmt: skip
+        return self._move(
+            {self.State.PENDING, self.State.OPEN, self.State.ACKNOWLEDGED}, self.State.RESOLVED, resolved_at=now
+        )
 
     def _move(self, sources: set[str], target: str, **fields: Any) -> bool:
         with transaction.atomic():

@@ -41,14 +41,29 @@ MAX_RECORDS_PER_RUN = 200_000
 # last milliseconds).
 SETTLE = timedelta(seconds=10)
 _WINDOW_FIELDS = [
-    "devices", "windows", "fallback_windows", "frames", "dropped_frames", "errors", "escalations",
-    "latency", "confidence", "classes",
-]  # fmt: skip
+    "devices",
+    "windows",
+    "fallback_windows",
+    "frames",
+    "dropped_frames",
+    "errors",
+    "escalations",
+    "latency",
+    "confidence",
+    "classes",
+]
 _WINDOW_KEY = ["resolution", "scope", "key", "model_name", "model_version", "bucket"]
 _HEARTBEAT_FIELDS = [
-    "heartbeats", "cpu_percent_sum", "cpu_percent_max", "memory_percent_max", "disk_percent_max",
-    "temperature_c_max", "cpu_freq_mhz_min", "cpu_freq_mhz_max", "outbox_depth_max",
-]  # fmt: skip
+    "heartbeats",
+    "cpu_percent_sum",
+    "cpu_percent_max",
+    "memory_percent_max",
+    "disk_percent_max",
+    "temperature_c_max",
+    "cpu_freq_mhz_min",
+    "cpu_freq_mhz_max",
+    "outbox_depth_max",
+]
 
 VersionKey = tuple[str, str]  # (model_name, model_version)
 
@@ -132,11 +147,17 @@ def _device_minutes(pairs: set[tuple[int, datetime]], devices: dict[int, Device]
             log.warning("device=%s seq=%d %s left out of rollups: %s", device_id, seq, kind, exc)
     rows = [
         WindowRollup(
-            resolution=Resolution.MINUTE, scope=Scope.DEVICE, key=devices[pk].device_id, model_name=name,
-            model_version=version, bucket=minute, devices=1, **summary.totals(),
+            resolution=Resolution.MINUTE,
+            scope=Scope.DEVICE,
+            key=devices[pk].device_id,
+            model_name=name,
+            model_version=version,
+            bucket=minute,
+            devices=1,
+            **summary.totals(),
         )
         for (pk, minute, (name, version)), summary in windows.items()
-    ]  # fmt: skip
+    ]
     _upsert_windows(rows)
     _upsert_heartbeats(
         [_heartbeat_row(Resolution.MINUTE, devices[pk], minute, hb) for (pk, minute), hb in beats.items()]
@@ -168,9 +189,12 @@ def _device_hours(hours: set[tuple[int, datetime]], devices: dict[int, Device]) 
     keys = {devices[pk].device_id: pk for pk, _ in hours}
     starts = {h for _, h in hours}
     minute_rows = WindowRollup.objects.filter(
-        resolution=Resolution.MINUTE, scope=Scope.DEVICE, key__in=keys,
-        bucket__gte=min(starts), bucket__lt=max(starts) + HOUR,
-    )  # fmt: skip
+        resolution=Resolution.MINUTE,
+        scope=Scope.DEVICE,
+        key__in=keys,
+        bucket__gte=min(starts),
+        bucket__lt=max(starts) + HOUR,
+    )
     merged: dict[tuple[str, datetime, VersionKey], Summary] = defaultdict(Summary)
     for row in minute_rows:
         hour = floor_to(row.bucket, HOUR)
@@ -179,16 +203,24 @@ def _device_hours(hours: set[tuple[int, datetime]], devices: dict[int, Device]) 
     _upsert_windows(
         [
             WindowRollup(
-                resolution=Resolution.HOUR, scope=Scope.DEVICE, key=key, model_name=name, model_version=version,
-                bucket=hour, devices=1, **summary.totals(),
+                resolution=Resolution.HOUR,
+                scope=Scope.DEVICE,
+                key=key,
+                model_name=name,
+                model_version=version,
+                bucket=hour,
+                devices=1,
+                **summary.totals(),
             )
             for (key, hour, (name, version)), summary in merged.items()
         ]
-    )  # fmt: skip
+    )
     beat_rows = HeartbeatRollup.objects.filter(
-        resolution=Resolution.MINUTE, device_id__in={pk for pk, _ in hours},
-        bucket__gte=min(starts), bucket__lt=max(starts) + HOUR,
-    )  # fmt: skip
+        resolution=Resolution.MINUTE,
+        device_id__in={pk for pk, _ in hours},
+        bucket__gte=min(starts),
+        bucket__lt=max(starts) + HOUR,
+    )
     by_hour: dict[tuple[int, datetime], list[HeartbeatRollup]] = defaultdict(list)
     for beat in beat_rows:
         hour = floor_to(beat.bucket, HOUR)
@@ -234,12 +266,18 @@ def _scopes(resolution: str, buckets: set[datetime]) -> None:
     _upsert_windows(
         [
             WindowRollup(
-                resolution=resolution, scope=scope, key=key, model_name=name, model_version=version, bucket=bucket,
-                devices=contributors[(scope, key, bucket, (name, version))], **summary.totals(),
+                resolution=resolution,
+                scope=scope,
+                key=key,
+                model_name=name,
+                model_version=version,
+                bucket=bucket,
+                devices=contributors[(scope, key, bucket, (name, version))],
+                **summary.totals(),
             )
             for (scope, key, bucket, (name, version)), summary in merged.items()
         ]
-    )  # fmt: skip
+    )
 
 
 def _upsert_windows(rows: list[WindowRollup]) -> None:
@@ -252,9 +290,12 @@ def _upsert_windows(rows: list[WindowRollup]) -> None:
 def _upsert_heartbeats(rows: list[HeartbeatRollup]) -> None:
     if rows:
         HeartbeatRollup.objects.bulk_create(
-            rows, batch_size=1000, update_conflicts=True,
-            unique_fields=["resolution", "device", "bucket"], update_fields=_HEARTBEAT_FIELDS,
-        )  # fmt: skip
+            rows,
+            batch_size=1000,
+            update_conflicts=True,
+            unique_fields=["resolution", "device", "bucket"],
+            update_fields=_HEARTBEAT_FIELDS,
+        )
 
 
 def apply_retention(now: datetime | None = None) -> dict[str, int]:

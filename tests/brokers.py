@@ -121,9 +121,7 @@ def dynsec_state(admin_username: str, admin_password: str) -> dict[str, object]:
         for t in ("publishClientSend", "publishClientReceive", "subscribePattern")
     ]
     return {
-        "clients": [
-            {"username": admin_username, "roles": [{"rolename": "admin"}], **dynsec_password(admin_password)}
-        ],
+        "clients": [{"username": admin_username, "roles": [{"rolename": "admin"}], **dynsec_password(admin_password)}],
         "roles": [{"rolename": "admin", "acls": admin_acls}],
         "defaultACLAccess": {
             "publishClientSend": False,
@@ -157,11 +155,7 @@ def _mosquitto_config(port: int, state: Path, workdir: Path, base_config: Path |
         ]
     else:
         moved = ("listener", "plugin", "plugin_opt_config_file", "persistence_location", "certfile", "keyfile", "user")
-        lines += [
-            line
-            for line in base_config.read_text().splitlines()
-            if line.split(" ", 1)[0] not in moved
-        ]
+        lines += [line for line in base_config.read_text().splitlines() if line.split(" ", 1)[0] not in moved]
         lines += [f"plugin {DYNSEC_PLUGIN}", f"persistence_location {workdir}/"]
     lines += [f"listener {port} 127.0.0.1", f"plugin_opt_config_file {state}", ""]
     return "\n".join(lines)

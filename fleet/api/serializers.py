@@ -22,16 +22,27 @@ class DeviceSerializer(serializers.ModelSerializer):
     class Meta:
         model = Device
         fields = [
-            "device_id", "site", "name", "hardware_profile", "labels", "agent_version", "online",
-            "last_seen", "status_changed_at", "reported", "last_heartbeat", "desired",
-            "desired_generation", "revoked", "revoked_at", "created_at",
+            "device_id",
+            "site",
+            "name",
+            "hardware_profile",
+            "labels",
+            "agent_version",
+            "online",
+            "last_seen",
+            "status_changed_at",
+            "reported",
+            "last_heartbeat",
+            "desired",
+            "desired_generation",
+            "revoked",
+            "revoked_at",
+            "created_at",
         ]
         read_only_fields = [f for f in fields if f not in ("name", "labels")]
 
     def validate_labels(self, value: object) -> object:
-        if not isinstance(value, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-        ):
+        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
             raise serializers.ValidationError("Labels must be an object of string keys and string values.")
         return value
 

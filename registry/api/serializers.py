@@ -16,8 +16,18 @@ class BundleSerializer(serializers.ModelSerializer):
     class Meta:
         model = Bundle
         fields = [
-            "id", "model", "version", "sequence", "target", "sha256", "size", "manifest_sha256", "key_id",
-            "metrics", "download_url", "created_at",
+            "id",
+            "model",
+            "version",
+            "sequence",
+            "target",
+            "sha256",
+            "size",
+            "manifest_sha256",
+            "key_id",
+            "metrics",
+            "download_url",
+            "created_at",
         ]
         read_only_fields = fields
 
@@ -36,9 +46,24 @@ class ModelVersionSerializer(serializers.ModelSerializer):
     class Meta:
         model = ModelVersion
         fields = [
-            "model", "version", "sequence", "content_digest", "labels", "input_spec", "output", "thresholds",
-            "min_agent_version", "tolerance", "provenance", "metrics", "published_by", "created_at", "deprecated",
-            "deprecated_at", "deprecation_reason", "bundles",
+            "model",
+            "version",
+            "sequence",
+            "content_digest",
+            "labels",
+            "input_spec",
+            "output",
+            "thresholds",
+            "min_agent_version",
+            "tolerance",
+            "provenance",
+            "metrics",
+            "published_by",
+            "created_at",
+            "deprecated",
+            "deprecated_at",
+            "deprecation_reason",
+            "bundles",
         ]
         read_only_fields = fields
 
@@ -77,7 +102,8 @@ class PublishRequestSerializer(serializers.Serializer):
         child=serializers.FileField(), required=False, help_text="Reference images, shipped in every bundle."
     )
     calibration = serializers.ListField(
-        child=serializers.FileField(), required=False,
+        child=serializers.FileField(),
+        required=False,
         help_text="More images for INT8 calibration and the fp32/int8 agreement figure; not shipped in bundles.",
     )
 

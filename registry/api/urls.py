@@ -7,8 +7,9 @@ from registry.api import views
 
 router = DefaultRouter(trailing_slash=True)
 router.register("models", views.ModelViewSet, basename="model")
-router.register(r"models/(?P<model_name>[a-z0-9][a-z0-9_-]{0,62})/versions", views.ModelVersionViewSet,
-                basename="model-version")
+router.register(
+    r"models/(?P<model_name>[a-z0-9][a-z0-9_-]{0,62})/versions", views.ModelVersionViewSet, basename="model-version"
+)
 router.register("bundles", views.BundleViewSet, basename="bundle")
 router.register("signing-keys", views.SigningKeyViewSet, basename="signing-key")
 

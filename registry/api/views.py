@@ -177,8 +177,9 @@ class ModelVersionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, view
         body = DeprecateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         row.deprecate(body.validated_data["reason"])
-        AuditLog.record(actor=request.user, action="model_version.deprecate", target=row,
-                        reason=body.validated_data["reason"])
+        AuditLog.record(
+            actor=request.user, action="model_version.deprecate", target=row, reason=body.validated_data["reason"]
+        )
         return Response(ModelVersionSerializer(row, context=self.get_serializer_context()).data)
 
     @extend_schema(request=None, responses={202: ModelVersionSerializer})

@@ -10,7 +10,6 @@ import registry.models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -19,118 +18,199 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='KeyringUpdate',
+            name="KeyringUpdate",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('sequence', models.PositiveIntegerField(unique=True)),
-                ('document', models.JSONField()),
-                ('signature', models.JSONField()),
-                ('signed_by', models.CharField(max_length=16)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("sequence", models.PositiveIntegerField(unique=True)),
+                ("document", models.JSONField()),
+                ("signature", models.JSONField()),
+                ("signed_by", models.CharField(max_length=16)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'ordering': ['-sequence'],
+                "ordering": ["-sequence"],
             },
         ),
         migrations.CreateModel(
-            name='Model',
+            name="Model",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=63, unique=True, validators=[django.core.validators.RegexValidator('^[a-z0-9][a-z0-9_-]{0,62}$', 'Use lowercase letters, digits, dashes and underscores.')])),
-                ('task', models.CharField(choices=[('classification', 'classification'), ('detection', 'detection')], max_length=20)),
-                ('role', models.CharField(choices=[('edge', 'edge'), ('cloud', 'cloud')], default='edge', max_length=10)),
-                ('labels', models.JSONField(default=list)),
-                ('description', models.TextField(blank=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "name",
+                    models.CharField(
+                        max_length=63,
+                        unique=True,
+                        validators=[
+                            django.core.validators.RegexValidator(
+                                "^[a-z0-9][a-z0-9_-]{0,62}$", "Use lowercase letters, digits, dashes and underscores."
+                            )
+                        ],
+                    ),
+                ),
+                (
+                    "task",
+                    models.CharField(
+                        choices=[("classification", "classification"), ("detection", "detection")], max_length=20
+                    ),
+                ),
+                (
+                    "role",
+                    models.CharField(choices=[("edge", "edge"), ("cloud", "cloud")], default="edge", max_length=10),
+                ),
+                ("labels", models.JSONField(default=list)),
+                ("description", models.TextField(blank=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'ordering': ['name'],
+                "ordering": ["name"],
             },
         ),
         migrations.CreateModel(
-            name='SigningKey',
+            name="SigningKey",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('key_id', models.CharField(max_length=16, unique=True)),
-                ('public_key', models.CharField(help_text='Raw Ed25519 public key, base64.', max_length=64)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('retired_at', models.DateTimeField(blank=True, help_text='Signatures are refused from then on.', null=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("key_id", models.CharField(max_length=16, unique=True)),
+                ("public_key", models.CharField(help_text="Raw Ed25519 public key, base64.", max_length=64)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "retired_at",
+                    models.DateTimeField(blank=True, help_text="Signatures are refused from then on.", null=True),
+                ),
             ],
             options={
-                'ordering': ['-created_at', '-id'],
+                "ordering": ["-created_at", "-id"],
             },
         ),
         migrations.CreateModel(
-            name='ModelVersion',
+            name="ModelVersion",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('version', models.CharField(max_length=64, validators=[registry.models.validate_semver])),
-                ('sequence', models.PositiveIntegerField()),
-                ('content_digest', models.CharField(help_text='sha256 over the model file and metadata.', max_length=64)),
-                ('labels', models.JSONField(default=list)),
-                ('input_spec', models.JSONField()),
-                ('output', models.JSONField()),
-                ('thresholds', models.JSONField(default=dict)),
-                ('min_agent_version', models.CharField(default='0.1.0', max_length=64, validators=[registry.models.validate_semver])),
-                ('tolerance', models.JSONField(default=dict, help_text='atol/rtol devices reproduce reference outputs within.')),
-                ('provenance', models.JSONField(blank=True, default=dict)),
-                ('metrics', models.JSONField(blank=True, default=dict)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('deprecated_at', models.DateTimeField(blank=True, null=True)),
-                ('deprecation_reason', models.TextField(blank=True)),
-                ('model', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='versions', to='registry.model')),
-                ('published_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("version", models.CharField(max_length=64, validators=[registry.models.validate_semver])),
+                ("sequence", models.PositiveIntegerField()),
+                (
+                    "content_digest",
+                    models.CharField(help_text="sha256 over the model file and metadata.", max_length=64),
+                ),
+                ("labels", models.JSONField(default=list)),
+                ("input_spec", models.JSONField()),
+                ("output", models.JSONField()),
+                ("thresholds", models.JSONField(default=dict)),
+                (
+                    "min_agent_version",
+                    models.CharField(default="0.1.0", max_length=64, validators=[registry.models.validate_semver]),
+                ),
+                (
+                    "tolerance",
+                    models.JSONField(default=dict, help_text="atol/rtol devices reproduce reference outputs within."),
+                ),
+                ("provenance", models.JSONField(blank=True, default=dict)),
+                ("metrics", models.JSONField(blank=True, default=dict)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("deprecated_at", models.DateTimeField(blank=True, null=True)),
+                ("deprecation_reason", models.TextField(blank=True)),
+                (
+                    "model",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="versions", to="registry.model"
+                    ),
+                ),
+                (
+                    "published_by",
+                    models.ForeignKey(
+                        blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, to=settings.AUTH_USER_MODEL
+                    ),
+                ),
             ],
             options={
-                'ordering': ['model__name', '-sequence'],
+                "ordering": ["model__name", "-sequence"],
             },
         ),
         migrations.CreateModel(
-            name='Bundle',
+            name="Bundle",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('target', models.CharField(max_length=32, validators=[django.core.validators.RegexValidator('^[a-z0-9]+-[a-z0-9]+$', 'A target looks like cpu-fp32 or cpu-int8.')])),
-                ('file', models.FileField(max_length=300, upload_to=registry.models.bundle_path)),
-                ('sha256', models.CharField(max_length=64)),
-                ('size', models.PositiveBigIntegerField()),
-                ('manifest_sha256', models.CharField(max_length=64)),
-                ('key_id', models.CharField(max_length=16)),
-                ('metrics', models.JSONField(blank=True, default=dict)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('version', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='bundles', to='registry.modelversion')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "target",
+                    models.CharField(
+                        max_length=32,
+                        validators=[
+                            django.core.validators.RegexValidator(
+                                "^[a-z0-9]+-[a-z0-9]+$", "A target looks like cpu-fp32 or cpu-int8."
+                            )
+                        ],
+                    ),
+                ),
+                ("file", models.FileField(max_length=300, upload_to=registry.models.bundle_path)),
+                ("sha256", models.CharField(max_length=64)),
+                ("size", models.PositiveBigIntegerField()),
+                ("manifest_sha256", models.CharField(max_length=64)),
+                ("key_id", models.CharField(max_length=16)),
+                ("metrics", models.JSONField(blank=True, default=dict)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "version",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="bundles", to="registry.modelversion"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['version', 'target'],
+                "ordering": ["version", "target"],
             },
         ),
         migrations.CreateModel(
-            name='Alias',
+            name="Alias",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=63, validators=[django.core.validators.RegexValidator('^[a-z0-9][a-z0-9_-]{0,62}$', 'Use lowercase letters, digits, dashes and underscores.')])),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('updated_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, to=settings.AUTH_USER_MODEL)),
-                ('model', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='aliases', to='registry.model')),
-                ('version', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='aliases', to='registry.modelversion')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "name",
+                    models.CharField(
+                        max_length=63,
+                        validators=[
+                            django.core.validators.RegexValidator(
+                                "^[a-z0-9][a-z0-9_-]{0,62}$", "Use lowercase letters, digits, dashes and underscores."
+                            )
+                        ],
+                    ),
+                ),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "updated_by",
+                    models.ForeignKey(
+                        blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, to=settings.AUTH_USER_MODEL
+                    ),
+                ),
+                (
+                    "model",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="aliases", to="registry.model"
+                    ),
+                ),
+                (
+                    "version",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="aliases", to="registry.modelversion"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['model__name', 'name'],
+                "ordering": ["model__name", "name"],
             },
         ),
         migrations.AddConstraint(
-            model_name='modelversion',
-            constraint=models.UniqueConstraint(fields=('model', 'version'), name='version_unique_per_model'),
+            model_name="modelversion",
+            constraint=models.UniqueConstraint(fields=("model", "version"), name="version_unique_per_model"),
         ),
         migrations.AddConstraint(
-            model_name='modelversion',
-            constraint=models.UniqueConstraint(fields=('model', 'sequence'), name='sequence_unique_per_model'),
+            model_name="modelversion",
+            constraint=models.UniqueConstraint(fields=("model", "sequence"), name="sequence_unique_per_model"),
         ),
         migrations.AddConstraint(
-            model_name='bundle',
-            constraint=models.UniqueConstraint(fields=('version', 'target'), name='bundle_unique_per_target'),
+            model_name="bundle",
+            constraint=models.UniqueConstraint(fields=("version", "target"), name="bundle_unique_per_target"),
         ),
         migrations.AddConstraint(
-            model_name='alias',
-            constraint=models.UniqueConstraint(fields=('model', 'name'), name='alias_unique_per_model'),
+            model_name="alias",
+            constraint=models.UniqueConstraint(fields=("model", "name"), name="alias_unique_per_model"),
         ),
     ]

@@ -6,15 +6,19 @@ import registry.models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('registry', '0001_initial'),
+        ("registry", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='modelversion',
-            name='calibration',
-            field=models.FileField(blank=True, help_text='Pre-processed calibration tensors (.npz) for the INT8 variant; not part of any bundle.', max_length=300, upload_to=registry.models.calibration_path),
+            model_name="modelversion",
+            name="calibration",
+            field=models.FileField(
+                blank=True,
+                help_text="Pre-processed calibration tensors (.npz) for the INT8 variant; not part of any bundle.",
+                max_length=300,
+                upload_to=registry.models.calibration_path,
+            ),
         ),
     ]

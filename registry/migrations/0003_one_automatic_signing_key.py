@@ -4,19 +4,20 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('registry', '0002_version_calibration'),
+        ("registry", "0002_version_calibration"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='signingkey',
-            name='automatic',
-            field=models.BooleanField(default=False, help_text='Created on first use rather than by an operator.'),
+            model_name="signingkey",
+            name="automatic",
+            field=models.BooleanField(default=False, help_text="Created on first use rather than by an operator."),
         ),
         migrations.AddConstraint(
-            model_name='signingkey',
-            constraint=models.UniqueConstraint(condition=models.Q(('automatic', True)), fields=('automatic',), name='one_automatic_signing_key'),
+            model_name="signingkey",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("automatic", True)), fields=("automatic",), name="one_automatic_signing_key"
+            ),
         ),
     ]

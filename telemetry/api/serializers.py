@@ -76,9 +76,22 @@ class AlertSerializer(serializers.ModelSerializer):
     class Meta:
         model = Alert
         fields = [
-            "id", "rule", "severity", "state", "device", "device_name", "site", "value", "threshold", "details",
-            "since", "opened_at", "acknowledged_at", "acknowledged_by", "resolved_at",
-        ]  # fmt: skip
+            "id",
+            "rule",
+            "severity",
+            "state",
+            "device",
+            "device_name",
+            "site",
+            "value",
+            "threshold",
+            "details",
+            "since",
+            "opened_at",
+            "acknowledged_at",
+            "acknowledged_by",
+            "resolved_at",
+        ]
         read_only_fields = fields
 
 

@@ -46,10 +46,16 @@ class SeriesView(APIView):
         try:
             result = series.build(
                 series.SeriesRequest(
-                    scope=data["scope"], key=data["key"], start=data["start"], end=end, points=data["points"],
-                    resolution=data["resolution"], model=data.get("model"), device_pk=device_pk,
+                    scope=data["scope"],
+                    key=data["key"],
+                    start=data["start"],
+                    end=end,
+                    points=data["points"],
+                    resolution=data["resolution"],
+                    model=data.get("model"),
+                    device_pk=device_pk,
                 )
-            )  # fmt: skip
+            )
         except series.SeriesError as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
         return Response(SeriesSerializer(result).data)

@@ -5,43 +5,54 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('fleet', '0001_initial'),
+        ("fleet", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='DeviceEvent',
+            name="DeviceEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('kind', models.CharField(max_length=64)),
-                ('at', models.DateTimeField()),
-                ('received_at', models.DateTimeField(auto_now_add=True)),
-                ('data', models.JSONField(default=dict)),
-                ('device', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='events', to='fleet.device')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("kind", models.CharField(max_length=64)),
+                ("at", models.DateTimeField()),
+                ("received_at", models.DateTimeField(auto_now_add=True)),
+                ("data", models.JSONField(default=dict)),
+                (
+                    "device",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="events", to="fleet.device"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-at'],
-                'indexes': [models.Index(fields=['device', 'at'], name='telemetry_d_device__b62ae7_idx')],
+                "ordering": ["-at"],
+                "indexes": [models.Index(fields=["device", "at"], name="telemetry_d_device__b62ae7_idx")],
             },
         ),
         migrations.CreateModel(
-            name='TelemetryRecord',
+            name="TelemetryRecord",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('seq', models.PositiveBigIntegerField()),
-                ('kind', models.CharField(max_length=16)),
-                ('recorded_at', models.DateTimeField()),
-                ('received_at', models.DateTimeField(auto_now_add=True)),
-                ('data', models.JSONField()),
-                ('device', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='telemetry', to='fleet.device')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("seq", models.PositiveBigIntegerField()),
+                ("kind", models.CharField(max_length=16)),
+                ("recorded_at", models.DateTimeField()),
+                ("received_at", models.DateTimeField(auto_now_add=True)),
+                ("data", models.JSONField()),
+                (
+                    "device",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="telemetry", to="fleet.device"
+                    ),
+                ),
             ],
             options={
-                'indexes': [models.Index(fields=['device', 'kind', 'recorded_at'], name='telemetry_t_device__e088ee_idx')],
-                'constraints': [models.UniqueConstraint(fields=('device', 'seq'), name='telemetry_unique_device_seq')],
+                "indexes": [
+                    models.Index(fields=["device", "kind", "recorded_at"], name="telemetry_t_device__e088ee_idx")
+                ],
+                "constraints": [models.UniqueConstraint(fields=("device", "seq"), name="telemetry_unique_device_seq")],
             },
         ),
     ]

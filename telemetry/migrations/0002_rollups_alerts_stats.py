@@ -5,143 +5,211 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('fleet', '0001_initial'),
-        ('telemetry', '0001_initial'),
+        ("fleet", "0001_initial"),
+        ("telemetry", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='AlertRule',
+            name="AlertRule",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('kind', models.CharField(max_length=32, unique=True)),
-                ('enabled', models.BooleanField(default=True)),
-                ('threshold', models.FloatField()),
-                ('duration_s', models.PositiveIntegerField(default=0)),
-                ('severity', models.CharField(choices=[('info', 'info'), ('warning', 'warning'), ('critical', 'critical')], default='warning', max_length=8)),
-                ('description', models.CharField(blank=True, max_length=300)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("kind", models.CharField(max_length=32, unique=True)),
+                ("enabled", models.BooleanField(default=True)),
+                ("threshold", models.FloatField()),
+                ("duration_s", models.PositiveIntegerField(default=0)),
+                (
+                    "severity",
+                    models.CharField(
+                        choices=[("info", "info"), ("warning", "warning"), ("critical", "critical")],
+                        default="warning",
+                        max_length=8,
+                    ),
+                ),
+                ("description", models.CharField(blank=True, max_length=300)),
             ],
             options={
-                'ordering': ['kind'],
+                "ordering": ["kind"],
             },
         ),
         migrations.CreateModel(
-            name='BridgeStats',
+            name="BridgeStats",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('bridge_id', models.CharField(max_length=64, unique=True)),
-                ('counters', models.JSONField(default=dict)),
-                ('started_at', models.DateTimeField()),
-                ('updated_at', models.DateTimeField()),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("bridge_id", models.CharField(max_length=64, unique=True)),
+                ("counters", models.JSONField(default=dict)),
+                ("started_at", models.DateTimeField()),
+                ("updated_at", models.DateTimeField()),
             ],
         ),
         migrations.CreateModel(
-            name='Cursor',
+            name="Cursor",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=64, unique=True)),
-                ('position', models.DateTimeField()),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.CharField(max_length=64, unique=True)),
+                ("position", models.DateTimeField()),
             ],
         ),
         migrations.CreateModel(
-            name='NotificationChannel',
+            name="NotificationChannel",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100, unique=True)),
-                ('kind', models.CharField(choices=[('webhook', 'webhook'), ('email', 'e-mail')], max_length=8)),
-                ('enabled', models.BooleanField(default=True)),
-                ('url', models.URLField(blank=True)),
-                ('secret', models.CharField(blank=True, max_length=200)),
-                ('recipients', models.JSONField(blank=True, default=list)),
-                ('min_severity', models.CharField(choices=[('info', 'info'), ('warning', 'warning'), ('critical', 'critical')], default='warning', max_length=8)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.CharField(max_length=100, unique=True)),
+                ("kind", models.CharField(choices=[("webhook", "webhook"), ("email", "e-mail")], max_length=8)),
+                ("enabled", models.BooleanField(default=True)),
+                ("url", models.URLField(blank=True)),
+                ("secret", models.CharField(blank=True, max_length=200)),
+                ("recipients", models.JSONField(blank=True, default=list)),
+                (
+                    "min_severity",
+                    models.CharField(
+                        choices=[("info", "info"), ("warning", "warning"), ("critical", "critical")],
+                        default="warning",
+                        max_length=8,
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='Baseline',
+            name="Baseline",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('model_name', models.CharField(blank=True, max_length=200)),
-                ('model_version', models.CharField(max_length=64)),
-                ('source', models.CharField(choices=[('field', 'first hours in the field'), ('reference', 'reference distribution')], max_length=10)),
-                ('confidence', models.JSONField(default=list)),
-                ('classes', models.JSONField(default=dict)),
-                ('frames', models.PositiveBigIntegerField(default=0)),
-                ('since', models.DateTimeField(null=True)),
-                ('until', models.DateTimeField(null=True)),
-                ('computed_at', models.DateTimeField(auto_now=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("model_name", models.CharField(blank=True, max_length=200)),
+                ("model_version", models.CharField(max_length=64)),
+                (
+                    "source",
+                    models.CharField(
+                        choices=[("field", "first hours in the field"), ("reference", "reference distribution")],
+                        max_length=10,
+                    ),
+                ),
+                ("confidence", models.JSONField(default=list)),
+                ("classes", models.JSONField(default=dict)),
+                ("frames", models.PositiveBigIntegerField(default=0)),
+                ("since", models.DateTimeField(null=True)),
+                ("until", models.DateTimeField(null=True)),
+                ("computed_at", models.DateTimeField(auto_now=True)),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('model_name', 'model_version'), name='baseline_unique_version')],
+                "constraints": [
+                    models.UniqueConstraint(fields=("model_name", "model_version"), name="baseline_unique_version")
+                ],
             },
         ),
         migrations.CreateModel(
-            name='WindowRollup',
+            name="WindowRollup",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('resolution', models.CharField(choices=[('1m', 'minute'), ('1h', 'hour')], max_length=2)),
-                ('scope', models.CharField(choices=[('device', 'device'), ('site', 'site'), ('fleet', 'fleet')], max_length=6)),
-                ('key', models.CharField(max_length=64)),
-                ('model_name', models.CharField(blank=True, max_length=200)),
-                ('model_version', models.CharField(blank=True, max_length=64)),
-                ('bucket', models.DateTimeField()),
-                ('devices', models.PositiveIntegerField(default=0)),
-                ('windows', models.PositiveIntegerField(default=0)),
-                ('fallback_windows', models.PositiveIntegerField(default=0)),
-                ('frames', models.PositiveBigIntegerField(default=0)),
-                ('dropped_frames', models.PositiveBigIntegerField(default=0)),
-                ('errors', models.PositiveBigIntegerField(default=0)),
-                ('escalations', models.PositiveBigIntegerField(default=0)),
-                ('latency', models.JSONField(default=dict)),
-                ('confidence', models.JSONField(default=list)),
-                ('classes', models.JSONField(default=dict)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("resolution", models.CharField(choices=[("1m", "minute"), ("1h", "hour")], max_length=2)),
+                (
+                    "scope",
+                    models.CharField(
+                        choices=[("device", "device"), ("site", "site"), ("fleet", "fleet")], max_length=6
+                    ),
+                ),
+                ("key", models.CharField(max_length=64)),
+                ("model_name", models.CharField(blank=True, max_length=200)),
+                ("model_version", models.CharField(blank=True, max_length=64)),
+                ("bucket", models.DateTimeField()),
+                ("devices", models.PositiveIntegerField(default=0)),
+                ("windows", models.PositiveIntegerField(default=0)),
+                ("fallback_windows", models.PositiveIntegerField(default=0)),
+                ("frames", models.PositiveBigIntegerField(default=0)),
+                ("dropped_frames", models.PositiveBigIntegerField(default=0)),
+                ("errors", models.PositiveBigIntegerField(default=0)),
+                ("escalations", models.PositiveBigIntegerField(default=0)),
+                ("latency", models.JSONField(default=dict)),
+                ("confidence", models.JSONField(default=list)),
+                ("classes", models.JSONField(default=dict)),
             ],
             options={
-                'indexes': [models.Index(fields=['resolution', 'scope', 'key', 'bucket'], name='telemetry_w_resolut_53519a_idx')],
-                'constraints': [models.UniqueConstraint(fields=('resolution', 'scope', 'key', 'model_name', 'model_version', 'bucket'), name='window_rollup_unique_bucket')],
+                "indexes": [
+                    models.Index(fields=["resolution", "scope", "key", "bucket"], name="telemetry_w_resolut_53519a_idx")
+                ],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("resolution", "scope", "key", "model_name", "model_version", "bucket"),
+                        name="window_rollup_unique_bucket",
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='Alert',
+            name="Alert",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('state', models.CharField(choices=[('pending', 'pending'), ('open', 'open'), ('acknowledged', 'acknowledged'), ('resolved', 'resolved')], default='pending', max_length=12)),
-                ('since', models.DateTimeField()),
-                ('opened_at', models.DateTimeField(blank=True, null=True)),
-                ('acknowledged_at', models.DateTimeField(blank=True, null=True)),
-                ('acknowledged_by', models.CharField(blank=True, max_length=200)),
-                ('resolved_at', models.DateTimeField(blank=True, null=True)),
-                ('value', models.FloatField(null=True)),
-                ('details', models.JSONField(blank=True, default=dict)),
-                ('device', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='alerts', to='fleet.device')),
-                ('rule', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='alerts', to='telemetry.alertrule')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("pending", "pending"),
+                            ("open", "open"),
+                            ("acknowledged", "acknowledged"),
+                            ("resolved", "resolved"),
+                        ],
+                        default="pending",
+                        max_length=12,
+                    ),
+                ),
+                ("since", models.DateTimeField()),
+                ("opened_at", models.DateTimeField(blank=True, null=True)),
+                ("acknowledged_at", models.DateTimeField(blank=True, null=True)),
+                ("acknowledged_by", models.CharField(blank=True, max_length=200)),
+                ("resolved_at", models.DateTimeField(blank=True, null=True)),
+                ("value", models.FloatField(null=True)),
+                ("details", models.JSONField(blank=True, default=dict)),
+                (
+                    "device",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="alerts", to="fleet.device"
+                    ),
+                ),
+                (
+                    "rule",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="alerts", to="telemetry.alertrule"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-since'],
-                'indexes': [models.Index(fields=['state', 'since'], name='telemetry_a_state_9a26d2_idx')],
-                'constraints': [models.UniqueConstraint(condition=models.Q(('state', 'resolved'), _negated=True), fields=('rule', 'device'), name='alert_one_live_per_device')],
+                "ordering": ["-since"],
+                "indexes": [models.Index(fields=["state", "since"], name="telemetry_a_state_9a26d2_idx")],
+                "constraints": [
+                    models.UniqueConstraint(
+                        condition=models.Q(("state", "resolved"), _negated=True),
+                        fields=("rule", "device"),
+                        name="alert_one_live_per_device",
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='HeartbeatRollup',
+            name="HeartbeatRollup",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('resolution', models.CharField(choices=[('1m', 'minute'), ('1h', 'hour')], max_length=2)),
-                ('bucket', models.DateTimeField()),
-                ('heartbeats', models.PositiveIntegerField(default=0)),
-                ('cpu_percent_sum', models.FloatField(default=0.0)),
-                ('cpu_percent_max', models.FloatField(default=0.0)),
-                ('memory_percent_max', models.FloatField(default=0.0)),
-                ('disk_percent_max', models.FloatField(default=0.0)),
-                ('temperature_c_max', models.FloatField(null=True)),
-                ('cpu_freq_mhz_min', models.FloatField(null=True)),
-                ('cpu_freq_mhz_max', models.FloatField(null=True)),
-                ('outbox_depth_max', models.PositiveBigIntegerField(default=0)),
-                ('device', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='fleet.device')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("resolution", models.CharField(choices=[("1m", "minute"), ("1h", "hour")], max_length=2)),
+                ("bucket", models.DateTimeField()),
+                ("heartbeats", models.PositiveIntegerField(default=0)),
+                ("cpu_percent_sum", models.FloatField(default=0.0)),
+                ("cpu_percent_max", models.FloatField(default=0.0)),
+                ("memory_percent_max", models.FloatField(default=0.0)),
+                ("disk_percent_max", models.FloatField(default=0.0)),
+                ("temperature_c_max", models.FloatField(null=True)),
+                ("cpu_freq_mhz_min", models.FloatField(null=True)),
+                ("cpu_freq_mhz_max", models.FloatField(null=True)),
+                ("outbox_depth_max", models.PositiveBigIntegerField(default=0)),
+                (
+                    "device",
+                    models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name="+", to="fleet.device"),
+                ),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('resolution', 'device', 'bucket'), name='heartbeat_rollup_unique_bucket')],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("resolution", "device", "bucket"), name="heartbeat_rollup_unique_bucket"
+                    )
+                ],
             },
         ),
     ]

@@ -11,17 +11,22 @@ _time_indexes = import_module("telemetry.migrations.0003_time_indexes")
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('fleet', '0001_initial'),
-        ('telemetry', '0004_record_device_index'),
+        ("fleet", "0001_initial"),
+        ("telemetry", "0004_record_device_index"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='telemetryrecord',
-            name='device',
-            field=models.ForeignKey(db_constraint=False, db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='telemetry', to='fleet.device'),
+            model_name="telemetryrecord",
+            name="device",
+            field=models.ForeignKey(
+                db_constraint=False,
+                db_index=False,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="telemetry",
+                to="fleet.device",
+            ),
         ),
         migrations.RunPython(_time_indexes.create, migrations.RunPython.noop),
     ]

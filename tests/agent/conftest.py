@@ -64,5 +64,3 @@ def wait_until(predicate: Callable[[], bool], bridge: Bridge, timeout: float = 3
             return True
         bridge.wait_for(lambda _b: predicate(), timeout=0.1)
     return predicate()
-
-

@@ -33,8 +33,20 @@ def enroll(
     server: str, token: str, tmp_path: Path, *extra: str, name: str = "cam-1"
 ) -> subprocess.CompletedProcess[str]:
     return agent(
-        "enroll", "--server", server, "--token", token, "--name", name, "--hardware-profile", "rpi5",
-        "--config", str(tmp_path / "agent.toml"), "--data-dir", str(tmp_path / "data"), *extra,
+        "enroll",
+        "--server",
+        server,
+        "--token",
+        token,
+        "--name",
+        name,
+        "--hardware-profile",
+        "rpi5",
+        "--config",
+        str(tmp_path / "agent.toml"),
+        "--data-dir",
+        str(tmp_path / "data"),
+        *extra,
     )
 
 
@@ -126,8 +138,10 @@ def test_a_bad_server_url_is_a_usage_error(tmp_path: Path, db: None) -> None:
 
 def test_run_and_status_refuse_a_broken_config_naming_the_key(tmp_path: Path, db: None) -> None:
     path = tmp_path / "agent.toml"
-    path.write_text('[server]\nurl = "http://x"\n[device]\nid = "d"\nsecret = "s"\n[mqtt]\nurl = "mqtt://b"\n'
-                    'keepalive = 1\n[agent]\ndata_dir = "/tmp/x"\n')
+    path.write_text(
+        '[server]\nurl = "http://x"\n[device]\nid = "d"\nsecret = "s"\n[mqtt]\nurl = "mqtt://b"\n'
+        'keepalive = 1\n[agent]\ndata_dir = "/tmp/x"\n'
+    )
     for command in ("run", "status"):
         result = agent(command, "--config", str(path))
         assert result.returncode == Exit.CONFIG_INVALID

@@ -24,8 +24,13 @@ MAX_BYTES = 512 * 1024
 
 def beat(pad: str) -> dict[str, Any]:
     return {
-        "agent_version": "0.1.0", "uptime_s": 1.0, "cpu_percent": 5.0, "memory_percent": 20.0,
-        "disk_percent": 10.0, "disk_free_bytes": 10**9, "pad": pad,
+        "agent_version": "0.1.0",
+        "uptime_s": 1.0,
+        "cpu_percent": 5.0,
+        "memory_percent": 20.0,
+        "disk_percent": 10.0,
+        "disk_free_bytes": 10**9,
+        "pad": pad,
     }
 
 

@@ -23,8 +23,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def beat(**extra: Any) -> dict[str, Any]:
     return {
-        "agent_version": "0.1.0", "uptime_s": 1.0, "cpu_percent": 5.0, "memory_percent": 20.0,
-        "disk_percent": 10.0, "disk_free_bytes": 10**9, **extra,
+        "agent_version": "0.1.0",
+        "uptime_s": 1.0,
+        "cpu_percent": 5.0,
+        "memory_percent": 20.0,
+        "disk_percent": 10.0,
+        "disk_free_bytes": 10**9,
+        **extra,
     }
 
 

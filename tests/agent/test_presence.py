@@ -100,7 +100,11 @@ def test_a_killed_agent_turns_offline_through_its_last_will(
 
 
 def test_a_running_agent_answers_ping_stores_desired_and_stops_cleanly_on_sigterm(
-    bridge: Bridge, device: tuple[Device, str], running: AgentProcess, tmp_path: Path, notify_socket: socket.socket,
+    bridge: Bridge,
+    device: tuple[Device, str],
+    running: AgentProcess,
+    tmp_path: Path,
+    notify_socket: socket.socket,
     mqtt_url: str,
 ) -> None:
     row = device[0]

@@ -33,9 +33,17 @@ def test_the_pipeline_decides_every_frame_with_the_model_in_service(colour_model
     assert [r.frame_index for r in results] == [1, 2, 3, 4]
     assert all(r.confidence > 0.99 and r.model_version == "1.0.0" for r in results)
     assert pipeline.counters() | {"actions": None} == {
-        "read": 4, "captured": 4, "skipped": 0, "dropped": 0, "inferred": 4, "errors": 0,
-        "escalated": 0, "swaps": 0, "fallback": False, "actions": None,
-    }  # fmt: skip
+        "read": 4,
+        "captured": 4,
+        "skipped": 0,
+        "dropped": 0,
+        "inferred": 4,
+        "errors": 0,
+        "escalated": 0,
+        "swaps": 0,
+        "fallback": False,
+        "actions": None,
+    }
 
 
 class Recording:
@@ -167,11 +175,17 @@ def test_run_over_and_the_command_line_decide_every_image_of_a_folder(
 
     meta = tmp_path / "colour.json"
     meta.write_text(
-        json.dumps({
-            "name": "colour", "version": "1.0.0", "file": "colour.onnx", "labels": ["red", "green", "blue"],
-            "input": colour_model.input_spec.model_dump(mode="json"), "output": colour_model.output.model_dump(),
-        })
-    )  # fmt: skip
+        json.dumps(
+            {
+                "name": "colour",
+                "version": "1.0.0",
+                "file": "colour.onnx",
+                "labels": ["red", "green", "blue"],
+                "input": colour_model.input_spec.model_dump(mode="json"),
+                "output": colour_model.output.model_dump(),
+            }
+        )
+    )
     assert main([str(meta), str(folder)]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(line["frame"], line["label"]) for line in lines] == [

@@ -22,8 +22,13 @@ def now() -> str:
 
 def heartbeat(seq: int, **data: Any) -> dict[str, Any]:
     body = {
-        "agent_version": "0.1.0", "uptime_s": 5.0, "cpu_percent": 12.5, "memory_percent": 40.0,
-        "disk_percent": 30.0, "disk_free_bytes": 10**9, "temperature_c": 51.0,
+        "agent_version": "0.1.0",
+        "uptime_s": 5.0,
+        "cpu_percent": 12.5,
+        "memory_percent": 40.0,
+        "disk_percent": 30.0,
+        "disk_free_bytes": 10**9,
+        "temperature_c": 51.0,
     }
     body.update(data)
     return {"seq": seq, "kind": "heartbeat", "ts": now(), "data": body}

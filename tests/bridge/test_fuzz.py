@@ -25,17 +25,27 @@ json_values = st.recursive(
 known_types = st.sampled_from(["status", "reported", "telemetry", "event", "desired", "ack", "command"])
 documents = st.one_of(
     st.dictionaries(st.text(max_size=10), json_values, max_size=6),
-    st.fixed_dictionaries({"v": st.just(1), "type": known_types}, optional={
-        "state": json_values, "records": json_values, "generation": json_values, "kind": json_values,
-        "data": json_values, "agent_version": st.text(max_size=300), "phase": json_values, "floor": json_values,
-    }),
+    st.fixed_dictionaries(
+        {"v": st.just(1), "type": known_types},
+        optional={
+            "state": json_values,
+            "records": json_values,
+            "generation": json_values,
+            "kind": json_values,
+            "data": json_values,
+            "agent_version": st.text(max_size=300),
+            "phase": json_values,
+            "floor": json_values,
+        },
+    ),
     st.fixed_dictionaries({"v": st.just(1), "type": st.text(max_size=20)}),
 )
 payloads = st.one_of(
     st.binary(max_size=2048),
     documents.map(lambda d: json.dumps(d).encode()),
-    st.text(max_size=100).map(lambda t: json.dumps({"v": 1, "type": "status", "state": "online",
-                                                     "agent_version": t * 50}).encode()),
+    st.text(max_size=100).map(
+        lambda t: json.dumps({"v": 1, "type": "status", "state": "online", "agent_version": t * 50}).encode()
+    ),
 )
 suffixes = st.sampled_from(protocol.SUFFIXES)
 

@@ -105,8 +105,11 @@ def test_messages_from_unknown_or_revoked_devices_are_refused(bridge: Bridge, de
 
 
 def test_a_malformed_heartbeat_is_kept_but_not_shown_as_state(bridge: Bridge, device: Device) -> None:
-    batch = {"v": 1, "type": "telemetry", "records": [{"seq": 1, "kind": "heartbeat", "ts": "2026-01-01T00:00:00Z",
-                                                         "data": {"cpu_percent": "hot"}}]}
+    batch = {
+        "v": 1,
+        "type": "telemetry",
+        "records": [{"seq": 1, "kind": "heartbeat", "ts": "2026-01-01T00:00:00Z", "data": {"cpu_percent": "hot"}}],
+    }
     assert bridge.handle(topic(device.device_id, "telemetry"), json.dumps(batch).encode()) == "ok"
     device.refresh_from_db()
     assert device.last_heartbeat == {} and acks(bridge) == [1]

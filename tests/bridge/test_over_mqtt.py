@@ -29,6 +29,7 @@ def window_batch(seqs: range) -> bytes:
     records = [{"seq": s, "kind": "window", "ts": now.isoformat(), "data": data} for s in seqs]
     return json.dumps({"v": 1, "type": "telemetry", "records": records}).encode()
 
+
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 
@@ -130,7 +131,8 @@ def test_the_bridge_keeps_working_after_garbage_over_the_wire(
             return {reason: n for reason, n in b.rejected.items() if reason != "unknown_device"}
 
         assert bridge.wait_for(lambda b: b.accepted["status"] == 1 and mine(b) == expected, timeout=20), (
-            dict(bridge.accepted), dict(bridge.rejected)
+            dict(bridge.accepted),
+            dict(bridge.rejected),
         )
         assert Device.objects.get(pk=device.pk).online
     finally:

@@ -59,14 +59,20 @@ def test_a_stock_client_with_one_devices_credentials_is_refused_on_another_devic
     # MQTT 5 lets the broker say why: the PUBACK carries "not authorized".
     forged = subprocess.run(
         [*base, "-V", "mqttv5", "-t", protocol.topic(b.device.device_id, "telemetry"), "-m", "forged"],
-        capture_output=True, text=True, timeout=30, check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert "not authorized" in (forged.stdout + forged.stderr).lower(), forged
     # Its own topic works with the same credentials; mosquitto_pub exits only
     # after the PUBACK, and Mosquitto forwards in order, so the forgery had its chance.
     own = subprocess.run(
         [*base, "-t", protocol.topic(a.device.device_id, "telemetry"), "-m", "own"],
-        capture_output=True, text=True, timeout=30, check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert own.returncode == 0, own
     assert bridge.wait_for_message(protocol.topic(a.device.device_id, "telemetry"), b"own")

@@ -64,7 +64,11 @@ def test_the_command_serves_until_sigterm_and_then_exits_cleanly(tmp_path: Path)
     env.pop("MQTT_PASSWORD", None)
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "manage.py"), "embedded_broker", "--bind", f"127.0.0.1:{port}"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         wait_for_connack("127.0.0.1", port, alive=process)

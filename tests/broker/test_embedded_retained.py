@@ -110,7 +110,10 @@ def foreign_messages(probe: Probe, bridge: Probe, device_id: str, marker: bytes)
 
 
 def test_a_device_connecting_after_others_gets_none_of_their_retained_messages(
-    broker: RunningBroker, bridge: Probe, devices: dict[str, services.Enrollment], others_retained: None,
+    broker: RunningBroker,
+    bridge: Probe,
+    devices: dict[str, services.Enrollment],
+    others_retained: None,
     probes: list[Probe],
 ) -> None:
     c = devices["c"].device.device_id
@@ -125,7 +128,10 @@ def test_a_device_connecting_after_others_gets_none_of_their_retained_messages(
 
 
 def test_a_device_reconnecting_with_a_clean_session_gets_none_of_their_retained_messages(
-    broker: RunningBroker, bridge: Probe, devices: dict[str, services.Enrollment], others_retained: None,
+    broker: RunningBroker,
+    bridge: Probe,
+    devices: dict[str, services.Enrollment],
+    others_retained: None,
     probes: list[Probe],
 ) -> None:
     c = devices["c"].device.device_id
@@ -142,7 +148,10 @@ def test_a_device_reconnecting_with_a_clean_session_gets_none_of_their_retained_
 
 
 def test_a_device_with_a_persistent_session_gets_none_of_their_retained_messages(
-    broker: RunningBroker, bridge: Probe, devices: dict[str, services.Enrollment], others_retained: None,
+    broker: RunningBroker,
+    bridge: Probe,
+    devices: dict[str, services.Enrollment],
+    others_retained: None,
     probes: list[Probe],
 ) -> None:
     c = devices["c"].device.device_id

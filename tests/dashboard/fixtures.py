@@ -37,8 +37,12 @@ def with_heartbeats_only(device: Device, now: datetime | None = None, *, minutes
     """A device that runs no model yet: heartbeats, no inference windows (as the demo's devices on the fallback)."""
     now = now or timezone.now()
     feed = Feed(device)
-    feed.store([feed.heartbeat(now - timedelta(minutes=m), temperature_c=None, cpu_freq_mhz=2400.0)
-                for m in range(minutes, 0, -1)])  # fmt: skip
+    feed.store(
+        [
+            feed.heartbeat(now - timedelta(minutes=m), temperature_c=None, cpu_freq_mhz=2400.0)
+            for m in range(minutes, 0, -1)
+        ]
+    )
     roll_up_everything()
     device.refresh_from_db()
     return device
@@ -46,8 +50,15 @@ def with_heartbeats_only(device: Device, now: datetime | None = None, *, minutes
 
 def reporting(device: Device, **reported: Any) -> Device:
     """The device says it runs this (as the bridge stores a ``reported`` message)."""
-    device.reported = {"generation": 1, "model_name": "detector", "model_version": "1.0.0", "phase": "active",
-                       "agent_version": "0.1.0", "fallback": False, **reported}  # fmt: skip
+    device.reported = {
+        "generation": 1,
+        "model_name": "detector",
+        "model_version": "1.0.0",
+        "phase": "active",
+        "agent_version": "0.1.0",
+        "fallback": False,
+        **reported,
+    }
     device.save(update_fields=["reported"])
     return device
 
@@ -74,15 +85,33 @@ def registry_model(name: str = "detector", versions: int = 1) -> Model:
     version = None
     for i in range(versions):
         version = ModelVersion.objects.create(
-            model=model, version=f"1.{i}.0", sequence=i + 1, content_digest="0" * 64,
-            input_spec={}, output={}, labels=["ok", "defect"],
-        )  # fmt: skip
-        Bundle.objects.create(version=version, target="cpu-fp32", file=f"b/{name}-{i}.tar", sha256="1" * 64,
-                              size=4_500_000, manifest_sha256="2" * 64, key_id="k1")  # fmt: skip
-        Bundle.objects.create(version=version, target="cpu-int8", file=f"b/{name}-{i}-int8.tar", sha256="3" * 64,
-                              size=1_300_000, manifest_sha256="4" * 64, key_id="k1",
-                              metrics={"latency_ratio": 0.62, "top1_agreement": 0.97,
-                                       "detection_agreement": 0.94})  # fmt: skip
+            model=model,
+            version=f"1.{i}.0",
+            sequence=i + 1,
+            content_digest="0" * 64,
+            input_spec={},
+            output={},
+            labels=["ok", "defect"],
+        )
+        Bundle.objects.create(
+            version=version,
+            target="cpu-fp32",
+            file=f"b/{name}-{i}.tar",
+            sha256="1" * 64,
+            size=4_500_000,
+            manifest_sha256="2" * 64,
+            key_id="k1",
+        )
+        Bundle.objects.create(
+            version=version,
+            target="cpu-int8",
+            file=f"b/{name}-{i}-int8.tar",
+            sha256="3" * 64,
+            size=1_300_000,
+            manifest_sha256="4" * 64,
+            key_id="k1",
+            metrics={"latency_ratio": 0.62, "top1_agreement": 0.97, "detection_agreement": 0.94},
+        )
     assert version is not None
     Alias.objects.create(model=model, name="production", version=version)
     return model

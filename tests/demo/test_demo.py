@@ -32,7 +32,11 @@ def test_the_demo_brings_twelve_devices_online_running_the_published_model_and_s
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "MQTT_", "DJANGO_"))}
     demo = subprocess.Popen(
         [sys.executable, "-m", "fleet.demo", "--data-dir", str(tmp_path), "--web-port", "0", "--mqtt-port", "0"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     lines: list[str] = []
     try:

@@ -44,9 +44,7 @@ def _crops(seed: int, count: int, condition: render.Condition) -> tuple[list[Ima
 
 
 def test_the_committed_models_match_their_checksums() -> None:
-    listed = dict(
-        reversed(line.split("  ", 1)) for line in (MODELS / "onnx" / "SHA256SUMS").read_text().splitlines()
-    )
+    listed = dict(reversed(line.split("  ", 1)) for line in (MODELS / "onnx" / "SHA256SUMS").read_text().splitlines())
 
     assert sorted(listed) == sorted(f"{name}.onnx" for name in NAMES)
     for file, digest in listed.items():

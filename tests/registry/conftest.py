@@ -222,9 +222,7 @@ class Crafted:
         }
 
     def manifest(self) -> Manifest:
-        entries = [
-            FileEntry(path=p, sha256=hashlib.sha256(d).hexdigest(), size=len(d)) for p, d in self.files.items()
-        ]
+        entries = [FileEntry(path=p, sha256=hashlib.sha256(d).hexdigest(), size=len(d)) for p, d in self.files.items()]
         return Manifest(files=entries, **self.fields)
 
     def pack(self, signer: Signer, directory: Path, *, files: dict[str, bytes] | None = None) -> Path:

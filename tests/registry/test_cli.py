@@ -31,8 +31,20 @@ def files(tmp_path, classifier_onnx, metadata, png_images) -> dict[str, Path]:
 
 
 def publish(server: str, token: str, files: dict[str, Path], *extra: str, model: str = "model") -> object:
-    args = ["publish", "--server", server, "--token", token, "--model", "parts",
-            "--file", str(files[model]), "--metadata", str(files["metadata"]), *extra]
+    args = [
+        "publish",
+        "--server",
+        server,
+        "--token",
+        token,
+        "--model",
+        "parts",
+        "--file",
+        str(files[model]),
+        "--metadata",
+        str(files["metadata"]),
+        *extra,
+    ]
     return runner.invoke(cli.app, args)
 
 
@@ -59,8 +71,9 @@ def test_publish_exit_codes_follow_the_servers_answer(live_server, token_client,
     assert unreachable.exit_code == cli.EXIT_NETWORK
 
 
-def test_a_device_resumes_a_download_and_verifies_the_bundle(live_server, admin_user, files, enroll_device, site,
-                                                             tmp_path):
+def test_a_device_resumes_a_download_and_verifies_the_bundle(
+    live_server, admin_user, files, enroll_device, site, tmp_path
+):
     from fleet.models import ApiToken
 
     _, token = ApiToken.issue(admin_user, name="ci", scopes=["publish"])
@@ -73,10 +86,19 @@ def test_a_device_resumes_a_download_and_verifies_the_bundle(live_server, admin_
     trust = tmp_path / "trust.json"
     trust.write_text(json.dumps({"trust_store": enrolled.trust_store}))
 
-    fetched = runner.invoke(cli.app, [
-        "download", f"{live_server.url}{bundle.download_path()}", "-o", str(output),
-        "--device-id", enrolled.device.device_id, "--secret", enrolled.secret,
-    ])
+    fetched = runner.invoke(
+        cli.app,
+        [
+            "download",
+            f"{live_server.url}{bundle.download_path()}",
+            "-o",
+            str(output),
+            "--device-id",
+            enrolled.device.device_id,
+            "--secret",
+            enrolled.secret,
+        ],
+    )
     checked = runner.invoke(cli.app, ["verify", str(output), "--trust-store", str(trust)])
 
     assert fetched.exit_code == 0, fetched.output

@@ -62,7 +62,8 @@ def test_a_detector_gets_an_int8_bundle_with_its_detection_agreement(
     token_client, detector_onnx, metadata, django_capture_on_commit_callbacks
 ):
     detector = metadata(
-        task="detection", labels=["washer", "gear"],
+        task="detection",
+        labels=["washer", "gear"],
         input={"name": "image", "shape": [1, 3, 32, 32]},
         output={"kind": "detection", "output": "detections", "score_threshold": 0.2},
         quantize=True,
@@ -78,7 +79,8 @@ def test_a_detector_gets_an_int8_bundle_with_its_detection_agreement(
 
 def test_a_detector_whose_rows_do_not_fit_its_labels_is_refused(token_client, detector_onnx, metadata):
     detector = metadata(
-        task="detection", labels=["washer", "gear", "bracket"],
+        task="detection",
+        labels=["washer", "gear", "bracket"],
         input={"name": "image", "shape": [1, 3, 32, 32]},
         output={"kind": "detection", "output": "detections"},
     )
@@ -93,8 +95,11 @@ def test_calibration_images_steer_int8_and_its_figures_but_stay_out_of_the_bundl
 ):
     with django_capture_on_commit_callbacks(execute=True):
         response = publish(
-            token_client("publish"), classifier_onnx, metadata(quantize=True),
-            images=png_images[:1], calibration=png_images * 2,
+            token_client("publish"),
+            classifier_onnx,
+            metadata(quantize=True),
+            images=png_images[:1],
+            calibration=png_images * 2,
         )
 
     assert response.status_code == 201, response.content

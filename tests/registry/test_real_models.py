@@ -40,8 +40,12 @@ def test_the_parts_classifier_publishes_quantises_and_verifies_on_its_reference_
 
     with django_capture_on_commit_callbacks(execute=True):
         response = publish(
-            token_client("publish"), model, {**metadata, "quantize": True},
-            name="parts-classifier", images=references, calibration=calibration,
+            token_client("publish"),
+            model,
+            {**metadata, "quantize": True},
+            name="parts-classifier",
+            images=references,
+            calibration=calibration,
         )
 
     assert response.status_code == 201, response.content

@@ -221,9 +221,20 @@ def test_it_refuses_too_many_files_and_an_oversize_archive(crafted, signer, keyr
 
 def test_every_failure_has_its_own_class_and_reason():
     classes = [
-        verify.UnknownKey, verify.KeyRetired, verify.BadSignature, verify.DigestMismatch, verify.SizeMismatch,
-        verify.Expired, verify.Downgrade, verify.AgentTooOld, verify.UnsafeArchivePath, verify.ArchiveTooLarge,
-        verify.MissingFile, verify.UnexpectedFile, verify.BadManifest, verify.ReferenceMismatch,
+        verify.UnknownKey,
+        verify.KeyRetired,
+        verify.BadSignature,
+        verify.DigestMismatch,
+        verify.SizeMismatch,
+        verify.Expired,
+        verify.Downgrade,
+        verify.AgentTooOld,
+        verify.UnsafeArchivePath,
+        verify.ArchiveTooLarge,
+        verify.MissingFile,
+        verify.UnexpectedFile,
+        verify.BadManifest,
+        verify.ReferenceMismatch,
     ]
     assert len({c.reason for c in classes}) == len(classes)
     assert all(issubclass(c, verify.VerificationError) for c in classes)

@@ -43,10 +43,17 @@ def window_data(
 
 def heartbeat_data(**overrides: Any) -> dict[str, Any]:
     data: dict[str, Any] = {
-        "agent_version": "0.1.0", "uptime_s": 600.0, "cpu_percent": 35.0, "memory_percent": 40.0,
-        "disk_percent": 30.0, "disk_free_bytes": 8 * 10**9, "temperature_c": 55.0, "cpu_freq_mhz": 1500.0,
-        "model_version": "1.0.0", "outbox_depth": 0,
-    }  # fmt: skip
+        "agent_version": "0.1.0",
+        "uptime_s": 600.0,
+        "cpu_percent": 35.0,
+        "memory_percent": 40.0,
+        "disk_percent": 30.0,
+        "disk_free_bytes": 8 * 10**9,
+        "temperature_c": 55.0,
+        "cpu_freq_mhz": 1500.0,
+        "model_version": "1.0.0",
+        "outbox_depth": 0,
+    }
     data.update(overrides)
     return data
 
@@ -67,11 +74,20 @@ class Feed:
         self.seq = 0
 
     def windows(
-        self, start: datetime, minutes: int, rng: random.Random, *, per_minute: int = 6,
-        latency: tuple[float, float] = (20.0, 0.2), confidence: tuple[float, float] = (6.0, 2.0),
-        classes: Sequence[str] = ("ok", "defect"), weights: Sequence[float] = (0.9, 0.1),
-        frames: int = 50, model: str = "detector@1.0.0", **extra: Any,
-    ) -> list[protocol.TelemetryRecord]:  # fmt: skip
+        self,
+        start: datetime,
+        minutes: int,
+        rng: random.Random,
+        *,
+        per_minute: int = 6,
+        latency: tuple[float, float] = (20.0, 0.2),
+        confidence: tuple[float, float] = (6.0, 2.0),
+        classes: Sequence[str] = ("ok", "defect"),
+        weights: Sequence[float] = (0.9, 0.1),
+        frames: int = 50,
+        model: str = "detector@1.0.0",
+        **extra: Any,
+    ) -> list[protocol.TelemetryRecord]:
         """Windows over ``minutes``: log-normal latencies (median, sigma), beta confidences (a, b)."""
         out = []
         for i in range(minutes * per_minute):
@@ -82,8 +98,10 @@ class Feed:
                 [rng.lognormvariate(_ln(latency[0]), latency[1]) for _ in range(frames)],
                 [rng.betavariate(*confidence) for _ in range(frames)],
                 rng.choices(list(classes), weights=list(weights), k=frames),
-                seconds=60 // per_minute, model=model, **extra,
-            )  # fmt: skip
+                seconds=60 // per_minute,
+                model=model,
+                **extra,
+            )
             out.append(record(self.seq, "window", at + timedelta(seconds=60 // per_minute), data))
         return out
 

@@ -24,11 +24,20 @@ def alive(device: Device, now: datetime, **heartbeat: Any) -> Device:
 
 
 def recent_windows(
-    device: Device, now: datetime, *, frames: int = 2000, latency_ms: float = 20.0,
-    confidence: tuple[float, float] = (6, 2), classes: Sequence[str] = ("ok", "defect"),
-    weights: Sequence[float] = (0.9, 0.1), escalation_rate: float = 0.05,
-    model: str = "detector@1.0.0", seed: int = 0, minutes_ago: int = 5, fallback: bool = False,
-) -> WindowRollup:  # fmt: skip
+    device: Device,
+    now: datetime,
+    *,
+    frames: int = 2000,
+    latency_ms: float = 20.0,
+    confidence: tuple[float, float] = (6, 2),
+    classes: Sequence[str] = ("ok", "defect"),
+    weights: Sequence[float] = (0.9, 0.1),
+    escalation_rate: float = 0.05,
+    model: str = "detector@1.0.0",
+    seed: int = 0,
+    minutes_ago: int = 5,
+    fallback: bool = False,
+) -> WindowRollup:
     """Replace the device's recent minute rollup with one of these figures (the drift/peer window)."""
     rng = random.Random(seed)
     start = (now - timedelta(minutes=minutes_ago)).replace(second=0, microsecond=0)
@@ -37,13 +46,21 @@ def recent_windows(
         [rng.lognormvariate(0, 0.1) * latency_ms for _ in range(frames)],
         [rng.betavariate(*confidence) for _ in range(frames)],
         rng.choices(list(classes), weights=list(weights), k=frames),
-        model=model, escalations=int(frames * escalation_rate), fallback=fallback,
-    )  # fmt: skip
+        model=model,
+        escalations=int(frames * escalation_rate),
+        fallback=fallback,
+    )
     summary = Summary()
     summary.add_window(protocol.window_of(protocol.TelemetryRecord(seq=1, kind="window", ts=start, data=data)))
     name, version = model.split("@")
     WindowRollup.objects.filter(resolution=Resolution.MINUTE, scope=Scope.DEVICE, key=device.device_id).delete()
     return WindowRollup.objects.create(
-        resolution=Resolution.MINUTE, scope=Scope.DEVICE, key=device.device_id, model_name=name,
-        model_version=version, bucket=start, devices=1, **summary.totals(),
-    )  # fmt: skip
+        resolution=Resolution.MINUTE,
+        scope=Scope.DEVICE,
+        key=device.device_id,
+        model_name=name,
+        model_version=version,
+        bucket=start,
+        devices=1,
+        **summary.totals(),
+    )

@@ -105,8 +105,9 @@ def test_each_rule_opens_and_resolves_when_the_condition_clears(
     alert.refresh_from_db()
     assert alert.state == "resolved" and alert.resolved_at == NOW
     assert list(AuditLog.objects.filter(data__alert=alert.pk).order_by("id").values_list("action", flat=True)) == [
-        "alert.opened", "alert.resolved",
-    ]  # fmt: skip
+        "alert.opened",
+        "alert.resolved",
+    ]
 
 
 def test_a_condition_must_last_the_rules_duration_before_the_alert_opens(fleet: list[Device]) -> None:

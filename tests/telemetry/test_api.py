@@ -60,16 +60,27 @@ def test_a_site_series_merges_every_device_and_reads_percentiles_off_the_merged_
 def test_the_server_downsamples_to_at_most_the_points_asked_for(
     viewer_client: APIClient, devices: list[Device]
 ) -> None:
-    body = series(viewer_client, scope="device", key=devices[0].device_id, start=START.isoformat(),
-                  end=(START + timedelta(minutes=31)).isoformat(), points=4).json()  # fmt: skip
+    body = series(
+        viewer_client,
+        scope="device",
+        key=devices[0].device_id,
+        start=START.isoformat(),
+        end=(START + timedelta(minutes=31)).isoformat(),
+        points=4,
+    ).json()
     assert body["step_s"] == 480 and len(body["points"]) == 4
     assert sum(p["windows"] for p in body["points"]) == 60
     assert body["health"][0]["temperature_c_max"] == 61.0
 
 
 def test_a_week_is_read_from_hour_rollups(viewer_client: APIClient, devices: list[Device]) -> None:
-    body = series(viewer_client, scope="model", key="detector@1.0.0", start=(START - timedelta(days=6)).isoformat(),
-                  end=(START + timedelta(days=1)).isoformat()).json()  # fmt: skip
+    body = series(
+        viewer_client,
+        scope="model",
+        key="detector@1.0.0",
+        start=(START - timedelta(days=6)).isoformat(),
+        end=(START + timedelta(days=1)).isoformat(),
+    ).json()
     assert body["resolution"] == "1h" and body["step_s"] == 3600
     assert body["summary"]["frames"] == 3 * 30 * 2 * 50
 
@@ -104,11 +115,24 @@ def test_the_series_query_count_does_not_grow_with_devices_or_points(
         for i in range(n_devices):
             device = enroll_device(site, name=f"extra-{n_devices}-{i}").device
             for hour in range(48):
-                WindowRollup.objects.create(resolution=Resolution.HOUR, scope=Scope.DEVICE, key=device.device_id,
-                                            bucket=START - timedelta(hours=hour), frames=10)  # fmt: skip
+                WindowRollup.objects.create(
+                    resolution=Resolution.HOUR,
+                    scope=Scope.DEVICE,
+                    key=device.device_id,
+                    bucket=START - timedelta(hours=hour),
+                    frames=10,
+                )
         with CaptureQueriesContext(connection) as queries:
-            assert series(viewer_client, scope="site", key="plant-a", start=(START - timedelta(days=7)).isoformat(),
-                          end=START.isoformat()).status_code == 200  # fmt: skip
+            assert (
+                series(
+                    viewer_client,
+                    scope="site",
+                    key="plant-a",
+                    start=(START - timedelta(days=7)).isoformat(),
+                    end=START.isoformat(),
+                ).status_code
+                == 200
+            )
         return len(queries)
 
     assert count(2) == count(20) <= 6
@@ -160,13 +184,21 @@ def test_the_alert_list_query_count_is_bounded(
     [("admin", 200), ("viewer", 403), ("read_token", 403), ("fleet_token", 200), ("anonymous", 401)],
 )
 def test_only_staff_or_a_fleet_token_may_acknowledge(
-    who: str, expected: int, alert: Alert, admin_client: APIClient, viewer_client: APIClient,
-    anonymous: APIClient, token_client: Callable[..., APIClient],
-) -> None:  # fmt: skip
+    who: str,
+    expected: int,
+    alert: Alert,
+    admin_client: APIClient,
+    viewer_client: APIClient,
+    anonymous: APIClient,
+    token_client: Callable[..., APIClient],
+) -> None:
     clients = {
-        "admin": lambda: admin_client, "viewer": lambda: viewer_client, "anonymous": lambda: anonymous,
-        "read_token": lambda: token_client("read"), "fleet_token": lambda: token_client("fleet"),
-    }  # fmt: skip
+        "admin": lambda: admin_client,
+        "viewer": lambda: viewer_client,
+        "anonymous": lambda: anonymous,
+        "read_token": lambda: token_client("read"),
+        "fleet_token": lambda: token_client("fleet"),
+    }
     answer = clients[who]().post(f"/api/v1/alerts/{alert.pk}/acknowledge/", {"note": "on it"}, format="json")
     assert answer.status_code in ((401, 403) if expected == 401 else (expected,))
     alert.refresh_from_db()

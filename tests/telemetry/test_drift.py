@@ -91,9 +91,16 @@ def test_without_a_reference_the_versions_first_hours_in_the_field_are_the_basel
     row = recent_windows(device, now, frames=5000)
     for hour in range(2):
         WindowRollup.objects.create(
-            resolution=Resolution.HOUR, scope=Scope.FLEET, key="*", model_name="detector", model_version="1.0.0",
-            bucket=first + timedelta(hours=hour), confidence=row.confidence, classes=row.classes, frames=row.frames,
-        )  # fmt: skip
+            resolution=Resolution.HOUR,
+            scope=Scope.FLEET,
+            key="*",
+            model_name="detector",
+            model_version="1.0.0",
+            bucket=first + timedelta(hours=hour),
+            confidence=row.confidence,
+            classes=row.classes,
+            frames=row.frames,
+        )
     recent_windows(device, now, confidence=(2, 3), seed=4)
     baseline = drift.baseline_for("detector", "1.0.0", now)
     assert baseline is not None and baseline.source == "field" and baseline.frames == 10_000

@@ -83,9 +83,13 @@ def test_rollups_exist_per_device_site_and_model_version_at_both_resolutions(dev
     roll_up_everything()
     hours = WindowRollup.objects.filter(resolution=Resolution.HOUR)
     assert set(hours.values_list("scope", "model_version")) == {
-        ("device", "1.0.0"), ("device", "2.0.0"), ("site", "1.0.0"), ("site", "2.0.0"), ("fleet", "1.0.0"),
+        ("device", "1.0.0"),
+        ("device", "2.0.0"),
+        ("site", "1.0.0"),
+        ("site", "2.0.0"),
+        ("fleet", "1.0.0"),
         ("fleet", "2.0.0"),
-    }  # fmt: skip
+    }
     fleet = hours.get(scope=Scope.FLEET, model_version="1.0.0")
     assert fleet.frames == sum(
         r.frames

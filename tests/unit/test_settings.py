@@ -17,7 +17,11 @@ def load_settings(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str
     clean.update({"EDGEFLEET_DATA_DIR": str(tmp_path), **env})
     return subprocess.run(
         [sys.executable, "-c", "import fleet.settings as s; print(s.DATABASES['default']['ENGINE'])"],
-        cwd=ROOT, env=clean, capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -51,9 +55,16 @@ def test_a_secret_can_come_from_a_file(tmp_path: Path) -> None:
     secret.write_text("s3cr3t-from-file\n")
     result = subprocess.run(
         [sys.executable, "-c", "import fleet.settings as s; print(s.SECRET_KEY)"],
-        cwd=ROOT, env={**os.environ, "EDGEFLEET_ENV": "production", "SECRET_KEY_FILE": str(secret),
-                       "EDGEFLEET_DATA_DIR": str(tmp_path)},
-        capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "EDGEFLEET_ENV": "production",
+            "SECRET_KEY_FILE": str(secret),
+            "EDGEFLEET_DATA_DIR": str(tmp_path),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "s3cr3t-from-file"

@@ -82,7 +82,12 @@ def reported(device: Device) -> dict[str, Any]:
 
 
 def test_a_real_agent_installs_a_published_model_and_sends_window_telemetry_from_real_inference(
-    bridge: Bridge, enrolled: Any, live_server: Any, mqtt_url: str, frames: Path, tmp_path: Path,
+    bridge: Bridge,
+    enrolled: Any,
+    live_server: Any,
+    mqtt_url: str,
+    frames: Path,
+    tmp_path: Path,
     token_client: Any,
 ) -> None:
     from models import samples
@@ -113,7 +118,8 @@ def test_a_real_agent_installs_a_published_model_and_sends_window_telemetry_from
         def windows_from_the_model() -> bool:
             records = TelemetryRecord.objects.filter(device=device, kind="window")
             return any(
-                r.data.get("frames", 0) > 0 and r.data.get("model_version") == "1.0.0"
+                r.data.get("frames", 0) > 0
+                and r.data.get("model_version") == "1.0.0"
                 and set(r.data.get("classes", {})) <= {"ok", "crack", "missing_hole", "scratch"}
                 for r in records
             )

@@ -53,8 +53,11 @@ def test_a_kill_at_each_update_phase_leaves_a_verified_model_and_the_update_comp
 
     env = {**os.environ, KILL_AT_ENV: phase, "PYTHONPATH": str(ROOT)}
     child = subprocess.run(
-        [sys.executable, "-c", CHILD, str(config_path), str(desired_path)], env=env, cwd=ROOT,
-        capture_output=True, timeout=120,
+        [sys.executable, "-c", CHILD, str(config_path), str(desired_path)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        timeout=120,
     )
     assert child.returncode == -signal.SIGKILL, child.stderr.decode()[-2000:]
 

@@ -289,7 +289,9 @@ def test_a_keyring_update_from_the_control_plane_lets_a_rotated_key_sign(
 ):
     rotated = Signer(Ed25519PrivateKey.generate())
     document = {
-        "type": "keyring", "sequence": 1, "issued_at": datetime.now(timezone.utc).isoformat(),
+        "type": "keyring",
+        "sequence": 1,
+        "issued_at": datetime.now(timezone.utc).isoformat(),
         "keys": [trusted(signer), trusted(rotated)],
     }
     update = {"document": document, "signature": signer.sign_document(document)}
@@ -314,8 +316,9 @@ def test_the_archive_digest_is_checked_against_the_desired_state(
 ):
     desired = publish(crafted, signer, bundle_server, tmp_path, 1)
     wrong = sign(
-        desired.model_copy(update={"model": {**desired.model, "sha256": hashlib.sha256(b"x").hexdigest()},
-                                   "signature": None}),
+        desired.model_copy(
+            update={"model": {**desired.model, "sha256": hashlib.sha256(b"x").hexdigest()}, "signature": None}
+        ),
         signer,
     )
     with pytest.raises(UpdateError):

@@ -55,7 +55,9 @@ def test_with_the_outbox_full_records_are_dropped_and_counted_while_inference_go
     tmp_path: Path, frames: Path
 ) -> None:
     config = make_config(
-        tmp_path, "http://127.0.0.1:9", [],
+        tmp_path,
+        "http://127.0.0.1:9",
+        [],
         capture={"source": str(frames), "loop": True, "max_fps": 500},
         vision={"window_interval_s": 0.1},
         escalation={"enabled": False},
@@ -71,8 +73,10 @@ def test_with_the_outbox_full_records_are_dropped_and_counted_while_inference_go
         assert pipeline is not None and updater.holder.fallback
         # Nothing is acknowledged (no link): fill the outbox far past its cap.
         for _ in range(400):
-            box.append("window", {"start": "2026-01-01T00:00:00Z", "end": "2026-01-01T00:01:00Z",
-                                  "frames": 0, "pad": "x" * 1000})
+            box.append(
+                "window",
+                {"start": "2026-01-01T00:00:00Z", "end": "2026-01-01T00:01:00Z", "frames": 0, "pad": "x" * 1000},
+            )
         box.commit()
         assert wait(lambda: box.stats().dropped_total > 0)
         inferred = pipeline.inferred
@@ -110,8 +114,9 @@ def test_a_source_that_cannot_be_opened_is_reported_and_the_agent_goes_on(tmp_pa
 
 
 def test_runtime_config_comes_from_verified_documents_only(tmp_path: Path, frames: Path) -> None:
-    config = make_config(tmp_path, "http://127.0.0.1:9", [], capture={"source": str(frames), "loop": True},
-                         escalation={"enabled": False})
+    config = make_config(
+        tmp_path, "http://127.0.0.1:9", [], capture={"source": str(frames), "loop": True}, escalation={"enabled": False}
+    )
     box = Outbox(tmp_path / "outbox.db")
     runtime = OutboxRuntime(box)
     updater = Updater(config)

@@ -22,7 +22,9 @@ class Command(BaseCommand):
         actions.add_parser("list", help="list keys: id, created, retired, whether the private key file is here")
         rotate = actions.add_parser("rotate", help="new key, announced in a keyring update signed by the current key")
         rotate.add_argument(
-            "--retire-old-after-days", type=float, default=None,
+            "--retire-old-after-days",
+            type=float,
+            default=None,
             help="retire the previous key this many days from now (default: keep it)",
         )
         retire = actions.add_parser("retire", help="refuse signatures by a key from a date on")
@@ -38,8 +40,9 @@ class Command(BaseCommand):
             for key in SigningKey.objects.all():
                 retired = key.retired_at.isoformat() if key.retired_at else "-"
                 here = "yes" if key.private_key_path.exists() else "no"
-                self.stdout.write(f"{key.key_id}  created {key.created_at.isoformat()}  retired {retired}  "
-                                  f"private key here: {here}")
+                self.stdout.write(
+                    f"{key.key_id}  created {key.created_at.isoformat()}  retired {retired}  private key here: {here}"
+                )
         elif action == "rotate":
             days = options["retire_old_after_days"]
             if days is not None and days < 0:
@@ -58,6 +61,9 @@ class Command(BaseCommand):
                     raise CommandError(f"--at {options['at']!r} is not an ISO 8601 date-time with a zone.")
                 at = parsed
             update = services.retire_signing_key(key, at=at)
-            note = f"; keyring update {update.sequence} signed by {update.signed_by}" if update else (
-                "; no other usable key signed a keyring update: create one")
+            note = (
+                f"; keyring update {update.sequence} signed by {update.signed_by}"
+                if update
+                else ("; no other usable key signed a keyring update: create one")
+            )
             self.stdout.write(f"{key.key_id} retired at {at.isoformat()}{note}")
