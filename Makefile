@@ -27,7 +27,7 @@ $(NODE_STAMP): package.json package-lock.json
 install: $(STAMP) $(NODE_STAMP)
 
 demo: $(STAMP) $(NODE_STAMP)
-	$(BIN)/python -m fleet.demo
+	$(BIN)/python -m demo
 
 test: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python -m pytest
@@ -49,7 +49,7 @@ models: $(STAMP)
 	# The exact version first: a bare range would take the newest torch with several GB of CUDA packages.
 	$(BIN)/python -m pip install --quiet 'torch==2.13.0'
 	$(BIN)/python -m pip install --quiet -e '.[train]'
-	$(BIN)/python -m models.train
+	$(BIN)/python -m zoo.train
 
 clean:
 	rm -rf var .pytest_cache .hypothesis

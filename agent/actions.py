@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from agent.inference import Result
+from agent.kernel.decode import Result
 
 log = logging.getLogger(__name__)
 

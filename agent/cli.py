@@ -22,8 +22,9 @@ from typing import Annotated, Any, NoReturn
 import typer
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from agent import __version__, outbox, protocol
+from agent import __version__, outbox
 from agent import config as agent_config
+from agent.kernel import protocol
 
 log = logging.getLogger("agent")
 

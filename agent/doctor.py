@@ -123,8 +123,8 @@ def check_broker(config: agent_config.AgentConfig, timeout: float = 5.0) -> Chec
 
 def check_model(config: agent_config.AgentConfig) -> Check:
     from agent.inference import ModelLoadError, ModelSession
+    from agent.kernel.verify import VerificationError
     from agent.updater import CURRENT, ModelStore, check_installed, load_keyring
-    from agent.verify import VerificationError
 
     store = ModelStore(config.models_dir)
     directory = store.pointer(CURRENT)

@@ -33,7 +33,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.capture import Frame
-from agent.inference import Result
+from agent.kernel.decode import Result
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent import __version__, protocol
+from agent import __version__
 from agent.config import MqttSettings
+from agent.kernel import protocol
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from agent import protocol
+from agent.kernel import protocol
 
 log = logging.getLogger(__name__)
 

@@ -30,8 +30,9 @@ from typing import Any, Protocol
 from agent.actions import ActionDispatcher, ActionsSettings
 from agent.capture import Capture, CaptureSettings, Closed, Frame, FrameQueue, FrameSource, open_source
 from agent.escalation import EscalationClient, EscalationSettings
-from agent.inference import InferenceSettings, ModelSession, Result, SessionHolder
-from agent.spec import Thresholds
+from agent.inference import InferenceSettings, ModelSession, SessionHolder
+from agent.kernel.decode import Result
+from agent.kernel.spec import Thresholds
 from agent.window import WindowAggregator
 
 log = logging.getLogger(__name__)

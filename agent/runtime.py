@@ -24,8 +24,9 @@ from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 
-from agent import __version__, protocol, system
+from agent import __version__, system
 from agent.config import AgentConfig, atomic_write
+from agent.kernel import protocol
 from agent.mqtt import Link
 from agent.outbox import Outbox
 

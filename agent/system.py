@@ -13,7 +13,8 @@ from typing import Any
 
 import psutil
 
-from agent import __version__, protocol
+from agent import __version__
+from agent.kernel import protocol
 
 log = logging.getLogger(__name__)
 

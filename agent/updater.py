@@ -8,7 +8,7 @@ inference. For each desired document it:
 2. downloads the bundle it names with resume (``Range`` + ``If-Range``), after
    checking ``ETag`` and ``Content-Length`` against the document and the size
    cap, and checks the archive's sha256 (phase ``downloading``);
-3. verifies it with ``agent.verify`` (signature, digests, sequence, expiry,
+3. verifies it with ``agent.kernel.verify`` (signature, digests, sequence, expiry,
    agent version, archive limits; phase ``verifying``);
 4. loads it and reproduces its reference outputs (phase ``validating``);
 5. installs it atomically: the unpacked folder (files already fsynced) is
@@ -51,11 +51,12 @@ from typing import Any, NoReturn, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agent import __version__, protocol, verify
+from agent import __version__
 from agent.config import AgentConfig, atomic_write
 from agent.fallback import METADATA as FALLBACK_METADATA
 from agent.inference import Inferer, ModelLoadError, ModelSession, SessionHolder
-from agent.manifest import MANIFEST_NAME, SIGNATURE_NAME, ManifestError, parse_manifest
+from agent.kernel import protocol, verify
+from agent.kernel.manifest import MANIFEST_NAME, SIGNATURE_NAME, ManifestError, parse_manifest
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 One summary per telemetry interval instead of one record per frame: the
 outbox and the link carry a few hundred bytes a minute whatever the frame
 rate. Latency and confidence go into the shared histograms of
-``agent.histogram`` so the control plane can merge windows and read
+``agent.kernel.histogram`` so the control plane can merge windows and read
 percentiles off the sum.
 """
 
@@ -13,8 +13,8 @@ import threading
 from datetime import datetime, timezone
 from typing import Any
 
-from agent import histogram, protocol
-from agent.inference import Result
+from agent.kernel import histogram, protocol
+from agent.kernel.decode import Result
 
 MAX_CLASSES = 1000  # protocol.Window's bound; rarer classes fold into OTHER
 OTHER = "_other"

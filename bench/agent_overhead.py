@@ -18,7 +18,7 @@ measurement, and the pipeline's window goes into its outbox every 50 frames:
 the per-frame figures then include what telemetry and MQTT cost the frame loop
 (the GIL, commits, publishing), as on a device.
 
-A model is read with its ``models/<name>.json`` metadata when there is one;
+A model is read with its ``zoo/<name>.json`` metadata when there is one;
 otherwise as a 224x224 ImageNet-normalised classifier (the benchmark networks).
 """
 
@@ -42,9 +42,9 @@ import numpy as np
 from agent.actions import ActionDispatcher, Rule
 from agent.config import AgentConfig
 from agent.inference import InferenceSettings, ModelSession, SessionHolder
+from agent.kernel.spec import ClassificationOutput, InputSpec
 from agent.pipeline import Pipeline
 from agent.runtime import Runtime
-from agent.spec import ClassificationOutput, InputSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODELS = [ROOT / "models/build/resnet18-224.onnx", ROOT / "models/build/mobilenetv2-224.onnx"]
@@ -71,7 +71,7 @@ def load(path: Path, threads: int) -> ModelSession:
 def frames(count: int, width: int, height: int) -> list[np.ndarray]:
     """Rendered conveyor frames when the renderer is here (numpy + Pillow), noise otherwise."""
     try:
-        from models.render import FrameStream
+        from zoo.render import FrameStream
     except ImportError:
         rng = np.random.default_rng(0)
         return [rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8) for _ in range(count)]

@@ -4,7 +4,7 @@ One run, one private Mosquitto, the same messages for both:
 
 1. a bare paho subscriber (QoS 1, shared subscription) receives N telemetry
    messages from a publisher process sending as fast as it can;
-2. one bridge (``fleet.bridge.Bridge``, batching on) receives the same
+2. one bridge (``bridge.process.Bridge``, batching on) receives the same
    messages (fresh sequence numbers) and stores them into PostgreSQL;
 3. the publisher sends at a steady 50 % of the bridge's measured rate for a
    while, and the ingest lag (record timestamp on the device to ``received_at``
@@ -83,7 +83,7 @@ def payloads(
     """
     import random
 
-    from agent import histogram, protocol
+    from agent.kernel import histogram, protocol
 
     rng = random.Random(1)  # noqa: S311 - synthetic data, not secrets
     now = datetime.now(timezone.utc)
@@ -198,7 +198,7 @@ def bare_rate(port: int, items: list[tuple[str, bytes]]) -> float:
 
 
 def start_bridge(port: int, queue_size: int) -> Any:
-    from fleet.bridge import Bridge, BridgeConfig
+    from bridge.process import Bridge, BridgeConfig
 
     bridge = Bridge(BridgeConfig(url=f"mqtt://127.0.0.1:{port}", shared_group="bench", queue_size=queue_size))
     bridge.start()
@@ -252,7 +252,7 @@ def setup_django(database_url: str) -> None:
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
             conn.execute(f'CREATE DATABASE "{name}"')
     os.environ["DATABASE_URL"] = database_url
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fleet.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     os.environ.setdefault("EDGEFLEET_DATA_DIR", tempfile.mkdtemp(prefix="edgefleet-bench-"))
     os.environ.setdefault("BROKER_PROVISIONER", "none")
     os.environ.setdefault("LOG_LEVEL", "WARNING")
@@ -306,7 +306,7 @@ def main() -> None:
         device_ids = make_devices(args.devices)
         # This process is the bridge process: tune its collector as
         # ``manage.py mqtt_bridge`` does (the bare subscriber gets it too).
-        from fleet.bridge import tune_gc
+        from bridge.process import tune_gc
 
         tune_gc()
         bare_seqs = dict.fromkeys(device_ids, 0)

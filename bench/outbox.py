@@ -38,7 +38,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent import config as agent_config
-from agent import protocol
+from agent.kernel import protocol
 from agent.outbox import Outbox
 
 WINDOW = {"start": "2026-01-01T00:00:00Z", "end": "2026-01-01T00:01:00Z", "frames": 1200, "classes": {"ok": 1190}}

@@ -30,7 +30,7 @@ from bench.ingest import DEFAULT_DB, setup_django
 
 
 def seed(devices: int, days: int) -> tuple[str, datetime, datetime, float]:
-    from agent import histogram
+    from agent.kernel import histogram
     from fleet.models import Device, Site
     from telemetry import rollups
     from telemetry.models import Resolution, Scope, WindowRollup

@@ -38,11 +38,11 @@ from typing import Any
 import numpy as np
 
 from agent import config as agent_config
-from agent import protocol
-from agent.manifest import FileEntry, Manifest, ReferenceCase, canonical_bytes
+from agent.kernel import protocol
+from agent.kernel.manifest import FileEntry, Manifest, ReferenceCase, canonical_bytes
+from agent.kernel.verify import desired_signing_bytes, key_id_for
 from agent.pipeline import Pipeline
 from agent.updater import Updater
-from agent.verify import desired_signing_bytes, key_id_for
 from registry.bundles import Signer, build_bundle
 
 

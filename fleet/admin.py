@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from fleet.models import ApiToken, AuditLog, Device, EnrollmentToken, Site
+from fleet.models import Device, EnrollmentToken, Site
 
 
 @admin.register(Site)
@@ -21,18 +21,3 @@ class DeviceAdmin(admin.ModelAdmin):
 class EnrollmentTokenAdmin(admin.ModelAdmin):
     list_display = ("prefix", "site", "expires_at", "used_at", "revoked_at")
     exclude = ("token_hash",)
-
-
-@admin.register(ApiToken)
-class ApiTokenAdmin(admin.ModelAdmin):
-    list_display = ("name", "prefix", "user", "scopes", "last_used_at", "revoked_at")
-    exclude = ("key_hash",)
-
-
-@admin.register(AuditLog)
-class AuditLogAdmin(admin.ModelAdmin):
-    list_display = ("created_at", "actor_label", "action", "target_type", "target_id", "reason")
-    list_filter = ("action",)
-
-    def has_change_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
-        return False

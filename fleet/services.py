@@ -9,9 +9,10 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from fleet import tokens
+from core import tokens
+from core.models import AuditLog
 from fleet.broker import provisioner
-from fleet.models import AuditLog, Device, DeviceCredential, EnrollmentToken, Site
+from fleet.models import Device, DeviceCredential, EnrollmentToken, Site
 from registry.trust import trust_store
 
 

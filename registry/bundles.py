@@ -1,6 +1,6 @@
 """Signing and packing bundles. Django-free, so tests and tools can craft bundles too.
 
-The archive layout is the one ``agent.verify.extract_bundle`` reads: a gzip'd
+The archive layout is the one ``agent.kernel.verify.extract_bundle`` reads: a gzip'd
 tar of plain files with fixed metadata (owner, mode, time), so the same
 manifest and files always give the same bytes.
 """
@@ -17,8 +17,8 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from agent.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest, canonical_bytes, canonical_json
-from agent.verify import key_id_for
+from agent.kernel.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest, canonical_bytes, canonical_json
+from agent.kernel.verify import key_id_for
 
 
 @dataclass(frozen=True)

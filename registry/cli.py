@@ -228,7 +228,7 @@ def verify_command(
     references: Annotated[bool, typer.Option(help="Also run the model on its reference inputs.")] = True,
 ) -> None:
     """Verify a bundle exactly as a device does; prints its manifest summary as JSON."""
-    from agent import verify
+    from agent.kernel import verify
 
     try:
         document = json.loads(trust_store.read_text(encoding="utf-8"))

@@ -17,8 +17,8 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image, UnidentifiedImageError
 
-from agent.inference import Preprocessor
-from agent.spec import ClassificationOutput, DetectionOutput, InputSpec
+from agent.kernel.preprocess import Preprocessor
+from agent.kernel.spec import ClassificationOutput, DetectionOutput, InputSpec
 
 _DTYPES = {"float32": "tensor(float)", "uint8": "tensor(uint8)"}
 DEFAULT_SIDE = 224

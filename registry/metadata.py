@@ -6,9 +6,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from agent import histogram
-from agent.manifest import parse_version
-from agent.spec import InputSpec, OutputDecoding, Task, Thresholds
+from agent.kernel import histogram
+from agent.kernel.manifest import parse_version
+from agent.kernel.spec import InputSpec, OutputDecoding, Task, Thresholds
 
 
 class Tolerance(BaseModel):
@@ -37,7 +37,7 @@ class ReferenceDistribution(BaseModel):
     confidence: list[Annotated[int, Field(ge=0)]] = Field(
         min_length=histogram.CONFIDENCE_BINS, max_length=histogram.CONFIDENCE_BINS
     )
-    """Counts per confidence bin, with the edges of ``agent.histogram``."""
+    """Counts per confidence bin, with the edges of ``agent.kernel.histogram``."""
     classes: dict[Annotated[str, Field(max_length=100)], Annotated[int, Field(ge=0)]] = Field(
         default_factory=dict, max_length=10_000
     )

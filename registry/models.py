@@ -21,7 +21,7 @@ from django.core.validators import RegexValidator
 from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
-from agent.manifest import parse_version
+from agent.kernel.manifest import parse_version
 from registry.bundles import Signer
 
 name_validator = RegexValidator(r"^[a-z0-9][a-z0-9_-]{0,62}$", "Use lowercase letters, digits, dashes and underscores.")
@@ -87,7 +87,7 @@ class SigningKey(models.Model):
         return signer
 
     def as_trusted(self) -> dict[str, Any]:
-        """The trust store entry devices get (agent.verify.TrustedKey)."""
+        """The trust store entry devices get (agent.kernel.verify.TrustedKey)."""
         return {
             "key_id": self.key_id,
             "algorithm": "ed25519",
@@ -138,7 +138,7 @@ class SigningKey(models.Model):
 
 
 class KeyringUpdate(models.Model):
-    """A signed keyring document (agent.verify.apply_keyring_update) devices learn new keys from."""
+    """A signed keyring document (agent.kernel.verify.apply_keyring_update) devices learn new keys from."""
 
     sequence = models.PositiveIntegerField(unique=True)
     document = models.JSONField()

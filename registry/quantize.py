@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-from agent.inference import Geometry, box_iou, decode_detection
-from agent.spec import DetectionOutput, InputSpec, OutputDecoding
+from agent.kernel.decode import box_iou, decode_detection
+from agent.kernel.preprocess import Geometry
+from agent.kernel.spec import DetectionOutput, InputSpec, OutputDecoding
 from registry import inspection
 
 

@@ -19,10 +19,10 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from pydantic import TypeAdapter
 
-from agent import verify
-from agent.manifest import MODEL_NAME, FileEntry, Manifest, Provenance, ReferenceCase, canonical_json
-from agent.spec import InputSpec, OutputDecoding
-from fleet.models import AuditLog
+from agent.kernel import verify
+from agent.kernel.manifest import MODEL_NAME, FileEntry, Manifest, Provenance, ReferenceCase, canonical_json
+from agent.kernel.spec import InputSpec, OutputDecoding
+from core.models import AuditLog
 from registry import inspection
 from registry.bundles import build_bundle
 from registry.inspection import PublishError

@@ -6,8 +6,8 @@ import logging
 
 from django.core.exceptions import ImproperlyConfigured
 
-from agent import protocol
-from agent.verify import desired_signing_bytes
+from agent.kernel import protocol
+from agent.kernel.verify import desired_signing_bytes
 from registry.models import SigningKey
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ log = logging.getLogger(__name__)
 
 
 def trust_store() -> list[dict[str, Any]]:
-    """Public signing keys a device should trust, newest first (agent.verify.TrustedKey entries).
+    """Public signing keys a device should trust, newest first (agent.kernel.verify.TrustedKey entries).
 
     A key retired in the future is still listed, with its date, so bundles it
     signed keep installing until then; a key past its date is left out.

@@ -8,7 +8,7 @@
 #
 #   scripts/ci_publish_example.sh [model-name]        # default: parts-classifier
 #
-# Needs the project's virtualenv (make install) and models/onnx/<name>.onnx with models/<name>.json.
+# Needs the project's virtualenv (make install) and zoo/onnx/<name>.onnx with zoo/<name>.json.
 # Everything lives in a temporary folder (SQLite, storage, keys) that is removed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +23,7 @@ SERVER="http://127.0.0.1:$PORT"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/edgefleet-ci-XXXXXX")
 
 for f in "$MODEL" "$META"; do
-    [ -f "$f" ] || { echo "missing $f (python -m models.train $NAME writes it)" >&2; exit 2; }
+    [ -f "$f" ] || { echo "missing $f (python -m zoo.train $NAME writes it)" >&2; exit 2; }
 done
 
 export EDGEFLEET_DATA_DIR="$WORK/data" DATABASE_URL="sqlite:///$WORK/data/edgefleet.sqlite3"
@@ -46,19 +46,19 @@ _, key = ApiToken.issue(user, name='github-actions', scopes=['publish'])
 _, enroll = EnrollmentToken.issue(Site.objects.create(slug='plant-a', name='Plant A'))
 print(key, enroll)" | tail -1)"
 
-echo "== 1. publish $NAME from $MODEL (8 reference and 64 calibration images from models.samples)"
+echo "== 1. publish $NAME from $MODEL (8 reference and 64 calibration images from zoo.samples)"
 if grep -q '"task": "detection"' "$META"; then
     # A detector is fed whole frames, not part crops.
     "$PY" -c "
 import sys
 from pathlib import Path
-from models import samples
+from zoo import samples
 for folder, seed, count in ((sys.argv[1], samples.REFERENCE_SEED, 8), (sys.argv[2], samples.CALIBRATION_SEED, 64)):
     samples.write_samples(Path(folder), samples.reference_frames(count=count, seed=seed))
 " "$WORK/reference" "$WORK/calibration" >/dev/null
 else
-    "$PY" -m models.samples reference "$WORK/reference" --count 8 >/dev/null
-    "$PY" -m models.samples calibration "$WORK/calibration" --count 64 >/dev/null
+    "$PY" -m zoo.samples reference "$WORK/reference" --count 8 >/dev/null
+    "$PY" -m zoo.samples calibration "$WORK/calibration" --count 64 >/dev/null
 fi
 refs=()
 for image in "$WORK"/reference/*.png; do refs+=(--reference "$image"); done

@@ -18,7 +18,7 @@ from datetime import datetime
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from fleet.models import AuditLog
+from core.models import AuditLog
 from telemetry import drift, health
 from telemetry.models import Alert, AlertRule
 

@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.db.models import Min
 
-from agent import histogram
+from agent.kernel import histogram
 from telemetry.metrics import Summary
 from telemetry.models import Baseline, Resolution, Scope, WindowRollup
 

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Iterable
 from datetime import timedelta
 
+from celery import current_app as app
 from django.db.models import BigIntegerField, Count, Max, Q, Sum
 from django.db.models.fields.json import KT
 from django.db.models.functions import Cast
@@ -184,8 +185,6 @@ def _depth() -> Cast:
 
 def _queue(out: Exposition) -> None:
     """Messages waiting in the Celery default queue, read through kombu (any transport)."""
-    from fleet.celery import app
-
     queue_name = app.conf.task_default_queue or "celery"
     try:
         with app.connection_for_read() as connection:

@@ -22,7 +22,7 @@ from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone as dj_timezone
 
-from agent import protocol
+from agent.kernel import protocol
 from fleet.models import Device
 from telemetry.models import TelemetryRecord
 

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent import histogram
-from agent.protocol import Window
+from agent.kernel import histogram
+from agent.kernel.protocol import Window
 
 _BIN_WIDTH = 1.0 / histogram.CONFIDENCE_BINS
 

@@ -233,7 +233,7 @@ class Alert(models.Model):
 
     def acknowledge(self, actor: Any, note: str = "") -> bool:
         """Someone is on it: stops reminders, keeps it listed until the condition clears."""
-        from fleet.models import AuditLog
+        from core.models import AuditLog
 
         label = getattr(actor, "username", None) or str(actor)
         changed = self._move(

@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from django.db import transaction
 from django.utils import timezone
 
-from agent import protocol
+from agent.kernel import protocol
 from fleet.models import Device
 from telemetry.metrics import Summary
 from telemetry.models import Cursor, HeartbeatRollup, Resolution, Scope, TelemetryRecord, WindowRollup

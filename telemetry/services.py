@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent import protocol
+from agent.kernel import protocol
 from fleet.models import Device
 from telemetry.baseline import BaselineComparison, Figure, compare_to_baseline
 from telemetry.ingest import Received, Stored, store_batches, store_telemetry

@@ -57,7 +57,7 @@ def clear_retained(url: str, device_id: str, suffixes: tuple[str, ...] = ("statu
     """Leave a shared broker as found: no retained messages of this device."""
     import paho.mqtt.client as mqtt
 
-    from agent import protocol
+    from agent.kernel import protocol
 
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"cleanup-{device_id}")
     client.connect(*address(url))

@@ -11,8 +11,9 @@ import pytest
 from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
+from core.models import ApiToken
 from fleet import services
-from fleet.models import ApiToken, EnrollmentToken, Site
+from fleet.models import EnrollmentToken, Site
 
 
 def _answers(host: str, port: int) -> bool:

@@ -26,6 +26,6 @@ os.environ.setdefault("EDGEFLEET_DATA_DIR", tempfile.mkdtemp(prefix="edgefleet-t
 os.environ.setdefault("BROKER_PROVISIONER", "none")
 os.environ.setdefault("CELERY_TASK_ALWAYS_EAGER", "true")
 
-from fleet.settings import *  # noqa: E402,F403
+from config.settings import *  # noqa: E402,F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast users in tests

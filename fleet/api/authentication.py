@@ -1,50 +1,14 @@
-"""API authentication: scoped tokens for CI and scripts, device secrets for devices."""
+"""Device authentication: HTTP Basic with the device id and the secret issued at enrollment."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
-from rest_framework import authentication, exceptions, permissions
+from rest_framework import authentication, exceptions
 
-from fleet import tokens
-from fleet.models import ApiToken, Device, DeviceCredential
-
-
-class ApiTokenAuthentication(authentication.BaseAuthentication):
-    """``Authorization: Bearer eft_...``; ``request.auth`` is the ApiToken row."""
-
-    keyword = "Bearer"
-
-    def authenticate(self, request: Any) -> tuple[Any, ApiToken] | None:
-        header = authentication.get_authorization_header(request).decode("latin-1")
-        if not header.startswith(f"{self.keyword} eft_"):
-            return None
-        key = header[len(self.keyword) + 1 :].strip()
-        token = ApiToken.objects.select_related("user").filter(key_hash=tokens.digest(key)).first()
-        if token is None or not token.is_usable() or not token.user.is_active:
-            raise exceptions.AuthenticationFailed("Invalid, expired or revoked API token.")
-        ApiToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
-        return token.user, token
-
-    def authenticate_header(self, request: Any) -> str:
-        return self.keyword
-
-
-class DeviceUser:
-    """The identity of an authenticated device on API requests."""
-
-    is_authenticated = True
-    is_active = True
-    is_staff = False
-
-    def __init__(self, device: Device) -> None:
-        self.device = device
-        self.username = f"device:{device.device_id}"
-
-    def __str__(self) -> str:
-        return self.username
+from core.api.authentication import DeviceUser
+from fleet.models import Device, DeviceCredential
 
 
 class DeviceAuthentication(authentication.BasicAuthentication):
@@ -55,36 +19,6 @@ class DeviceAuthentication(authentication.BasicAuthentication):
         if device is None:
             raise exceptions.AuthenticationFailed("Unknown, wrong or revoked device credentials.")
         return DeviceUser(device), device
-
-
-class HasScope(permissions.BasePermission):
-    """Session users pass by staff status for writes; tokens by their scopes.
-
-    Views set ``required_scopes`` (for unsafe methods) and may set
-    ``read_scopes``; ``read`` is implied by any scope.
-    """
-
-    def has_permission(self, request: Any, view: Any) -> bool:
-        if not (request.user and request.user.is_authenticated) or isinstance(request.user, DeviceUser):
-            return False
-        write = request.method not in permissions.SAFE_METHODS
-        needed = set(getattr(view, "required_scopes", ())) if write else set()
-        if isinstance(request.auth, ApiToken):
-            return needed.issubset(request.auth.scopes) if write else bool(request.auth.scopes)
-        return bool(request.user.is_staff) if write else True
-
-
-class IsDevice(permissions.BasePermission):
-    def has_permission(self, request: Any, view: Any) -> bool:
-        return isinstance(request.user, DeviceUser)
-
-
-class ApiTokenScheme(OpenApiAuthenticationExtension):
-    target_class = ApiTokenAuthentication
-    name = "apiToken"
-
-    def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
-        return {"type": "http", "scheme": "bearer", "description": "API token (eft_...) with scopes."}
 
 
 class DeviceScheme(OpenApiAuthenticationExtension):

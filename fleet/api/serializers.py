@@ -89,8 +89,3 @@ class EnrollResponseSerializer(serializers.Serializer):
     broker_url = serializers.CharField()
     trust_store = serializers.ListField(child=serializers.DictField())
     heartbeat_interval_s = serializers.IntegerField()
-
-
-class ErrorSerializer(serializers.Serializer):
-    code = serializers.CharField()
-    detail = serializers.CharField()

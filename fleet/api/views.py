@@ -14,8 +14,11 @@ from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
+from core.api.authentication import HasScope, IsDevice
+from core.api.serializers import ErrorSerializer
+from core.models import AuditLog
 from fleet import services
-from fleet.api.authentication import DeviceAuthentication, HasScope, IsDevice
+from fleet.api.authentication import DeviceAuthentication
 from fleet.api.serializers import (
     AssignModelSerializer,
     DeviceSerializer,
@@ -23,13 +26,12 @@ from fleet.api.serializers import (
     EnrollmentTokenSerializer,
     EnrollRequestSerializer,
     EnrollResponseSerializer,
-    ErrorSerializer,
     RevokeSerializer,
     SiteSerializer,
 )
 from fleet.broker import BrokerUnavailable
 from fleet.filters import DeviceFilter, SiteFilter
-from fleet.models import AuditLog, Device, EnrollmentToken, Site
+from fleet.models import Device, EnrollmentToken, Site
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ brokers cannot drift apart.
 
 from __future__ import annotations
 
-from agent import protocol
+from agent.kernel import protocol
 
 # What the bridge may publish to and subscribe to, as MQTT topic filters.
 BRIDGE_FILTERS = (f"{protocol.TOPIC_ROOT}/#",)

@@ -31,7 +31,7 @@ from amqtt.session import Session
 from asgiref.sync import sync_to_async
 from django.db import DatabaseError, close_old_connections, connections
 
-from fleet import tokens
+from core import tokens
 from fleet.broker import acl
 
 log = logging.getLogger(__name__)

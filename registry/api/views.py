@@ -12,16 +12,15 @@ from django.http import HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, permissions, status, viewsets
-from rest_framework.authentication import SessionAuthentication
 from rest_framework.decorators import action
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from fleet.api.authentication import ApiTokenAuthentication, DeviceAuthentication, HasScope, IsDevice
-from fleet.api.serializers import ErrorSerializer
-from fleet.models import AuditLog
+from core.api.authentication import HasScope, IsDevice
+from core.api.serializers import ErrorSerializer
+from core.models import AuditLog
 from registry import services
 from registry.api.serializers import (
     AliasRequestSerializer,
@@ -241,7 +240,6 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
 class BundleDownloadView(APIView):
     """A signed bundle for a device: HTTP Range (resume), ETag, Content-Length, from storage."""
 
-    authentication_classes = [DeviceAuthentication, ApiTokenAuthentication, SessionAuthentication]
     permission_classes = [DeviceOrReader]
 
     @extend_schema(responses={(200, "application/gzip"): bytes, (206, "application/gzip"): bytes, 304: None, 416: None})
@@ -302,7 +300,6 @@ def _read_span(bundle: Bundle, handle: Any, start: int, length: int, chunk: int 
 class KeyringView(APIView):
     """The current trust store and the latest signed keyring update."""
 
-    authentication_classes = [DeviceAuthentication, ApiTokenAuthentication, SessionAuthentication]
     permission_classes = [DeviceOrReader]
 
     @extend_schema(responses={200: KeyringSerializer})

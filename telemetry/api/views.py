@@ -11,7 +11,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from fleet.api.authentication import HasScope
+from core.api.authentication import HasScope
 from fleet.models import Device, Site
 from telemetry import series
 from telemetry.api.serializers import (

@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 import pytest
 
-from fleet.bridge import Bridge, BridgeConfig
+from bridge.process import Bridge, BridgeConfig
 from fleet.models import Device, Site
 from tests.brokers import clear_retained
 

@@ -12,7 +12,7 @@ import pytest
 from agent import config as agent_config
 from agent import outbox
 from agent.outbox import Outbox
-from fleet.bridge import Bridge
+from bridge.process import Bridge
 from fleet.models import Device
 from telemetry.models import TelemetryRecord
 from tests.agent.conftest import AgentProcess, wait_until

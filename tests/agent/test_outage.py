@@ -14,7 +14,7 @@ import pytest
 
 from agent import config as agent_config
 from agent import outbox
-from fleet.bridge import Bridge, BridgeConfig
+from bridge.process import Bridge, BridgeConfig
 from fleet.models import Device
 from telemetry.models import TelemetryRecord
 from tests.agent.conftest import AgentProcess, wait_until

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from agent import protocol
+from agent.kernel import protocol
 from agent.outbox import DUPLICATE_ACKS_TO_RESEND, MAX_BATCH_BYTES, Outbox, OutboxError
 from agent.outbox import inspect as outbox_inspect
 

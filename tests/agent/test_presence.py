@@ -15,8 +15,9 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent import config as agent_config
-from agent import outbox, protocol
-from fleet.bridge import Bridge
+from agent import outbox
+from agent.kernel import protocol
+from bridge.process import Bridge
 from fleet.models import Device
 from telemetry.models import DeviceEvent, TelemetryRecord
 from tests.agent.conftest import AgentProcess, wait_until

@@ -13,8 +13,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent import protocol
 from agent.config import AgentConfig
+from agent.kernel import protocol
 from agent.runtime import Runtime
 from tests.brokers import address
 

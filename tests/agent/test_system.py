@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import __version__, protocol, system
+from agent import __version__, system
+from agent.kernel import protocol
 
 
 def test_a_heartbeat_validates_as_the_protocol_heartbeat(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ import pytest
 onnx = pytest.importorskip("onnx", reason="the onnx package (dev extra) builds the test graphs")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from agent.spec import ClassificationOutput, DetectionOutput, InputSpec  # noqa: E402
+from agent.kernel.spec import ClassificationOutput, DetectionOutput, InputSpec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 

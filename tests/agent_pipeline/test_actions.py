@@ -21,7 +21,8 @@ from agent.actions import (
     CommandActionSettings,
     Rule,
 )
-from agent.inference import Detection, Result, SessionHolder
+from agent.inference import SessionHolder
+from agent.kernel.decode import Detection, Result
 from agent.pipeline import Pipeline
 
 from .conftest import ListSource, RecordingServer

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from agent.capture import Capture, CaptureError, Closed, Frame, FrameQueue, ImageFolderSource, open_source
-from agent.inference import Result, SessionHolder
+from agent.inference import SessionHolder
+from agent.kernel.decode import Result
 from agent.pipeline import Pipeline
 
 from .conftest import BLUE, GREEN, RED, ListSource, solid

@@ -7,17 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.inference import (
-    Geometry,
-    ModelLoadError,
-    ModelSession,
-    choose_providers,
-    decode_classification,
-    decode_detection,
-    nms,
-    softmax,
-)
-from agent.spec import ClassificationOutput, InputSpec
+from agent.inference import ModelLoadError, ModelSession, choose_providers
+from agent.kernel.decode import decode_classification, decode_detection, nms, softmax
+from agent.kernel.preprocess import Geometry
+from agent.kernel.spec import ClassificationOutput, InputSpec
 
 from .conftest import detection_output, make_classifier, make_detector
 

@@ -16,7 +16,8 @@ import pytest
 
 from agent.capture import Frame
 from agent.escalation import DiskQueue, EscalationClient, EscalationSettings, TokenBucket
-from agent.inference import Result, SessionHolder
+from agent.inference import SessionHolder
+from agent.kernel.decode import Result
 from agent.pipeline import Pipeline
 
 from .conftest import RED, ListSource, RecordingServer, solid

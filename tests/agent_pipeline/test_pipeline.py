@@ -12,8 +12,9 @@ import cv2
 import numpy as np
 import pytest
 
-from agent import histogram, protocol
-from agent.inference import ModelSession, Result, SessionHolder
+from agent.inference import ModelSession, SessionHolder
+from agent.kernel import histogram, protocol
+from agent.kernel.decode import Result
 from agent.pipeline import Pipeline, PipelineComponent, main, run_over
 from agent.window import MAX_CLASSES, OTHER, WindowAggregator
 

@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from agent import inference
-from agent.inference import LETTERBOX_FILL, Preprocessor
-from agent.spec import InputSpec
+from agent.kernel import preprocess
+from agent.kernel.preprocess import LETTERBOX_FILL, Preprocessor
+from agent.kernel.spec import InputSpec
 
 
 def reference(frame: np.ndarray, spec: InputSpec) -> np.ndarray:
@@ -76,7 +76,7 @@ def test_it_resizes_the_uint8_frame_before_converting_to_float(monkeypatch: pyte
         seen.append((image.dtype, image.shape))
         return real_resize(image, size, **kwargs)
 
-    monkeypatch.setattr(inference.cv2, "resize", spy)
+    monkeypatch.setattr(preprocess.cv2, "resize", spy)
     frame = np.zeros((1080, 1920, 3), dtype=np.uint8)
 
     tensor, _ = Preprocessor(SPECS[0])(frame)

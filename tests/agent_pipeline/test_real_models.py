@@ -8,17 +8,16 @@ import cv2
 import numpy as np
 import pytest
 
-from agent import protocol
+import zoo
 from agent.inference import ModelSession, SessionHolder
+from agent.kernel import protocol
 from agent.pipeline import Pipeline, run_over
 
-from .conftest import ROOT
-
-render = pytest.importorskip("models.render", reason="the frame renderer (numpy + Pillow)")
+render = pytest.importorskip("zoo.render", reason="the frame renderer (numpy + Pillow)")
 
 
 def model(name: str) -> ModelSession:
-    meta = ROOT / "models" / f"{name}.json"
+    meta = zoo.metadata_path(name)
     if not meta.exists():
         pytest.skip(f"models/{name}.json is not built (make models)")
     return ModelSession.from_metadata(meta)

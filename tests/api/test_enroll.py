@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 from rest_framework.test import APIClient
 
-from fleet import tokens
-from fleet.models import AuditLog, Device, EnrollmentToken, Site
+from core import tokens
+from core.models import AuditLog
+from fleet.models import Device, EnrollmentToken, Site
 from registry.models import SigningKey
 
 pytestmark = pytest.mark.django_db

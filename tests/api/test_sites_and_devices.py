@@ -6,7 +6,8 @@ from typing import Any
 import pytest
 from rest_framework.test import APIClient
 
-from fleet.models import ApiToken, AuditLog, Device, Site
+from core.models import ApiToken, AuditLog
+from fleet.models import Device, Site
 
 pytestmark = pytest.mark.django_db
 

@@ -5,8 +5,8 @@ from datetime import datetime, timezone
 from typing import Any
 from unittest import mock
 
-from agent import protocol
-from fleet.bridge import Bridge, BridgeConfig
+from agent.kernel import protocol
+from bridge.process import Bridge, BridgeConfig
 
 
 def offline_bridge(**config: Any) -> Bridge:

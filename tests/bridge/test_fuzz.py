@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent import protocol
-from fleet.bridge import Bridge
+from agent.kernel import protocol
+from bridge.process import Bridge
 from fleet.models import Device, Site
 from tests.bridge.helpers import offline_bridge, status, topic
 

@@ -9,7 +9,7 @@ from unittest import mock
 
 import pytest
 
-from fleet.bridge import Bridge
+from bridge.process import Bridge
 from fleet.models import Device, Site
 from telemetry.models import DeviceEvent, TelemetryRecord
 from tests.bridge.helpers import offline_bridge, status, telemetry, topic

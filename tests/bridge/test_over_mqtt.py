@@ -15,7 +15,7 @@ import pytest
 from django.db.models import Sum
 from django.utils import timezone
 
-from fleet.bridge import Bridge, BridgeConfig
+from bridge.process import Bridge, BridgeConfig
 from fleet.models import Device, Site
 from telemetry.models import TelemetryRecord, WindowRollup
 from telemetry.rollups import SETTLE, roll_up

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from agent import protocol
+from agent.kernel import protocol
 from fleet import services
 from fleet.models import Device, Site
 from tests.broker.clients import Probe

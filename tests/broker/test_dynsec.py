@@ -14,7 +14,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from rest_framework.test import APIClient
 
-from agent import protocol
+from agent.kernel import protocol
 from fleet import services
 from fleet.broker import BrokerUnavailable, provisioner
 from fleet.broker.dynsec import DynsecProvisioner

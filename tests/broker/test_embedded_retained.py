@@ -16,7 +16,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from agent import protocol
+from agent.kernel import protocol
 from fleet import services
 from fleet.models import Site
 from tests.broker.clients import Probe

@@ -10,8 +10,8 @@ import pytest
 
 from agent.config import MqttSettings
 from agent.mqtt import Link
+from bridge.process import Bridge, BridgeConfig
 from fleet import services
-from fleet.bridge import Bridge, BridgeConfig
 from fleet.models import Device, Site
 from tests.broker.conftest import BrokerUnderTest
 

@@ -27,7 +27,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent import config as agent_config
-from agent import outbox, protocol
+from agent import outbox
+from agent.kernel import protocol
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from django.utils import timezone
 
-from agent import protocol
+from agent.kernel import protocol
 from fleet.models import Device
 from registry.models import Alias, Bundle, Model, ModelVersion
 from telemetry import alerts, services

@@ -31,7 +31,7 @@ def get_json(url: str, token: str) -> dict:  # type: ignore[type-arg]
 def test_the_demo_brings_twelve_devices_online_running_the_published_model_and_stops_cleanly(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "MQTT_", "DJANGO_"))}
     demo = subprocess.Popen(
-        [sys.executable, "-m", "fleet.demo", "--data-dir", str(tmp_path), "--web-port", "0", "--mqtt-port", "0"],
+        [sys.executable, "-m", "demo.launcher", "--data-dir", str(tmp_path), "--web-port", "0", "--mqtt-port", "0"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

@@ -12,11 +12,12 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from agent.spec import InputSpec
-from models import evaluate, render
+import zoo
+from agent.kernel.spec import InputSpec
 from registry.metadata import PublishMetadata, parse_metadata
+from zoo import evaluate, render
 
-MODELS = Path(__file__).resolve().parents[2] / "models"
+MODELS = zoo.HERE
 NAMES = ("parts-classifier", "parts-detector", "cloud-classifier")
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models import render
+from zoo import render
 
 
 def test_the_same_seed_draws_the_same_frame() -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models import render, samples
+from zoo import render, samples
 
 
 def test_reference_crops_cycle_through_every_label() -> None:

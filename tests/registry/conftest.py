@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent import verify
-from agent.manifest import FileEntry, Manifest, ReferenceCase
+import zoo
+from agent.kernel import verify
+from agent.kernel.manifest import FileEntry, Manifest, ReferenceCase
 from registry.bundles import Signer, build_bundle
 
 LABELS = ["ok", "scratch", "dent"]
@@ -94,12 +95,12 @@ def detector_onnx() -> bytes:
     return make_detector()
 
 
-MODELS = Path(__file__).resolve().parents[2] / "models"
+MODELS = zoo.HERE
 REAL_CLASSIFIER = "parts-classifier"
 
 
 def real_model(name: str) -> tuple[bytes, dict[str, Any]] | None:
-    """The project's trained model ``models/onnx/<name>.onnx`` and its publish metadata, when present."""
+    """The project's trained model ``zoo/onnx/<name>.onnx`` and its publish metadata, when present."""
     model, metadata = MODELS / "onnx" / f"{name}.onnx", MODELS / f"{name}.json"
     if not (model.exists() and metadata.exists()):
         return None
@@ -229,7 +230,7 @@ class Crafted:
         """Sign the manifest over ``self.files``, then pack ``files`` (default: the same) in the archive."""
         archive, _ = build_bundle(self.manifest(), copy.copy(self.files), signer)
         if files is not None:
-            from agent.manifest import MANIFEST_NAME, SIGNATURE_NAME, canonical_bytes, canonical_json
+            from agent.kernel.manifest import MANIFEST_NAME, SIGNATURE_NAME, canonical_bytes, canonical_json
             from registry.bundles import pack
 
             manifest_bytes = canonical_bytes(self.manifest())

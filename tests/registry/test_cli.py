@@ -49,7 +49,7 @@ def publish(server: str, token: str, files: dict[str, Path], *extra: str, model:
 
 
 def test_publish_exit_codes_follow_the_servers_answer(live_server, token_client, admin_user, files):
-    from fleet.models import ApiToken
+    from core.models import ApiToken
 
     _, token = ApiToken.issue(admin_user, name="ci", scopes=["publish"])
     _, reader = ApiToken.issue(admin_user, name="reader", scopes=["read"])
@@ -74,7 +74,7 @@ def test_publish_exit_codes_follow_the_servers_answer(live_server, token_client,
 def test_a_device_resumes_a_download_and_verifies_the_bundle(
     live_server, admin_user, files, enroll_device, site, tmp_path
 ):
-    from fleet.models import ApiToken
+    from core.models import ApiToken
 
     _, token = ApiToken.issue(admin_user, name="ci", scopes=["publish"])
     assert publish(live_server.url, token, files).exit_code == 0

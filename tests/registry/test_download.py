@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from rest_framework.test import APIClient
 
-from agent import verify
+from agent.kernel import verify
 from registry.models import Bundle
 from tests.registry.helpers import publish
 

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent import protocol, verify
+from agent.kernel import protocol, verify
 from registry.bundles import Signer
 from tests.registry.conftest import trusted
 

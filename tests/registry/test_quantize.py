@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent import verify
+from agent.kernel import verify
 from registry import services
 from registry.models import Bundle
 from tests.registry.helpers import publish

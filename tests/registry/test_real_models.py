@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from agent import verify
+from agent.kernel import verify
 from registry import services
 from registry.models import Bundle
 from tests.registry.conftest import real_model
@@ -24,14 +24,14 @@ def png(image) -> bytes:
 def needs(name: str) -> tuple[bytes, dict]:
     found = real_model(name)
     if found is None:
-        pytest.skip(f"models/onnx/{name}.onnx is not built yet (python -m models.train {name})")
+        pytest.skip(f"zoo/onnx/{name}.onnx is not built yet (python -m zoo.train {name})")
     return found
 
 
 def test_the_parts_classifier_publishes_quantises_and_verifies_on_its_reference_crops(
     token_client, tmp_path, django_capture_on_commit_callbacks
 ):
-    from models import samples
+    from zoo import samples
 
     model, metadata = needs("parts-classifier")
     crops = samples.reference_crops(count=8)
@@ -65,7 +65,7 @@ def test_the_parts_classifier_publishes_quantises_and_verifies_on_its_reference_
 def test_the_parts_detector_publishes_and_its_int8_variant_keeps_most_detections(
     token_client, tmp_path, django_capture_on_commit_callbacks
 ):
-    from models import samples
+    from zoo import samples
 
     model, metadata = needs("parts-detector")
     frames = [png(s.image) for s in samples.reference_frames(count=4)]

@@ -6,8 +6,8 @@ from unittest import mock
 
 import pytest
 
-from agent import protocol, verify
-from fleet.bridge import Bridge, BridgeConfig
+from agent.kernel import protocol, verify
+from bridge.process import Bridge, BridgeConfig
 from registry.trust import trust_store
 
 pytestmark = pytest.mark.django_db

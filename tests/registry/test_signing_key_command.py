@@ -10,7 +10,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from agent import verify
+from agent.kernel import verify
 from registry.models import KeyringUpdate, SigningKey
 from registry.trust import trust_store
 from tests.registry.helpers import publish

@@ -1,4 +1,4 @@
-"""Bundle verification as the agent runs it (agent/verify.py), against bundles crafted in the test."""
+"""Bundle verification as the agent runs it (agent/kernel/verify.py), against bundles crafted in the test."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent import verify
-from agent.manifest import MANIFEST_NAME
+from agent.kernel import verify
+from agent.kernel.manifest import MANIFEST_NAME
 from registry.bundles import Signer, pack
 from tests.registry.conftest import Crafted, trusted
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from django.utils import timezone
 
-from agent import histogram, protocol
+from agent.kernel import histogram, protocol
 from fleet.models import Device
 from telemetry import ingest, rollups
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from agent import protocol
+from agent.kernel import protocol
 from fleet.models import Device
 from telemetry.metrics import Summary
 from telemetry.models import Resolution, Scope, WindowRollup

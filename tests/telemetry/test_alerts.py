@@ -13,7 +13,8 @@ import pytest
 from django.core import mail
 from django.utils import timezone
 
-from fleet.models import AuditLog, Device, Site
+from core.models import AuditLog
+from fleet.models import Device, Site
 from telemetry import alerts, drift, notify
 from telemetry.models import Alert, AlertRule, NotificationChannel
 from tests.telemetry.helpers import alive, recent_windows

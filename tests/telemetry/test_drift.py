@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from agent import histogram
+from agent.kernel import histogram
 from fleet.models import Device, Site
 from telemetry import drift
 from telemetry.models import Resolution, Scope, WindowRollup

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from agent import protocol
-from fleet.bridge import Bridge
+from agent.kernel import protocol
+from bridge.process import Bridge
 from fleet.models import Device, Site
 from telemetry import alerts
 from telemetry.models import Alert

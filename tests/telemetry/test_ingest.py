@@ -13,8 +13,8 @@ import pytest
 from django.db import DatabaseError, transaction
 from django.utils import timezone
 
-from agent import protocol
-from fleet.bridge import Bridge
+from agent.kernel import protocol
+from bridge.process import Bridge
 from fleet.models import Device, Site
 from telemetry import ingest
 from telemetry.models import BridgeStats, TelemetryRecord, WindowRollup

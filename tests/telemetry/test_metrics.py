@@ -11,8 +11,8 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from agent import protocol
-from fleet.bridge import Bridge, BridgeConfig
+from agent.kernel import protocol
+from bridge.process import Bridge, BridgeConfig
 from fleet.models import Site
 from tests.telemetry.factories import Feed, batch
 from tests.telemetry.helpers import alive

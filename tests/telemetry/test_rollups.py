@@ -14,7 +14,7 @@ from django.test.utils import override_settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent import histogram
+from agent.kernel import histogram
 from fleet.models import Device, Site
 from telemetry import rollups
 from telemetry.metrics import Summary

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent import histogram
-from agent.histogram import LatencyHistogram
+from agent.kernel import histogram
+from agent.kernel.histogram import LatencyHistogram
 
 latencies = st.lists(st.floats(min_value=0.05, max_value=60_000, allow_nan=False), min_size=1, max_size=400)
 

@@ -5,8 +5,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from agent import protocol
-from agent.protocol import ProtocolError
+from agent.kernel import protocol
+from agent.kernel.protocol import ProtocolError
 
 
 def payload(**fields: object) -> bytes:

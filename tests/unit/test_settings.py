@@ -16,7 +16,7 @@ def load_settings(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "MQTT_", "SECRET_", "EDGEFLEET_"))}
     clean.update({"EDGEFLEET_DATA_DIR": str(tmp_path), **env})
     return subprocess.run(
-        [sys.executable, "-c", "import fleet.settings as s; print(s.DATABASES['default']['ENGINE'])"],
+        [sys.executable, "-c", "import config.settings as s; print(s.DATABASES['default']['ENGINE'])"],
         cwd=ROOT,
         env=clean,
         capture_output=True,
@@ -54,7 +54,7 @@ def test_a_secret_can_come_from_a_file(tmp_path: Path) -> None:
     secret = tmp_path / "key"
     secret.write_text("s3cr3t-from-file\n")
     result = subprocess.run(
-        [sys.executable, "-c", "import fleet.settings as s; print(s.SECRET_KEY)"],
+        [sys.executable, "-c", "import config.settings as s; print(s.SECRET_KEY)"],
         cwd=ROOT,
         env={
             **os.environ,

@@ -1,7 +1,7 @@
 """Fixtures of the updater tests: crafted bundles, a static bundle server and a recording runtime.
 
 The crafted bundles and signers are the registry tests' own (tests/registry/conftest.py),
-so every attack those tests refuse in ``agent.verify`` is fed here through the updater.
+so every attack those tests refuse in ``agent.kernel.verify`` is fed here through the updater.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from agent import config as agent_config
-from agent import protocol
-from agent.manifest import canonical_bytes
-from agent.verify import desired_signing_bytes
+from agent.kernel import protocol
+from agent.kernel.manifest import canonical_bytes
+from agent.kernel.verify import desired_signing_bytes
 from registry.bundles import Signer
 from tests.agent.conftest import bridge  # noqa: F401 - the real bridge, shared with the agent tests
 from tests.registry import conftest as registry_fixtures

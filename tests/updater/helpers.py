@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from agent import config as agent_config
-from agent import protocol
+from agent.kernel import protocol
 
 
 class RecordingRuntime:

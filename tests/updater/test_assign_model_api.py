@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from fleet.models import AuditLog, Device
+from core.models import AuditLog
+from fleet.models import Device
 from tests.registry.helpers import publish
 
 pytestmark = pytest.mark.django_db

@@ -14,10 +14,12 @@ from typing import Any
 
 import pytest
 
+import zoo
 from agent import config as agent_config
+from bridge.process import Bridge
+from core.models import AuditLog
 from fleet import services
-from fleet.bridge import Bridge
-from fleet.models import AuditLog, Device, Site
+from fleet.models import Device, Site
 from registry.models import ModelVersion
 from telemetry.models import DeviceEvent, TelemetryRecord
 from tests.agent.conftest import AgentProcess, wait_until
@@ -28,8 +30,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 
 ROOT = Path(__file__).resolve().parents[2]
-MODEL = ROOT / "models" / "onnx" / "parts-classifier.onnx"
-METADATA = ROOT / "models" / "parts-classifier.json"
+MODEL = zoo.onnx_path("parts-classifier")
+METADATA = zoo.metadata_path("parts-classifier")
 
 
 def png(image: Any) -> bytes:
@@ -41,7 +43,7 @@ def png(image: Any) -> bytes:
 @pytest.fixture
 def frames(tmp_path: Path) -> Path:
     """Rendered part crops, a few of each label, as an image folder the agent loops over."""
-    from models import samples
+    from zoo import samples
 
     samples.write_samples(tmp_path / "frames", samples.reference_crops(count=8, seed=7_001))
     return tmp_path / "frames"
@@ -90,7 +92,7 @@ def test_a_real_agent_installs_a_published_model_and_sends_window_telemetry_from
     tmp_path: Path,
     token_client: Any,
 ) -> None:
-    from models import samples
+    from zoo import samples
 
     references = [png(sample.image) for sample in samples.reference_crops(count=4)]
     metadata = json.loads(METADATA.read_text())

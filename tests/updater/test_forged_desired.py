@@ -7,7 +7,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent import protocol
+from agent.kernel import protocol
 from agent.runtime import Runtime
 from agent.updater import Updater
 from registry.bundles import Signer

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from agent import config as agent_config
-from agent import protocol
+from agent.kernel import protocol
 from agent.updater import CURRENT, KILL_AT_ENV, Updater, check_installed
 from tests.registry.conftest import Crafted
 from tests.updater.conftest import RecordingRuntime, make_config, publish, trusted
@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CHILD = """
 import sys
 from pathlib import Path
-from agent import config, protocol
+from agent import config
+from agent.kernel import protocol
 from agent.updater import Updater
 from tests.updater.helpers import RecordingRuntime
 settings = config.load(Path(sys.argv[1]))

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent import protocol
-from agent.manifest import MANIFEST_NAME
+from agent.kernel import protocol
+from agent.kernel.manifest import MANIFEST_NAME
 from agent.updater import CURRENT, PREVIOUS, UpdateError, Updater
 from registry.bundles import Signer, pack
 from tests.registry.conftest import Crafted

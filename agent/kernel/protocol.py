@@ -1,0 +1,309 @@
+"""MQTT protocol v1: topics and message types shared by the agent and the bridge.
+
+This module is the single definition of the wire format. It imports nothing
+from Django so that a device can use it as it is. ``decode()`` is the only way
+a payload from the network becomes a message: it enforces the size limit, the
+JSON shape, the protocol version, the type and the schema, and raises
+``ProtocolError`` with a short machine-readable ``reason`` for anything else.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
+
+import orjson
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    InstanceOf,
+    StrictInt,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+
+from agent.kernel import histogram
+
+PROTOCOL_VERSION: Literal[1] = 1
+TOPIC_ROOT = "edgefleet/v1"
+MAX_PAYLOAD_BYTES = 256 * 1024
+MAX_BATCH_RECORDS = 1000
+
+# Topic suffixes by direction (DESIGN.md, "MQTT protocol v1").
+DEVICE_TO_CLOUD = ("reported", "telemetry", "events", "status")
+CLOUD_TO_DEVICE = ("desired", "commands", "ack")
+SUFFIXES = DEVICE_TO_CLOUD + CLOUD_TO_DEVICE
+
+UPDATE_PHASES = ("idle", "downloading", "verifying", "validating", "active", "failed", "rolled_back")
+
+DeviceId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+ShortText = Annotated[str, Field(max_length=200)]
+VersionText = Annotated[str, Field(max_length=64)]
+LongText = Annotated[str, Field(max_length=4000)]
+
+
+if TYPE_CHECKING:
+    JSONObject = dict[str, Any]
+else:
+    # A JSON object as decoded (its keys are strings), checked and kept as it
+    # is: validating it as dict[str, Any] would copy every record's data.
+    JSONObject = InstanceOf[dict]
+# Sequence numbers are JSON integers (never 5.0 or "5") that fit a PostgreSQL bigint.
+Seq = Annotated[StrictInt, Field(ge=1, le=2**63 - 1)]
+
+
+class ProtocolError(ValueError):
+    """A payload or topic that does not follow protocol v1."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    v: Literal[1] = PROTOCOL_VERSION
+
+
+# --- device -> cloud --------------------------------------------------------
+
+
+class Status(_Message):
+    """Retained presence; the ``offline`` form is also the last will."""
+
+    type: Literal["status"] = "status"
+    state: Literal["online", "offline"]
+    ts: datetime | None = None
+    agent_version: VersionText | None = None
+
+
+class Reported(_Message):
+    """What the device runs now: the generation of ``desired`` it applied."""
+
+    type: Literal["reported"] = "reported"
+    generation: int = Field(ge=0)
+    model_name: ShortText | None = None
+    model_version: VersionText | None = None
+    phase: Literal[UPDATE_PHASES] = "idle"  # type: ignore[valid-type]
+    error: LongText | None = None
+    agent_version: VersionText
+    fallback: bool = False
+    ts: datetime = Field(default_factory=utcnow)
+
+
+class Heartbeat(BaseModel):
+    """The ``data`` of a telemetry record of kind ``heartbeat``."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    agent_version: VersionText
+    uptime_s: float = Field(ge=0)
+    cpu_percent: float = Field(ge=0, le=100 * 1024)
+    memory_percent: float = Field(ge=0, le=100)
+    disk_percent: float = Field(ge=0, le=100)
+    disk_free_bytes: int = Field(ge=0)
+    temperature_c: float | None = None
+    cpu_freq_mhz: float | None = None
+    model_version: VersionText | None = None
+    outbox_depth: int = Field(default=0, ge=0)
+
+
+class Window(BaseModel):
+    """The ``data`` of a telemetry record of kind ``window``: one summary of inference.
+
+    Histograms use the fixed edges of ``agent.kernel.histogram`` so the control plane
+    can merge windows across time and devices before reading percentiles.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    start: datetime
+    end: datetime
+    model_name: ShortText | None = None
+    model_version: VersionText | None = None
+    fallback: bool = False
+    frames: int = Field(ge=0)
+    dropped_frames: int = Field(default=0, ge=0)
+    errors: int = Field(default=0, ge=0)
+    escalations: int = Field(default=0, ge=0)
+    # Latency bucket index (as a string, JSON keys are strings) -> count.
+    latency_ms: dict[Annotated[str, Field(pattern=r"^[0-9]{1,3}$")], Annotated[int, Field(ge=0)]] = Field(
+        default_factory=dict, max_length=histogram.MAX_INDEX + 1
+    )
+    confidence: Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=histogram.CONFIDENCE_BINS)] = Field(
+        default_factory=lambda: [0] * histogram.CONFIDENCE_BINS
+    )
+    classes: dict[ShortText, Annotated[int, Field(ge=0)]] = Field(default_factory=dict, max_length=1000)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Window:
+        if self.end < self.start:
+            raise ValueError("end is before start")
+        if any(int(k) > histogram.MAX_INDEX for k in self.latency_ms):
+            raise ValueError(f"latency bucket above {histogram.MAX_INDEX}")
+        if len(self.confidence) not in (0, histogram.CONFIDENCE_BINS):
+            raise ValueError(f"confidence needs {histogram.CONFIDENCE_BINS} bins")
+        return self
+
+    def latency(self) -> histogram.LatencyHistogram:
+        return histogram.LatencyHistogram.from_wire(self.latency_ms)
+
+
+class TelemetryRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    seq: Seq
+    kind: Literal["heartbeat", "window"]
+    # A time without an offset is ambiguous between a device and the control plane.
+    ts: AwareDatetime
+    data: JSONObject
+
+
+class Telemetry(_Message):
+    """A batch of records; the cloud de-duplicates on (device, seq)."""
+
+    type: Literal["telemetry"] = "telemetry"
+    records: list[TelemetryRecord] = Field(min_length=1, max_length=MAX_BATCH_RECORDS)
+    # Every seq below ``floor`` was acknowledged or dropped by the device's
+    # bounded outbox and will never be sent. Without it the cloud could not
+    # tell a dropped record from one still in flight through another bridge,
+    # and its "highest contiguous" ack would stall at the first drop.
+    floor: Seq | None = None
+
+
+class Event(_Message):
+    type: Literal["event"] = "event"
+    kind: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_.-]+$")]
+    ts: datetime = Field(default_factory=utcnow)
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+# --- cloud -> device --------------------------------------------------------
+
+
+class Desired(_Message):
+    """The desired state (device shadow). Signing arrives with the registry."""
+
+    type: Literal["desired"] = "desired"
+    generation: int = Field(ge=0)
+    model: dict[str, Any] | None = None
+    config: dict[str, Any] = Field(default_factory=dict)
+    issued_at: datetime = Field(default_factory=utcnow)
+    signature: dict[str, str] | None = None
+
+
+class Command(_Message):
+    type: Literal["command"] = "command"
+    id: ShortText
+    name: Literal["ping", "flush", "snapshot", "escalation_result"]
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class Ack(_Message):
+    """The highest contiguous telemetry sequence the control plane has stored."""
+
+    type: Literal["ack"] = "ack"
+    seq: int = Field(ge=0)
+
+
+Message = Status | Reported | Telemetry | Event | Desired | Command | Ack
+
+# Which message type each topic suffix carries.
+TYPE_FOR_SUFFIX: dict[str, type[_Message]] = {
+    "status": Status,
+    "reported": Reported,
+    "telemetry": Telemetry,
+    "events": Event,
+    "desired": Desired,
+    "commands": Command,
+    "ack": Ack,
+}
+_KNOWN_TYPES = {cls.model_fields["type"].default for cls in TYPE_FOR_SUFFIX.values()}
+_HEARTBEAT = TypeAdapter(Heartbeat)
+_WINDOW = TypeAdapter(Window)
+
+
+def topic(device_id: str, suffix: str) -> str:
+    if suffix not in SUFFIXES:
+        raise ValueError(f"unknown topic suffix {suffix!r}")
+    return f"{TOPIC_ROOT}/{device_id}/{suffix}"
+
+
+def parse_topic(value: str) -> tuple[str, str]:
+    """Split ``edgefleet/v1/{device_id}/{suffix}`` into its device id and suffix."""
+    parts = value.split("/")
+    if len(parts) != 4 or "/".join(parts[:2]) != TOPIC_ROOT:
+        raise ProtocolError("bad_topic", value[:200])
+    device_id, suffix = parts[2], parts[3]
+    if suffix not in SUFFIXES or not device_id or len(device_id) > 64:
+        raise ProtocolError("bad_topic", value[:200])
+    return device_id, suffix
+
+
+def encode(message: _Message) -> bytes:
+    return message.model_dump_json(exclude_none=True).encode("utf-8")
+
+
+def decode(suffix: str, payload: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> Message:
+    """Validate a payload received on ``suffix`` and return its message.
+
+    Raises ProtocolError with reason one of: too_large, not_json, not_object,
+    bad_version, unknown_type, wrong_topic, schema.
+    """
+    if len(payload) > max_bytes:
+        raise ProtocolError("too_large", f"{len(payload)} bytes > {max_bytes}")
+    try:
+        # orjson: strict RFC 8259 (no NaN or Infinity, which no database JSON
+        # column takes; valid UTF-8 only; nesting limited), and several times
+        # faster than the standard library on the bridge's hot path.
+        document = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError("not_json", str(exc)[:200]) from None
+    if not isinstance(document, dict):
+        raise ProtocolError("not_object", type(document).__name__)
+    # Legal JSON, but no database text column can hold a NUL character.
+    if b"\\u0000" in payload:
+        raise ProtocolError("schema", "strings may not contain NUL characters")
+    if document.get("v") != PROTOCOL_VERSION:
+        raise ProtocolError("bad_version", repr(document.get("v"))[:50])
+    kind = document.get("type")
+    if not isinstance(kind, str) or kind not in _KNOWN_TYPES:
+        raise ProtocolError("unknown_type", repr(kind)[:50])
+    expected = TYPE_FOR_SUFFIX.get(suffix)
+    if expected is None or expected.model_fields["type"].default != kind:
+        raise ProtocolError("wrong_topic", f"type {kind!r} on {suffix!r}")
+    try:
+        return expected.model_validate(document)  # type: ignore[return-value]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ProtocolError("schema", f"{where}: {first['msg']}"[:300]) from None
+
+
+def heartbeat_of(record: TelemetryRecord) -> Heartbeat:
+    """Validate a heartbeat record's data (raises ProtocolError)."""
+    return _data_of(_HEARTBEAT, "heartbeat", record)
+
+
+def window_of(record: TelemetryRecord) -> Window:
+    """Validate a window record's data (raises ProtocolError)."""
+    return _data_of(_WINDOW, "window", record)
+
+
+_T = TypeVar("_T")
+
+
+def _data_of(adapter: TypeAdapter[_T], kind: str, record: TelemetryRecord) -> _T:
+    try:
+        return adapter.validate_python(record.data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ProtocolError("schema", f"{kind}.{'.'.join(map(str, first['loc']))}: {first['msg']}"[:300]) from None
+
+
+OFFLINE_WILL = encode(Status(state="offline"))

@@ -1,0 +1,242 @@
+"""Control-plane settings, all from the environment (see docs/configuration.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from config import env
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(env.string("EDGEFLEET_DATA_DIR", str(BASE_DIR / "var")) or "")
+
+ENVIRONMENT = env.choice("EDGEFLEET_ENV", "development", ("development", "production"))
+PRODUCTION = ENVIRONMENT == "production"
+DEBUG = env.boolean("DEBUG", default=not PRODUCTION)
+
+# Production has no default secret: a forgotten key must stop the start, not
+# sign sessions with a value published in this repository.
+SECRET_KEY = env.secret("SECRET_KEY")
+if SECRET_KEY is None:
+    if PRODUCTION:
+        raise ImproperlyConfigured("SECRET_KEY (or SECRET_KEY_FILE) must be set when EDGEFLEET_ENV=production.")
+    SECRET_KEY = "development-only-insecure-key"  # noqa: S105
+
+ALLOWED_HOSTS = env.string_list("ALLOWED_HOSTS", [] if PRODUCTION else ["*"])
+CSRF_TRUSTED_ORIGINS = env.string_list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "core",
+    "registry",
+    "fleet",
+    "telemetry",
+    "bridge",
+    "demo",
+    "dashboard",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+_default_db = f"sqlite:///{DATA_DIR / 'edgefleet.sqlite3'}"
+_database_url = env.url("DATABASE_URL", _default_db, ("sqlite", "postgres", "postgresql"))
+DATABASES = {"default": dj_database_url.parse(_database_url, conn_max_age=60)}
+if DATABASES["default"]["ENGINE"].endswith("postgresql"):
+    # No JIT: the planner misestimates array-driven statements (unnest) by
+    # millions of rows, and compiling them cost ~100 ms per ingest batch for a
+    # sub-millisecond execution. JIT pays off for long analytical queries only.
+    _options = DATABASES["default"].setdefault("OPTIONS", {})
+    _options["options"] = f"{_options.get('options', '')} -c jit=off".strip()
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    # Several processes (web, bridge, worker) share the file in the demo: WAL
+    # lets readers run beside the writer, and the timeout waits out a writer
+    # instead of failing with "database is locked".
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 20,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+# The dashboard's own CSS/JS, and Chart.js as `npm ci` installed it (package-lock.json pins it):
+# nothing is copied into the repository or fetched from a CDN, since sites are air-gapped.
+STATICFILES_DIRS = [BASE_DIR / "static", ("vendor/chart.js", BASE_DIR / "node_modules" / "chart.js" / "dist")]
+MEDIA_ROOT = Path(env.string("MEDIA_ROOT", str(DATA_DIR / "media")) or "")
+MEDIA_URL = "media/"
+
+# The dashboard's own login page: the admin's form admits staff only, and viewers are not staff.
+LOGIN_URL = "/login/"
+
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env.boolean("BEHIND_TLS_PROXY", PRODUCTION) else None
+SESSION_COOKIE_SECURE = PRODUCTION
+CSRF_COOKIE_SECURE = PRODUCTION
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "core.api.authentication.ApiTokenAuthentication",
+        "fleet.api.authentication.DeviceAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_FILTER_BACKENDS": [
+        "django_filters.rest_framework.DjangoFilterBackend",
+        "rest_framework.filters.OrderingFilter",
+    ],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 100,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_THROTTLE_RATES": {"enroll": env.string("ENROLL_THROTTLE_RATE", "60/minute")},
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "edgefleet control plane API",
+    "DESCRIPTION": "REST API v1: enrollment, sites, devices and the registry CI publishes to.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI assets come from the installed sidecar package, never a CDN:
+    # control planes often run on air-gapped networks.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+
+# MQTT: the bridge's own connection, and what devices are told at enrollment.
+MQTT_URL = env.url("MQTT_URL", "mqtt://127.0.0.1:1883", ("mqtt", "mqtts"))
+MQTT_USERNAME = env.string("MQTT_USERNAME")
+MQTT_PASSWORD = env.secret("MQTT_PASSWORD")
+DEVICE_MQTT_URL = env.url("DEVICE_MQTT_URL", MQTT_URL, ("mqtt", "mqtts"))
+MQTT_SHARED_GROUP = env.string("MQTT_SHARED_GROUP", "edgefleet-bridge")
+MQTT_MAX_PAYLOAD = env.integer("MQTT_MAX_PAYLOAD", 256 * 1024, minimum=1024)
+MQTT_KEEPALIVE = env.integer("MQTT_KEEPALIVE", 30, minimum=5, maximum=3600)
+
+# How the broker learns about device credentials: Mosquitto's dynamic-security
+# plugin (production), the embedded broker's database check (demo), or nothing.
+BROKER_PROVISIONER = env.choice("BROKER_PROVISIONER", "embedded", ("dynsec", "embedded", "none"))
+BROKER_ADMIN_USERNAME = env.string("BROKER_ADMIN_USERNAME", "edgefleet-admin")
+BROKER_ADMIN_PASSWORD = env.secret("BROKER_ADMIN_PASSWORD")
+# How long a dynamic-security command may take before enrollment gives up (503).
+BROKER_ADMIN_TIMEOUT_S = env.integer("BROKER_ADMIN_TIMEOUT_S", 10, minimum=1, maximum=120)
+# How often the embedded broker re-checks that connected devices are still enrolled.
+EMBEDDED_BROKER_RECHECK_S = env.integer("EMBEDDED_BROKER_RECHECK_S", 5, minimum=1, maximum=3600)
+
+# Registry: signing keys live in files here (0600), never in the database.
+REGISTRY_KEY_DIR = Path(env.string("REGISTRY_KEY_DIR", str(DATA_DIR / "keys")) or "")
+# Create the first signing key on first use; production makes keys explicitly.
+REGISTRY_AUTO_SIGNING_KEY = env.boolean("REGISTRY_AUTO_SIGNING_KEY", not PRODUCTION)
+REGISTRY_MAX_UPLOAD_BYTES = env.integer("REGISTRY_MAX_UPLOAD_BYTES", 256 * 1024 * 1024, minimum=1024)
+REGISTRY_BUNDLE_TTL_DAYS = env.integer("REGISTRY_BUNDLE_TTL_DAYS", 365, minimum=1, maximum=3650)
+REGISTRY_MIN_AGENT_VERSION = env.string("REGISTRY_MIN_AGENT_VERSION", "0.1.0") or "0.1.0"
+
+ENROLLMENT_TOKEN_TTL_HOURS = env.integer("ENROLLMENT_TOKEN_TTL_HOURS", 24, minimum=1, maximum=24 * 30)
+DEVICE_OFFLINE_AFTER_S = env.integer("DEVICE_OFFLINE_AFTER_S", 180, minimum=10)
+HEARTBEAT_INTERVAL_S = env.integer("HEARTBEAT_INTERVAL_S", 30, minimum=1, maximum=3600)
+
+# Celery: a local filesystem transport needs no server for one machine; set
+# CELERY_BROKER_URL to redis:// or amqp:// to run workers on many hosts.
+CELERY_BROKER_URL = env.url(
+    "CELERY_BROKER_URL", "filesystem://", ("filesystem", "redis", "rediss", "amqp", "amqps", "memory")
+)
+if CELERY_BROKER_URL == "filesystem://":
+    _queue_dir = DATA_DIR / "celery" / "queue"
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_queue_dir),
+        "data_folder_out": str(_queue_dir),
+        "processed_folder": str(DATA_DIR / "celery" / "processed"),
+        # Broadcast (remote control) tables; kombu's default is ./control in the working directory.
+        "control_folder": str(DATA_DIR / "celery" / "control"),
+        "store_processed": False,
+    }
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_ALWAYS_EAGER = env.boolean("CELERY_TASK_ALWAYS_EAGER", False)
+CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celery" / "beat-schedule")
+CELERY_BEAT_SCHEDULE = {
+    "mark-silent-devices-offline": {"task": "fleet.tasks.mark_silent_devices_offline", "schedule": 30.0},
+    "reconcile-broker-credentials": {"task": "fleet.tasks.reconcile_broker", "schedule": 300.0},
+    "telemetry-rollups": {"task": "telemetry.tasks.roll_up", "schedule": 60.0},
+    "telemetry-alerts": {"task": "telemetry.tasks.evaluate_alerts", "schedule": 60.0},
+    "telemetry-retention": {"task": "telemetry.tasks.apply_retention", "schedule": 3600.0},
+}
+
+# Telemetry (docs/telemetry.md): raw records are kept briefly, rollups longer.
+TELEMETRY_RAW_RETENTION_DAYS = env.integer("TELEMETRY_RAW_RETENTION_DAYS", 7, minimum=1, maximum=3650)
+TELEMETRY_ROLLUP_RETENTION_DAYS = env.integer("TELEMETRY_ROLLUP_RETENTION_DAYS", 90, minimum=1, maximum=3650)
+# A model version's field baseline for drift: its first hours of telemetry.
+TELEMETRY_BASELINE_HOURS = env.integer("TELEMETRY_BASELINE_HOURS", 24, minimum=1, maximum=24 * 30)
+# How many queued messages the bridge stores in one transaction.
+BRIDGE_BATCH_MESSAGES = env.integer("BRIDGE_BATCH_MESSAGES", 500, minimum=1, maximum=10_000)
+# Worker threads per bridge, each with its own database connection; a device's
+# messages always go to the same one.
+BRIDGE_WORKERS = env.integer("BRIDGE_WORKERS", 2, minimum=1, maximum=16)
+# How often a bridge writes its counters to the database for /metrics.
+BRIDGE_STATS_INTERVAL_S = env.integer("BRIDGE_STATS_INTERVAL_S", 10, minimum=1, maximum=3600)
+ALERT_WEBHOOK_TIMEOUT_S = env.integer("ALERT_WEBHOOK_TIMEOUT_S", 5, minimum=1, maximum=60)
+ALERT_EMAIL_FROM = env.string("ALERT_EMAIL_FROM", "edgefleet@localhost")
+# When set, /metrics wants "Authorization: Bearer <token>".
+METRICS_TOKEN = env.secret("METRICS_TOKEN")
+
+LOG_LEVEL = env.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR"))
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        "amqtt": {"level": "WARNING"},
+        "transitions": {"level": "WARNING"},
+    },
+}

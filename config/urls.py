@@ -1,0 +1,26 @@
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from core import views as core_views
+from dashboard import views
+from registry import views as registry_views
+from telemetry import views as telemetry_views
+
+urlpatterns = [
+    path("", views.dashboard, name="dashboard"),
+    path("devices/<str:device_id>/", views.device_detail, name="device-page"),
+    path("alerts/", telemetry_views.alerts, name="alerts"),
+    path("models/", registry_views.models, name="models"),
+    path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(next_page="login"), name="logout"),
+    path("admin/", admin.site.urls),
+    path("api/v1/", include("fleet.api.urls")),
+    path("api/v1/", include("registry.api.urls")),
+    path("api/v1/", include("telemetry.api.urls")),
+    path("api/v1/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/v1/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("healthz", core_views.healthz, name="healthz"),
+    path("metrics", telemetry_views.metrics, name="metrics"),
+]

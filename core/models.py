@@ -1,0 +1,83 @@
+"""What every app shares: API tokens for CI and scripts, and the audit log."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.utils import timezone
+
+from core import tokens
+
+
+class ApiToken(models.Model):
+    """A token for CI and scripts, with scopes; only the hash is kept."""
+
+    SCOPES = ("read", "fleet", "publish", "rollout")
+
+    name = models.CharField(max_length=100)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    key_hash = models.CharField(max_length=64, unique=True)
+    prefix = models.CharField(max_length=12)
+    scopes = models.JSONField(default=list)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+        db_table = "core_apitoken"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    def clean(self) -> None:
+        unknown = set(self.scopes) - set(self.SCOPES)
+        if not isinstance(self.scopes, list) or unknown:
+            raise ValidationError({"scopes": f"Unknown scopes: {', '.join(sorted(unknown))}."})
+
+    @classmethod
+    def issue(cls, user: Any, name: str, scopes: list[str]) -> tuple[ApiToken, str]:
+        key = tokens.new_secret("eft")
+        row = cls(name=name, user=user, key_hash=tokens.digest(key), prefix=key[:10], scopes=list(scopes))
+        row.full_clean()
+        row.save()
+        return row, key
+
+    def is_usable(self) -> bool:
+        now = timezone.now()
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+
+class AuditLog(models.Model):
+    """Who did what, when and why. Rows are only ever added."""
+
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    actor_label = models.CharField(max_length=200)
+    action = models.CharField(max_length=64)
+    target_type = models.CharField(max_length=64)
+    target_id = models.CharField(max_length=64)
+    reason = models.TextField(blank=True)
+    data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        db_table = "core_auditlog"
+
+    @classmethod
+    def record(cls, *, actor: Any, action: str, target: models.Model, reason: str = "", **data: Any) -> AuditLog:
+        user = actor if getattr(actor, "is_authenticated", False) else None
+        label = getattr(actor, "username", None) or (str(actor) if actor else "system")
+        return cls.objects.create(
+            actor=user,
+            actor_label=label,
+            action=action,
+            target_type=target._meta.label_lower,
+            target_id=str(getattr(target, "device_id", None) or target.pk),
+            reason=reason,
+            data=data,
+        )

@@ -1,0 +1,1 @@
+"""Operator pages that combine the apps: the fleet overview and one device."""

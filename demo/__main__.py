@@ -1,0 +1,3 @@
+from demo.launcher import main
+
+raise SystemExit(main())

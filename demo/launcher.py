@@ -1,0 +1,278 @@
+"""`make demo`: the whole system on one machine with embedded defaults.
+
+Starts, as child processes: the embedded MQTT broker, the web server, the MQTT
+bridge, a Celery worker with beat on the local filesystem transport, and one
+real agent process per simulated device. Needs no PostgreSQL, Redis or
+Mosquitto. Ctrl-C stops everything, newest first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from demo import scene as demo_scene
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+SITES = {
+    "plant-north": ("North Plant", "line-1-cam", 4),
+    "depot-east": ("East Depot", "dock-cam", 4),
+    "farm-south": ("South Farm", "barn-cam", 4),
+}
+HARDWARE = ["jetson-orin-nano", "raspberrypi-5", "x86-nuc", "jetson-orin-nano"]
+
+
+def free_port(preferred: int) -> int:
+    for port in (preferred, 0):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise RuntimeError("no free port")
+
+
+def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{proc.args} exited with {proc.returncode} while starting")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"nothing listens on port {port} after {timeout:.0f} s")
+
+
+@dataclass
+class Demo:
+    data_dir: Path
+    web_port: int
+    mqtt_port: int
+    children: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.logs = self.data_dir / "logs"
+        self.logs.mkdir(exist_ok=True)
+        secret_file = self.data_dir / "bridge-password"
+        if not secret_file.exists():
+            secret_file.write_text(secrets.token_urlsafe(24))
+            secret_file.chmod(0o600)
+        mqtt_url = f"mqtt://127.0.0.1:{self.mqtt_port}"
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "MQTT_", "CELERY_", "BROKER_"))},
+            "DJANGO_SETTINGS_MODULE": "config.settings",
+            "EDGEFLEET_DATA_DIR": str(self.data_dir),
+            "DATABASE_URL": f"sqlite:///{self.data_dir / 'edgefleet.sqlite3'}",
+            "CELERY_BROKER_URL": "filesystem://",
+            "MQTT_URL": mqtt_url,
+            "DEVICE_MQTT_URL": mqtt_url,
+            "MQTT_USERNAME": "edgefleet-bridge",
+            "MQTT_PASSWORD_FILE": str(secret_file),
+            "BROKER_PROVISIONER": "embedded",
+            "HEARTBEAT_INTERVAL_S": "5",
+            "DEVICE_OFFLINE_AFTER_S": "30",
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.server = f"http://127.0.0.1:{self.web_port}"
+
+    def say(self, text: str) -> None:
+        print(text, flush=True)
+
+    def manage(self, *args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "manage.py"), *args], env=self.env, cwd=ROOT, capture_output=True, text=True
+        )
+        if result.returncode != 0:
+            raise SystemExit(f"manage.py {' '.join(args)} failed:\n{result.stderr}")
+        return result.stdout
+
+    def spawn(self, name: str, *command: str) -> subprocess.Popen[bytes]:
+        log = open(self.logs / f"{name}.log", "ab")
+        # Own process group: Ctrl-C reaches the launcher only, which then
+        # stops children in order instead of all at once.
+        proc = subprocess.Popen(
+            command, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.children.append((name, proc))
+        return proc
+
+    def start(self) -> None:
+        self.say("edgefleet demo: preparing the database (SQLite) ...")
+        self.manage("migrate", "--noinput")
+        specs = [
+            f"{slug}:{name}:{','.join(f'{prefix}-{i + 1}' for i in range(count))}"
+            for slug, (name, prefix, count) in SITES.items()
+        ]
+        seed = json.loads(self.manage("demo_seed", *[f"--site={s}" for s in specs]).strip().splitlines()[-1])
+
+        self.say(f"starting the embedded MQTT broker on 127.0.0.1:{self.mqtt_port} ...")
+        broker = self.spawn(
+            "broker", sys.executable, "manage.py", "embedded_broker", "--bind", f"127.0.0.1:{self.mqtt_port}"
+        )
+        wait_for_port(self.mqtt_port, 30, broker)
+
+        self.say(f"starting the web server on {self.server} ...")
+        web = self.spawn("web", sys.executable, "manage.py", "runserver", f"127.0.0.1:{self.web_port}", "--noreload")
+        wait_for_port(self.web_port, 60, web)
+
+        self.say("starting the MQTT bridge and the worker ...")
+        # The embedded broker has no shared subscriptions: one bridge subscribes directly.
+        self.spawn("bridge", sys.executable, "manage.py", "mqtt_bridge", "--shared-group", "")
+        for folder in ("queue", "processed", "control"):
+            (self.data_dir / "celery" / folder).mkdir(parents=True, exist_ok=True)
+        self.spawn(
+            "worker",
+            str(BIN / "celery"),
+            "-A",
+            "fleet",
+            "worker",
+            "-B",
+            "--loglevel=INFO",
+            "--concurrency=1",
+            "--pool=solo",
+        )
+        self.say(f"publishing the {demo_scene.MODEL} model as CI would (edgefleet publish, with an INT8 variant) ...")
+        published = demo_scene.publish_model(BIN, self.server, seed["api_token"], self.data_dir / "publish")
+        self.start_devices(seed["tokens"])
+        ids = demo_scene.device_ids(self.server, seed["api_token"])
+        demo_scene.assign_model(self.server, seed["api_token"], str(published["version"]), list(ids.values()))
+        self.say(f"assigned {demo_scene.MODEL} {published['version']} to every device (download, verify, install)")
+        self.say(f"  {'/'.join(demo_scene.DARK_CAMERA)} has a failed lamp: its dark frames should raise a drift alert")
+        self.say("")
+        self.say(f"  dashboard : {self.server}/")
+        self.say(f"  API docs  : {self.server}/api/v1/docs/")
+        self.say(f"  login     : {seed['username']} / {seed['password']}")
+        self.say(f"  API token : {seed['api_token']}")
+        self.say(f"  try       : curl -H 'Authorization: Bearer {seed['api_token']}' {self.server}/api/v1/devices/")
+        self.say(f"  logs      : {self.logs}/")
+        self.say("")
+        self.say("Press Ctrl-C to stop everything.")
+
+    def start_devices(self, tokens: dict[str, dict[str, str]]) -> None:
+        devices = []
+        for slug, (_, prefix, number) in SITES.items():
+            for i in range(number):
+                name = f"{prefix}-{i + 1}"
+                devices.append((slug, name, self.data_dir / "devices" / slug / name, HARDWARE[i % len(HARDWARE)]))
+        # Enroll the new ones side by side: each is a separate agent process, as on real devices.
+        enrolling = []
+        for slug, name, device_dir, hardware in devices:
+            if (device_dir / "agent.toml").exists():
+                continue
+            token = tokens.get(slug, {}).get(name)
+            if token is None:
+                raise SystemExit(f"{name} at {slug} is enrolled but its config {device_dir / 'agent.toml'} is missing")
+            enrolling.append((name, self.enroll(slug, name, token, device_dir, hardware)))
+        for name, proc in enrolling:
+            out, _ = proc.communicate(timeout=120)
+            if proc.returncode != 0:
+                raise SystemExit(f"enrolling {name} failed:\n{out}")
+        self.say("rendering the cameras' frames ...")
+        cameras = {
+            dark: demo_scene.write_frames(self.data_dir / "cameras" / ("dark" if dark else "normal"), dark=dark)
+            for dark in (False, True)
+        }
+        for slug, name, device_dir, _ in devices:
+            demo_scene.configure_agent(device_dir / "agent.toml", cameras[(slug, name) == demo_scene.DARK_CAMERA])
+            config = str(device_dir / "agent.toml")
+            self.spawn(f"agent-{slug}-{name}", str(BIN / "edgefleet-agent"), "run", "--config", config)
+        self.say(f"started {len(devices)} simulated devices (real agent processes) at {len(SITES)} sites")
+
+    def enroll(self, slug: str, name: str, token: str, device_dir: Path, hardware: str) -> subprocess.Popen[str]:
+        device_dir.mkdir(parents=True, exist_ok=True)
+        return subprocess.Popen(
+            [
+                str(BIN / "edgefleet-agent"),
+                "enroll",
+                "--server",
+                self.server,
+                "--token",
+                token,
+                "--name",
+                name,
+                "--site",
+                slug,
+                "--hardware-profile",
+                hardware,
+                "--config",
+                str(device_dir / "agent.toml"),
+                "--data-dir",
+                str(device_dir / "data"),
+            ],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def watch(self, stop_after: float | None) -> None:
+        deadline = time.monotonic() + stop_after if stop_after else None
+        reported: set[str] = set()
+        while deadline is None or time.monotonic() < deadline:
+            for name, proc in self.children:
+                if proc.poll() is not None and name not in reported:
+                    reported.add(name)
+                    self.say(f"warning: {name} exited with {proc.returncode}; see {self.logs / (name + '.log')}")
+            time.sleep(1)
+
+    def stop(self) -> None:
+        self.say("stopping ...")
+        for _, proc in reversed(self.children):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for name, proc in reversed(self.children):
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.say(f"{name} did not stop in time; killing it")
+                proc.kill()
+                proc.wait()
+        self.say("stopped.")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=ROOT / "var" / "demo")
+    parser.add_argument("--web-port", type=int, default=8000)
+    parser.add_argument("--mqtt-port", type=int, default=18830)
+    parser.add_argument("--stop-after", type=float, help="stop by itself after this many seconds")
+    args = parser.parse_args(argv)
+    demo = Demo(
+        data_dir=args.data_dir.resolve(),
+        web_port=free_port(args.web_port),
+        mqtt_port=free_port(args.mqtt_port),
+    )
+    # SIGINT explicitly too: a launcher started in the background by a script inherits it ignored.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _interrupt)
+    try:
+        demo.start()
+        demo.watch(args.stop_after)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        demo.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

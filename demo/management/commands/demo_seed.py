@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand
+from django.utils import timezone
+
+from core.models import ApiToken
+from fleet.models import Device, EnrollmentToken, Site
+
+
+class Command(BaseCommand):
+    help = "Prepare the demo: an admin account, sites, and enrollment tokens for devices not yet enrolled."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--site", action="append", default=[], help="slug:Name:device,device,...")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        password = secrets.token_urlsafe(12)
+        user, _ = get_user_model().objects.get_or_create(username="admin", defaults={"email": "admin@localhost"})
+        user.is_staff = user.is_superuser = True
+        user.set_password(password)
+        user.save()
+        # A fresh scripting token each run, so the printed one always works; old demo tokens are revoked.
+        ApiToken.objects.filter(user=user, name="demo", revoked_at__isnull=True).update(revoked_at=timezone.now())
+        _, api_token = ApiToken.issue(user, name="demo", scopes=["read", "fleet", "publish", "rollout"])
+        tokens: dict[str, dict[str, str]] = {}
+        for spec in options["site"]:
+            slug, name, names = spec.split(":", 2)
+            site, _ = Site.objects.get_or_create(slug=slug, defaults={"name": name})
+            enrolled = set(Device.objects.filter(site=site, revoked_at__isnull=True).values_list("name", flat=True))
+            tokens[slug] = {}
+            for device in filter(None, names.split(",")):
+                if device not in enrolled:
+                    _, token = EnrollmentToken.issue(site, note=f"demo {device}")
+                    tokens[slug][device] = token
+        seed = {"username": user.username, "password": password, "api_token": api_token, "tokens": tokens}
+        self.stdout.write(json.dumps(seed))

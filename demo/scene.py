@@ -1,0 +1,127 @@
+"""What the demo's devices see and run: the published model, rendered camera frames, agent settings.
+
+The demo goes through the same doors as production: CI publishes the
+project's own parts classifier with ``edgefleet publish`` (token with the
+publish scope), an operator points every device at it through the REST API,
+and each agent downloads, verifies and installs the signed bundle before it
+runs inference on its camera, here a folder of rendered frames. One camera's
+lamp has failed: its frames are dark, which the drift check should notice.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+
+import zoo
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = "parts-classifier"
+MODEL_FILE = zoo.onnx_path(MODEL)
+MODEL_METADATA = zoo.metadata_path(MODEL)
+# Normal cameras share one pool of distinct frames. Drift compares a device's
+# last thousand frames with CI's 2,000: a camera looping over a hundred frames
+# would show sampling noise as drift (PSI noise is about bins / distinct frames).
+NORMAL_FRAMES = 1200
+DARK_FRAMES = 300
+CAMERA_FPS = 4.0
+WINDOW_S = 10.0
+DARK_CAMERA = ("farm-south", "barn-cam-4")
+
+
+def write_frames(folder: Path, *, dark: bool) -> Path:
+    """Camera frames (part crops as the line camera cuts them), drawn once and reused by later runs."""
+    from zoo import render, samples
+
+    count = DARK_FRAMES if dark else NORMAL_FRAMES
+    if folder.is_dir() and len(list(folder.glob("*.png"))) >= count:
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    condition: render.Condition = "dark" if dark else "normal"
+    # Seeds apart from CI's reference distribution and the published reference/calibration sets.
+    for sample in samples.calibration_crops(count, seed=20_000 + int(dark), condition=condition):
+        sample.image.save(folder / f"{sample.name}.png")
+    return folder
+
+
+def publish_model(bin_dir: Path, server: str, token: str, work: Path) -> dict[str, object]:
+    """Publish the classifier as CI would, with reference and calibration images and its reference
+    confidence distribution; idempotent."""
+    from zoo import samples
+
+    references = samples.write_samples(work / "reference", samples.reference_crops(8))
+    # Calibration under normal light: the INT8 variant and the drift baseline both come from it.
+    calibration = samples.write_samples(work / "calibration", samples.calibration_crops(64, condition="normal"))
+    metadata = work / f"{MODEL}.json"
+    if not metadata.exists():
+        from zoo import reference
+
+        # CI's measured confidence distribution: the drift baseline the dark camera is judged against.
+        document = json.loads(MODEL_METADATA.read_text())
+        document["reference_distribution"] = reference.distribution(MODEL)
+        metadata.write_text(json.dumps(document, indent=1))
+    command = [
+        str(bin_dir / "edgefleet"),
+        "publish",
+        "--server",
+        server,
+        "--token",
+        token,
+        "--model",
+        MODEL,
+        "--file",
+        str(MODEL_FILE),
+        "--metadata",
+        str(metadata),
+        "--quantize",
+    ]
+    command += [arg for path in references for arg in ("--reference", str(path))]
+    command += [arg for path in calibration for arg in ("--calibration", str(path))]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    if result.returncode != 0:
+        raise SystemExit(f"publishing {MODEL} failed (exit {result.returncode}):\n{result.stderr[-2000:]}")
+    return dict(json.loads(result.stdout))
+
+
+def configure_agent(path: Path, frames: Path) -> None:
+    """Give an enrolled agent its camera and the demo's faster telemetry window."""
+    import tomli_w
+
+    from agent import config
+
+    document = config.to_document(config.load(path, environ={}))
+    document["capture"] = {"source": str(frames), "loop": True, "max_fps": CAMERA_FPS}
+    document["vision"] = {**document.get("vision", {}), "window_interval_s": WINDOW_S}
+    # The cloud side of escalation is not part of this demo yet; devices keep deciding locally.
+    document["escalation"] = {**document.get("escalation", {}), "enabled": False}
+    config.parse(document, source=str(path), environ={})  # refuse to write what the agent would refuse
+    config.atomic_write(path, tomli_w.dumps(document).encode(), mode=0o600)
+
+
+def assign_model(server: str, token: str, version: str, device_ids: list[str]) -> None:
+    """Point every device at the published version through the REST API, as an operator's script would."""
+    for device_id in device_ids:
+        _post(f"{server}/api/v1/devices/{device_id}/assign-model/", token, {"model": MODEL, "version": version})
+
+
+def device_ids(server: str, token: str) -> Mapping[tuple[str, str], str]:
+    """(site slug, device name) -> device id, from the REST API."""
+    request = urllib.request.Request(f"{server}/api/v1/devices/?limit=1000")  # noqa: S310 - the demo's own server
+    request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+        rows = json.load(response)["results"]
+    return {(row["site"], row["name"]): row["device_id"] for row in rows}
+
+
+def _post(url: str, token: str, body: dict[str, object]) -> None:
+    request = urllib.request.Request(  # noqa: S310 - the demo's own server
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30):  # noqa: S310
+        pass
