@@ -100,12 +100,17 @@ class Demo:
             raise SystemExit(f"manage.py {' '.join(args)} failed:\n{result.stderr}")
         return result.stdout
 
-    def spawn(self, name: str, *command: str) -> subprocess.Popen[bytes]:
+    def spawn(self, name: str, *command: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = open(self.logs / f"{name}.log", "ab")
         # Own process group: Ctrl-C reaches the launcher only, which then
         # stops children in order instead of all at once.
         proc = subprocess.Popen(
-            command, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            env={**self.env, **(env or {})},
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.children.append((name, proc))
         return proc
@@ -187,9 +192,9 @@ class Demo:
             for dark in (False, True)
         }
         for slug, name, device_dir, _ in devices:
-            demo_scene.configure_agent(device_dir / "agent.toml", cameras[(slug, name) == demo_scene.DARK_CAMERA])
             config = str(device_dir / "agent.toml")
-            self.spawn(f"agent-{slug}-{name}", str(BIN / "edgefleet-agent"), "run", "--config", config)
+            camera = demo_scene.agent_environment(cameras[(slug, name) == demo_scene.DARK_CAMERA])
+            self.spawn(f"agent-{slug}-{name}", str(BIN / "edgefleet-agent"), "run", "--config", config, env=camera)
         self.say(f"started {len(devices)} simulated devices (real agent processes) at {len(SITES)} sites")
 
     def enroll(self, slug: str, name: str, token: str, device_dir: Path, hardware: str) -> subprocess.Popen[str]:

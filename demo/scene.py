@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
 import zoo
+from zoo import render, samples
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "parts-classifier"
@@ -34,8 +36,6 @@ DARK_CAMERA = ("farm-south", "barn-cam-4")
 
 def write_frames(folder: Path, *, dark: bool) -> Path:
     """Camera frames (part crops as the line camera cuts them), drawn once and reused by later runs."""
-    from zoo import render, samples
-
     count = DARK_FRAMES if dark else NORMAL_FRAMES
     if folder.is_dir() and len(list(folder.glob("*.png"))) >= count:
         return folder
@@ -50,18 +50,18 @@ def write_frames(folder: Path, *, dark: bool) -> Path:
 def publish_model(bin_dir: Path, server: str, token: str, work: Path) -> dict[str, object]:
     """Publish the classifier as CI would, with reference and calibration images and its reference
     confidence distribution; idempotent."""
-    from zoo import samples
-
     references = samples.write_samples(work / "reference", samples.reference_crops(8))
     # Calibration under normal light: the INT8 variant and the drift baseline both come from it.
     calibration = samples.write_samples(work / "calibration", samples.calibration_crops(64, condition="normal"))
     metadata = work / f"{MODEL}.json"
     if not metadata.exists():
-        from zoo import reference
-
-        # CI's measured confidence distribution: the drift baseline the dark camera is judged against.
+        # CI's measured confidence distribution: the drift baseline the dark camera is judged against,
+        # measured with the agent's own inference code as a CI job would (python -m zoo.reference).
+        measured = subprocess.run(
+            [sys.executable, "-m", "zoo.reference", MODEL], capture_output=True, text=True, timeout=900, check=True
+        )
         document = json.loads(MODEL_METADATA.read_text())
-        document["reference_distribution"] = reference.distribution(MODEL)
+        document["reference_distribution"] = json.loads(measured.stdout)
         metadata.write_text(json.dumps(document, indent=1))
     command = [
         str(bin_dir / "edgefleet"),
@@ -86,19 +86,17 @@ def publish_model(bin_dir: Path, server: str, token: str, work: Path) -> dict[st
     return dict(json.loads(result.stdout))
 
 
-def configure_agent(path: Path, frames: Path) -> None:
-    """Give an enrolled agent its camera and the demo's faster telemetry window."""
-    import tomli_w
-
-    from agent import config
-
-    document = config.to_document(config.load(path, environ={}))
-    document["capture"] = {"source": str(frames), "loop": True, "max_fps": CAMERA_FPS}
-    document["vision"] = {**document.get("vision", {}), "window_interval_s": WINDOW_S}
-    # The cloud side of escalation is not part of this demo yet; devices keep deciding locally.
-    document["escalation"] = {**document.get("escalation", {}), "enabled": False}
-    config.parse(document, source=str(path), environ={})  # refuse to write what the agent would refuse
-    config.atomic_write(path, tomli_w.dumps(document).encode(), mode=0o600)
+def agent_environment(frames: Path) -> dict[str, str]:
+    """The demo's camera and faster telemetry window, as the environment overrides an installer would set
+    (``EDGEFLEET_AGENT_<SECTION>_<KEY>``, docs/agent.md); the agent validates them like its config file."""
+    return {
+        "EDGEFLEET_AGENT_CAPTURE_SOURCE": str(frames),
+        "EDGEFLEET_AGENT_CAPTURE_LOOP": "true",
+        "EDGEFLEET_AGENT_CAPTURE_MAX_FPS": str(CAMERA_FPS),
+        "EDGEFLEET_AGENT_VISION_WINDOW_INTERVAL_S": str(WINDOW_S),
+        # The cloud side of escalation is not part of this demo yet; devices keep deciding locally.
+        "EDGEFLEET_AGENT_ESCALATION_ENABLED": "false",
+    }
 
 
 def assign_model(server: str, token: str, version: str, device_ids: list[str]) -> None:

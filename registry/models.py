@@ -203,6 +203,12 @@ class ModelVersion(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     deprecated_at = models.DateTimeField(null=True, blank=True)
     deprecation_reason = models.TextField(blank=True)
+    reference_distribution = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="CI's reference distribution ({confidence: bin counts, classes: top-1 counts}): "
+        "the version's drift baseline.",
+    )
     calibration = models.FileField(
         upload_to=calibration_path,
         max_length=300,

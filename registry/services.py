@@ -28,7 +28,6 @@ from registry.bundles import build_bundle
 from registry.inspection import PublishError
 from registry.metadata import PublishMetadata
 from registry.models import Bundle, KeyringUpdate, Model, ModelVersion, SigningKey
-from telemetry import drift
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +114,13 @@ def publish_version(
                 metrics=dict(metadata.metrics),
                 published_by=actor if getattr(actor, "is_authenticated", False) and getattr(actor, "pk", 0) else None,
             )
+            reference = metadata.reference_distribution
+            if reference is not None:
+                # The version's own drift baseline: telemetry reads it from here.
+                version.reference_distribution = {
+                    "confidence": list(reference.confidence),
+                    "classes": dict(reference.classes),
+                }
             if calibration_tensors:
                 arrays = {f"c{i:04d}": t for i, t in enumerate(calibration_tensors)}
                 buffer = io.BytesIO()
@@ -125,9 +131,6 @@ def publish_version(
             model.labels = list(metadata.labels)
             model.save(update_fields=["labels"])
             build_target_bundle(version, FP32, model_bytes, tensors, outputs)
-            reference = metadata.reference_distribution
-            if reference is not None:
-                drift.set_reference(model_name, metadata.version, list(reference.confidence), reference.classes)
             AuditLog.record(actor=actor, action="model_version.publish", target=version, version=metadata.version)
             if metadata.quantize:
                 queue_int8(version)

@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.db.models import Min
 
-from agent.kernel import histogram
+from registry.models import ModelVersion
 from telemetry.metrics import Summary
 from telemetry.models import Baseline, Resolution, Scope, WindowRollup
 
@@ -67,9 +67,25 @@ def level(value: float | None) -> str:
 
 
 def baseline_for(model_name: str, model_version: str, now: datetime) -> Baseline | None:
-    """The version's reference, or its field baseline (computed once its first hours are over)."""
+    """The version's reference distribution (published with it by CI), or else its field baseline
+    (computed once its first hours in the field are over)."""
+    reference = (
+        ModelVersion.objects.filter(model__name=model_name, version=model_version)
+        .values_list("reference_distribution", flat=True)
+        .first()
+    )
+    if reference:
+        confidence = list(reference["confidence"])
+        return Baseline(
+            model_name=model_name,
+            model_version=model_version,
+            source=Baseline.Source.REFERENCE,
+            confidence=confidence,
+            classes=dict(reference.get("classes", {})),
+            frames=sum(confidence),
+        )
     row = Baseline.objects.filter(model_name=model_name, model_version=model_version).first()
-    if row is not None and (row.source == Baseline.Source.REFERENCE or (row.until and row.until <= now)):
+    if row is not None and row.until and row.until <= now:
         return row
     fleet = WindowRollup.objects.filter(
         resolution=Resolution.HOUR, scope=Scope.FLEET, key="*", model_name=model_name, model_version=model_version
@@ -91,25 +107,6 @@ def baseline_for(model_name: str, model_version: str, now: datetime) -> Baseline
             "frames": sum(summary.confidence),
             "since": first,
             "until": until,
-        },
-    )
-    return row
-
-
-def set_reference(model_name: str, model_version: str, confidence: list[int], classes: Mapping[str, int]) -> Baseline:
-    """Record a version's reference distribution (e.g. measured in CI); it replaces the field baseline."""
-    if len(confidence) != histogram.CONFIDENCE_BINS or any(c < 0 for c in confidence):
-        raise ValueError(f"confidence needs {histogram.CONFIDENCE_BINS} non-negative counts")
-    row, _ = Baseline.objects.update_or_create(
-        model_name=model_name,
-        model_version=model_version,
-        defaults={
-            "source": Baseline.Source.REFERENCE,
-            "confidence": list(confidence),
-            "classes": dict(classes),
-            "frames": sum(confidence),
-            "since": None,
-            "until": None,
         },
     )
     return row

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from django.utils import timezone
 
 from registry.models import Bundle, Model, ModelVersion
+from telemetry import drift
+from telemetry.models import Baseline
 from tests.registry.helpers import publish
 
 pytestmark = pytest.mark.django_db
@@ -191,8 +194,6 @@ def test_a_published_version_never_changes(ci, classifier_onnx, metadata):
 
 
 def test_the_reference_distribution_ci_measured_becomes_the_versions_drift_baseline(ci, classifier_onnx, metadata):
-    from telemetry.models import Baseline
-
     labels = metadata()["labels"]
     confidence = [0] * 14 + [50, 100, 200, 400, 600, 650]
     reference = {"confidence": confidence, "classes": {labels[0]: 1500, labels[1]: 500}}
@@ -200,8 +201,9 @@ def test_the_reference_distribution_ci_measured_becomes_the_versions_drift_basel
     response = publish(ci, classifier_onnx, metadata(reference_distribution=reference))
 
     assert response.status_code == 201, response.content
-    baseline = Baseline.objects.get(model_name="parts", model_version="1.0.0")
-    assert baseline.source == Baseline.Source.REFERENCE
+    assert ModelVersion.objects.get().reference_distribution == reference
+    baseline = drift.baseline_for("parts", "1.0.0", timezone.now())
+    assert baseline is not None and baseline.source == Baseline.Source.REFERENCE
     assert baseline.confidence == confidence and baseline.frames == 2000
     assert baseline.classes == reference["classes"]
 
@@ -217,8 +219,6 @@ def test_the_reference_distribution_ci_measured_becomes_the_versions_drift_basel
 def test_a_malformed_reference_distribution_is_refused_and_nothing_is_published(
     ci, classifier_onnx, metadata, reference
 ):
-    from telemetry.models import Baseline
-
     response = publish(ci, classifier_onnx, metadata(reference_distribution=reference))
 
     assert response.status_code == 400, response.content

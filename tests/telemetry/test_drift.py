@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from agent.kernel import histogram
 from fleet.models import Device, Site
+from registry.models import Model, ModelVersion
 from telemetry import drift
 from telemetry.models import Resolution, Scope, WindowRollup
 from tests.telemetry.helpers import recent_windows
@@ -45,7 +46,17 @@ def reference(seed: int = 99, frames: int = 20_000) -> None:
     rng = random.Random(seed)
     confidences = histogram.confidence_histogram(rng.betavariate(6, 2) for _ in range(frames))
     classes = {"ok": int(frames * 0.9), "defect": frames - int(frames * 0.9)}
-    drift.set_reference("detector", "1.0.0", confidences, classes)
+    model = Model.objects.create(name="detector", task="classification", labels=["ok", "defect"])
+    ModelVersion.objects.create(
+        model=model,
+        version="1.0.0",
+        sequence=1,
+        content_digest="0" * 64,
+        input_spec={},
+        output={},
+        labels=["ok", "defect"],
+        reference_distribution={"confidence": confidences, "classes": classes},
+    )
 
 
 def test_drift_stays_quiet_on_a_fresh_sample_of_the_same_distribution(device: Device) -> None:
