@@ -33,7 +33,7 @@ test: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python -m pytest
 
 chaos: $(STAMP)
-	$(BIN)/python -m pytest -m chaos --override-ini="addopts=-ra" tests/chaos
+	$(BIN)/python -m pytest -m chaos --override-ini="addopts=-ra"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,4 +1,10 @@
-"""Fixtures every suite shares: users in each role, API clients, sites and enrolled devices."""
+"""Fixtures every suite shares: users in each role, API clients, sites and enrolled devices.
+
+The test tree mirrors the source tree; a test's layer is a marker (``unit``,
+``integration``, ``browser``, ``chaos``), so ``pytest -m unit`` runs the fast
+ones of every part. A test that does not name its layer is ``integration``
+when it touches the database, a broker or a live server, ``unit`` otherwise.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +20,21 @@ from rest_framework.test import APIClient
 from core.models import ApiToken
 from fleet import services
 from fleet.models import EnrollmentToken, Site
+
+LAYERS = ("unit", "integration", "browser", "chaos")
+# Fixtures that reach a real service: a test using one is an integration test.
+REAL_SERVICES = frozenset({"db", "transactional_db", "live_server", "mqtt_url", "broker", "mosquitto", "bridge"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    chaos_selected = "chaos" in (config.getoption("markexpr") or "")
+    skip_chaos = pytest.mark.skip(reason="long fault-injection loop: run it with `make chaos`")
+    for item in items:
+        if not any(item.get_closest_marker(layer) for layer in LAYERS):
+            real = item.get_closest_marker("django_db") or REAL_SERVICES.intersection(getattr(item, "fixturenames", ()))
+            item.add_marker(pytest.mark.integration if real else pytest.mark.unit)
+        if item.get_closest_marker("chaos") is not None and not chaos_selected:
+            item.add_marker(skip_chaos)
 
 
 def _answers(host: str, port: int) -> bool:

@@ -17,8 +17,7 @@ import pytest
 from agent.kernel import protocol
 from agent.outbox import DUPLICATE_ACKS_TO_RESEND, MAX_BATCH_BYTES, Outbox, OutboxError
 from agent.outbox import inspect as outbox_inspect
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.paths import ROOT
 
 
 def beat(**extra: Any) -> dict[str, Any]:

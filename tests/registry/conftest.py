@@ -153,6 +153,10 @@ def metadata() -> Callable[..., dict[str, Any]]:
 
 @pytest.fixture
 def png_images() -> list[bytes]:
+    return make_png_images()
+
+
+def make_png_images() -> list[bytes]:
     """Three small photos-like PNGs (gradients with a blob), made here so no file is needed."""
     from PIL import Image, ImageDraw
 

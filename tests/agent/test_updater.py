@@ -1,0 +1,345 @@
+"""The updater converging on signed desired documents, against bundles crafted in the test and served over HTTP."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import tarfile
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from agent.kernel import protocol
+from agent.kernel.manifest import MANIFEST_NAME
+from agent.updater import CURRENT, PREVIOUS, UpdateError, Updater
+from registry.bundles import Signer, pack
+from tests.agent.conftest import BundleServer, RecordingRuntime, desired_for, make_config, publish, sign, trusted
+from tests.registry.conftest import Crafted
+
+LIMITED = {"updater": {"max_bundle_bytes": 1024 * 1024}}
+
+
+@pytest.fixture
+def config(tmp_path: Path, bundle_server: BundleServer, signer: Signer) -> Any:
+    return make_config(tmp_path, bundle_server.url, [trusted(signer)], **LIMITED)
+
+
+@pytest.fixture
+def runtime(config: Any) -> RecordingRuntime:
+    return RecordingRuntime(config)
+
+
+@pytest.fixture
+def updater(config: Any, runtime: RecordingRuntime) -> Any:
+    updater = Updater(config)
+    updater.start(runtime)
+    yield updater
+    updater.stop()
+
+
+@pytest.fixture
+def installed(updater: Updater, crafted: Crafted, signer: Signer, bundle_server: BundleServer, tmp_path: Path) -> Any:
+    """Version 1.2.0 (sequence 5) installed and serving."""
+    updater.converge(publish(crafted, signer, bundle_server, tmp_path, 1))
+    assert updater.holder.session.version == "1.2.0"
+    return updater
+
+
+def newer(classifier_onnx: bytes, version: str = "1.3.0", sequence: int = 6, **fields: Any) -> Crafted:
+    bundle = Crafted(classifier_onnx)
+    bundle.fields.update(version=version, sequence=sequence, **fields)
+    return bundle
+
+
+def serve(server: BundleServer, name: str, archive: bytes) -> str:
+    return server.add(name, archive)
+
+
+def test_it_installs_a_signed_bundle_reporting_each_phase(updater, runtime, crafted, signer, bundle_server, tmp_path):
+    assert updater.holder.fallback and runtime.last["fallback"] is True
+
+    updater.converge(publish(crafted, signer, bundle_server, tmp_path, 1))
+
+    assert runtime.phases()[-4:] == ["downloading", "verifying", "validating", "active"]
+    assert runtime.last["model_version"] == "1.2.0" and runtime.last["fallback"] is False
+    assert runtime.last["error"] is None and runtime.model_version == "1.2.0"
+    assert updater.holder.session.version == "1.2.0" and not updater.holder.fallback
+    current = updater.store.pointer(CURRENT)
+    assert current is not None and (current / "model.onnx").exists()
+    assert "model_swap" in runtime.event_kinds()
+    assert not list(updater.store.downloads.iterdir()), "the archive is removed once installed"
+    frame = np.zeros((48, 64, 3), dtype=np.uint8)
+    assert updater.holder.infer(frame).model_version == "1.2.0"
+
+
+def test_the_same_desired_again_changes_nothing(installed, runtime, crafted, signer, bundle_server, tmp_path):
+    desired = publish(crafted, signer, bundle_server, tmp_path, 2)
+    before = len(bundle_server.requests)
+    installed.converge(desired)
+    assert len(bundle_server.requests) == before
+    assert runtime.last["phase"] == "active"
+
+
+def test_a_dropped_download_resumes_where_it_stopped(updater, runtime, crafted, signer, bundle_server, tmp_path):
+    desired = publish(crafted, signer, bundle_server, tmp_path, 1)
+    bundle_server.cut_after = 1000
+
+    with pytest.raises(UpdateError) as failure:
+        updater.converge(desired)
+    assert failure.value.retry and runtime.last["phase"] == "failed"
+    assert "download_failed" in runtime.last["error"]
+    updater.converge(desired)
+
+    ranges = [r for _, r in bundle_server.requests]
+    assert ranges[-1] == "bytes=1000-"
+    assert updater.holder.session.version == "1.2.0"
+
+
+def test_a_server_announcing_another_size_is_refused_before_the_first_byte(
+    updater, runtime, crafted, signer, bundle_server, tmp_path
+):
+    desired = publish(crafted, signer, bundle_server, tmp_path, 1)
+    lying = sign(desired.model_copy(update={"model": {**desired.model, "size": 10}, "signature": None}), signer)
+    with pytest.raises(UpdateError):
+        updater.converge(lying)
+    assert "size_mismatch" in runtime.last["error"]
+    assert not list(updater.store.downloads.iterdir())
+
+
+def _raw_tar(name: str, data: bytes) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return gzip.compress(buffer.getvalue(), compresslevel=9)
+
+
+def _edited_manifest(bundle: Crafted, signer: Signer, tmp_path: Path) -> bytes:
+    original = tarfile.open(bundle.pack(signer, tmp_path))
+    members = {m.name: original.extractfile(m).read() for m in original.getmembers()}  # type: ignore[union-attr]
+    document = json.loads(members[MANIFEST_NAME])
+    document["min_agent_version"] = "0.0.1"
+    members[MANIFEST_NAME] = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+    return pack(members)
+
+
+def _attack(kind: str, classifier_onnx: bytes, signer: Signer, tmp_path: Path) -> tuple[Crafted, bytes]:
+    bundle = newer(classifier_onnx)
+    if kind == "tampered_model":
+        model = bytearray(bundle.files["model.onnx"])
+        model[len(model) // 2] ^= 0x01
+        return bundle, bundle.pack(signer, tmp_path, files={**bundle.files, "model.onnx": bytes(model)}).read_bytes()
+    if kind == "edited_manifest":
+        return bundle, _edited_manifest(bundle, signer, tmp_path)
+    if kind == "untrusted_key":
+        return bundle, bundle.pack(Signer(Ed25519PrivateKey.generate()), tmp_path).read_bytes()
+    if kind == "replayed_older_sequence":
+        # The desired state names 1.3.0; what arrives is an older, genuinely signed bundle.
+        old = newer(classifier_onnx, version="1.1.0", sequence=4)
+        return bundle, old.pack(signer, tmp_path).read_bytes()
+    if kind == "expired":
+        now = datetime.now(timezone.utc)
+        bundle.fields.update(created_at=now - timedelta(days=2), expires_at=now - timedelta(days=1))
+    elif kind == "traversal_path":
+        return bundle, _raw_tar("../escaped.txt", b"x")
+    elif kind == "bomb":
+        return bundle, _raw_tar("model.onnx", bytes(16 * 1024 * 1024))
+    elif kind == "agent_too_old":
+        bundle.fields["min_agent_version"] = "9.0.0"
+    elif kind == "reference_mismatch":
+        wrong = io.BytesIO()
+        np.save(wrong, np.array([[9.0, 9.0, 9.0]], dtype=np.float32))
+        bundle.files["reference/000.output-0.npy"] = wrong.getvalue()
+    elif kind == "output_missing_from_graph":
+        bundle.fields["output"] = {"kind": "classification", "output": "no_such_output"}
+    return bundle, bundle.pack(signer, tmp_path).read_bytes()
+
+
+ATTACKS = {
+    "tampered_model": "digest_mismatch",
+    "edited_manifest": "bad_signature",
+    "untrusted_key": "unknown_key",
+    "replayed_older_sequence": "downgrade",
+    "expired": "expired",
+    "traversal_path": "unsafe_archive_path",
+    "bomb": "archive_too_large",
+    "agent_too_old": "agent_too_old",
+    "reference_mismatch": "reference_mismatch",
+    "output_missing_from_graph": "model_load_failed",
+}
+
+
+@pytest.mark.parametrize(("kind", "reason"), ATTACKS.items(), ids=list(ATTACKS))
+def test_a_bad_bundle_is_refused_with_its_reason_and_the_old_model_keeps_serving(
+    kind, reason, installed, runtime, classifier_onnx, signer, bundle_server, tmp_path
+):
+    current = installed.store.pointer(CURRENT)
+    bundle, archive = _attack(kind, classifier_onnx, signer, tmp_path)
+    url = serve(bundle_server, f"{kind}.tar.gz", archive)
+
+    with pytest.raises(UpdateError) as failure:
+        installed.converge(desired_for(bundle, archive, url, signer, 2))
+
+    assert failure.value.reason == reason
+    assert runtime.last["phase"] == "failed" and runtime.last["error"].startswith(reason)
+    assert runtime.last["model_version"] == "1.2.0" and runtime.last["fallback"] is False
+    assert ("validation_failed", reason) in [(k, d.get("reason")) for k, d in runtime.events]
+    assert installed.holder.session.version == "1.2.0" and not installed.holder.fallback
+    assert installed.store.pointer(CURRENT) == current
+    leftovers = [p.name for p in installed.store.root.iterdir() if p.name.startswith(".unpack")]
+    assert leftovers == [] and not (tmp_path / "escaped.txt").exists()
+    assert not list(installed.store.downloads.iterdir()), "a refused archive is not kept"
+
+
+def test_a_desired_document_signed_by_an_unknown_key_is_ignored_and_reported(
+    installed, runtime, classifier_onnx, bundle_server, tmp_path
+):
+    stranger = Signer(Ed25519PrivateKey.generate())
+    bundle = newer(classifier_onnx)
+    before = len(bundle_server.requests)
+    forged = publish(bundle, stranger, bundle_server, tmp_path, 2)
+
+    with pytest.raises(UpdateError):
+        installed.converge(forged)
+
+    assert runtime.last["phase"] == "failed" and "unknown_key" in runtime.last["error"]
+    assert "desired_rejected" in runtime.event_kinds()
+    assert not any(p.startswith("/bundles/") for p, _ in bundle_server.requests[before:]), "nothing downloaded"
+    assert installed.holder.session.version == "1.2.0"
+
+
+def test_an_unsigned_desired_document_is_ignored(installed, runtime, crafted, signer, bundle_server, tmp_path):
+    desired = publish(newer(crafted.files["model.onnx"]), signer, bundle_server, tmp_path, 2)
+    with pytest.raises(UpdateError):
+        installed.converge(desired.model_copy(update={"signature": None}))
+    assert "bad_signature" in runtime.last["error"]
+
+
+def test_a_rollback_to_the_previous_version_needs_no_download(
+    installed, runtime, crafted, classifier_onnx, signer, bundle_server, tmp_path
+):
+    first = publish(crafted, signer, bundle_server, tmp_path, 3)
+    installed.converge(publish(newer(classifier_onnx), signer, bundle_server, tmp_path, 2))
+    assert installed.holder.session.version == "1.3.0"
+    assert installed.store.pointer(PREVIOUS) is not None
+    before = len(bundle_server.requests)
+
+    installed.converge(first)
+
+    assert len(bundle_server.requests) == before, "the previous version came from disk"
+    assert installed.holder.session.version == "1.2.0"
+    assert runtime.last["phase"] == "rolled_back" and runtime.last["model_version"] == "1.2.0"
+    assert installed.store.pointer(PREVIOUS).name.startswith("parts-1.3.0")  # type: ignore[union-attr]
+
+
+def test_only_the_current_and_previous_versions_stay_on_disk(
+    installed, classifier_onnx, signer, bundle_server, tmp_path
+):
+    installed.converge(publish(newer(classifier_onnx, "1.3.0", 6), signer, bundle_server, tmp_path, 2))
+    installed.converge(publish(newer(classifier_onnx, "1.4.0", 7), signer, bundle_server, tmp_path, 3))
+    names = sorted(p.name.split("-")[1] for p in installed.store.installed())
+    assert names == ["1.3.0", "1.4.0"]
+
+
+def test_a_damaged_installed_model_gives_way_to_the_fallback_at_start(installed, config, tmp_path):
+    current = installed.store.pointer(CURRENT)
+    model = current / "model.onnx"
+    model.write_bytes(model.read_bytes()[:-10])
+    installed.stop()
+
+    runtime = RecordingRuntime(config)
+    restarted = Updater(config)
+    restarted.start(runtime)
+    try:
+        assert restarted.holder.fallback
+        assert runtime.last["fallback"] is True and runtime.last["model_version"] == "0.0.0"
+        kinds = dict(runtime.events)
+        assert "fallback_engaged" in kinds and "size_mismatch" in kinds["fallback_engaged"]["reason"]
+        assert restarted.holder.infer(np.zeros((8, 8, 3), dtype=np.uint8)).label in ("dark", "bright")
+    finally:
+        restarted.stop()
+
+
+class FailingPipeline:
+    consecutive_errors = 0
+
+
+def test_a_model_failing_frame_after_frame_is_replaced_by_the_fallback(installed, runtime):
+    pipeline = FailingPipeline()
+    installed.attach(pipeline)
+    pipeline.consecutive_errors = installed.settings.crash_threshold
+
+    installed._watch()
+
+    assert installed.holder.fallback
+    assert runtime.last["fallback"] is True and runtime.last["phase"] == "failed"
+    assert "fallback" in runtime.last["error"]
+    assert "fallback_engaged" in runtime.event_kinds()
+
+
+def test_a_keyring_update_from_the_control_plane_lets_a_rotated_key_sign(
+    updater, runtime, crafted, signer, bundle_server, tmp_path
+):
+    rotated = Signer(Ed25519PrivateKey.generate())
+    document = {
+        "type": "keyring",
+        "sequence": 1,
+        "issued_at": datetime.now(timezone.utc).isoformat(),
+        "keys": [trusted(signer), trusted(rotated)],
+    }
+    update = {"document": document, "signature": signer.sign_document(document)}
+    bundle_server.files["/api/v1/keyring"] = json.dumps({"trust_store": [], "update": update}).encode()
+
+    updater.converge(publish(crafted, rotated, bundle_server, tmp_path, 1))
+
+    assert updater.holder.session.version == "1.2.0"
+    stored = json.loads((tmp_path / "data" / "keyring.json").read_text())
+    assert stored["sequence"] == 1 and len(stored["keys"]) == 2
+
+
+def test_a_malformed_model_entry_is_reported(updater, runtime, signer):
+    desired = sign(protocol.Desired(generation=1, model={"name": "parts"}), signer)
+    with pytest.raises(UpdateError):
+        updater.converge(desired)
+    assert runtime.last["phase"] == "failed" and runtime.last["error"].startswith("bad_desired")
+
+
+def test_the_archive_digest_is_checked_against_the_desired_state(
+    updater, runtime, crafted, signer, bundle_server, tmp_path
+):
+    desired = publish(crafted, signer, bundle_server, tmp_path, 1)
+    wrong = sign(
+        desired.model_copy(
+            update={"model": {**desired.model, "sha256": hashlib.sha256(b"x").hexdigest()}, "signature": None}
+        ),
+        signer,
+    )
+    with pytest.raises(UpdateError):
+        updater.converge(wrong)
+    assert runtime.last["error"].startswith("etag_mismatch")
+
+
+def test_a_disk_failure_while_installing_keeps_the_old_model_and_is_retried(
+    installed, runtime, classifier_onnx, signer, bundle_server, tmp_path, monkeypatch
+):
+    from agent import updater as updater_module
+
+    def full_disk(self, unpacked, bundle):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(updater_module.ModelStore, "install", full_disk)
+    installed.converged.clear()
+    installed.submit(publish(newer(classifier_onnx), signer, bundle_server, tmp_path, 2))
+    assert installed.converged.wait(30)
+
+    assert runtime.last["phase"] == "failed" and runtime.last["error"].startswith("io_error")
+    assert installed.holder.session.version == "1.2.0"
+    assert installed._retry is not None, "the update is tried again later"
+    assert not [p for p in installed.store.root.iterdir() if p.name.startswith(".unpack")]

@@ -1,0 +1,71 @@
+"""POST /api/v1/devices/{id}/assign-model/: a fleet-scoped token points a device at a published version."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from core.models import AuditLog
+from fleet.models import Device
+from tests.registry.conftest import make_classifier, make_png_images
+from tests.registry.helpers import publish
+
+pytestmark = pytest.mark.django_db
+
+# Publish metadata of the small built classifier (tests/registry/conftest.py make_classifier).
+TINY_METADATA = {
+    "version": "1.0.0",
+    "task": "classification",
+    "labels": ["ok", "scratch", "dent"],
+    "input": {"name": "input", "shape": [1, 3, 32, 32], "mean": [0.5], "std": [0.25]},
+    "output": {"kind": "classification", "output": "logits"},
+    "reference_count": 3,
+}
+
+
+@pytest.fixture
+def published(token_client: Any) -> None:
+    response = publish(token_client("publish"), make_classifier(), TINY_METADATA, images=make_png_images())
+    assert response.status_code == 201, response.content
+
+
+@pytest.fixture
+def device(enroll_device: Any, site: Any) -> Device:
+    device = enroll_device(site).device
+    device.set_desired({"config": {"telemetry_interval_s": 30}})
+    return device
+
+
+def url(device: Device) -> str:
+    return f"/api/v1/devices/{device.device_id}/assign-model/"
+
+
+def test_a_fleet_token_assigns_a_published_version_keeping_the_runtime_config(published, device, token_client):
+    response = token_client("fleet").post(
+        url(device), {"model": "parts", "version": "1.0.0", "config": {"escalation_threshold": 0.4}}, format="json"
+    )
+
+    assert response.status_code == 200, response.content
+    device.refresh_from_db()
+    assert device.desired_generation == 2
+    model = device.desired["model"]
+    assert (model["name"], model["version"], model["target"]) == ("parts", "1.0.0", "cpu-fp32")
+    assert model["bundle_url"].endswith("/download") and len(model["manifest_sha256"]) == 64
+    assert device.desired["config"] == {"telemetry_interval_s": 30, "escalation_threshold": 0.4}
+    assert AuditLog.objects.filter(action="device.assign_model").count() == 1
+
+
+def test_an_unknown_version_or_target_is_a_clear_400(published, device, token_client):
+    client = token_client("fleet")
+    missing = client.post(url(device), {"model": "parts", "version": "9.9.9"}, format="json")
+    assert missing.status_code == 400 and "version" in missing.json()
+    no_bundle = client.post(url(device), {"model": "parts", "version": "1.0.0", "target": "gpu-fp16"}, format="json")
+    assert no_bundle.status_code == 400 and "target" in no_bundle.json()
+    device.refresh_from_db()
+    assert device.desired_generation == 1, "nothing changed"
+
+
+def test_a_token_without_the_fleet_scope_is_refused(published, device, token_client):
+    response = token_client("publish").post(url(device), {"model": "parts", "version": "1.0.0"}, format="json")
+    assert response.status_code == 403

@@ -1,0 +1,71 @@
+"""The real agent link and the real bridge, through each broker's ACLs: presence and revocation."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from agent.config import MqttSettings
+from agent.mqtt import Link
+from bridge.process import Bridge, BridgeConfig
+from fleet import services
+from fleet.models import Device, Site
+from tests.fleet.broker.conftest import BrokerUnderTest
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def bridge(broker: BrokerUnderTest) -> Iterator[Bridge]:
+    running = Bridge(
+        BridgeConfig(
+            url=broker.url,
+            username=broker.bridge_username,
+            password=broker.bridge_password,
+            # Mosquitto: the shared subscription production uses; amqtt has none.
+            shared_group="edgefleet-bridge" if broker.kind == "mosquitto" else None,
+            desired_poll_s=0.2,
+        )
+    )
+    running.start()
+    assert running.wait_connected(10), "the bridge account was refused"
+    yield running
+    running.stop()
+
+
+def online(device_pk: int) -> Callable[[Bridge], bool]:
+    return lambda _bridge: Device.objects.filter(pk=device_pk, online=True).exists()
+
+
+def test_an_enrolled_agent_shows_online_through_the_bridge_and_a_revoked_one_is_cut_off(
+    broker: BrokerUnderTest, bridge: Bridge, site: Site, enroll_device: Callable[..., services.Enrollment]
+) -> None:
+    enrollment = enroll_device(site, "cam-e2e")
+    link = Link(
+        MqttSettings(url=broker.url, reconnect_min_s=30, reconnect_max_s=60),
+        device_id=enrollment.device.device_id,
+        secret=enrollment.secret,
+        on_message=lambda suffix, message: None,
+    )
+    cut_off = threading.Event()
+    agent_on_disconnect = link.client.on_disconnect
+
+    def on_disconnect(*args: Any) -> None:
+        agent_on_disconnect(*args)
+        cut_off.set()
+
+    link.client.on_disconnect = on_disconnect
+    link.start()
+    try:
+        assert link.connected.wait(10), "the agent was refused"
+        assert bridge.wait_for(online(enrollment.device.pk), timeout=20), "the bridge never saw the agent's status"
+
+        services.revoke_device(Device.objects.get(pk=enrollment.device.pk), actor=None, reason="decommissioned")
+
+        assert cut_off.wait(10), "the revoked agent stayed connected"
+        assert not link.connected.is_set()
+    finally:
+        link.stop()
