@@ -13,6 +13,8 @@ from core import tokens
 from core.models import AuditLog
 from fleet.broker import provisioner
 from fleet.models import Device, DeviceCredential, EnrollmentToken, Site
+from fleet.tasks import reconcile_broker
+from registry.models import Bundle
 from registry.trust import trust_store
 
 
@@ -96,8 +98,6 @@ def revoke_device(device: Device, *, actor: Any, reason: str) -> None:
         DeviceCredential.objects.filter(device=device, revoked_at__isnull=True).update(revoked_at=now)
         AuditLog.record(actor=actor, action="device.revoke", target=device, reason=reason)
     device.refresh_from_db()
-    from fleet.tasks import reconcile_broker
-
     transaction.on_commit(lambda: reconcile_broker.delay(device.pk))
 
 
@@ -111,8 +111,6 @@ def assign_model(
     publishes the document; the agent's updater converges on it. Used by
     tests and the demo now and by rollouts later.
     """
-    from registry.models import Bundle
-
     wanted = target or "cpu-fp32"
     bundle = Bundle.objects.select_related("version__model").filter(version=version, target=wanted).first()
     if bundle is None:

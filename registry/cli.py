@@ -34,6 +34,9 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
+from agent.kernel import verify
+from registry.metadata import parse_metadata
+
 EXIT_OK, EXIT_USAGE, EXIT_AUTH, EXIT_INVALID, EXIT_CONFLICT, EXIT_NETWORK, EXIT_VERIFY = 0, 2, 3, 4, 5, 6, 7
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="edgefleet control-plane client for CI.")
@@ -126,8 +129,6 @@ def publish(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the server's answer.")] = 600.0,
 ) -> None:
     """Publish a model version; prints the version as JSON on success."""
-    from registry.metadata import parse_metadata
-
     try:
         document = json.loads(metadata.read_text(encoding="utf-8"))
         if not isinstance(document, dict):
@@ -228,8 +229,6 @@ def verify_command(
     references: Annotated[bool, typer.Option(help="Also run the model on its reference inputs.")] = True,
 ) -> None:
     """Verify a bundle exactly as a device does; prints its manifest summary as JSON."""
-    from agent.kernel import verify
-
     try:
         document = json.loads(trust_store.read_text(encoding="utf-8"))
         entries = document.get("trust_store", []) if isinstance(document, dict) else document

@@ -19,6 +19,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.core.validators import RegexValidator
 from django.db import IntegrityError, models, transaction
+from django.urls import reverse
 from django.utils import timezone
 
 from agent.kernel.manifest import parse_version
@@ -280,8 +281,6 @@ class Bundle(models.Model):
         return f"{self.version}/{self.target}"
 
     def download_path(self) -> str:
-        from django.urls import reverse
-
         return reverse("bundle-download", kwargs={"pk": self.pk})
 
     def desired_model(self) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from registry import services
+from registry import variants
 from registry.models import ModelVersion
 
 
@@ -12,4 +12,4 @@ from registry.models import ModelVersion
 def build_int8_bundle(version_pk: int) -> int:
     """Quantise a version to a cpu-int8 bundle (idempotent: an existing one is kept)."""
     version = ModelVersion.objects.select_related("model").get(pk=version_pk)
-    return services.build_int8_bundle(version).pk
+    return variants.build_int8_bundle(version).pk

@@ -5,7 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
+
+from registry.models import SigningKey
 
 log = logging.getLogger(__name__)
 
@@ -18,10 +21,6 @@ def trust_store() -> list[dict[str, Any]]:
     The first key is created here when settings allow it, so the very first
     device enrolled already trusts the key that will sign its bundles.
     """
-    from django.core.exceptions import ImproperlyConfigured
-
-    from registry.models import SigningKey
-
     try:
         SigningKey.current()
     except ImproperlyConfigured as exc:

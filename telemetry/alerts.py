@@ -19,8 +19,9 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from core.models import AuditLog
-from telemetry import drift, health
+from telemetry import drift, health, notify
 from telemetry.models import Alert, AlertRule
+from telemetry.notify import channels_for
 
 log = logging.getLogger(__name__)
 
@@ -186,9 +187,6 @@ def _start(rule: AlertRule, device_pk: int, finding: health.Finding, now: dateti
 
 
 def _announce(alert: Alert, event: str) -> None:
-    from telemetry import tasks
-    from telemetry.notify import channels_for
-
     alert = Alert.objects.select_related("rule", "device", "device__site").get(pk=alert.pk)
     # The device is the audit target (AuditLog keys targets by device_id); the alert id rides in the data.
     AuditLog.record(
@@ -202,5 +200,5 @@ def _announce(alert: Alert, event: str) -> None:
     log.info("alert %s %s on device=%s value=%s", alert.rule.kind, event, alert.device.device_id, alert.value)
     for channel in channels_for(alert):
         transaction.on_commit(
-            lambda c=channel.pk: tasks.notify.delay(alert.pk, event, c)  # type: ignore[misc]
+            lambda c=channel.pk: notify.send.delay(alert.pk, event, c)  # type: ignore[misc]
         )

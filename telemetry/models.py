@@ -3,8 +3,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.db import models, transaction
 from django.utils import timezone
+
+from core.models import AuditLog
 
 
 class VerbatimJSONField(models.JSONField):  # type: ignore[type-arg]
@@ -233,8 +236,6 @@ class Alert(models.Model):
 
     def acknowledge(self, actor: Any, note: str = "") -> bool:
         """Someone is on it: stops reminders, keeps it listed until the condition clears."""
-        from core.models import AuditLog
-
         label = getattr(actor, "username", None) or str(actor)
         changed = self._move(
             {self.State.OPEN}, self.State.ACKNOWLEDGED, acknowledged_at=timezone.now(), acknowledged_by=label
@@ -288,8 +289,6 @@ class NotificationChannel(models.Model):
     min_severity = models.CharField(max_length=8, choices=AlertRule.Severity.choices, default="warning")
 
     def clean(self) -> None:
-        from django.core.exceptions import ValidationError
-
         if self.kind == self.Kind.WEBHOOK and not (self.url and self.secret):
             raise ValidationError({"url": "A webhook needs a URL and a secret to sign with."})
         if self.kind == self.Kind.EMAIL and not (

@@ -16,6 +16,7 @@ import time
 import urllib.request
 from typing import Any
 
+from celery import shared_task
 from django.conf import settings
 from django.core.mail import send_mail
 
@@ -94,3 +95,23 @@ def deliver(channel: NotificationChannel, body: dict[str, Any]) -> None:
     with urllib.request.urlopen(request, timeout=settings.ALERT_WEBHOOK_TIMEOUT_S) as response:  # noqa: S310
         if not 200 <= response.status < 300:
             raise DeliveryError(f"{channel.name}: HTTP {response.status}")
+
+
+# Network errors and non-2xx answers (DeliveryError is an OSError) are retried
+# with exponential backoff; the request itself has ALERT_WEBHOOK_TIMEOUT_S.
+@shared_task(
+    name="telemetry.tasks.notify",
+    acks_late=True,
+    autoretry_for=(OSError,),
+    retry_backoff=True,
+    retry_backoff_max=600,
+    max_retries=8,
+    time_limit=60,
+)
+def send(alert_pk: int, event: str, channel_pk: int) -> None:
+    """Deliver one alert event to one channel."""
+    alert = Alert.objects.select_related("rule", "device", "device__site").filter(pk=alert_pk).first()
+    channel = NotificationChannel.objects.filter(pk=channel_pk, enabled=True).first()
+    if alert is None or channel is None:
+        return
+    deliver(channel, payload(alert, event))

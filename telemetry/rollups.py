@@ -19,13 +19,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from agent.kernel import protocol
 from fleet.models import Device
 from telemetry.metrics import Summary
-from telemetry.models import Cursor, HeartbeatRollup, Resolution, Scope, TelemetryRecord, WindowRollup
+from telemetry.models import Cursor, DeviceEvent, HeartbeatRollup, Resolution, Scope, TelemetryRecord, WindowRollup
 
 log = logging.getLogger(__name__)
 
@@ -300,8 +301,6 @@ def _upsert_heartbeats(rows: list[HeartbeatRollup]) -> None:
 
 def apply_retention(now: datetime | None = None) -> dict[str, int]:
     """Delete raw records and rollups past their retention; returns rows deleted per table."""
-    from django.conf import settings
-
     now = now or timezone.now()
     raw_cutoff = now - timedelta(days=settings.TELEMETRY_RAW_RETENTION_DAYS)
     rollup_cutoff = now - timedelta(days=settings.TELEMETRY_ROLLUP_RETENTION_DAYS)
@@ -310,8 +309,6 @@ def apply_retention(now: datetime | None = None) -> dict[str, int]:
         "window_rollups": _delete_in_chunks(WindowRollup.objects.filter(bucket__lt=rollup_cutoff)),
         "heartbeat_rollups": _delete_in_chunks(HeartbeatRollup.objects.filter(bucket__lt=rollup_cutoff)),
     }
-    from telemetry.models import DeviceEvent
-
     deleted["events"] = _delete_in_chunks(DeviceEvent.objects.filter(at__lt=rollup_cutoff))
     return deleted
 

@@ -25,8 +25,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
+from django.conf import settings
 
-from fleet.broker import BrokerUnavailable, acl
+from fleet.broker import acl
+from fleet.broker.base import BrokerUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +102,6 @@ class DynsecProvisioner:
 
     @classmethod
     def from_settings(cls) -> DynsecProvisioner:
-        from django.conf import settings
-
         return cls(
             settings.MQTT_URL,
             settings.BROKER_ADMIN_USERNAME,

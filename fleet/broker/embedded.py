@@ -29,10 +29,13 @@ from amqtt.contexts import Action
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, close_old_connections, connections
 
 from core import tokens
 from fleet.broker import acl
+from fleet.models import DeviceCredential
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +64,6 @@ def principal_of(session: Session | None) -> Principal | None:
 
 def _authenticate_device(device_id: str, secret: str) -> str | None:
     """The hash of ``secret`` if it is a live credential of ``device_id``."""
-    from fleet.models import DeviceCredential
-
     close_old_connections()
     device = DeviceCredential.authenticate(device_id, secret)
     return tokens.digest(secret) if device is not None else None
@@ -70,8 +71,6 @@ def _authenticate_device(device_id: str, secret: str) -> str | None:
 
 def _live_credentials(secret_hashes: set[str]) -> set[tuple[str, str]]:
     """The (device id, secret hash) pairs among ``secret_hashes`` that are still allowed."""
-    from fleet.models import DeviceCredential
-
     close_old_connections()
     rows = DeviceCredential.objects.filter(
         secret_hash__in=secret_hashes, revoked_at__isnull=True, device__revoked_at__isnull=True
@@ -207,9 +206,6 @@ class EmbeddedBrokerConfig:
 
     @classmethod
     def from_settings(cls, bind: str) -> EmbeddedBrokerConfig:
-        from django.conf import settings
-        from django.core.exceptions import ImproperlyConfigured
-
         username = settings.MQTT_USERNAME or ""
         password = settings.MQTT_PASSWORD or ""
         if username and not password:

@@ -21,7 +21,7 @@ from rest_framework.views import APIView
 from core.api.authentication import HasScope, IsDevice
 from core.api.serializers import ErrorSerializer
 from core.models import AuditLog
-from registry import services
+from registry import services, variants
 from registry.api.serializers import (
     AliasRequestSerializer,
     AliasSerializer,
@@ -186,7 +186,7 @@ class ModelVersionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, view
     def quantize(self, request: Request, model_name: str, version: str | None = None) -> Response:
         """Build the cpu-int8 bundle (in a worker); idempotent."""
         row = self.get_object()
-        if not row.bundles.filter(target=services.INT8).exists():
+        if not row.bundles.filter(target=variants.INT8).exists():
             services.queue_int8(row)
         return Response(ModelVersionSerializer(row, context=self.get_serializer_context()).data, status=202)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agent.kernel import verify
-from registry import services
+from registry import variants
 from registry.models import Bundle
 from tests.registry.helpers import publish
 
@@ -23,7 +23,7 @@ def test_publishing_with_quantize_adds_a_signed_int8_bundle_with_its_measurement
     fp32 = Bundle.objects.get(target="cpu-fp32")
     assert {"size_bytes", "latency_ratio", "top1_agreement", "fp32_latency_ms", "int8_latency_ms"} <= set(int8.metrics)
     assert 0 <= int8.metrics["top1_agreement"] <= 1 and int8.metrics["latency_ratio"] > 0
-    checked = services.read_bundle(int8, tmp_path)
+    checked = variants.read_bundle(int8, tmp_path)
     assert checked.manifest.target == "cpu-int8" and checked.manifest.sequence == fp32.version.sequence
     assert checked.manifest.quantization == int8.metrics
     assert verify.check_references(checked) == 3
@@ -106,7 +106,7 @@ def test_calibration_images_steer_int8_and_its_figures_but_stay_out_of_the_bundl
     int8 = Bundle.objects.get(target="cpu-int8")
     assert (int8.metrics["reference_count"], int8.metrics["measured_on"]) == (1, 7)
     for bundle in Bundle.objects.all():
-        checked = services.read_bundle(bundle, tmp_path / bundle.target)
+        checked = variants.read_bundle(bundle, tmp_path / bundle.target)
         assert len(checked.manifest.references) == 1
 
 

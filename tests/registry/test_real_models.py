@@ -7,7 +7,7 @@ import io
 import pytest
 
 from agent.kernel import verify
-from registry import services
+from registry import variants
 from registry.models import Bundle
 from tests.registry.conftest import real_model
 from tests.registry.helpers import publish
@@ -53,10 +53,10 @@ def test_the_parts_classifier_publishes_quantises_and_verifies_on_its_reference_
     assert int8.metrics["size_ratio"] < 0.5
     assert int8.metrics["top1_agreement"] >= 0.8
     for bundle in Bundle.objects.all():
-        checked = services.read_bundle(bundle, tmp_path / bundle.target)
+        checked = variants.read_bundle(bundle, tmp_path / bundle.target)
         assert verify.check_references(checked) == 8
     labels = metadata["labels"]
-    fp32 = services.read_bundle(Bundle.objects.get(target="cpu-fp32"), tmp_path / "again")
+    fp32 = variants.read_bundle(Bundle.objects.get(target="cpu-fp32"), tmp_path / "again")
     # Against the crops' true labels the trained model (88 % held-out accuracy) gets most right.
     right = sum(labels[c.top1] == s.label for c, s in zip(fp32.manifest.references, crops, strict=True))
     assert right >= 5
@@ -79,5 +79,5 @@ def test_the_parts_detector_publishes_and_its_int8_variant_keeps_most_detections
     int8 = Bundle.objects.get(target="cpu-int8")
     assert int8.metrics["fp32_detections"] > 0
     assert int8.metrics["detection_agreement"] >= 0.5
-    checked = services.read_bundle(Bundle.objects.get(target="cpu-fp32"), tmp_path)
+    checked = variants.read_bundle(Bundle.objects.get(target="cpu-fp32"), tmp_path)
     assert verify.check_references(checked) == 4

@@ -78,7 +78,7 @@ def test_a_bundle_signed_by_a_retired_key_is_refused_after_its_retirement_date(
 ):
     old = SigningKey.current()
     publish(token_client("publish"), classifier_onnx, metadata())
-    from registry import services
+    from registry import variants
     from registry.models import Bundle
 
     bundle = Bundle.objects.get()
@@ -86,7 +86,7 @@ def test_a_bundle_signed_by_a_retired_key_is_refused_after_its_retirement_date(
     at = timezone.now() + timedelta(hours=1)
     run("retire", old.key_id, "--at", at.isoformat())
 
-    keyring = services.keyring()
+    keyring = variants.keyring()
     assert keyring.keys[old.key_id].retired_at == at
     archive = tmp_path / "b.tar.gz"
     archive.write_bytes(bundle.file.read())
