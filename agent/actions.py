@@ -21,11 +21,9 @@ import urllib.request
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, Protocol
-from urllib.parse import urlsplit
+from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
+from agent.config import ActionsSettings, CommandActionSettings, MqttActionSettings, Rule, WebhookActionSettings
 from agent.kernel.decode import Result
 
 log = logging.getLogger(__name__)
@@ -33,92 +31,6 @@ log = logging.getLogger(__name__)
 
 class ActionError(RuntimeError):
     """One attempt of an action failed; it may be retried."""
-
-
-# --- configuration ----------------------------------------------------------
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Rule(_Section):
-    """Which results fire an action: any of ``classes`` (all when empty) at ``min_confidence`` or more."""
-
-    classes: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(default_factory=list)
-    min_confidence: float = Field(default=0.8, ge=0, le=1)
-
-    def matches(self, result: Result) -> bool:
-        wanted = set(self.classes)
-        if result.detections:
-            return any(d.score >= self.min_confidence and (not wanted or d.label in wanted) for d in result.detections)
-        return (
-            result.label is not None
-            and result.confidence >= self.min_confidence
-            and (not wanted or result.label in wanted)
-        )
-
-
-class CommandActionSettings(_Section):
-    kind: Literal["command"] = "command"
-    name: Annotated[str, Field(min_length=1, max_length=64)] = "command"
-    when: Rule = Rule()
-    argv: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
-    """Run as is, without a shell; ``{label}`` and ``{confidence}`` in an argument are filled in,
-    and the result's JSON arrives on standard input."""
-    timeout_s: float = Field(default=5.0, gt=0, le=300)
-
-
-class WebhookActionSettings(_Section):
-    kind: Literal["webhook"] = "webhook"
-    name: Annotated[str, Field(min_length=1, max_length=64)] = "webhook"
-    when: Rule = Rule()
-    url: str
-    timeout_s: float = Field(default=2.0, gt=0, le=60)
-    headers: dict[str, str] = Field(default_factory=dict)
-
-    @field_validator("url")
-    @classmethod
-    def _http(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http:// or https:// URL")
-        return value
-
-
-class MqttActionSettings(_Section):
-    kind: Literal["mqtt"] = "mqtt"
-    name: Annotated[str, Field(min_length=1, max_length=64)] = "mqtt"
-    when: Rule = Rule()
-    host: Annotated[str, Field(min_length=1, max_length=253)]
-    port: int = Field(default=1883, ge=1, le=65535)
-    topic: Annotated[str, Field(min_length=1, max_length=1000)]
-    qos: Literal[0, 1] = 1
-    username: str | None = None
-    password: Annotated[str | None, Field(repr=False)] = None
-    timeout_s: float = Field(default=2.0, gt=0, le=60)
-
-    @field_validator("topic")
-    @classmethod
-    def _publishable(cls, value: str) -> str:
-        if "+" in value or "#" in value:
-            raise ValueError("a publish topic may not contain wildcards")
-        return value
-
-
-ActionSettings = Annotated[
-    CommandActionSettings | WebhookActionSettings | MqttActionSettings, Field(discriminator="kind")
-]
-
-
-class ActionsSettings(_Section):
-    """The ``[actions]`` section of the agent config."""
-
-    queue_size: int = Field(default=256, ge=1, le=100_000)
-    max_attempts: int = Field(default=5, ge=1, le=100)
-    backoff_s: float = Field(default=0.5, gt=0, le=60)
-    backoff_max_s: float = Field(default=30.0, gt=0, le=3600)
-    rules: list[ActionSettings] = Field(default_factory=list, max_length=100)
 
 
 # --- the actions ------------------------------------------------------------

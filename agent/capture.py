@@ -17,12 +17,11 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Protocol
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field
 
 log = logging.getLogger(__name__)
 
@@ -38,19 +37,6 @@ def _u8(image: Any) -> Image:
 
 class CaptureError(RuntimeError):
     """A source that cannot be opened or read."""
-
-
-class CaptureSettings(BaseModel):
-    """The ``[capture]`` section of the agent config."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    source: Annotated[str, Field(min_length=1, max_length=2000)]
-    """A camera index (``0``), a stream URL (``rtsp://...``), a video file or an image folder."""
-    max_fps: float | None = Field(default=None, gt=0, le=1000)
-    every_nth: int = Field(default=1, ge=1, le=10_000)
-    loop: bool = False
-    """Image folders and video files start over at their end (a demo feeds a folder forever)."""
-    queue_size: int = Field(default=2, ge=1, le=1000)
 
 
 @dataclass(frozen=True)

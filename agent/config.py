@@ -7,8 +7,10 @@ example ``EDGEFLEET_AGENT_MQTT_KEEPALIVE=15``); an override is validated like
 the file and its errors name the variable. Errors always name the key, e.g.
 ``agent.toml: mqtt.keepalive: must be >= 5``.
 
-Components added later (inference, capture, updater, escalation) add their
-own section model here as one more field of ``AgentConfig``.
+Every part of the run time (inference, capture, updater, actions, escalation)
+has its section model here, as one more field of ``AgentConfig``, and imports
+it from here: reading the config needs only the base install (pydantic,
+orjson), never OpenCV, numpy, onnxruntime or paho.
 """
 
 from __future__ import annotations
@@ -18,15 +20,14 @@ import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from agent.actions import ActionsSettings
-from agent.capture import CaptureSettings
-from agent.escalation import EscalationSettings
-from agent.inference import InferenceSettings
+if TYPE_CHECKING:
+    # Only a type: importing the decoder at run time would pull numpy into every config read.
+    from agent.kernel.decode import Result
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -137,6 +138,126 @@ class VisionSettings(_Section):
     enabled: bool = True
     window_interval_s: float = Field(default=60.0, ge=0.1, le=3600)
     """How often the pipeline's window summary becomes a ``window`` telemetry record."""
+
+
+class CaptureSettings(_Section):
+    """The ``[capture]`` section of the agent config."""
+
+    source: Annotated[str, Field(min_length=1, max_length=2000)]
+    """A camera index (``0``), a stream URL (``rtsp://...``), a video file or an image folder."""
+    max_fps: float | None = Field(default=None, gt=0, le=1000)
+    every_nth: int = Field(default=1, ge=1, le=10_000)
+    loop: bool = False
+    """Image folders and video files start over at their end (a demo feeds a folder forever)."""
+    queue_size: int = Field(default=2, ge=1, le=1000)
+
+
+class InferenceSettings(_Section):
+    """The ``[inference]`` section of the agent config."""
+
+    providers: list[Literal["tensorrt", "cuda", "openvino", "cpu"]] = ["cpu"]
+    """Execution providers the device may use; the CPU is always used last, allowed or not."""
+    intra_op_threads: int = Field(default=0, ge=0, le=256)
+    """Threads for one operator; 0 lets onnxruntime use every core."""
+    inter_op_threads: int = Field(default=1, ge=0, le=256)
+
+
+class Rule(_Section):
+    """Which results fire an action: any of ``classes`` (all when empty) at ``min_confidence`` or more."""
+
+    classes: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(default_factory=list)
+    min_confidence: float = Field(default=0.8, ge=0, le=1)
+
+    def matches(self, result: Result) -> bool:
+        wanted = set(self.classes)
+        if result.detections:
+            return any(d.score >= self.min_confidence and (not wanted or d.label in wanted) for d in result.detections)
+        return (
+            result.label is not None
+            and result.confidence >= self.min_confidence
+            and (not wanted or result.label in wanted)
+        )
+
+
+class CommandActionSettings(_Section):
+    kind: Literal["command"] = "command"
+    name: Annotated[str, Field(min_length=1, max_length=64)] = "command"
+    when: Rule = Rule()
+    argv: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
+    """Run as is, without a shell; ``{label}`` and ``{confidence}`` in an argument are filled in,
+    and the result's JSON arrives on standard input."""
+    timeout_s: float = Field(default=5.0, gt=0, le=300)
+
+
+class WebhookActionSettings(_Section):
+    kind: Literal["webhook"] = "webhook"
+    name: Annotated[str, Field(min_length=1, max_length=64)] = "webhook"
+    when: Rule = Rule()
+    url: str
+    timeout_s: float = Field(default=2.0, gt=0, le=60)
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+
+class MqttActionSettings(_Section):
+    kind: Literal["mqtt"] = "mqtt"
+    name: Annotated[str, Field(min_length=1, max_length=64)] = "mqtt"
+    when: Rule = Rule()
+    host: Annotated[str, Field(min_length=1, max_length=253)]
+    port: int = Field(default=1883, ge=1, le=65535)
+    topic: Annotated[str, Field(min_length=1, max_length=1000)]
+    qos: Literal[0, 1] = 1
+    username: str | None = None
+    password: Annotated[str | None, Field(repr=False)] = None
+    timeout_s: float = Field(default=2.0, gt=0, le=60)
+
+    @field_validator("topic")
+    @classmethod
+    def _publishable(cls, value: str) -> str:
+        if "+" in value or "#" in value:
+            raise ValueError("a publish topic may not contain wildcards")
+        return value
+
+
+ActionSettings = Annotated[
+    CommandActionSettings | WebhookActionSettings | MqttActionSettings, Field(discriminator="kind")
+]
+
+
+class ActionsSettings(_Section):
+    """The ``[actions]`` section of the agent config."""
+
+    queue_size: int = Field(default=256, ge=1, le=100_000)
+    max_attempts: int = Field(default=5, ge=1, le=100)
+    backoff_s: float = Field(default=0.5, gt=0, le=60)
+    backoff_max_s: float = Field(default=30.0, gt=0, le=3600)
+    rules: list[ActionSettings] = Field(default_factory=list, max_length=100)
+
+
+class EscalationSettings(_Section):
+    """The ``[escalation]`` section of the agent config."""
+
+    enabled: bool = True
+    threshold: float | None = Field(default=None, ge=0, le=1)
+    """Escalate below this confidence; None uses the model manifest's ``escalate_below``."""
+    max_frames_per_s: float = Field(default=1.0, gt=0, le=1000)
+    burst: int = Field(default=5, ge=1, le=10_000)
+    bandwidth_bytes_per_s: int = Field(default=256 * 1024, ge=1024)
+    queue_max_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)
+    jpeg_quality: int = Field(default=85, ge=10, le=100)
+    max_side: int | None = Field(default=1280, ge=32, le=8192)
+    """Frames larger than this on their longer side are shrunk before encoding."""
+    timeout_s: float = Field(default=15.0, gt=0, le=300)
+    backoff_s: float = Field(default=1.0, gt=0, le=600)
+    backoff_max_s: float = Field(default=300.0, gt=0, le=3600)
+    handoff_size: int = Field(default=8, ge=1, le=1000)
 
 
 class AgentConfig(_Section):

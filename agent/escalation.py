@@ -30,9 +30,9 @@ from typing import Any
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from agent.capture import Frame
+from agent.config import EscalationSettings
 from agent.kernel.decode import Result
 
 log = logging.getLogger(__name__)
@@ -42,26 +42,6 @@ SUFFIX = ".esc"
 # Answers that will not change on a retry: the frame is dropped (and counted)
 # rather than blocking the queue forever. 408 and 429 mean "later".
 PERMANENT_STATUSES = frozenset(range(400, 500)) - {408, 429}
-
-
-class EscalationSettings(BaseModel):
-    """The ``[escalation]`` section of the agent config."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    enabled: bool = True
-    threshold: float | None = Field(default=None, ge=0, le=1)
-    """Escalate below this confidence; None uses the model manifest's ``escalate_below``."""
-    max_frames_per_s: float = Field(default=1.0, gt=0, le=1000)
-    burst: int = Field(default=5, ge=1, le=10_000)
-    bandwidth_bytes_per_s: int = Field(default=256 * 1024, ge=1024)
-    queue_max_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)
-    jpeg_quality: int = Field(default=85, ge=10, le=100)
-    max_side: int | None = Field(default=1280, ge=32, le=8192)
-    """Frames larger than this on their longer side are shrunk before encoding."""
-    timeout_s: float = Field(default=15.0, gt=0, le=300)
-    backoff_s: float = Field(default=1.0, gt=0, le=600)
-    backoff_max_s: float = Field(default=300.0, gt=0, le=3600)
-    handoff_size: int = Field(default=8, ge=1, le=1000)
 
 
 class TokenBucket:

@@ -14,12 +14,12 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field
 
+from agent.config import InferenceSettings
 from agent.kernel.decode import Result, decode_classification, decode_detection
 from agent.kernel.preprocess import Image, Preprocessor
 from agent.kernel.spec import ClassificationOutput, DetectionOutput, InputSpec, Thresholds
@@ -38,17 +38,6 @@ PROVIDERS: dict[str, str] = {
 
 class ModelLoadError(RuntimeError):
     """A model file that cannot be loaded or does not match its spec."""
-
-
-class InferenceSettings(BaseModel):
-    """The ``[inference]`` section of the agent config."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    providers: list[Literal["tensorrt", "cuda", "openvino", "cpu"]] = ["cpu"]
-    """Execution providers the device may use; the CPU is always used last, allowed or not."""
-    intra_op_threads: int = Field(default=0, ge=0, le=256)
-    """Threads for one operator; 0 lets onnxruntime use every core."""
-    inter_op_threads: int = Field(default=1, ge=0, le=256)
 
 
 def choose_providers(allowed: Sequence[str], available: Sequence[str]) -> list[str]:

@@ -27,10 +27,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
-from agent.actions import ActionDispatcher, ActionsSettings
-from agent.capture import Capture, CaptureSettings, Closed, Frame, FrameQueue, FrameSource, open_source
-from agent.escalation import EscalationClient, EscalationSettings
-from agent.inference import InferenceSettings, ModelSession, SessionHolder
+from agent.actions import ActionDispatcher
+from agent.capture import Capture, Closed, Frame, FrameQueue, FrameSource, open_source
+from agent.config import ActionsSettings, CaptureSettings, EscalationSettings, InferenceSettings
+from agent.escalation import EscalationClient
+from agent.inference import ModelSession, SessionHolder
 from agent.kernel.decode import Result
 from agent.kernel.spec import Thresholds
 from agent.window import WindowAggregator

@@ -39,9 +39,9 @@ from typing import Any
 
 import numpy as np
 
-from agent.actions import ActionDispatcher, Rule
-from agent.config import AgentConfig
-from agent.inference import InferenceSettings, ModelSession, SessionHolder
+from agent.actions import ActionDispatcher
+from agent.config import AgentConfig, InferenceSettings, Rule
+from agent.inference import ModelSession, SessionHolder
 from agent.kernel.spec import ClassificationOutput, InputSpec
 from agent.pipeline import Pipeline
 from agent.runtime import Runtime

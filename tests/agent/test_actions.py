@@ -12,15 +12,8 @@ import numpy as np
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from agent.actions import (
-    ActionDispatcher,
-    ActionError,
-    ActionSettings,
-    ActionsSettings,
-    CommandAction,
-    CommandActionSettings,
-    Rule,
-)
+from agent.actions import ActionDispatcher, ActionError, CommandAction
+from agent.config import ActionSettings, ActionsSettings, CommandActionSettings, Rule
 from agent.inference import SessionHolder
 from agent.kernel.decode import Detection, Result
 from agent.pipeline import Pipeline
@@ -217,7 +210,8 @@ def test_an_mqtt_action_publishes_on_the_site_broker(mqtt_url: str) -> None:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    from agent.actions import MqttAction, MqttActionSettings
+    from agent.actions import MqttAction
+    from agent.config import MqttActionSettings
 
     url = urlsplit(mqtt_url)
     topic = f"site-test/{uuid.uuid4().hex}/reject"

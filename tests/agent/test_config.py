@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import stat
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -130,3 +132,10 @@ def test_only_keys_that_were_set_are_written_so_defaults_can_improve(tmp_path: P
     config.write(target, settings)
     text = target.read_text()
     assert "keepalive = 15" in text and "[outbox]" not in text and "commit_interval_ms" not in text
+
+
+def test_reading_the_config_needs_only_the_base_install() -> None:
+    # A fresh interpreter: this test process has long imported OpenCV and numpy.
+    probe = "import agent.config, sys; assert not {'cv2','numpy','onnxruntime','paho'} & set(sys.modules)"
+    completed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert completed.returncode == 0, completed.stderr

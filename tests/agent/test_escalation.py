@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from agent.capture import Frame
-from agent.escalation import DiskQueue, EscalationClient, EscalationSettings, TokenBucket
+from agent.config import EscalationSettings
+from agent.escalation import DiskQueue, EscalationClient, TokenBucket
 from agent.inference import SessionHolder
 from agent.kernel.decode import Result
 from agent.pipeline import Pipeline

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
+from agent.config import ActionsSettings, CaptureSettings, EscalationSettings
 from agent.inference import ModelSession, SessionHolder
 from agent.kernel import histogram, protocol
 from agent.kernel.decode import Result
@@ -204,10 +205,6 @@ def test_the_command_line_names_a_bad_model_file(tmp_path: Path, capsys: pytest.
 def test_the_component_is_built_from_config_sections_and_follows_the_desired_threshold(
     tmp_path: Path, colour_model: ModelSession, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from agent.actions import ActionsSettings
-    from agent.capture import CaptureSettings
-    from agent.escalation import EscalationSettings
-
     folder = tmp_path / "frames"
     folder.mkdir()
     cv2.imwrite(str(folder / "a.png"), solid(RED))
