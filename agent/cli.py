@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from agent import __version__, outbox
 from agent import config as agent_config
@@ -84,18 +84,6 @@ def _load(path: Path) -> agent_config.AgentConfig:
 
 
 # --- enroll ----------------------------------------------------------------------
-
-
-class EnrollResponse(BaseModel):
-    """What ``POST /api/v1/enroll`` answers (fleet/api/serializers.py EnrollResponseSerializer)."""
-
-    model_config = ConfigDict(extra="ignore")
-    device_id: str
-    secret: str
-    site: str
-    broker_url: str
-    trust_store: list[dict[str, Any]]
-    heartbeat_interval_s: int
 
 
 def _post_json(url: str, body: dict[str, Any], timeout: float) -> tuple[int, Any]:
@@ -200,7 +188,7 @@ def enroll(
         time.sleep(delay)
         delay = min(delay * 2, 30.0)
     try:
-        answer = EnrollResponse.model_validate(document)
+        answer = protocol.EnrollmentAnswer.model_validate(document)
         settings = agent_config.parse(
             {
                 "server": {"url": server},
@@ -220,7 +208,8 @@ def enroll(
     except (ValidationError, agent_config.ConfigError) as exc:
         fail(Exit.SERVER_ERROR, f"unexpected enrollment response: {str(exc).splitlines()[0]}")
     try:
-        agent_config.atomic_write(settings.trust_store_path, json.dumps(answer.trust_store).encode(), mode=0o644)
+        trust = [key.model_dump(mode="json", exclude_none=True) for key in answer.trust_store]
+        agent_config.atomic_write(settings.trust_store_path, json.dumps(trust).encode(), mode=0o644)
         agent_config.write(config, settings)
     except OSError as exc:
         fail(

@@ -32,6 +32,7 @@ from agent.capture import Capture, Closed, Frame, FrameQueue, FrameSource, open_
 from agent.config import ActionsSettings, CaptureSettings, EscalationSettings, InferenceSettings
 from agent.escalation import EscalationClient
 from agent.inference import ModelSession, SessionHolder
+from agent.kernel import protocol
 from agent.kernel.decode import Result
 from agent.kernel.spec import Thresholds
 from agent.window import WindowAggregator
@@ -215,15 +216,9 @@ class PipelineComponent:
         if self._thread is not None:
             self._thread.join()
 
-    def apply_desired(self, desired: Any) -> None:
-        config = getattr(desired, "config", None) or {}
-        value = config.get("escalation_threshold")
-        if self.pipeline.escalation is None:
-            return
-        try:
-            self.pipeline.escalation.set_threshold(None if value is None else float(value))
-        except (TypeError, ValueError) as exc:
-            log.warning("ignoring desired escalation_threshold %r: %s", value, exc)
+    def apply_desired(self, desired: protocol.Desired) -> None:
+        if self.pipeline.escalation is not None:
+            self.pipeline.escalation.set_threshold(desired.config.escalation_threshold)
 
     @classmethod
     def build(

@@ -49,8 +49,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
 from agent import __version__
 from agent.config import AgentConfig, atomic_write
 from agent.fallback import METADATA as FALLBACK_METADATA
@@ -76,20 +74,6 @@ class UpdateError(Exception):
         self.reason = reason
         self.retry = retry
         """True for failures that may pass by themselves (network, server): tried again later."""
-
-
-class DesiredModel(BaseModel):
-    """The ``model`` part of a desired document (registry ``Bundle.desired_model``)."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-    name: str = Field(min_length=1, max_length=63)
-    version: str = Field(min_length=1, max_length=64)
-    sequence: int = Field(ge=1)
-    target: str = Field(default="cpu-fp32", max_length=32)
-    bundle_url: str = Field(min_length=1, max_length=2000)
-    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
-    size: int | None = Field(default=None, ge=1)
-    manifest_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
 class _Reporter(Protocol):
@@ -514,10 +498,7 @@ class Updater:
         if desired.model is None:
             self._publish_state(phase="active" if self.active else "idle", error=None)
             return
-        try:
-            wanted = DesiredModel.model_validate(desired.model)
-        except ValidationError as exc:
-            self._fail("bad_desired", f"desired.model: {exc.errors()[0]['msg']}")
+        wanted = desired.model
         if self.active is not None and self.active.bundle.manifest_sha256 == wanted.manifest_sha256:
             if self.holder.fallback:
                 # The model this document names is the one that failed: keep the fallback, say so.
@@ -581,7 +562,7 @@ class Updater:
         log.info("event=keyring_updated sequence=%d keys=%d", keyring.sequence, len(keyring.keys))
         return True
 
-    def _update(self, wanted: DesiredModel) -> None:
+    def _update(self, wanted: protocol.BundleRef) -> None:
         self._publish_state(phase="downloading", error=None)
         url = wanted.bundle_url
         if not url.startswith(("http://", "https://")):
@@ -632,7 +613,7 @@ class Updater:
         )
         part.unlink(missing_ok=True)
 
-    def _verify_bundle(self, archive: Path, unpacked: Path, wanted: DesiredModel) -> verify.VerifiedBundle:
+    def _verify_bundle(self, archive: Path, unpacked: Path, wanted: protocol.BundleRef) -> verify.VerifiedBundle:
         installed = self.active.bundle.manifest if self.active else None
         installed_sequence = installed.sequence if installed and installed.model == wanted.name else None
 
@@ -668,7 +649,7 @@ class Updater:
             raise verify.BadManifest("the bundle's manifest is not the one the desired state names")
         return bundle
 
-    def _switch_to_installed(self, directory: Path, wanted: DesiredModel) -> None:
+    def _switch_to_installed(self, directory: Path, wanted: protocol.BundleRef) -> None:
         """Go to a version still on disk (usually ``previous``): no download, re-checked before use."""
         self._publish_state(phase="verifying", error=None)
         try:

@@ -17,6 +17,7 @@ from agent.actions import ActionDispatcher
 from agent.capture import CaptureError, open_source
 from agent.config import AgentConfig
 from agent.escalation import EscalationClient
+from agent.kernel import protocol
 from agent.pipeline import Pipeline, PipelineComponent
 from agent.updater import Updater
 
@@ -73,19 +74,11 @@ class Vision:
         self.updater.attach(self.pipeline)
         log.info("event=inference_started source=%s model=%s", capture.source, self.updater.holder.session.version)
 
-    def apply_desired(self, desired: Any) -> None:
+    def apply_desired(self, desired: protocol.Desired) -> None:
         """``config.telemetry_interval_s`` of a verified desired document sets the window interval."""
-        value = (getattr(desired, "config", None) or {}).get("telemetry_interval_s")
-        if value is None or self._component is None:
-            return
-        try:
-            interval = float(value)
-        except (TypeError, ValueError):
-            interval = -1.0
-        if not 0.1 <= interval <= 3600:
-            log.warning("event=desired_config_ignored key=telemetry_interval_s value=%r", value)
-            return
-        self._component.interval_s = interval  # read at each wait of the window thread
+        interval = desired.config.telemetry_interval_s
+        if interval is not None and self._component is not None:
+            self._component.interval_s = interval  # read at each wait of the window thread
 
     def stop(self) -> None:
         if self._component is not None:

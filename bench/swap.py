@@ -40,7 +40,7 @@ import numpy as np
 from agent import config as agent_config
 from agent.kernel import protocol
 from agent.kernel.manifest import FileEntry, Manifest, ReferenceCase, canonical_bytes
-from agent.kernel.verify import desired_signing_bytes, key_id_for
+from agent.kernel.verify import key_id_for, signed_desired
 from agent.pipeline import Pipeline
 from agent.updater import Updater
 from registry.bundles import Signer, build_bundle
@@ -164,7 +164,7 @@ def desired(manifest: Manifest, archive: bytes, url: str, signer: Signer, genera
             "manifest_sha256": hashlib.sha256(canonical_bytes(manifest)).hexdigest(),
         },
     )
-    return message.model_copy(update={"signature": signer.sign(desired_signing_bytes(message))})
+    return signed_desired(message, signer.sign)
 
 
 class Recorder:

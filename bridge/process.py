@@ -32,6 +32,7 @@ import paho.mqtt.client as mqtt
 from django.db import DatabaseError, close_old_connections, connection, transaction
 from django.db.models import F
 from django.utils import timezone
+from pydantic import ValidationError
 
 from agent.kernel import protocol
 from fleet.models import Device
@@ -416,11 +417,27 @@ class Bridge:
         count = 0
         for device in pending.only("pk", "device_id", "desired", "desired_generation")[:500]:
             document = device.desired or {}
-            message = protocol.Desired(
-                generation=device.desired_generation,
-                model=document.get("model"),
-                config=document.get("config", {}),
-            )
+            try:
+                message = protocol.Desired(
+                    generation=device.desired_generation,
+                    model=document.get("model"),
+                    config=document.get("config") or {},
+                )
+            except ValidationError as exc:
+                # Only a row written before the kernel's model checked it can get here; it can never
+                # be sent, so it is passed over once, loudly, instead of on every poll.
+                log.error(
+                    "desired state not sendable",
+                    extra={
+                        "device": device.device_id,
+                        "generation": device.desired_generation,
+                        "error": str(exc)[:300],
+                    },
+                )
+                Device.objects.filter(pk=device.pk, published_generation__lt=device.desired_generation).update(
+                    published_generation=device.desired_generation
+                )
+                continue
             message = sign_desired(message)  # devices refuse unsigned desired state
             info = self._publish(device.device_id, "desired", message, retain=True)
             info.wait_for_publish(timeout=10)

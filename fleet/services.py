@@ -9,6 +9,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from agent.kernel import protocol
 from core import tokens
 from core.models import AuditLog
 from fleet.broker import provisioner
@@ -31,6 +32,17 @@ class Enrollment:
     broker_url: str
     trust_store: list[dict[str, Any]]
     heartbeat_interval_s: int
+
+    def answer(self) -> protocol.EnrollmentAnswer:
+        """What the device is told, in the device kernel's model its agent parses."""
+        return protocol.EnrollmentAnswer(
+            device_id=self.device.device_id,
+            secret=self.secret,
+            site=self.device.site.slug,
+            broker_url=self.broker_url,
+            trust_store=[protocol.TrustStoreEntry.model_validate(key) for key in self.trust_store],
+            heartbeat_interval_s=self.heartbeat_interval_s,
+        )
 
 
 def enroll(*, token: str, name: str, site_slug: str | None, facts: dict[str, Any]) -> Enrollment:
@@ -117,9 +129,11 @@ def assign_model(
         raise ValueError(f"{version} has no bundle for target {wanted}")
     with transaction.atomic():
         current = Device.objects.select_for_update().get(pk=device.pk).desired or {}
+        # Built with the device kernel's models, so what is stored is what the bridge can sign.
+        runtime_config = protocol.RuntimeConfig.model_validate({**(current.get("config") or {}), **(config or {})})
         document = {
-            "model": bundle.desired_model(),
-            "config": {**(current.get("config") or {}), **(config or {})},
+            "model": bundle.desired_model().model_dump(mode="json", exclude_none=True),
+            "config": runtime_config.model_dump(mode="json", exclude_none=True),
         }
         generation = device.set_desired(document)
         AuditLog.record(

@@ -22,6 +22,7 @@ from django.db import IntegrityError, models, transaction
 from django.urls import reverse
 from django.utils import timezone
 
+from agent.kernel import protocol
 from agent.kernel.manifest import parse_version
 from registry.bundles import Signer
 
@@ -283,19 +284,19 @@ class Bundle(models.Model):
     def download_path(self) -> str:
         return reverse("bundle-download", kwargs={"pk": self.pk})
 
-    def desired_model(self) -> dict[str, Any]:
+    def desired_model(self) -> protocol.BundleRef:
         """The ``model`` part of a desired document that points a device at this bundle."""
         version = self.version
-        return {
-            "name": version.model.name,
-            "version": version.version,
-            "sequence": version.sequence,
-            "target": self.target,
-            "bundle_url": self.download_path(),
-            "sha256": self.sha256,
-            "size": self.size,
-            "manifest_sha256": self.manifest_sha256,
-        }
+        return protocol.BundleRef(
+            name=version.model.name,
+            version=version.version,
+            sequence=version.sequence,
+            target=self.target,
+            bundle_url=self.download_path(),
+            sha256=self.sha256,
+            size=self.size,
+            manifest_sha256=self.manifest_sha256,
+        )
 
 
 class Alias(models.Model):

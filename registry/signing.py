@@ -7,7 +7,7 @@ import logging
 from django.core.exceptions import ImproperlyConfigured
 
 from agent.kernel import protocol
-from agent.kernel.verify import desired_signing_bytes
+from agent.kernel.verify import signed_desired
 from registry.models import SigningKey
 
 log = logging.getLogger(__name__)
@@ -24,4 +24,4 @@ def sign_desired(message: protocol.Desired) -> protocol.Desired:
     except ImproperlyConfigured as exc:
         log.error("desired state for generation %s is not signed: %s", message.generation, exc)
         return message
-    return message.model_copy(update={"signature": signer.sign(desired_signing_bytes(message))})
+    return signed_desired(message, signer.sign)

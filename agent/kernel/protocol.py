@@ -9,6 +9,7 @@ JSON shape, the protocol version, the type and the schema, and raises
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
@@ -19,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     InstanceOf,
+    PlainValidator,
     StrictInt,
     TypeAdapter,
     ValidationError,
@@ -186,15 +188,74 @@ class Event(_Message):
 # --- cloud -> device --------------------------------------------------------
 
 
+class Signature(BaseModel):
+    """A detached Ed25519 signature: ``manifest.sig`` and the ``signature`` of signed documents."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    alg: Literal["ed25519"] = "ed25519"
+    key_id: Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]
+    sig: Annotated[str, Field(max_length=200)]
+
+
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class BundleRef(BaseModel):
+    """The ``model`` of a desired document: which bundle to run and how to check it before unpacking."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Annotated[str, Field(min_length=1, max_length=63)]
+    version: Annotated[str, Field(min_length=1, max_length=64)]
+    sequence: int = Field(ge=1, le=2**63 - 1)
+    target: Annotated[str, Field(max_length=32)] = "cpu-fp32"
+    bundle_url: Annotated[str, Field(min_length=1, max_length=2000)]
+    """Absolute, or a path on the control plane's ``server.url``."""
+    sha256: Sha256 | None = None
+    """The archive's digest; the download must hash to it."""
+    size: int | None = Field(default=None, ge=1, le=2**63 - 1)
+    manifest_sha256: Sha256
+    """The digest of the manifest inside: binds the document to one exact bundle."""
+
+
+def _number_between(low: float, high: float) -> Callable[[object], int | float]:
+    def check(value: object) -> int | float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError("must be a number")
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}")
+        return value
+
+    return check
+
+
+# A number is kept as it came (15 stays 15, never 15.0): the signed bytes are the canonical
+# JSON of the document as parsed, and must be the very bytes the control plane signed.
+UnitNumber = Annotated[int | float, PlainValidator(_number_between(0, 1), json_schema_input_type=float)]
+IntervalS = Annotated[int | float, PlainValidator(_number_between(0.1, 3600), json_schema_input_type=float)]
+
+
+class RuntimeConfig(BaseModel):
+    """The ``config`` of a desired document: what a device tunes without a new model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    escalation_threshold: UnitNumber | None = None
+    """Escalate frames below this confidence; absent: the model manifest's ``escalate_below``."""
+    telemetry_interval_s: IntervalS | None = None
+    """How often the pipeline's window summary becomes a ``window`` record; absent: the agent's config."""
+
+
 class Desired(_Message):
-    """The desired state (device shadow). Signing arrives with the registry."""
+    """The desired state (device shadow), signed by the control plane (``agent.kernel.verify``)."""
 
     type: Literal["desired"] = "desired"
-    generation: int = Field(ge=0)
-    model: dict[str, Any] | None = None
-    config: dict[str, Any] = Field(default_factory=dict)
+    generation: int = Field(ge=0, le=2**63 - 1)
+    model: BundleRef | None = None
+    config: RuntimeConfig = Field(default_factory=RuntimeConfig)
     issued_at: datetime = Field(default_factory=utcnow)
-    signature: dict[str, str] | None = None
+    signature: Signature | None = None
 
 
 class Command(_Message):
@@ -212,6 +273,40 @@ class Ack(_Message):
 
 
 Message = Status | Reported | Telemetry | Event | Desired | Command | Ack
+
+
+# --- over HTTPS -------------------------------------------------------------
+
+
+class TrustStoreEntry(BaseModel):
+    """One public signing key a device trusts (``agent.kernel.verify.TrustedKey`` checks and uses it)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    key_id: Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]
+    algorithm: Literal["ed25519"] = "ed25519"
+    public_key: Annotated[str, Field(max_length=200)]
+    """Raw 32-byte Ed25519 public key, base64."""
+    created_at: datetime | None = None
+    retired_at: datetime | None = None
+    """Signatures by this key are refused from this instant on."""
+
+
+class EnrollmentAnswer(BaseModel):
+    """What ``POST /api/v1/enroll`` answers: the device's identity, its broker and the keys it trusts.
+
+    Unknown fields are ignored: a newer control plane may say more to an older agent.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    device_id: DeviceId
+    secret: Annotated[str, Field(min_length=1, max_length=200)]
+    site: Annotated[str, Field(max_length=63)]
+    broker_url: Annotated[str, Field(min_length=1, max_length=2000)]
+    trust_store: list[TrustStoreEntry] = Field(max_length=100)
+    heartbeat_interval_s: int = Field(ge=1, le=3600)
+
 
 # Which message type each topic suffix carries.
 TYPE_FOR_SUFFIX: dict[str, type[_Message]] = {

@@ -21,10 +21,11 @@ import hashlib
 import json
 import os
 import tarfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Annotated, Any, Literal, cast
+from typing import IO, Any, Literal, cast
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -41,6 +42,7 @@ from agent.kernel.manifest import (
     parse_manifest,
     parse_version,
 )
+from agent.kernel.protocol import Signature
 
 # --- errors -------------------------------------------------------------------
 
@@ -123,18 +125,8 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-class TrustedKey(BaseModel):
-    """One public signing key of a trust store (as handed out at enrollment)."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    key_id: Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]
-    algorithm: Literal["ed25519"] = "ed25519"
-    public_key: str
-    """Raw 32-byte Ed25519 public key, base64."""
-    created_at: datetime | None = None
-    retired_at: datetime | None = None
-    """Signatures by this key are refused from this instant on."""
+class TrustedKey(protocol.TrustStoreEntry):
+    """One public signing key of a trust store (as handed out at enrollment), checked before use."""
 
     def raw(self) -> bytes:
         try:
@@ -149,17 +141,7 @@ class TrustedKey(BaseModel):
         return self.retired_at is None or when < self.retired_at
 
 
-class Signature(BaseModel):
-    """A detached signature: ``manifest.sig`` and the ``signature`` of documents."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    alg: Literal["ed25519"] = "ed25519"
-    key_id: Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]
-    sig: Annotated[str, Field(max_length=200)]
-
-
-def read_signature(data: bytes | dict[str, Any]) -> Signature:
+def read_signature(data: bytes | Mapping[str, Any]) -> Signature:
     try:
         document = json.loads(data) if isinstance(data, bytes) else data
         return Signature.model_validate(document)
@@ -246,9 +228,15 @@ def desired_signing_bytes(message: protocol.Desired) -> bytes:
 
 def verify_desired(message: protocol.Desired, keyring: Keyring, *, now: datetime | None = None) -> TrustedKey:
     """Refuse a desired document the control plane did not sign (a broker cannot forge one)."""
-    if not message.signature:
+    if message.signature is None:
         raise BadSignature("desired document is not signed")
-    return keyring.verify(desired_signing_bytes(message), read_signature(dict(message.signature)), now=now)
+    return keyring.verify(desired_signing_bytes(message), message.signature, now=now)
+
+
+def signed_desired(message: protocol.Desired, sign: Callable[[bytes], Mapping[str, str]]) -> protocol.Desired:
+    """``message`` with the signature ``sign`` makes over its signing bytes (the control plane's side)."""
+    signature = read_signature(sign(desired_signing_bytes(message)))
+    return message.model_copy(update={"signature": signature})
 
 
 # --- archives ------------------------------------------------------------------

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+from pydantic import ValidationError
 from rest_framework import serializers
 
+from agent.kernel import protocol
 from fleet.models import Device, EnrollmentToken, Site
 
 
@@ -57,6 +59,16 @@ class AssignModelSerializer(serializers.Serializer):
     target = serializers.CharField(max_length=32, required=False, help_text="Bundle target; default cpu-fp32.")
     config = serializers.DictField(required=False, help_text="Runtime config merged over the desired one.")
 
+    def validate_config(self, value: dict[str, object]) -> dict[str, object]:
+        # The device kernel's model decides what a desired document may carry, so an
+        # operator hears about a bad key now rather than the device refusing it later.
+        try:
+            return protocol.RuntimeConfig.model_validate(value).model_dump(mode="json", exclude_none=True)
+        except ValidationError as exc:
+            raise serializers.ValidationError(
+                [f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in exc.errors()]
+            ) from None
+
 
 class EnrollmentTokenRequestSerializer(serializers.Serializer):
     ttl_hours = serializers.IntegerField(min_value=1, max_value=24 * 30, required=False)
@@ -80,12 +92,3 @@ class EnrollRequestSerializer(serializers.Serializer):
     hardware_profile = serializers.CharField(max_length=64, required=False, allow_blank=True)
     agent_version = serializers.CharField(max_length=64, required=False, allow_blank=True)
     labels = serializers.DictField(child=serializers.CharField(max_length=200), required=False)
-
-
-class EnrollResponseSerializer(serializers.Serializer):
-    device_id = serializers.CharField()
-    secret = serializers.CharField()
-    site = serializers.CharField()
-    broker_url = serializers.CharField()
-    trust_store = serializers.ListField(child=serializers.DictField())
-    heartbeat_interval_s = serializers.IntegerField()

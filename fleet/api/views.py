@@ -14,6 +14,7 @@ from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
+from agent.kernel import protocol
 from core.api.authentication import HasScope, IsDevice
 from core.api.serializers import ErrorSerializer
 from core.models import AuditLog
@@ -25,7 +26,6 @@ from fleet.api.serializers import (
     EnrollmentTokenRequestSerializer,
     EnrollmentTokenSerializer,
     EnrollRequestSerializer,
-    EnrollResponseSerializer,
     RevokeSerializer,
     SiteSerializer,
 )
@@ -135,7 +135,7 @@ class EnrollView(APIView):
     @extend_schema(
         request=EnrollRequestSerializer,
         responses={
-            201: EnrollResponseSerializer,
+            201: protocol.EnrollmentAnswer,
             400: OpenApiResponse(description="Malformed request"),
             401: ErrorSerializer,
             403: ErrorSerializer,
@@ -161,15 +161,7 @@ class EnrollView(APIView):
                 status=status.HTTP_503_SERVICE_UNAVAILABLE,
                 headers={"Retry-After": "30"},
             )
-        payload = {
-            "device_id": result.device.device_id,
-            "secret": result.secret,
-            "site": result.device.site.slug,
-            "broker_url": result.broker_url,
-            "trust_store": result.trust_store,
-            "heartbeat_interval_s": result.heartbeat_interval_s,
-        }
-        return Response(EnrollResponseSerializer(payload).data, status=status.HTTP_201_CREATED)
+        return Response(result.answer().model_dump(mode="json"), status=status.HTTP_201_CREATED)
 
 
 class DeviceSelfView(APIView):

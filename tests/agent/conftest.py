@@ -25,7 +25,7 @@ from agent import config as agent_config
 from agent.kernel import protocol
 from agent.kernel.manifest import canonical_bytes
 from agent.kernel.spec import ClassificationOutput, DetectionOutput, InputSpec
-from agent.kernel.verify import desired_signing_bytes
+from agent.kernel.verify import signed_desired
 from bridge.process import Bridge, BridgeConfig
 from fleet.models import Device, Site
 from registry.bundles import Signer
@@ -356,7 +356,7 @@ def desired_for(
 
 
 def sign(desired: protocol.Desired, key: Signer) -> protocol.Desired:
-    return desired.model_copy(update={"signature": key.sign(desired_signing_bytes(desired))})
+    return signed_desired(desired, key.sign)
 
 
 def publish(bundle: Crafted, key: Signer, server: BundleServer, tmp_path: Path, generation: int) -> protocol.Desired:

@@ -16,6 +16,7 @@ import pytest
 
 from agent import config as agent_config
 from agent.cli import Exit
+from agent.kernel import protocol
 from fleet.models import Device, EnrollmentToken, Site
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -69,8 +70,10 @@ def test_it_enrolls_and_writes_a_0600_config_for_the_new_device(live_server: Any
     assert settings.agent.data_dir == tmp_path / "data"
     from registry.trust import trust_store
 
-    # The signing keys the updater will trust, exactly as the server handed them out.
-    assert json.loads(settings.trust_store_path.read_text()) == json.loads(json.dumps(trust_store()))
+    # The signing keys the updater will trust, as the server handed them out.
+    handed_out = [protocol.TrustStoreEntry.model_validate(key) for key in trust_store()]
+    stored = json.loads(settings.trust_store_path.read_text())
+    assert [protocol.TrustStoreEntry.model_validate(key) for key in stored] == handed_out
     # The secret is in the file and nowhere on the terminal.
     assert device.device_id in result.stdout
     assert settings.device.secret not in result.stdout + result.stderr

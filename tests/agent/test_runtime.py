@@ -125,9 +125,9 @@ def test_an_unsupported_command_is_answered_not_ignored(runtime: Runtime, cloud:
 
 
 def test_desired_is_stored_and_an_older_generation_is_ignored(runtime: Runtime, cloud: Cloud) -> None:
-    cloud.send("desired", protocol.Desired(generation=2, config={"threshold": 0.5}))
-    cloud.send("desired", protocol.Desired(generation=1, config={"threshold": 0.9}))
-    cloud.send("desired", protocol.Desired(generation=3, config={"threshold": 0.6}))
+    cloud.send("desired", protocol.Desired(generation=2, config={"telemetry_interval_s": 5}))
+    cloud.send("desired", protocol.Desired(generation=1, config={"telemetry_interval_s": 9}))
+    cloud.send("desired", protocol.Desired(generation=3, config={"telemetry_interval_s": 6}))
     assert cloud.wait_for(lambda got: any(s == "reported" and m["generation"] == 3 for s, m in got))
     assert [m["generation"] for m in cloud.of("reported")] == [0, 2, 3]
     stored = protocol.decode("desired", runtime.config.desired_path.read_bytes())

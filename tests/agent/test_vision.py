@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from agent.kernel import protocol
 from agent.outbox import Outbox
 from agent.updater import Updater
 from agent.vision import Vision
@@ -128,9 +129,9 @@ def test_runtime_config_comes_from_verified_documents_only(tmp_path: Path, frame
         assert component.apply_desired not in runtime.desired_listeners
         assert component.apply_desired in updater.verified_listeners
 
-        vision.apply_desired(type("D", (), {"config": {"telemetry_interval_s": 5}})())
+        vision.apply_desired(protocol.Desired(generation=1, config={"telemetry_interval_s": 5}))
         assert component.interval_s == 5
-        vision.apply_desired(type("D", (), {"config": {"telemetry_interval_s": "soon"}})())
+        vision.apply_desired(protocol.Desired(generation=2))
         assert component.interval_s == 5
     finally:
         vision.stop()

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import copy
+import json
 from datetime import datetime, timezone
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.kernel import protocol, verify
+from agent.kernel.manifest import canonical_json
 from registry.bundles import Signer
 from tests.registry.conftest import trusted
 
@@ -66,9 +67,20 @@ def test_a_trust_store_entry_whose_id_does_not_match_its_key_is_refused(signer, 
         verify.Keyring.from_trust_store([entry])
 
 
+PARTS = {
+    "name": "parts",
+    "version": "1.2.0",
+    "sequence": 5,
+    "target": "cpu-fp32",
+    "bundle_url": "/api/v1/bundles/7/download",
+    "sha256": "a" * 64,
+    "size": 4096,
+    "manifest_sha256": "b" * 64,
+}
+
+
 def signed_desired(signer: Signer, **fields) -> protocol.Desired:
-    message = protocol.Desired(generation=4, model={"name": "parts", "version": "1.2.0", "sequence": 5}, **fields)
-    return message.model_copy(update={"signature": signer.sign(verify.desired_signing_bytes(message))})
+    return verify.signed_desired(protocol.Desired(generation=4, model=PARTS, **fields), signer.sign)
 
 
 def test_a_signed_desired_document_verifies_after_a_trip_over_the_wire(signer, keyring):
@@ -82,9 +94,8 @@ def test_a_signed_desired_document_verifies_after_a_trip_over_the_wire(signer, k
 
 def test_a_desired_document_altered_in_transit_is_refused(signer, keyring):
     message = signed_desired(signer)
-    forged_model = copy.deepcopy(message.model)
-    forged_model["version"] = "0.9.0"  # type: ignore[index]
-    forged = message.model_copy(update={"model": forged_model})
+    assert message.model is not None
+    forged = message.model_copy(update={"model": message.model.model_copy(update={"version": "0.9.0"})})
 
     with pytest.raises(verify.BadSignature):
         verify.verify_desired(forged, keyring)
@@ -95,3 +106,22 @@ def test_an_unsigned_or_foreign_desired_document_is_refused(keyring, new_signer)
         verify.verify_desired(protocol.Desired(generation=1), keyring)
     with pytest.raises(verify.UnknownKey):
         verify.verify_desired(signed_desired(new_signer), keyring)
+
+
+def test_a_document_signed_as_plain_json_verifies_once_parsed_into_the_typed_model(signer, keyring):
+    # What the control plane signed before the kernel typed the document: canonical JSON of a plain
+    # dict, whole numbers as integers. Parsing must not change a byte of what gets verified.
+    document = {
+        "v": 1,
+        "type": "desired",
+        "generation": 9,
+        "model": PARTS,
+        "config": {"telemetry_interval_s": 15, "escalation_threshold": 0.25},
+        "issued_at": "2026-01-02T03:04:05.678901Z",
+    }
+    document["signature"] = signer.sign(canonical_json({k: v for k, v in document.items() if k != "signature"}))
+
+    received = protocol.decode("desired", json.dumps(document).encode())
+
+    assert isinstance(received, protocol.Desired) and received.config.telemetry_interval_s == 15
+    assert verify.verify_desired(received, keyring).key_id == signer.key_id

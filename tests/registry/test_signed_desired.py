@@ -15,7 +15,17 @@ pytestmark = pytest.mark.django_db
 
 def test_the_bridge_publishes_desired_state_a_device_can_verify(enroll_device, site):
     enrolled = enroll_device(site)
-    enrolled.device.set_desired({"model": {"name": "parts", "version": "1.2.0"}, "config": {"act_above": 0.9}})
+    model = {
+        "name": "parts",
+        "version": "1.2.0",
+        "sequence": 3,
+        "target": "cpu-fp32",
+        "bundle_url": "/api/v1/bundles/1/download",
+        "sha256": "a" * 64,
+        "size": 2048,
+        "manifest_sha256": "b" * 64,
+    }
+    enrolled.device.set_desired({"model": model, "config": {"escalation_threshold": 0.9}})
     bridge = Bridge(BridgeConfig(url="mqtt://127.0.0.1:1"))
     sent = []
 
@@ -29,4 +39,5 @@ def test_the_bridge_publishes_desired_state_a_device_can_verify(enroll_device, s
     received = protocol.decode("desired", protocol.encode(sent[0]))
     keyring = verify.Keyring.from_trust_store(enrolled.trust_store)
     assert verify.verify_desired(received, keyring).key_id == trust_store()[0]["key_id"]
-    assert received.model == {"name": "parts", "version": "1.2.0"}
+    assert received.model is not None and received.model.model_dump() == model
+    assert received.config.escalation_threshold == 0.9

@@ -130,3 +130,25 @@ def test_a_malformed_window_summary_is_refused_with_a_reason(data: dict[str, obj
     with pytest.raises(protocol.ProtocolError) as caught:
         protocol.window_of(message.records[0])
     assert caught.value.reason == "schema"
+
+
+@pytest.mark.parametrize(
+    ("document", "where"),
+    [
+        ({"config": {"escalation_threshold": "lots"}}, "config.escalation_threshold"),
+        ({"config": {"telemetry_interval_s": 0}}, "config.telemetry_interval_s"),
+        ({"config": {"act_above": 0.9}}, "config.act_above"),
+        ({"model": {"name": "parts", "version": "1.2.0"}}, "model.sequence"),
+        (
+            {"model": {"name": "parts", "version": "1", "sequence": 1, "bundle_url": "/b", "manifest_sha256": "x"}},
+            "model.manifest_sha256",
+        ),
+    ],
+)
+def test_a_desired_document_is_refused_unless_every_field_is_one_the_device_knows(
+    document: dict[str, object], where: str
+) -> None:
+    payload = json.dumps({"v": 1, "type": "desired", "generation": 2, **document}).encode()
+    with pytest.raises(protocol.ProtocolError) as caught:
+        protocol.decode("desired", payload)
+    assert caught.value.reason == "schema" and caught.value.detail.startswith(where)
