@@ -256,17 +256,23 @@ def setup_logging(level: str, style: str) -> None:
 @app.command()
 def run(config: ConfigOption = agent_config.DEFAULT_CONFIG_PATH) -> None:
     """Run the agent until SIGTERM or SIGINT."""
+    # The run time (OpenCV, numpy, onnxruntime, paho) is imported by the commands that run it
+    # only: enroll and status stay quick, and work, on a device still being provisioned.
     from agent.inference import ModelLoadError
     from agent.runtime import Runtime
+    from agent.trust import Trust
     from agent.updater import Updater
     from agent.vision import Vision
 
     settings = _load(config)
     setup_logging(settings.agent.log_level, settings.agent.log_format)
     try:
+        # One keyring for every verifier: a key learnt while checking a desired document
+        # also checks the bundle it names.
+        trust = Trust(settings)
         # The updater first: it loads the installed (or fallback) model the pipeline starts with.
-        updater = Updater(settings)
-        runtime = Runtime(settings, components=[updater, Vision(settings, updater)])
+        updater = Updater(settings, trust=trust)
+        runtime = Runtime(settings, trust=trust, components=[updater, Vision(settings, updater)])
     except (OSError, sqlite3.Error, ModelLoadError) as exc:
         log.error("event=start_failed error=%s", exc)
         fail(Exit.FAILURE, f"cannot start: {exc}")

@@ -8,7 +8,6 @@ the model in service.
 
 from __future__ import annotations
 
-import base64
 import shutil
 import socket
 import threading
@@ -20,7 +19,17 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Literal
 
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from rich.console import Console
+from rich.table import Table
+
 from agent import config as agent_config
+from agent.fallback import METADATA as FALLBACK_METADATA
+from agent.inference import ModelLoadError, ModelSession
+from agent.kernel.verify import VerificationError
+from agent.trust import authorization, load_keyring
+from agent.updater import CURRENT, ModelStore, check_installed
 
 MAX_SKEW_S = 60.0
 MIN_FREE_BYTES = 64 * 1024 * 1024
@@ -51,8 +60,7 @@ def run_checks(path: Path) -> list[Check]:
 def check_server(config: agent_config.AgentConfig, *, now: datetime | None = None) -> list[Check]:
     """Reach the control plane with the device's credentials; compare clocks by its ``Date`` header."""
     url = config.server.url + "/api/v1/keyring"
-    token = base64.b64encode(f"{config.device.id}:{config.device.secret}".encode()).decode()
-    request = urllib.request.Request(url, headers={"Authorization": f"Basic {token}"})  # noqa: S310
+    request = urllib.request.Request(url, headers={"Authorization": authorization(config)})  # noqa: S310
     try:
         with urllib.request.urlopen(request, timeout=config.server.timeout_s) as response:  # noqa: S310
             status, date = response.status, response.headers.get("Date")
@@ -85,9 +93,6 @@ def check_clock(date: str | None, *, now: datetime | None = None) -> Check:
 
 def check_broker(config: agent_config.AgentConfig, timeout: float = 5.0) -> Check:
     """Connect with the device's credentials under a client id of its own, so a running agent stays connected."""
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
     settings = config.mqtt
     try:
         socket.create_connection((settings.host, settings.port), timeout=timeout).close()
@@ -122,17 +127,11 @@ def check_broker(config: agent_config.AgentConfig, timeout: float = 5.0) -> Chec
 
 
 def check_model(config: agent_config.AgentConfig) -> Check:
-    from agent.inference import ModelLoadError, ModelSession
-    from agent.kernel.verify import VerificationError
-    from agent.updater import CURRENT, ModelStore, check_installed, load_keyring
-
     store = ModelStore(config.models_dir)
     directory = store.pointer(CURRENT)
     if directory is None:
         try:
-            from agent.fallback import METADATA
-
-            ModelSession.from_metadata(METADATA, settings=config.inference)
+            ModelSession.from_metadata(FALLBACK_METADATA, settings=config.inference)
         except ModelLoadError as exc:
             return Check("model", "fail", f"no model installed and the fallback does not load: {exc}")
         return Check("model", "warn", "no model installed yet: the fallback model would serve")
@@ -156,9 +155,6 @@ def check_disk(config: agent_config.AgentConfig) -> Check:
 
 
 def print_checks(checks: list[Check]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title="edgefleet-agent doctor")
     table.add_column("check")
     table.add_column("status")

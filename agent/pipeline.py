@@ -180,31 +180,42 @@ class _Outbox(Protocol):
     def append(self, kind: str, data: Any) -> int: ...
 
 
+class _Desired(Protocol):
+    def subscribe(self, listener: Callable[[protocol.Desired], None]) -> None: ...
+
+
 class _Runtime(Protocol):
-    outbox: _Outbox
-    desired_listeners: list[Callable[[Any], None]]
+    @property
+    def outbox(self) -> _Outbox: ...
+
+    @property
+    def desired_state(self) -> _Desired: ...
+
     model_version: str | None
 
 
 class PipelineComponent:
     """Plugs a pipeline into ``agent.runtime.Runtime``: ``Runtime(config, components=[this])``.
 
-    Every ``interval_s`` it appends the closed window to the runtime's outbox,
-    and it applies the escalation threshold of each desired document
-    (``config.escalation_threshold``; absent means the manifest's default).
+    Every ``interval_s`` it appends the closed window to the runtime's outbox.
+    It follows the runtime config of each verified desired document:
+    ``config.escalation_threshold`` (absent: the manifest's default) and
+    ``config.telemetry_interval_s`` (absent: the ``interval_s`` it was built with).
     """
 
     def __init__(self, pipeline: Pipeline, *, interval_s: float = 60.0) -> None:
         if interval_s <= 0:
             raise ValueError("interval_s must be > 0")
         self.pipeline = pipeline
+        self.default_interval_s = interval_s
         self.interval_s = interval_s
+        """Read at each wait of the window thread, so a new value applies from the next window."""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self, runtime: _Runtime) -> None:
-        runtime.desired_listeners.append(self.apply_desired)
         runtime.model_version = self.pipeline.holder.session.version  # for heartbeats and ``reported``
+        runtime.desired_state.subscribe(self.apply_desired)
         self.pipeline.start()
         self._thread = threading.Thread(target=self._tick, args=(runtime.outbox,), name="windows", daemon=True)
         self._thread.start()
@@ -217,8 +228,11 @@ class PipelineComponent:
             self._thread.join()
 
     def apply_desired(self, desired: protocol.Desired) -> None:
+        """The desired state's listener: called with each verified document."""
+        config = desired.config
+        self.interval_s = config.telemetry_interval_s or self.default_interval_s
         if self.pipeline.escalation is not None:
-            self.pipeline.escalation.set_threshold(desired.config.escalation_threshold)
+            self.pipeline.escalation.set_threshold(config.escalation_threshold)
 
     @classmethod
     def build(

@@ -5,7 +5,8 @@ only put items on ``Runtime.inbox``; the loop takes them, acts, and pumps
 committed telemetry out whenever the link is up and the in-flight window
 has room. Later parts of the agent (inference, capture, updater, escalation)
 plug in as ``Component`` objects: they append telemetry to ``runtime.outbox``,
-register command handlers and listen for desired documents.
+register command handlers and subscribe to verified desired documents
+(``runtime.desired_state``, the one owner of the desired state).
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ from typing import Any, Protocol
 import paho.mqtt.client as mqtt
 
 from agent import __version__, system
-from agent.config import AgentConfig, atomic_write
+from agent.config import AgentConfig
+from agent.desired import DesiredState
 from agent.kernel import protocol
 from agent.mqtt import Link
 from agent.outbox import Outbox
+from agent.trust import Trust
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +39,6 @@ log = logging.getLogger(__name__)
 _IDLE_WAKE_S = 1.0
 
 CommandHandler = Callable[[protocol.Command], dict[str, Any]]
-DesiredListener = Callable[[protocol.Desired], None]
 
 
 class Notifier:
@@ -82,7 +84,9 @@ class Component(Protocol):
 
 
 class Runtime:
-    def __init__(self, config: AgentConfig, *, components: list[Component] | None = None) -> None:
+    def __init__(
+        self, config: AgentConfig, *, components: list[Component] | None = None, trust: Trust | None = None
+    ) -> None:
         self.config = config
         self.inbox: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.stopping = threading.Event()
@@ -92,7 +96,6 @@ class Runtime:
         # so a reconnect does not turn a failed or degraded device back into an idle-looking one.
         self.reported_fields: dict[str, Any] = {}
         self.commands: dict[str, CommandHandler] = {"ping": self._ping, "flush": self._flush}
-        self.desired_listeners: list[DesiredListener] = []
         self.notifier = Notifier()
         config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         settings = config.outbox
@@ -107,7 +110,8 @@ class Runtime:
             on_commit=lambda: self.inbox.put(("wake", None)),
         )
         self._dropped_reported = self.outbox.stats().dropped_total
-        self.desired = self._load_desired()
+        self.trust = trust or Trust(config)
+        self.desired_state = DesiredState(config, self.trust, self)
         self.link = Link(
             config.mqtt,
             device_id=config.device.id,
@@ -121,10 +125,16 @@ class Runtime:
     def register_command(self, name: str, handler: CommandHandler) -> None:
         self.commands[name] = handler
 
+    def set_reported(self, **fields: Any) -> None:
+        """Change what every later ``reported`` says (phase, error, model, fallback) and publish it."""
+        self.reported_fields.update(fields)
+        self.report()
+
     def report(self, **fields: Any) -> None:
         """Publish ``reported``: the generation applied plus whatever the caller knows (phase, model)."""
+        desired = self.desired_state.current
         values: dict[str, Any] = {
-            "generation": self.desired.generation if self.desired else 0,
+            "generation": desired.generation if desired else 0,
             "phase": "idle",
             "agent_version": __version__,
             "model_version": self.model_version,
@@ -157,6 +167,7 @@ class Runtime:
         )
         for component in self.components:
             component.start(self)
+        self.desired_state.start()
         self.link.start()
         # Ready once the outbox is open and the link is started: the broker
         # may be away for hours and the agent must keep working meanwhile.
@@ -222,10 +233,11 @@ class Runtime:
         elif isinstance(message, protocol.Command):
             self._command(message)
         elif isinstance(message, protocol.Desired):
-            self._desired(message)
+            self.desired_state.submit(message)
 
     def _shutdown(self) -> None:
         self.notifier.notify("STOPPING=1")
+        self.desired_state.stop()
         for component in reversed(self.components):
             component.stop()
         # Make every appended record durable before saying goodbye.
@@ -304,31 +316,3 @@ class Runtime:
         data = {"command_id": command.id, "sent": sent, "outbox_depth": self.outbox.stats().depth}
         self.event("flushed", **data)
         return data
-
-    def _desired(self, desired: protocol.Desired) -> None:
-        current = self.desired
-        if current is not None and desired.generation < current.generation:
-            log.warning("event=desired_ignored generation=%d current=%d", desired.generation, current.generation)
-            return
-        if current is not None and desired == current:
-            return  # the retained copy, delivered again on reconnect
-        # Stored as received; the updater verifies the signature before acting on it.
-        atomic_write(self.config.desired_path, protocol.encode(desired), mode=0o600)
-        self.desired = desired
-        log.info("event=desired_stored generation=%d", desired.generation)
-        for listener in self.desired_listeners:
-            listener(desired)
-        self.report()
-
-    def _load_desired(self) -> protocol.Desired | None:
-        path = self.config.desired_path
-        try:
-            payload = path.read_bytes()
-        except FileNotFoundError:
-            return None
-        try:
-            message = protocol.decode("desired", payload)
-        except protocol.ProtocolError as exc:
-            log.warning("event=desired_unreadable path=%s reason=%s", path, exc)
-            return None
-        return message if isinstance(message, protocol.Desired) else None

@@ -1,20 +1,19 @@
 """Safe model updates: converge on the signed ``desired`` document (DESIGN.md, "Model bundle v1").
 
 One worker thread does the work, so an update never blocks the run loop or
-inference. For each desired document it:
+inference. It listens to the desired state (``agent.desired``), which hands
+on only documents whose signature it verified; for each it:
 
-1. verifies the document's signature with the device keyring (a broker cannot
-   forge or replay one; a key it does not know triggers one keyring refresh);
-2. downloads the bundle it names with resume (``Range`` + ``If-Range``), after
+1. downloads the bundle it names with resume (``Range`` + ``If-Range``), after
    checking ``ETag`` and ``Content-Length`` against the document and the size
    cap, and checks the archive's sha256 (phase ``downloading``);
-3. verifies it with ``agent.kernel.verify`` (signature, digests, sequence, expiry,
+2. verifies it with ``agent.kernel.verify`` (signature, digests, sequence, expiry,
    agent version, archive limits; phase ``verifying``);
-4. loads it and reproduces its reference outputs (phase ``validating``);
-5. installs it atomically: the unpacked folder (files already fsynced) is
+3. loads it and reproduces its reference outputs (phase ``validating``);
+4. installs it atomically: the unpacked folder (files already fsynced) is
    renamed into ``models/``, then the ``current`` symlink is replaced by a
    rename and the folder fsynced; the old model becomes ``previous``;
-6. swaps the running session between two frames and reports ``active``.
+5. swaps the running session between two frames and reports ``active``.
 
 A failure at any step is reported as ``failed`` with its reason, and the
 model in service keeps serving. A ``kill -9`` anywhere leaves ``current``
@@ -31,9 +30,7 @@ frames in a row; the device then reports ``fallback=true`` and raises a
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
 import logging
 import os
 import queue
@@ -50,11 +47,12 @@ from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
 from agent import __version__
-from agent.config import AgentConfig, atomic_write
+from agent.config import AgentConfig
 from agent.fallback import METADATA as FALLBACK_METADATA
 from agent.inference import Inferer, ModelLoadError, ModelSession, SessionHolder
 from agent.kernel import protocol, verify
 from agent.kernel.manifest import MANIFEST_NAME, SIGNATURE_NAME, ManifestError, parse_manifest
+from agent.trust import Trust, authorization
 
 log = logging.getLogger(__name__)
 
@@ -76,14 +74,17 @@ class UpdateError(Exception):
         """True for failures that may pass by themselves (network, server): tried again later."""
 
 
-class _Reporter(Protocol):
-    config: AgentConfig
-    desired: protocol.Desired | None
-    desired_listeners: list[Any]
-    model_version: str | None
-    reported_fields: dict[str, Any]
+class _Desired(Protocol):
+    def subscribe(self, listener: Callable[[protocol.Desired], None]) -> None: ...
 
-    def report(self, **fields: Any) -> None: ...
+
+class _Reporter(Protocol):
+    @property
+    def desired_state(self) -> _Desired: ...
+
+    model_version: str | None
+
+    def set_reported(self, **fields: Any) -> None: ...
 
     def event(self, kind: str, **data: Any) -> None: ...
 
@@ -236,20 +237,6 @@ def check_installed(directory: Path, keyring: verify.Keyring) -> verify.Verified
     return verify.VerifiedBundle(manifest, directory, key.key_id, hashlib.sha256(manifest_bytes).hexdigest())
 
 
-def load_keyring(config: AgentConfig) -> verify.Keyring:
-    """The keys this device trusts: the last applied keyring update, else the enrollment trust store."""
-    path = config.data_dir / "keyring.json"
-    try:
-        if path.exists():
-            document = json.loads(path.read_bytes())
-            return verify.Keyring.from_trust_store(document["keys"], int(document["sequence"]))
-        return verify.Keyring.from_trust_store(json.loads(config.trust_store_path.read_bytes()))
-    except (OSError, ValueError, KeyError, TypeError, verify.VerificationError) as exc:
-        # Nothing verifies against an empty keyring: the device refuses every update, loudly.
-        log.error("event=keyring_unreadable error=%s", exc)
-        return verify.Keyring()
-
-
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -349,12 +336,12 @@ def download(
 class Updater:
     """A runtime ``Component``: keeps the right, verified model in ``holder``."""
 
-    def __init__(self, config: AgentConfig, *, agent_version: str = __version__) -> None:
+    def __init__(self, config: AgentConfig, *, trust: Trust | None = None, agent_version: str = __version__) -> None:
         self.config = config
         self.settings = config.updater
         self.agent_version = agent_version
         self.store = ModelStore(config.models_dir)
-        self.keyring = load_keyring(config)
+        self.trust = trust or Trust(config)
         self.active: Installed | None = None
         self.holder = SessionHolder(self._fallback_session(), fallback=True)
         self._runtime: _Reporter | None = None
@@ -364,10 +351,6 @@ class Updater:
         self._watched: _Watched | None = None
         self._retry: protocol.Desired | None = None
         self._pending_events: list[tuple[str, dict[str, Any]]] = []
-        self._last_verified: protocol.Desired | None = None
-        self.verified_listeners: list[Callable[[protocol.Desired], None]] = []
-        """Called with each desired document whose signature verified: runtime config (thresholds,
-        telemetry interval) is applied from these only, never from what merely arrived."""
         self.converged = threading.Event()
         """Set each time a desired document has been handled (tests and benchmarks wait on it)."""
         self._load_current()
@@ -376,12 +359,11 @@ class Updater:
 
     def start(self, runtime: _Reporter) -> None:
         self._runtime = runtime
-        runtime.desired_listeners.append(self.submit)
         self._publish_state()
         if self.holder.fallback:
             self._event("fallback_engaged", reason=self._fallback_reason)
-        if runtime.desired is not None:
-            self.submit(runtime.desired)  # after a restart: converge on what was stored
+        # After a restart the stored document comes first: the update converges on it again.
+        runtime.desired_state.subscribe(self.submit)
         self._thread = threading.Thread(target=self._work, name="updater", daemon=True)
         self._thread.start()
 
@@ -392,7 +374,7 @@ class Updater:
             self._thread.join(timeout=30)
 
     def submit(self, desired: protocol.Desired) -> None:
-        """Queue a desired document (called on the run loop's thread; the work happens on ours)."""
+        """Queue a verified desired document (the desired state's listener); the work happens on our thread."""
         self._jobs.put(desired)
 
     def attach(self, pipeline: _Watched) -> None:
@@ -412,7 +394,7 @@ class Updater:
         if directory is None:
             return
         try:
-            installed = Installed(directory, check_installed(directory, self.keyring))
+            installed = Installed(directory, check_installed(directory, self.trust.keyring))
             session = ModelSession.from_bundle(directory, settings=self.config.inference)
         except (verify.VerificationError, ModelLoadError, OSError, ManifestError) as exc:
             self._fallback_reason = f"the installed model {directory.name} does not load: {exc}"[:500]
@@ -483,18 +465,7 @@ class Updater:
     # --- converging ---------------------------------------------------------------------------
 
     def converge(self, desired: protocol.Desired) -> None:
-        """Bring the device to ``desired``; raises UpdateError (already reported) when it cannot."""
-        try:
-            self._verify_desired(desired)
-        except verify.VerificationError as exc:
-            log.warning("event=desired_rejected generation=%d reason=%s", desired.generation, exc)
-            self._event("desired_rejected", generation=desired.generation, reason=exc.reason, detail=exc.detail[:300])
-            self._publish_state(phase="failed", error=f"desired rejected: {exc}"[:2000])
-            self._forget(desired)
-            raise UpdateError(exc.reason, str(exc)) from None
-        self._last_verified = desired
-        for listener in self.verified_listeners:
-            listener(desired)
+        """Bring the device to a verified ``desired``; raises UpdateError (already reported) when it cannot."""
         if desired.model is None:
             self._publish_state(phase="active" if self.active else "idle", error=None)
             return
@@ -512,56 +483,6 @@ class Updater:
             return
         self._update(wanted)
 
-    def _forget(self, rejected: protocol.Desired) -> None:
-        """Put the last verified document back where the runtime keeps the current one.
-
-        The runtime stores what arrives before it is verified and ignores any
-        later, lower generation; a forged document with a huge generation would
-        otherwise freeze the device against every genuine one.
-        """
-        runtime = self._runtime
-        if runtime is None or runtime.desired != rejected:
-            return  # a newer document arrived meanwhile: it gets its own turn
-        runtime.desired = self._last_verified
-        path = self.config.desired_path
-        if self._last_verified is None:
-            path.unlink(missing_ok=True)
-        else:
-            atomic_write(path, protocol.encode(self._last_verified), mode=0o600)
-
-    def _verify_desired(self, desired: protocol.Desired) -> None:
-        try:
-            verify.verify_desired(desired, self.keyring)
-        except verify.UnknownKey:
-            # A key rotated in after this device enrolled: learn it from a signed keyring update.
-            if not self.refresh_keyring():
-                raise
-            verify.verify_desired(desired, self.keyring)
-
-    def refresh_keyring(self) -> bool:
-        """Fetch the control plane's latest signed keyring update and apply it; True when it changed."""
-        url = self.config.server.url + "/api/v1/keyring"
-        request = urllib.request.Request(url, headers={"Authorization": self._authorization()})  # noqa: S310
-        try:
-            with urllib.request.urlopen(request, timeout=self.settings.download_timeout_s) as response:  # noqa: S310
-                document = json.loads(response.read(1024 * 1024))
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            log.warning("event=keyring_refresh_failed error=%s", exc)
-            return False
-        update = document.get("update") if isinstance(document, dict) else None
-        if not update:
-            return False
-        try:
-            keyring = verify.apply_keyring_update(self.keyring, update)
-        except verify.VerificationError as exc:
-            log.warning("event=keyring_update_refused reason=%s", exc)
-            return False
-        payload = {"sequence": keyring.sequence, "keys": keyring.to_trust_store()}
-        atomic_write(self.config.data_dir / "keyring.json", json.dumps(payload).encode(), mode=0o644)
-        self.keyring = keyring
-        log.info("event=keyring_updated sequence=%d keys=%d", keyring.sequence, len(keyring.keys))
-        return True
-
     def _update(self, wanted: protocol.BundleRef) -> None:
         self._publish_state(phase="downloading", error=None)
         url = wanted.bundle_url
@@ -572,7 +493,7 @@ class Updater:
             archive = download(
                 url,
                 part,
-                authorization=self._authorization(),
+                authorization=authorization(self.config),
                 sha256=wanted.sha256,
                 size=wanted.size,
                 max_bytes=self.settings.max_bundle_bytes,
@@ -617,12 +538,12 @@ class Updater:
         installed = self.active.bundle.manifest if self.active else None
         installed_sequence = installed.sequence if installed and installed.model == wanted.name else None
 
-        def attempt() -> verify.VerifiedBundle:
+        def attempt(keyring: verify.Keyring) -> verify.VerifiedBundle:
             shutil.rmtree(unpacked, ignore_errors=True)
             return verify.verify_bundle(
                 archive,
                 unpacked,
-                self.keyring,
+                keyring,
                 agent_version=self.agent_version,
                 installed_sequence=installed_sequence,
                 # The signed desired document names this exact version: going back to it is a rollback.
@@ -633,12 +554,7 @@ class Updater:
                 ),
             )
 
-        try:
-            bundle = attempt()
-        except verify.UnknownKey:
-            if not self.refresh_keyring():
-                raise
-            bundle = attempt()
+        bundle = self.trust.verify(attempt)
         manifest = bundle.manifest
         if (manifest.model, manifest.version) != (wanted.name, wanted.version):
             raise verify.BadManifest(
@@ -653,7 +569,7 @@ class Updater:
         """Go to a version still on disk (usually ``previous``): no download, re-checked before use."""
         self._publish_state(phase="verifying", error=None)
         try:
-            bundle = check_installed(directory, self.keyring)
+            bundle = check_installed(directory, self.trust.keyring)
             self._publish_state(phase="validating")
             session = ModelSession.from_bundle(directory, settings=self.config.inference)
         except (verify.VerificationError, ModelLoadError, ManifestError) as exc:
@@ -707,8 +623,7 @@ class Updater:
         if runtime is None:
             return
         runtime.model_version = state["model_version"]
-        runtime.reported_fields.update(state)
-        runtime.report()
+        runtime.set_reported(**state)
 
     def _event(self, kind: str, **data: Any) -> None:
         runtime = self._runtime
@@ -731,7 +646,3 @@ class Updater:
             pending, self._pending_events = self._pending_events, []
             for kind, data in pending:
                 self._runtime.event(kind, **data)
-
-    def _authorization(self) -> str:
-        device = self.config.device
-        return "Basic " + base64.b64encode(f"{device.id}:{device.secret}".encode()).decode("ascii")

@@ -17,7 +17,6 @@ from agent.actions import ActionDispatcher
 from agent.capture import CaptureError, open_source
 from agent.config import AgentConfig
 from agent.escalation import EscalationClient
-from agent.kernel import protocol
 from agent.pipeline import Pipeline, PipelineComponent
 from agent.updater import Updater
 
@@ -66,19 +65,8 @@ class Vision:
         )
         self._component = component = PipelineComponent(self.pipeline, interval_s=config.vision.window_interval_s)
         component.start(runtime)
-        # The component listens to every desired document that arrives; thresholds must come
-        # only from signed ones, so it hears them from the updater once verified instead.
-        if component.apply_desired in runtime.desired_listeners:
-            runtime.desired_listeners.remove(component.apply_desired)
-        self.updater.verified_listeners += [component.apply_desired, self.apply_desired]
         self.updater.attach(self.pipeline)
         log.info("event=inference_started source=%s model=%s", capture.source, self.updater.holder.session.version)
-
-    def apply_desired(self, desired: protocol.Desired) -> None:
-        """``config.telemetry_interval_s`` of a verified desired document sets the window interval."""
-        interval = desired.config.telemetry_interval_s
-        if interval is not None and self._component is not None:
-            self._component.interval_s = interval  # read at each wait of the window thread
 
     def stop(self) -> None:
         if self._component is not None:

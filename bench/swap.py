@@ -38,10 +38,12 @@ from typing import Any
 import numpy as np
 
 from agent import config as agent_config
+from agent.desired import DesiredState
 from agent.kernel import protocol
 from agent.kernel.manifest import FileEntry, Manifest, ReferenceCase, canonical_bytes
 from agent.kernel.verify import key_id_for, signed_desired
 from agent.pipeline import Pipeline
+from agent.trust import Trust
 from agent.updater import Updater
 from registry.bundles import Signer, build_bundle
 
@@ -168,13 +170,17 @@ def desired(manifest: Manifest, archive: bytes, url: str, signer: Signer, genera
 
 
 class Recorder:
-    def __init__(self) -> None:
+    """The updater's runtime: notes when each phase is first reported."""
+
+    def __init__(self, config: agent_config.AgentConfig) -> None:
         self.phases: list[tuple[str, float]] = []
-        self.config: Any = None
-        self.desired: Any = None
-        self.desired_listeners: list[Any] = []
         self.model_version: str | None = None
         self.reported_fields: dict[str, Any] = {}
+        self.desired_state = DesiredState(config, Trust(config), self)
+
+    def set_reported(self, **fields: Any) -> None:
+        self.reported_fields.update(fields)
+        self.report()
 
     def report(self, **fields: Any) -> None:
         phase = self.reported_fields.get("phase")
@@ -211,8 +217,8 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
         updater = Updater(config)
-        recorder = Recorder()
-        updater.start(recorder)  # type: ignore[arg-type]
+        recorder = Recorder(config)
+        updater.start(recorder)
         updater.converge(desired(first_manifest, first, "/1.tar.gz", signer, 1))
         source = Frames(args.frames_fps)
         decided: list[float] = []

@@ -5,20 +5,24 @@ from __future__ import annotations
 from typing import Any
 
 from agent import config as agent_config
-from agent.kernel import protocol
+from agent.desired import DesiredState
+from agent.trust import Trust
 
 
 class RecordingRuntime:
-    """What the updater needs of ``agent.runtime.Runtime``; keeps every report and event."""
+    """What the updater and the desired state need of ``agent.runtime.Runtime``; keeps every report and event."""
 
-    def __init__(self, config: agent_config.AgentConfig) -> None:
+    def __init__(self, config: agent_config.AgentConfig, *, trust: Trust | None = None) -> None:
         self.config = config
-        self.desired: protocol.Desired | None = None
-        self.desired_listeners: list[Any] = []
         self.model_version: str | None = None
         self.reported_fields: dict[str, Any] = {}
         self.reports: list[dict[str, Any]] = []
         self.events: list[tuple[str, dict[str, Any]]] = []
+        self.desired_state = DesiredState(config, trust or Trust(config), self)
+
+    def set_reported(self, **fields: Any) -> None:
+        self.reported_fields.update(fields)
+        self.report()
 
     def report(self, **fields: Any) -> None:
         self.reports.append({**self.reported_fields, **fields})

@@ -9,36 +9,35 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.kernel import protocol
 from agent.runtime import Runtime
+from agent.trust import Trust
 from agent.updater import Updater
 from registry.bundles import Signer
 from tests.agent.conftest import make_config, publish, sign, trusted
-
-
-def handled(updater: Updater, runtime: Runtime, desired: protocol.Desired) -> None:
-    updater.converged.clear()
-    runtime._desired(desired)  # what the run loop does with a message on `desired`
-    assert updater.converged.wait(30)
 
 
 def test_a_refused_high_generation_does_not_hide_the_genuine_documents_that_follow(
     tmp_path: Path, bundle_server: Any, signer: Signer, crafted: Any
 ) -> None:
     config = make_config(tmp_path, bundle_server.url, [trusted(signer)])
-    updater = Updater(config)
-    runtime = Runtime(config, components=[updater])
+    trust = Trust(config)
+    updater = Updater(config, trust=trust)
+    runtime = Runtime(config, trust=trust, components=[updater])
     updater.start(runtime)
     try:
         stranger = Signer(Ed25519PrivateKey.generate())
         forged = sign(protocol.Desired(generation=1_000_000, config={"telemetry_interval_s": 1}), stranger)
-        handled(updater, runtime, forged)
-        assert runtime.desired is None and not config.desired_path.exists()
+        assert not runtime.desired_state.offer(forged)  # what the run loop's desired thread does with it
+        assert runtime.desired_state.current is None and not config.desired_path.exists()
         assert runtime.reported_fields["phase"] == "failed"
 
-        handled(updater, runtime, publish(crafted, signer, bundle_server, tmp_path, 2))
+        updater.converged.clear()
+        assert runtime.desired_state.offer(publish(crafted, signer, bundle_server, tmp_path, 2))
+        assert updater.converged.wait(30)
 
         assert updater.holder.session.version == "1.2.0"
-        assert runtime.desired is not None and runtime.desired.generation == 2
-        assert protocol.decode("desired", config.desired_path.read_bytes()) == runtime.desired
+        current = runtime.desired_state.current
+        assert current is not None and current.generation == 2
+        assert protocol.decode("desired", config.desired_path.read_bytes()) == current
         assert runtime.reported_fields["phase"] == "active"
     finally:
         updater.stop()

@@ -69,7 +69,7 @@ def test_a_kill_at_each_update_phase_leaves_a_verified_model_and_the_update_comp
         assert restarted.holder.session.version in ("1.2.0", "1.3.0")
         current = restarted.store.pointer(CURRENT)
         assert current is not None
-        assert check_installed(current, restarted.keyring).manifest.version == restarted.holder.session.version
+        assert check_installed(current, restarted.trust.keyring).manifest.version == restarted.holder.session.version
         assert not [p for p in restarted.store.root.iterdir() if p.name.startswith(".")], "no half-done leftovers"
 
         restarted.converge(desired)

@@ -6,13 +6,14 @@ import json
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from unittest import mock
 
 import cv2
 import numpy as np
 import pytest
 
 from agent.config import ActionsSettings, CaptureSettings, EscalationSettings
+from agent.desired import DesiredState
 from agent.inference import ModelSession, SessionHolder
 from agent.kernel import histogram, protocol
 from agent.kernel.decode import Result
@@ -142,7 +143,7 @@ def test_the_component_puts_windows_into_the_runtime_outbox(tmp_path: Path, colo
     class Runtime:
         def __init__(self) -> None:
             self.outbox = Outbox(tmp_path / "outbox.db")
-            self.desired_listeners: list[Any] = []
+            self.desired_state = mock.create_autospec(DesiredState, instance=True)
             self.model_version: str | None = None
 
     runtime = Runtime()
@@ -160,7 +161,7 @@ def test_the_component_puts_windows_into_the_runtime_outbox(tmp_path: Path, colo
     records = batch.message.records
     assert [r.kind for r in records] == ["window"]
     assert protocol.window_of(records[0]).classes == {"green": 5}
-    assert runtime.desired_listeners == [component.apply_desired]
+    runtime.desired_state.subscribe.assert_called_once_with(component.apply_desired)
     assert runtime.model_version == "1.0.0"
 
 
@@ -226,5 +227,8 @@ def test_the_component_is_built_from_config_sections_and_follows_the_desired_thr
 
     component.apply_desired(protocol.Desired(generation=2, config={"escalation_threshold": 0.9}))
     assert escalation.threshold(0.6) == 0.9
+    component.apply_desired(protocol.Desired(generation=3, config={"telemetry_interval_s": 5}))
+    assert component.interval_s == 5
     component.apply_desired(protocol.Desired(generation=4, config={}))
+    assert component.interval_s == 60.0, "absent, the interval it was built with applies again"
     assert escalation.threshold(0.6) == 0.6

@@ -16,6 +16,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from agent.config import AgentConfig
 from agent.kernel import protocol
 from agent.runtime import Runtime
+from registry.bundles import Signer
+from tests.agent.conftest import sign, trusted
 from tests.brokers import address
 
 pytestmark = pytest.mark.integration
@@ -75,7 +77,9 @@ def cloud(mqtt_url: str, device_id: str) -> Iterator[Cloud]:
 
 
 @pytest.fixture
-def runtime(mqtt_url: str, device_id: str, tmp_path: Path, cloud: Cloud) -> Iterator[Runtime]:
+def runtime(mqtt_url: str, device_id: str, tmp_path: Path, cloud: Cloud, signer: Signer) -> Iterator[Runtime]:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "trust.json").write_text(json.dumps([trusted(signer)]))
     config = AgentConfig.model_validate(
         {
             "server": {"url": "http://127.0.0.1:8000"},
@@ -124,12 +128,16 @@ def test_an_unsupported_command_is_answered_not_ignored(runtime: Runtime, cloud:
     assert event["data"] == {"command_id": "c-9", "name": "snapshot"}
 
 
-def test_desired_is_stored_and_an_older_generation_is_ignored(runtime: Runtime, cloud: Cloud) -> None:
-    cloud.send("desired", protocol.Desired(generation=2, config={"telemetry_interval_s": 5}))
-    cloud.send("desired", protocol.Desired(generation=1, config={"telemetry_interval_s": 9}))
-    cloud.send("desired", protocol.Desired(generation=3, config={"telemetry_interval_s": 6}))
+def test_verified_desired_is_stored_and_reported_and_an_older_or_forged_one_is_not(
+    runtime: Runtime, cloud: Cloud, signer: Signer
+) -> None:
+    cloud.send("desired", sign(protocol.Desired(generation=2, config={"telemetry_interval_s": 5}), signer))
+    cloud.send("desired", sign(protocol.Desired(generation=1, config={"telemetry_interval_s": 9}), signer))
+    cloud.send("desired", protocol.Desired(generation=9, config={"telemetry_interval_s": 1}))  # unsigned
+    cloud.send("desired", sign(protocol.Desired(generation=3, config={"telemetry_interval_s": 6}), signer))
     assert cloud.wait_for(lambda got: any(s == "reported" and m["generation"] == 3 for s, m in got))
-    assert [m["generation"] for m in cloud.of("reported")] == [0, 2, 3]
+    assert [m["generation"] for m in cloud.of("reported")] == [0, 2, 2, 3]
+    assert [m["data"]["generation"] for m in cloud.of("events") if m["kind"] == "desired_rejected"] == [9]
     stored = protocol.decode("desired", runtime.config.desired_path.read_bytes())
     assert isinstance(stored, protocol.Desired) and stored.generation == 3
 

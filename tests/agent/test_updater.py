@@ -198,30 +198,6 @@ def test_a_bad_bundle_is_refused_with_its_reason_and_the_old_model_keeps_serving
     assert not list(installed.store.downloads.iterdir()), "a refused archive is not kept"
 
 
-def test_a_desired_document_signed_by_an_unknown_key_is_ignored_and_reported(
-    installed, runtime, classifier_onnx, bundle_server, tmp_path
-):
-    stranger = Signer(Ed25519PrivateKey.generate())
-    bundle = newer(classifier_onnx)
-    before = len(bundle_server.requests)
-    forged = publish(bundle, stranger, bundle_server, tmp_path, 2)
-
-    with pytest.raises(UpdateError):
-        installed.converge(forged)
-
-    assert runtime.last["phase"] == "failed" and "unknown_key" in runtime.last["error"]
-    assert "desired_rejected" in runtime.event_kinds()
-    assert not any(p.startswith("/bundles/") for p, _ in bundle_server.requests[before:]), "nothing downloaded"
-    assert installed.holder.session.version == "1.2.0"
-
-
-def test_an_unsigned_desired_document_is_ignored(installed, runtime, crafted, signer, bundle_server, tmp_path):
-    desired = publish(newer(crafted.files["model.onnx"]), signer, bundle_server, tmp_path, 2)
-    with pytest.raises(UpdateError):
-        installed.converge(desired.model_copy(update={"signature": None}))
-    assert "bad_signature" in runtime.last["error"]
-
-
 def test_a_rollback_to_the_previous_version_needs_no_download(
     installed, runtime, crafted, classifier_onnx, signer, bundle_server, tmp_path
 ):

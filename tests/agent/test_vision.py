@@ -10,27 +10,19 @@ from typing import Any
 import numpy as np
 import pytest
 
+from agent.config import AgentConfig
 from agent.kernel import protocol
 from agent.outbox import Outbox
 from agent.updater import Updater
 from agent.vision import Vision
-from tests.agent.conftest import make_config
+from registry.bundles import Signer
+from tests.agent.conftest import RecordingRuntime, make_config, sign, trusted
 
 
-class OutboxRuntime:
-    def __init__(self, outbox: Outbox) -> None:
+class OutboxRuntime(RecordingRuntime):
+    def __init__(self, config: AgentConfig, outbox: Outbox) -> None:
+        super().__init__(config)
         self.outbox = outbox
-        self.desired: Any = None
-        self.desired_listeners: list[Any] = []
-        self.model_version: str | None = None
-        self.reported_fields: dict[str, Any] = {}
-        self.events: list[tuple[str, dict[str, Any]]] = []
-
-    def report(self, **fields: Any) -> None:
-        pass
-
-    def event(self, kind: str, **data: Any) -> None:
-        self.events.append((kind, data))
 
 
 @pytest.fixture
@@ -64,7 +56,7 @@ def test_with_the_outbox_full_records_are_dropped_and_counted_while_inference_go
         escalation={"enabled": False},
     )
     box = Outbox(tmp_path / "outbox.db", max_bytes=64 * 1024, commit_interval_s=0.01)
-    runtime = OutboxRuntime(box)
+    runtime = OutboxRuntime(config, box)
     updater = Updater(config)
     vision = Vision(config, updater)
     updater.start(runtime)
@@ -97,7 +89,7 @@ def test_without_a_capture_source_the_agent_runs_no_inference(tmp_path: Path) ->
     box = Outbox(tmp_path / "outbox.db")
     updater = Updater(config)
     vision = Vision(config, updater)
-    vision.start(OutboxRuntime(box))
+    vision.start(OutboxRuntime(config, box))
     assert vision.pipeline is None
     vision.stop()
     box.close()
@@ -106,7 +98,7 @@ def test_without_a_capture_source_the_agent_runs_no_inference(tmp_path: Path) ->
 def test_a_source_that_cannot_be_opened_is_reported_and_the_agent_goes_on(tmp_path: Path) -> None:
     config = make_config(tmp_path, "http://127.0.0.1:9", [], capture={"source": str(tmp_path / "nowhere")})
     box = Outbox(tmp_path / "outbox.db")
-    runtime = OutboxRuntime(box)
+    runtime = OutboxRuntime(config, box)
     vision = Vision(config, Updater(config))
     vision.start(runtime)
     assert vision.pipeline is None
@@ -114,24 +106,27 @@ def test_a_source_that_cannot_be_opened_is_reported_and_the_agent_goes_on(tmp_pa
     box.close()
 
 
-def test_runtime_config_comes_from_verified_documents_only(tmp_path: Path, frames: Path) -> None:
+def test_runtime_config_comes_from_verified_documents_only(tmp_path: Path, frames: Path, signer: Signer) -> None:
     config = make_config(
-        tmp_path, "http://127.0.0.1:9", [], capture={"source": str(frames), "loop": True}, escalation={"enabled": False}
+        tmp_path,
+        "http://127.0.0.1:9",
+        [trusted(signer)],
+        capture={"source": str(frames), "loop": True},
+        escalation={"enabled": False},
     )
     box = Outbox(tmp_path / "outbox.db")
-    runtime = OutboxRuntime(box)
+    runtime = OutboxRuntime(config, box)
     updater = Updater(config)
     vision = Vision(config, updater)
     vision.start(runtime)
     try:
         component = vision._component
-        assert component is not None
-        assert component.apply_desired not in runtime.desired_listeners
-        assert component.apply_desired in updater.verified_listeners
+        assert component is not None and component.interval_s == 60
 
-        vision.apply_desired(protocol.Desired(generation=1, config={"telemetry_interval_s": 5}))
-        assert component.interval_s == 5
-        vision.apply_desired(protocol.Desired(generation=2))
+        forged = protocol.Desired(generation=1, config={"telemetry_interval_s": 5})
+        assert not runtime.desired_state.offer(forged)
+        assert component.interval_s == 60
+        assert runtime.desired_state.offer(sign(forged, signer))
         assert component.interval_s == 5
     finally:
         vision.stop()

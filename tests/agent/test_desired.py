@@ -1,0 +1,164 @@
+"""The desired state's one owner: a document is verified before it is saved or any listener sees it."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from agent.config import AgentConfig, atomic_write
+from agent.desired import DesiredState
+from agent.kernel import protocol
+from agent.trust import Trust
+from registry.bundles import Signer
+from tests.agent.conftest import BundleServer, RecordingRuntime, sign, trusted
+
+
+@pytest.fixture
+def runtime(config: AgentConfig) -> RecordingRuntime:
+    return RecordingRuntime(config)
+
+
+def document(generation: int, **config: Any) -> protocol.Desired:
+    return protocol.Desired(generation=generation, config=config)
+
+
+def forgeries(signer: Signer) -> dict[str, protocol.Desired]:
+    genuine = sign(document(7, telemetry_interval_s=30), signer)
+    return {
+        "unknown_key": sign(document(1_000_000, telemetry_interval_s=1), Signer(Ed25519PrivateKey.generate())),
+        "bad_signature": document(8, telemetry_interval_s=1),  # not signed at all
+        "altered": genuine.model_copy(update={"config": protocol.RuntimeConfig(telemetry_interval_s=1)}),
+    }
+
+
+def test_a_forged_or_unverifiable_document_is_never_saved_nor_seen_by_any_listener(
+    config: AgentConfig, runtime: RecordingRuntime, signer: Signer
+) -> None:
+    state = runtime.desired_state
+    seen: list[protocol.Desired] = []
+    state.subscribe(seen.append)
+
+    with mock.patch("agent.desired.atomic_write", autospec=True) as write:
+        for forged in forgeries(signer).values():
+            assert not state.offer(forged)
+
+    write.assert_not_called()
+    assert seen == [] and state.current is None and not config.desired_path.exists()
+    reasons = [data["reason"] for kind, data in runtime.events if kind == "desired_rejected"]
+    assert reasons == ["unknown_key", "bad_signature", "bad_signature"]
+    assert runtime.reported_fields["phase"] == "failed"
+    assert runtime.reported_fields["error"].startswith("desired rejected: bad_signature")
+
+
+def test_a_valid_document_is_saved_once_and_broadcast_once(
+    config: AgentConfig, runtime: RecordingRuntime, signer: Signer
+) -> None:
+    state = runtime.desired_state
+    first: list[protocol.Desired] = []
+    second: list[protocol.Desired] = []
+    state.subscribe(first.append)
+    state.subscribe(second.append)
+    genuine = sign(document(3, escalation_threshold=0.4), signer)
+
+    with mock.patch("agent.desired.atomic_write", autospec=True, side_effect=atomic_write) as write:
+        assert state.offer(genuine)
+        assert not state.offer(genuine), "the retained copy, redelivered on reconnect, changes nothing"
+        assert not state.offer(sign(document(2), signer)), "an older generation is ignored"
+
+    write.assert_called_once_with(config.desired_path, protocol.encode(genuine), mode=0o600)
+    assert first == [genuine] and second == [genuine]
+    assert state.current == genuine
+    assert protocol.decode("desired", config.desired_path.read_bytes()) == genuine
+    assert runtime.events == []
+
+
+def test_a_refused_document_leaves_the_verified_one_in_place(
+    config: AgentConfig, runtime: RecordingRuntime, signer: Signer
+) -> None:
+    state = runtime.desired_state
+    genuine = sign(document(5, telemetry_interval_s=10), signer)
+    assert state.offer(genuine)
+    stored = config.desired_path.read_bytes()
+
+    for forged in forgeries(signer).values():
+        state.offer(forged)
+    assert state.offer(sign(document(6), signer)), "a forged huge generation does not hide the next genuine one"
+
+    assert protocol.decode("desired", stored) == genuine
+    current = state.current
+    assert current is not None and current.generation == 6
+
+
+def test_a_document_signed_by_a_rotated_key_is_taken_once_the_keyring_is_refreshed(
+    config: AgentConfig, runtime: RecordingRuntime, signer: Signer, bundle_server: BundleServer, tmp_path: Path
+) -> None:
+    rotated = Signer(Ed25519PrivateKey.generate())
+    keys = {
+        "type": "keyring",
+        "sequence": 1,
+        "issued_at": datetime.now(timezone.utc).isoformat(),
+        "keys": [trusted(signer), trusted(rotated)],
+    }
+    update = {"document": keys, "signature": signer.sign_document(keys)}
+    bundle_server.files["/api/v1/keyring"] = json.dumps({"trust_store": [], "update": update}).encode()
+
+    assert runtime.desired_state.offer(sign(document(1), rotated))
+
+    assert bundle_server.downloads("/api/v1/keyring") == 1
+    assert json.loads((tmp_path / "data" / "keyring.json").read_text())["sequence"] == 1
+
+
+def test_a_key_no_keyring_update_vouches_for_is_refused_after_one_refresh(
+    config: AgentConfig, runtime: RecordingRuntime, bundle_server: BundleServer
+) -> None:
+    stranger = Signer(Ed25519PrivateKey.generate())
+
+    assert not runtime.desired_state.offer(sign(document(1), stranger))
+
+    assert bundle_server.downloads("/api/v1/keyring") == 1
+    assert ("desired_rejected", "unknown_key") in [(k, d["reason"]) for k, d in runtime.events]
+
+
+def test_after_a_restart_the_stored_document_is_verified_again_and_handed_once_to_each_listener(
+    config: AgentConfig, runtime: RecordingRuntime, signer: Signer
+) -> None:
+    genuine = sign(document(4, telemetry_interval_s=20), signer)
+    assert runtime.desired_state.offer(genuine)
+
+    restarted = DesiredState(config, Trust(config), RecordingRuntime(config))
+    seen: list[protocol.Desired] = []
+    restarted.subscribe(seen.append)
+    assert restarted.current == genuine and seen == [genuine]
+
+    # A document written to the disk behind the agent's back is not trusted more than the network.
+    config.desired_path.write_bytes(protocol.encode(forgeries(signer)["altered"]))
+    assert DesiredState(config, Trust(config), RecordingRuntime(config)).current is None
+
+
+def test_documents_from_the_network_are_verified_on_the_desired_thread(
+    runtime: RecordingRuntime, signer: Signer
+) -> None:
+    state = runtime.desired_state
+    arrived = threading.Event()
+    threads: list[str] = []
+
+    def listener(desired: protocol.Desired) -> None:
+        threads.append(threading.current_thread().name)
+        arrived.set()
+
+    state.subscribe(listener)
+    state.start()
+    try:
+        state.submit(forgeries(signer)["bad_signature"])
+        state.submit(sign(document(2), signer))
+        assert arrived.wait(10)
+    finally:
+        state.stop()
+    assert threads == ["desired"]
