@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agent.actions import ActionDispatcher
-from agent.capture import Capture, Closed, Frame, FrameQueue, FrameSource, open_source
-from agent.config import ActionsSettings, CaptureSettings, EscalationSettings, InferenceSettings
+from agent.capture import Capture, CaptureError, Closed, Frame, FrameQueue, FrameSource, open_source
+from agent.config import AgentConfig, InferenceSettings
 from agent.escalation import EscalationClient
 from agent.inference import ModelSession, SessionHolder
 from agent.kernel import protocol
@@ -235,45 +235,34 @@ class PipelineComponent:
             self.pipeline.escalation.set_threshold(config.escalation_threshold)
 
     @classmethod
-    def build(
-        cls,
-        model: ModelSession,
-        *,
-        capture: CaptureSettings,
-        actions: ActionsSettings | None = None,
-        escalation: EscalationSettings | None = None,
-        server_url: str,
-        device_id: str,
-        secret: str,
-        data_dir: Path,
-        ca_file: Path | None = None,
-        interval_s: float = 60.0,
-    ) -> PipelineComponent:
-        """Everything the ``run`` command needs from its config sections, in one call.
+    def build(cls, config: AgentConfig, holder: SessionHolder) -> PipelineComponent:
+        """The one way to build what ``run`` runs from the config: capture, actions, escalation client, windows.
 
-        Raises CaptureError when the source cannot be opened.
+        Raises CaptureError when there is no ``[capture]`` source or it cannot be opened.
         """
+        capture = config.capture
+        if capture is None:
+            raise CaptureError("no [capture] source is configured")
         source = open_source(capture.source, loop=capture.loop)
-        client = None
-        if escalation is not None and escalation.enabled:
-            client = EscalationClient(
-                escalation,
-                server_url=server_url,
-                device_id=device_id,
-                secret=secret,
-                queue_dir=data_dir / "escalations",
-                ca_file=ca_file,
+        escalation = None
+        if config.escalation.enabled:
+            escalation = EscalationClient(
+                config.escalation,
+                server_url=config.server.url,
+                device_id=config.device.id,
+                secret=config.device.secret,
+                queue_dir=config.data_dir / "escalations",
             )
         pipeline = Pipeline(
             source,
-            SessionHolder(model),
+            holder,
             queue_size=capture.queue_size,
             max_fps=capture.max_fps,
             every_nth=capture.every_nth,
-            actions=ActionDispatcher.from_settings(actions) if actions and actions.rules else None,
-            escalation=client,
+            actions=ActionDispatcher.from_settings(config.actions) if config.actions.rules else None,
+            escalation=escalation,
         )
-        return cls(pipeline, interval_s=interval_s)
+        return cls(pipeline, interval_s=config.vision.window_interval_s)
 
     def _tick(self, outbox: _Outbox) -> None:
         # The last, partial window is written on stop too, so a clean shutdown loses no counts.

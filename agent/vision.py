@@ -13,10 +13,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from agent.actions import ActionDispatcher
-from agent.capture import CaptureError, open_source
+from agent.capture import CaptureError
 from agent.config import AgentConfig
-from agent.escalation import EscalationClient
 from agent.pipeline import Pipeline, PipelineComponent
 from agent.updater import Updater
 
@@ -39,31 +37,12 @@ class Vision:
             log.info("event=inference_off reason=%s", "no [capture] source" if capture is None else "disabled")
             return
         try:
-            source = open_source(capture.source, loop=capture.loop)
+            self._component = component = PipelineComponent.build(config, self.updater.holder)
         except CaptureError as exc:
             log.error("event=capture_unavailable source=%s error=%s", capture.source, exc)
             runtime.event("capture_unavailable", source=capture.source[:200], error=str(exc)[:300])
             return
-        actions = ActionDispatcher.from_settings(config.actions) if config.actions.rules else None
-        escalation = None
-        if config.escalation.enabled:
-            escalation = EscalationClient(
-                config.escalation,
-                server_url=config.server.url,
-                device_id=config.device.id,
-                secret=config.device.secret,
-                queue_dir=config.data_dir / "escalations",
-            )
-        self.pipeline = Pipeline(
-            source,
-            self.updater.holder,
-            queue_size=capture.queue_size,
-            max_fps=capture.max_fps,
-            every_nth=capture.every_nth,
-            actions=actions,
-            escalation=escalation,
-        )
-        self._component = component = PipelineComponent(self.pipeline, interval_s=config.vision.window_interval_s)
+        self.pipeline = component.pipeline
         component.start(runtime)
         self.updater.attach(self.pipeline)
         log.info("event=inference_started source=%s model=%s", capture.source, self.updater.holder.session.version)

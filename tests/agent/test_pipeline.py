@@ -12,14 +12,14 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.config import ActionsSettings, CaptureSettings, EscalationSettings
+from agent.capture import CaptureError
 from agent.desired import DesiredState
 from agent.inference import ModelSession, SessionHolder
 from agent.kernel import histogram, protocol
 from agent.kernel.decode import Result
 from agent.pipeline import Pipeline, PipelineComponent, main, run_over
 from agent.window import MAX_CLASSES, OTHER, WindowAggregator
-from tests.agent.conftest import BLUE, GREEN, RED, ListSource, solid
+from tests.agent.conftest import BLUE, GREEN, RED, ListSource, make_config, solid
 
 
 def test_the_pipeline_decides_every_frame_with_the_model_in_service(colour_model: ModelSession) -> None:
@@ -209,21 +209,22 @@ def test_the_component_is_built_from_config_sections_and_follows_the_desired_thr
     folder = tmp_path / "frames"
     folder.mkdir()
     cv2.imwrite(str(folder / "a.png"), solid(RED))
-    component = PipelineComponent.build(
-        colour_model,
-        capture=CaptureSettings(source=str(folder), max_fps=5, every_nth=2, loop=True),
-        actions=ActionsSettings.model_validate({"rules": [{"kind": "webhook", "url": "http://127.0.0.1:9/"}]}),
-        escalation=EscalationSettings(),
-        server_url="https://cloud.example",
-        device_id="dev-1",
-        secret="s",
-        data_dir=tmp_path / "data",
+    config = make_config(
+        tmp_path,
+        "https://cloud.example",
+        [],
+        capture={"source": str(folder), "max_fps": 5, "every_nth": 2, "loop": True},
+        actions={"rules": [{"kind": "webhook", "url": "http://127.0.0.1:9/"}]},
+        vision={"window_interval_s": 60},
     )
+    holder = SessionHolder(colour_model)
+    component = PipelineComponent.build(config, holder)
     pipeline = component.pipeline
+    assert pipeline.holder is holder and component.interval_s == 60
     assert pipeline.capture.every_nth == 2 and pipeline.capture.max_fps == 5
     assert pipeline.actions is not None and len(pipeline.actions.actions) == 1
     escalation = pipeline.escalation
-    assert escalation is not None and (tmp_path / "data/escalations").is_dir()
+    assert escalation is not None and (config.data_dir / "escalations").is_dir()
 
     component.apply_desired(protocol.Desired(generation=2, config={"escalation_threshold": 0.9}))
     assert escalation.threshold(0.6) == 0.9
@@ -232,3 +233,9 @@ def test_the_component_is_built_from_config_sections_and_follows_the_desired_thr
     component.apply_desired(protocol.Desired(generation=4, config={}))
     assert component.interval_s == 60.0, "absent, the interval it was built with applies again"
     assert escalation.threshold(0.6) == 0.6
+
+
+def test_without_a_capture_source_there_is_no_pipeline_to_build(tmp_path: Path, colour_model: ModelSession) -> None:
+    config = make_config(tmp_path, "https://cloud.example", [])
+    with pytest.raises(CaptureError, match=r"no \[capture\] source"):
+        PipelineComponent.build(config, SessionHolder(colour_model))
