@@ -4,9 +4,16 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from core import views as core_views
+from core.api import exceptions as api_errors
 from dashboard import views
 from registry import views as registry_views
 from telemetry import views as telemetry_views
+
+# Under /api/ these answer the API's error shape; elsewhere, Django's pages.
+handler400 = api_errors.bad_request
+handler403 = api_errors.permission_denied
+handler404 = api_errors.page_not_found
+handler500 = api_errors.server_error
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),

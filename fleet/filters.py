@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import django_filters
+from django.db.models import Q
 
+from core.filters import BooleanFilter, FilterSet
 from fleet.models import Device, Site
 
 
-class SiteFilter(django_filters.FilterSet):
+class SiteFilter(FilterSet):
     q = django_filters.CharFilter(method="search", label="Search slug or name")
 
     class Meta:
@@ -15,15 +17,13 @@ class SiteFilter(django_filters.FilterSet):
         fields = ["slug"]
 
     def search(self, queryset, name, value):  # type: ignore[no-untyped-def]
-        from django.db.models import Q
-
         return queryset.filter(Q(slug__icontains=value) | Q(name__icontains=value))
 
 
-class DeviceFilter(django_filters.FilterSet):
+class DeviceFilter(FilterSet):
     site = django_filters.CharFilter(field_name="site__slug")
-    online = django_filters.BooleanFilter()
-    revoked = django_filters.BooleanFilter(field_name="revoked_at", lookup_expr="isnull", exclude=True)
+    online = BooleanFilter()
+    revoked = BooleanFilter(field_name="revoked_at", lookup_expr="isnull", exclude=True)
     hardware_profile = django_filters.CharFilter()
     label = django_filters.CharFilter(method="by_label", label="key=value")
     q = django_filters.CharFilter(method="search", label="Search name or device id")
@@ -37,6 +37,4 @@ class DeviceFilter(django_filters.FilterSet):
         return queryset.filter(**{f"labels__{key}": wanted}) if key.isidentifier() else queryset.none()
 
     def search(self, queryset, name, value):  # type: ignore[no-untyped-def]
-        from django.db.models import Q
-
         return queryset.filter(Q(name__icontains=value) | Q(device_id__icontains=value))

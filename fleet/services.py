@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from agent.kernel import protocol
 from core import tokens
+from core.errors import ServiceError
 from core.models import AuditLog
 from fleet.broker import provisioner
 from fleet.models import Device, DeviceCredential, EnrollmentToken, Site
@@ -19,10 +20,8 @@ from registry.models import Bundle
 from registry.trust import trust_store
 
 
-class EnrollmentError(Exception):
-    def __init__(self, code: str, message: str, status: int) -> None:
-        super().__init__(message)
-        self.code, self.message, self.status = code, message, status
+class EnrollmentError(ServiceError):
+    """An enrollment the server refuses; the agent's CLI maps each code to an exit status."""
 
 
 @dataclass(frozen=True)
@@ -126,7 +125,8 @@ def assign_model(
     wanted = target or "cpu-fp32"
     bundle = Bundle.objects.select_related("version__model").filter(version=version, target=wanted).first()
     if bundle is None:
-        raise ValueError(f"{version} has no bundle for target {wanted}")
+        message = f"{version} has no bundle for target {wanted}."
+        raise ServiceError("no_bundle", message, 400, fields={"target": [message]})
     with transaction.atomic():
         current = Device.objects.select_for_update().get(pk=device.pk).desired or {}
         # Built with the device kernel's models, so what is stored is what the bridge can sign.

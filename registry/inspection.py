@@ -19,17 +19,14 @@ from PIL import Image, UnidentifiedImageError
 
 from agent.kernel.preprocess import Preprocessor
 from agent.kernel.spec import ClassificationOutput, DetectionOutput, InputSpec
+from core.errors import ServiceError
 
 _DTYPES = {"float32": "tensor(float)", "uint8": "tensor(uint8)"}
 DEFAULT_SIDE = 224
 
 
-class PublishError(Exception):
-    """A publish request the server refuses, with an HTTP status and a machine-readable code."""
-
-    def __init__(self, code: str, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.code, self.message, self.status = code, message, status
+class PublishError(ServiceError):
+    """A publish request the server refuses: ``PublishError(code, detail, status=400)``."""
 
 
 def load_session(model: bytes | str, *, threads: int = 1) -> ort.InferenceSession:

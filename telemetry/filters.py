@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import django_filters
 
-from telemetry.models import Alert
+from core.filters import BooleanFilter, FilterSet
+from telemetry.models import Alert, AlertRule
 
 
-class AlertFilter(django_filters.FilterSet):
+class AlertFilter(FilterSet):
     state = django_filters.MultipleChoiceFilter(choices=Alert.State.choices)
-    live = django_filters.BooleanFilter(method="by_live", label="Not resolved")
+    live = BooleanFilter(method="by_live", label="Not resolved")
     rule = django_filters.CharFilter(field_name="rule__kind")
-    severity = django_filters.CharFilter(field_name="rule__severity")
+    severity = django_filters.ChoiceFilter(field_name="rule__severity", choices=AlertRule.Severity.choices)
     site = django_filters.CharFilter(field_name="device__site__slug")
     device = django_filters.CharFilter(field_name="device__device_id")
     since = django_filters.IsoDateTimeFilter(field_name="since", lookup_expr="gte")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from core.errors import ServiceError
 from telemetry.metrics import Summary
 from telemetry.models import HeartbeatRollup, Resolution, Scope, WindowRollup
 
@@ -24,8 +25,11 @@ MAX_POINTS = 1000
 _SECONDS = {Resolution.MINUTE: 60, Resolution.HOUR: 3600}
 
 
-class SeriesError(ValueError):
-    """A request the server refuses (the message says why)."""
+class SeriesError(ServiceError):
+    """A request the server refuses: an ``invalid`` error naming the query parameter at fault."""
+
+    def __init__(self, field: str, detail: str) -> None:
+        super().__init__("invalid", detail, 400, fields={field: [detail]})
 
 
 @dataclass(frozen=True)
@@ -40,38 +44,38 @@ class SeriesRequest:
     device_pk: int | None = None
 
 
-def _split_model(value: str) -> tuple[str, str]:
+def _split_model(value: str, field: str) -> tuple[str, str]:
     name, sep, version = value.rpartition("@")
     if not sep or not version:
-        raise SeriesError("model must be written name@version")
+        raise SeriesError(field, f"{field} must be written name@version.")
     return name, version
 
 
 def build(request: SeriesRequest) -> dict[str, Any]:
     if request.end <= request.start:
-        raise SeriesError("end must be after start")
+        raise SeriesError("end", "end must be after start.")
     if not 1 <= request.points <= MAX_POINTS:
-        raise SeriesError(f"points must be between 1 and {MAX_POINTS}")
+        raise SeriesError("points", f"points must be between 1 and {MAX_POINTS}.")
     span = request.end - request.start
     resolution = request.resolution
     if resolution == "auto":
         resolution = Resolution.MINUTE if span <= MINUTE_RANGE else Resolution.HOUR
     if resolution not in _SECONDS:
-        raise SeriesError("resolution must be auto, 1m or 1h")
+        raise SeriesError("resolution", "resolution must be auto, 1m or 1h.")
     if resolution == Resolution.MINUTE and span > MAX_MINUTE_RANGE:
-        raise SeriesError(f"minute resolution covers at most {MAX_MINUTE_RANGE.days} days; use 1h")
+        raise SeriesError("resolution", f"minute resolution covers at most {MAX_MINUTE_RANGE.days} days; use 1h.")
     bucket_s = _SECONDS[resolution]
     step_s = bucket_s * max(1, math.ceil(span.total_seconds() / request.points / bucket_s))
     rows = WindowRollup.objects.filter(
         resolution=resolution, bucket__gte=_floor(request.start, bucket_s), bucket__lt=request.end
     )
     if request.scope == "model":
-        name, version = _split_model(request.key)
+        name, version = _split_model(request.key, "key")
         rows = rows.filter(scope=Scope.FLEET, key="*", model_name=name, model_version=version)
     else:
         rows = rows.filter(scope=Scope.DEVICE if request.scope == "device" else Scope.SITE, key=request.key)
         if request.model:
-            name, version = _split_model(request.model)
+            name, version = _split_model(request.model, "model")
             rows = rows.filter(model_name=name, model_version=version)
     origin = _floor(request.start, bucket_s)
     steps: dict[datetime, Summary] = defaultdict(Summary)

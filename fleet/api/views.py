@@ -4,8 +4,8 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from django.db.models import Count, Q
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from django.db.models import Count, ProtectedError, Q
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.permissions import AllowAny
@@ -17,6 +17,7 @@ from rest_framework.views import APIView
 from agent.kernel import protocol
 from core.api.authentication import HasScope, IsDevice
 from core.api.serializers import ErrorSerializer
+from core.errors import ServiceError
 from core.models import AuditLog
 from fleet import services
 from fleet.api.authentication import DeviceAuthentication
@@ -32,10 +33,12 @@ from fleet.api.serializers import (
 from fleet.broker import BrokerUnavailable
 from fleet.filters import DeviceFilter, SiteFilter
 from fleet.models import Device, EnrollmentToken, Site
+from registry.models import ModelVersion
 
 log = logging.getLogger(__name__)
 
 
+@extend_schema_view(destroy=extend_schema(responses={204: None, 400: ErrorSerializer}))
 class SiteViewSet(viewsets.ModelViewSet):
     serializer_class = SiteSerializer
     permission_classes = [HasScope]
@@ -55,13 +58,12 @@ class SiteViewSet(viewsets.ModelViewSet):
         AuditLog.record(actor=self.request.user, action="site.create", target=site)
 
     def perform_destroy(self, instance: Site) -> None:
-        from django.db.models import ProtectedError
-        from rest_framework.exceptions import ValidationError
-
         try:
             instance.delete()
         except ProtectedError:
-            raise ValidationError({"detail": "The site still has devices; revoke and remove them first."}) from None
+            raise ServiceError(
+                "site_has_devices", "The site still has devices; revoke and remove them first.", 400
+            ) from None
 
     @extend_schema(request=EnrollmentTokenRequestSerializer, responses={201: EnrollmentTokenSerializer})
     @action(detail=True, methods=["post"], url_path="enrollment-tokens")
@@ -102,25 +104,19 @@ class DeviceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Upd
         services.revoke_device(device, actor=request.user, reason=body.validated_data["reason"])
         return Response(DeviceSerializer(device).data)
 
-    @extend_schema(request=AssignModelSerializer, responses={200: DeviceSerializer, 400: OpenApiResponse()})
+    @extend_schema(request=AssignModelSerializer, responses={200: DeviceSerializer, 400: ErrorSerializer})
     @action(detail=True, methods=["post"], url_path="assign-model")
     def assign_model(self, request: Request, device_id: str | None = None) -> Response:
         """Point the device at a model version's bundle; its agent downloads, verifies and installs it."""
-        from registry.models import ModelVersion
-
         device = self.get_object()
         body = AssignModelSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
         version = ModelVersion.objects.filter(model__name=data["model"], version=data["version"]).first()
         if version is None:
-            return Response({"version": [f"{data['model']} {data['version']} is not published."]}, status=400)
-        try:
-            services.assign_model(
-                device, version, actor=request.user, target=data.get("target"), config=data.get("config")
-            )
-        except ValueError as exc:
-            return Response({"target": [str(exc)]}, status=400)
+            message = f"{data['model']} {data['version']} is not published."
+            raise ServiceError("unknown_version", message, 400, fields={"version": [message]})
+        services.assign_model(device, version, actor=request.user, target=data.get("target"), config=data.get("config"))
         return Response(DeviceSerializer(device).data)
 
 
@@ -136,11 +132,14 @@ class EnrollView(APIView):
         request=EnrollRequestSerializer,
         responses={
             201: protocol.EnrollmentAnswer,
-            400: OpenApiResponse(description="Malformed request"),
+            400: ErrorSerializer,
             401: ErrorSerializer,
             403: ErrorSerializer,
             409: ErrorSerializer,
             410: ErrorSerializer,
+            413: ErrorSerializer,
+            415: ErrorSerializer,
+            429: ErrorSerializer,
             503: ErrorSerializer,
         },
     )
@@ -151,16 +150,15 @@ class EnrollView(APIView):
         facts = {k: data[k] for k in ("hardware_profile", "agent_version", "labels") if k in data}
         try:
             result = services.enroll(token=data["token"], name=data["name"], site_slug=data.get("site"), facts=facts)
-        except services.EnrollmentError as exc:
-            return Response({"code": exc.code, "detail": exc.message}, status=exc.status)
         except BrokerUnavailable as exc:
             # Nothing was committed and the token is still usable: the device retries later.
             log.warning("enrollment deferred: the MQTT broker did not take the credentials: %s", exc)
-            return Response(
-                {"code": "broker_unavailable", "detail": "The MQTT broker is unavailable; retry the enrollment later."},
-                status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            raise ServiceError(
+                "broker_unavailable",
+                "The MQTT broker is unavailable; retry the enrollment later.",
+                status.HTTP_503_SERVICE_UNAVAILABLE,
                 headers={"Retry-After": "30"},
-            )
+            ) from None
         return Response(result.answer().model_dump(mode="json"), status=status.HTTP_201_CREATED)
 
 

@@ -20,6 +20,7 @@ from rest_framework.views import APIView
 
 from core.api.authentication import HasScope, IsDevice
 from core.api.serializers import ErrorSerializer
+from core.errors import ServiceError
 from core.models import AuditLog
 from registry import services, variants
 from registry.api.serializers import (
@@ -42,10 +43,6 @@ from registry.trust import trust_store
 log = logging.getLogger(__name__)
 
 
-def _error(code: str, detail: str, status_code: int) -> Response:
-    return Response({"code": code, "detail": detail}, status=status_code)
-
-
 class ModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.UpdateModelMixin, viewsets.GenericViewSet):
     """Registered models. Models come into being with their first published version."""
 
@@ -63,7 +60,10 @@ class ModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Upda
         model = self.get_object()
         return Response(AliasSerializer(model.aliases.select_related("version"), many=True).data)
 
-    @extend_schema(request=AliasRequestSerializer, responses={200: AliasSerializer, 400: ErrorSerializer})
+    @extend_schema(
+        methods=["PUT"], request=AliasRequestSerializer, responses={200: AliasSerializer, 400: ErrorSerializer}
+    )
+    @extend_schema(methods=["DELETE"], request=None, responses={204: None})
     @action(detail=True, methods=["put", "delete"], url_path=r"aliases/(?P<alias>[a-z0-9][a-z0-9_-]{0,62})")
     def alias(self, request: Request, name: str | None = None, alias: str = "") -> Response:
         """Point an alias (candidate, production, ...) at a published version, or remove it."""
@@ -77,7 +77,8 @@ class ModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Upda
         body.is_valid(raise_exception=True)
         version = ModelVersion.objects.filter(model=model, version=body.validated_data["version"]).first()
         if version is None:
-            return _error("unknown_version", f"{model.name} has no version {body.validated_data['version']}.", 400)
+            message = f"{model.name} has no version {body.validated_data['version']}."
+            raise ServiceError("unknown_version", message, 400, fields={"version": [message]})
         with transaction.atomic():
             row = Alias.objects.select_for_update().filter(model=model, name=alias).first() or Alias(
                 model=model, name=alias
@@ -86,7 +87,8 @@ class ModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Upda
             try:
                 row.full_clean()
             except DjangoValidationError as exc:
-                return _error("invalid_alias", "; ".join(exc.messages), 400)
+                fields = exc.message_dict if hasattr(exc, "error_dict") else None
+                raise ServiceError("invalid_alias", " ".join(exc.messages), 400, fields=fields) from None
             row.save()
             AuditLog.record(actor=request.user, action="alias.set", target=model, alias=alias, version=version.version)
         return Response(AliasSerializer(row).data)
@@ -134,22 +136,24 @@ class ModelVersionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, view
             length = 0
         limit = settings.REGISTRY_MAX_UPLOAD_BYTES
         if length > limit:
-            return _error("too_large", f"The upload is {length} bytes; the limit is {limit}.", 413)
+            raise ServiceError("too_large", f"The upload is {length} bytes; the limit is {limit}.", 413)
         if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", model_name):
-            return _error("bad_name", "Model names use lowercase letters, digits, dashes and underscores.", 400)
+            raise ServiceError("bad_name", "Model names use lowercase letters, digits, dashes and underscores.")
         upload = request.FILES.get("model")
         if upload is None:
-            return _error("missing_model", "Send the ONNX file in the multipart field 'model'.", 400)
+            message = "Send the ONNX file in the multipart field 'model'."
+            raise ServiceError("missing_model", message, fields={"model": [message]})
         if upload.size is not None and upload.size > limit:
-            return _error("too_large", f"The model is {upload.size} bytes; the limit is {limit}.", 413)
+            raise ServiceError("too_large", f"The model is {upload.size} bytes; the limit is {limit}.", 413)
         raw = request.FILES.get("metadata")
         text = raw.read() if raw is not None else request.data.get("metadata")
         if not text:
-            return _error("missing_metadata", "Send the metadata JSON in the field 'metadata'.", 400)
+            message = "Send the metadata JSON in the field 'metadata'."
+            raise ServiceError("missing_metadata", message, fields={"metadata": [message]})
         try:
             metadata = parse_metadata(text)
         except ValueError as exc:
-            return _error("bad_metadata", str(exc), 400)
+            raise ServiceError("bad_metadata", str(exc), fields={"metadata": [str(exc)]}) from None
         images = [f.read() for f in request.FILES.getlist("references")]
         calibration = [f.read() for f in request.FILES.getlist("calibration")]
         try:
@@ -162,8 +166,8 @@ class ModelVersionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, view
                 actor=request.user,
             )
         except PublishError as exc:
-            log.info("publish of %s %s refused: %s %s", model_name, metadata.version, exc.code, exc.message)
-            return _error(exc.code, exc.message, exc.status)
+            log.info("publish of %s %s refused: %s %s", model_name, metadata.version, exc.code, exc.detail)
+            raise
         version = self.get_queryset().get(pk=published.version.pk)
         data = ModelVersionSerializer(version, context=self.get_serializer_context()).data
         return Response(data, status=status.HTTP_201_CREATED if published.created else status.HTTP_200_OK)
@@ -242,7 +246,18 @@ class BundleDownloadView(APIView):
 
     permission_classes = [DeviceOrReader]
 
-    @extend_schema(responses={(200, "application/gzip"): bytes, (206, "application/gzip"): bytes, 304: None, 416: None})
+    @extend_schema(
+        responses={
+            (200, "application/gzip"): bytes,
+            (206, "application/gzip"): bytes,
+            304: None,
+            401: ErrorSerializer,
+            403: ErrorSerializer,
+            404: ErrorSerializer,
+            416: ErrorSerializer,
+            503: ErrorSerializer,
+        }
+    )
     def get(self, request: Request, pk: int) -> HttpResponse:
         bundle = get_object_or_404(Bundle.objects.select_related("version__model"), pk=pk)
         etag = f'"{bundle.sha256}"'
@@ -263,7 +278,12 @@ class BundleDownloadView(APIView):
         if wanted and (if_range is None or if_range.strip() == etag):
             span = parse_range(wanted, bundle.size)
             if span is None:
-                return HttpResponse(status=416, headers={**headers, "Content-Range": f"bytes */{bundle.size}"})
+                raise ServiceError(
+                    "range_not_satisfiable",
+                    f"The range {wanted!r} is not within the bundle's {bundle.size} bytes.",
+                    416,
+                    headers={"Content-Range": f"bytes */{bundle.size}"},
+                )
             (start, end), code = span, 206
             headers["Content-Range"] = f"bytes {start}-{end}/{bundle.size}"
         headers["Content-Length"] = str(end - start + 1)
@@ -274,7 +294,12 @@ class BundleDownloadView(APIView):
             handle = bundle.file.storage.open(bundle.file.name, "rb")
         except OSError:
             log.exception("bundle %s is missing from storage (%s)", bundle.pk, bundle.file.name)
-            return HttpResponse(status=503, headers={"Retry-After": "60"})
+            raise ServiceError(
+                "bundle_unavailable",
+                "The bundle cannot be read from storage; retry later.",
+                503,
+                headers={"Retry-After": "60"},
+            ) from None
         return StreamingHttpResponse(
             _read_span(bundle, handle, start, end - start + 1),
             status=code,

@@ -12,6 +12,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.api.authentication import HasScope
+from core.api.serializers import ErrorSerializer
+from core.errors import ServiceError
 from fleet.models import Device, Site
 from telemetry import series
 from telemetry.api.serializers import (
@@ -31,7 +33,11 @@ class SeriesView(APIView):
 
     @extend_schema(
         parameters=[SeriesQuerySerializer],
-        responses={200: SeriesSerializer, 400: OpenApiResponse(description="Bad range or scope"), 404: None},
+        responses={
+            200: SeriesSerializer,
+            400: OpenApiResponse(ErrorSerializer, description="Bad range or scope"),
+            404: OpenApiResponse(ErrorSerializer, description="No such device or site"),
+        },
     )
     def get(self, request: Request) -> Response:
         query = SeriesQuerySerializer(data=request.query_params)
@@ -43,21 +49,18 @@ class SeriesView(APIView):
         elif data["scope"] == "site":
             get_object_or_404(Site.objects.only("pk"), slug=data["key"])
         end: datetime = data.get("end") or timezone.now()
-        try:
-            result = series.build(
-                series.SeriesRequest(
-                    scope=data["scope"],
-                    key=data["key"],
-                    start=data["start"],
-                    end=end,
-                    points=data["points"],
-                    resolution=data["resolution"],
-                    model=data.get("model"),
-                    device_pk=device_pk,
-                )
+        result = series.build(
+            series.SeriesRequest(
+                scope=data["scope"],
+                key=data["key"],
+                start=data["start"],
+                end=end,
+                points=data["points"],
+                resolution=data["resolution"],
+                model=data.get("model"),
+                device_pk=device_pk,
             )
-        except series.SeriesError as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+        )
         return Response(SeriesSerializer(result).data)
 
 
@@ -71,15 +74,16 @@ class AlertViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     ordering_fields = ["since", "opened_at", "resolved_at"]
     queryset = Alert.objects.select_related("rule", "device", "device__site").exclude(state=Alert.State.PENDING)
 
-    @extend_schema(request=AcknowledgeSerializer, responses={200: AlertSerializer, 409: None})
+    @extend_schema(request=AcknowledgeSerializer, responses={200: AlertSerializer, 409: ErrorSerializer})
     @action(detail=True, methods=["post"])
     def acknowledge(self, request: Request, pk: str | None = None) -> Response:
         alert = self.get_object()
         body = AcknowledgeSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         if not alert.acknowledge(request.user, note=body.validated_data["note"]):
-            return Response(
-                {"detail": f"Only an open alert can be acknowledged; this one is {alert.state}."},
-                status=status.HTTP_409_CONFLICT,
+            raise ServiceError(
+                "alert_not_open",
+                f"Only an open alert can be acknowledged; this one is {alert.state}.",
+                status.HTTP_409_CONFLICT,
             )
         return Response(AlertSerializer(alert).data)

@@ -86,21 +86,30 @@ def test_a_week_is_read_from_hour_rollups(viewer_client: APIClient, devices: lis
 
 
 @pytest.mark.parametrize(
-    ("params", "message"),
+    ("params", "field", "message"),
     [
-        ({"scope": "site", "key": "plant-a", "start": "2026-11-20T10:00:00Z", "end": "2026-11-20T09:00:00Z"}, "after"),
-        ({"scope": "site", "key": "plant-a", "start": "2026-11-01T00:00:00Z", "resolution": "1m"}, "minute"),
-        ({"scope": "model", "key": "detector", "start": "2026-11-20T00:00:00Z"}, "name@version"),
-        ({"scope": "galaxy", "key": "x", "start": "2026-11-20T00:00:00Z"}, "scope"),
-        ({"scope": "site", "key": "plant-a", "start": "yesterday"}, "start"),
-        ({"scope": "site", "key": "plant-a", "start": "2026-11-20T00:00:00Z", "points": 5000}, "points"),
+        (
+            {"scope": "site", "key": "plant-a", "start": "2026-11-20T10:00:00Z", "end": "2026-11-20T09:00:00Z"},
+            "end",
+            "after",
+        ),
+        (
+            {"scope": "site", "key": "plant-a", "start": "2026-11-01T00:00:00Z", "resolution": "1m"},
+            "resolution",
+            "minute",
+        ),
+        ({"scope": "model", "key": "detector", "start": "2026-11-20T00:00:00Z"}, "key", "name@version"),
+        ({"scope": "galaxy", "key": "x", "start": "2026-11-20T00:00:00Z"}, "scope", "galaxy"),
+        ({"scope": "site", "key": "plant-a", "start": "yesterday"}, "start", "format"),
+        ({"scope": "site", "key": "plant-a", "start": "2026-11-20T00:00:00Z", "points": 5000}, "points", "1000"),
     ],
 )
-def test_bad_series_requests_get_a_clear_400(
-    viewer_client: APIClient, site: Site, params: dict[str, Any], message: str
+def test_bad_series_requests_get_a_clear_400_naming_the_parameter(
+    viewer_client: APIClient, site: Site, params: dict[str, Any], field: str, message: str
 ) -> None:
     answer = series(viewer_client, **params)
-    assert answer.status_code == 400 and message in answer.content.decode()
+    assert answer.status_code == 400 and answer.json()["code"] == "invalid"
+    assert list(answer.json()["fields"]) == [field] and message in answer.json()["fields"][field][0]
 
 
 def test_an_unknown_device_or_site_is_404(viewer_client: APIClient, site: Site) -> None:
@@ -208,7 +217,8 @@ def test_only_staff_or_a_fleet_token_may_acknowledge(
 def test_acknowledging_twice_is_a_conflict(admin_client: APIClient, alert: Alert) -> None:
     assert admin_client.post(f"/api/v1/alerts/{alert.pk}/acknowledge/").status_code == 200
     answer = admin_client.post(f"/api/v1/alerts/{alert.pk}/acknowledge/")
-    assert answer.status_code == 409 and "acknowledged" in answer.json()["detail"]
+    assert answer.status_code == 409 and answer.json()["code"] == "alert_not_open"
+    assert "acknowledged" in answer.json()["detail"]
 
 
 def test_the_openapi_schema_describes_telemetry_and_alerts(admin_client: APIClient) -> None:

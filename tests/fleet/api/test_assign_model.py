@@ -59,9 +59,11 @@ def test_a_fleet_token_assigns_a_published_version_keeping_the_runtime_config(pu
 def test_an_unknown_version_or_target_is_a_clear_400(published, device, token_client):
     client = token_client("fleet")
     missing = client.post(url(device), {"model": "parts", "version": "9.9.9"}, format="json")
-    assert missing.status_code == 400 and "version" in missing.json()
+    assert missing.status_code == 400 and missing.json()["code"] == "unknown_version"
+    assert list(missing.json()["fields"]) == ["version"]
     no_bundle = client.post(url(device), {"model": "parts", "version": "1.0.0", "target": "gpu-fp16"}, format="json")
-    assert no_bundle.status_code == 400 and "target" in no_bundle.json()
+    assert no_bundle.status_code == 400 and no_bundle.json()["code"] == "no_bundle"
+    assert list(no_bundle.json()["fields"]) == ["target"]
     device.refresh_from_db()
     assert device.desired_generation == 1, "nothing changed"
 

@@ -80,7 +80,8 @@ def test_a_token_for_another_site_is_refused(anonymous: APIClient, site: Site, o
 
 def test_a_malformed_request_is_refused_with_the_field_named(anonymous: APIClient, site: Site) -> None:
     response = anonymous.post(URL, {"token": "x", "name": "../etc/passwd"}, format="json")
-    assert response.status_code == 400 and "name" in response.json()
+    assert response.status_code == 400 and response.json()["code"] == "invalid"
+    assert list(response.json()["fields"]) == ["name"]
 
 
 def test_a_name_already_enrolled_at_the_site_is_refused(anonymous: APIClient, site: Site) -> None:

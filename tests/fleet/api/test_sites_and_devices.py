@@ -31,7 +31,7 @@ def test_an_admin_creates_a_site_and_it_is_audited(admin_client: APIClient) -> N
 
 def test_a_site_slug_must_be_a_slug(admin_client: APIClient) -> None:
     response = admin_client.post("/api/v1/sites/", {"slug": "Bad Slug!", "name": "X"}, format="json")
-    assert response.status_code == 400 and "slug" in response.json()
+    assert response.status_code == 400 and list(response.json()["fields"]) == ["slug"]
 
 
 def test_a_token_needs_the_fleet_scope_to_write(token_client: Callable[..., APIClient]) -> None:
@@ -99,12 +99,14 @@ def test_site_listing_counts_online_devices(
 def test_device_labels_must_be_strings(admin_client: APIClient, site: Site, enroll_device: Callable[..., Any]) -> None:
     device = enroll_device(site).device
     response = admin_client.patch(f"/api/v1/devices/{device.device_id}/", {"labels": {"a": 1}}, format="json")
-    assert response.status_code == 400 and "labels" in response.json()
+    assert response.status_code == 400 and response.json()["code"] == "invalid"
+    assert "labels" in response.json()["fields"]
 
 
 def test_a_site_with_devices_cannot_be_deleted(
     admin_client: APIClient, site: Site, enroll_device: Callable[..., Any]
 ) -> None:
     enroll_device(site)
-    assert admin_client.delete(f"/api/v1/sites/{site.slug}/").status_code == 400
+    response = admin_client.delete(f"/api/v1/sites/{site.slug}/")
+    assert response.status_code == 400 and response.json()["code"] == "site_has_devices"
     assert Site.objects.filter(pk=site.pk).exists()
