@@ -25,10 +25,11 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
+from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -39,12 +40,22 @@ from fleet.models import Device
 from registry.signing import sign_desired
 from telemetry import services as telemetry
 from telemetry.exporter import LAG_BUCKETS
+from telemetry.models import BridgeStats
 
 _LAG_KEYS = [str(bound) for bound in LAG_BUCKETS] + ["+Inf"]
-# What storing telemetry reads of a device; its JSON documents are left unparsed.
+# What the bridge reads of a device for any message; its JSON documents are left unparsed.
 _INGEST_FIELDS = ("pk", "device_id", "revoked_at", "online", "telemetry_acked_seq")
 
 log = logging.getLogger(__name__)
+
+
+class _Telemetry(NamedTuple):
+    """A telemetry message that passed every check, waiting to be stored."""
+
+    index: int  # its place in the drained batch, for its verdict
+    topic: str
+    device: Device
+    message: protocol.Telemetry
 
 
 @dataclass(frozen=True)
@@ -64,8 +75,6 @@ class BridgeConfig:
 
     @classmethod
     def from_settings(cls, **overrides: Any) -> BridgeConfig:
-        from django.conf import settings
-
         values: dict[str, Any] = {
             "url": settings.MQTT_URL,
             "username": settings.MQTT_USERNAME,
@@ -157,26 +166,26 @@ class Bridge:
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
-            log.error("bridge connection refused by broker: %s", reason)
+            log.error("bridge connection refused", extra={"broker": self.config.url, "reason": str(reason)})
             return
         group = self.config.shared_group
         prefix = f"$share/{group}/" if group else ""
         client.subscribe([(f"{prefix}{protocol.TOPIC_ROOT}/+/{s}", 1) for s in protocol.DEVICE_TO_CLOUD])
-        log.info("bridge connected to %s (shared group %s)", self.config.url, group or "none")
+        log.info("bridge connected", extra={"broker": self.config.url, "shared_group": group or "none"})
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
         # Ready only once the broker confirms the subscriptions: a device message
         # published between CONNACK and SUBACK would otherwise pass the bridge by.
         refused = [str(r) for r in reasons if r.is_failure]
         if refused:
-            log.error("bridge subscriptions refused by broker: %s", ", ".join(refused))
+            log.error("bridge subscriptions refused", extra={"reasons": ",".join(refused)})
             return
         self._connected.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         self._connected.clear()
         if not self._stopping.is_set():
-            log.info("bridge disconnected (%s); paho reconnects with backoff", reason)
+            log.info("bridge disconnected", extra={"reason": str(reason), "note": "paho reconnects with backoff"})
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         parts = message.topic.split("/", 3)
@@ -187,7 +196,7 @@ class Bridge:
             # Dropping here is safe for telemetry (unacknowledged, so the device
             # resends) and bounds memory when the database falls far behind.
             self._count(self.rejected, "overloaded")
-            log.warning("bridge inbox full; dropped a message on %s", message.topic)
+            log.warning("bridge inbox full, message dropped", extra={"topic": message.topic})
 
     # --- the worker ----------------------------------------------------------
 
@@ -225,66 +234,156 @@ class Bridge:
             if stopping:
                 return
 
-    def handle_many(self, items: list[tuple[str, bytes]]) -> None:
-        """Apply queued messages: telemetry stored together, everything else one by one, in order."""
-        decoded: list[tuple[str, bytes, str, protocol.Telemetry]] = []
-        for topic, payload in items:
-            if not topic.endswith("/telemetry"):
-                self.handle(topic, payload)
-                continue
+    def handle(self, topic: str, payload: bytes) -> str:
+        """Validate and apply one message (a batch of one); returns "ok" or the rejection reason. Never raises."""
+        return self.handle_many([(topic, payload)])[0]
+
+    def handle_many(self, items: list[tuple[str, bytes]]) -> list[str]:
+        """Apply queued messages in order; returns "ok" or the rejection reason of each. Never raises.
+
+        Every message passes the same checks (topic, direction, ``decode``,
+        known and unrevoked device). Telemetry is then stored together, with
+        one transaction for the lot; anything else is applied one by one. A
+        device's other messages wait until its telemetry before them is stored,
+        so a last will after a final batch leaves the device offline.
+        """
+        verdicts = ["ok"] * len(items)
+        decoded: list[tuple[int, str, protocol.Message]] = []
+        for index, (topic, payload) in enumerate(items):
             device_id = "?"
             try:
                 device_id, suffix = protocol.parse_topic(topic)
-                message = protocol.decode(suffix, payload, max_bytes=self.config.max_payload)
+                if suffix not in protocol.DEVICE_TO_CLOUD:
+                    raise protocol.ProtocolError("wrong_direction", suffix)
+                decoded.append((index, device_id, protocol.decode(suffix, payload, max_bytes=self.config.max_payload)))
             except protocol.ProtocolError as exc:
-                self._reject(device_id, topic, exc)
-                continue
-            assert isinstance(message, protocol.Telemetry)
-            decoded.append((topic, payload, device_id, message))
+                verdicts[index] = self._reject(device_id, topic, exc)
+            except Exception:
+                verdicts[index] = self._failed(device_id, topic, "internal_error")
         if not decoded:
-            return
+            return verdicts
         try:
             # One query for every device of the batch, not one per message.
-            known = Device.objects.only(*_INGEST_FIELDS).in_bulk(
-                {device_id for _, _, device_id, _ in decoded}, field_name="device_id"
-            )
+            known = self._devices({device_id for _, device_id, _ in decoded})
         except DatabaseError:
-            log.exception("device lookup failed for a batch of %d telemetry messages", len(decoded))
-            for _ in decoded:
+            log.exception("device lookup failed", extra={"messages": len(decoded)})
+            for index, _, _ in decoded:
+                verdicts[index] = "storage_error"
                 self._count(self.rejected, "storage_error")
-            return
-        ready: list[tuple[str, bytes, Device, protocol.Telemetry]] = []
-        for topic, payload, device_id, message in decoded:
-            device = known.get(device_id)
-            if device is None:
-                self._reject(device_id, topic, protocol.ProtocolError("unknown_device", device_id))
-            elif device.is_revoked:
-                self._reject(device_id, topic, protocol.ProtocolError("revoked_device", device_id))
+            return verdicts
+        pending: list[_Telemetry] = []
+        pending_devices: set[str] = set()
+        for index, device_id, message in decoded:
+            topic = items[index][0]
+            device = self._admit(device_id, topic, known)
+            if isinstance(device, str):
+                verdicts[index] = device
+            elif isinstance(message, protocol.Telemetry):
+                pending.append(_Telemetry(index, topic, device, message))
+                pending_devices.add(device_id)
             else:
-                ready.append((topic, payload, device, message))
-        if ready:
-            self._store_together(ready)
+                if device_id in pending_devices:
+                    self._store(pending, verdicts)
+                    pending, pending_devices = [], set()
+                verdicts[index] = self._apply(topic, device, message)
+        if pending:
+            self._store(pending, verdicts)
+        return verdicts
 
-    def _store_together(self, items: list[tuple[str, bytes, Device, protocol.Telemetry]]) -> None:
+    @staticmethod
+    def _devices(device_ids: set[str]) -> dict[str, Device]:
+        return Device.objects.only(*_INGEST_FIELDS).in_bulk(device_ids, field_name="device_id")
+
+    def _admit(self, device_id: str, topic: str, known: dict[str, Device]) -> Device | str:
+        """The device a decoded message came from, or the reason it is refused."""
+        device = known.get(device_id)
+        if device is None:
+            return self._reject(device_id, topic, protocol.ProtocolError("unknown_device", device_id))
+        if device.is_revoked:
+            return self._reject(device_id, topic, protocol.ProtocolError("revoked_device", device_id))
+        return device
+
+    def _apply(self, topic: str, device: Device, message: protocol.Message) -> str:
+        """Apply one message other than telemetry in its own savepoint: a failed write leaves nothing half-done."""
         now = timezone.now()
-        devices = {device.pk: device for _, _, device, _ in items}
         try:
             with transaction.atomic():
-                for device in devices.values():
-                    if not device.online:
-                        device.record_presence(True, now)
-                stored = telemetry.store_batches([telemetry.Received(d, m) for _, _, d, m in items], seen_at=now)
+                if isinstance(message, protocol.Status):
+                    agent_version = message.agent_version or None
+                    if device.record_presence(message.state == "online", now, agent_version=agent_version):
+                        log.info("device presence", extra={"device": device.device_id, "state": message.state})
+                else:
+                    # Anything else a device sends proves it is alive.
+                    device.record_seen(now)
+                    if isinstance(message, protocol.Reported):
+                        device.record_reported(message.model_dump(mode="json"), message.agent_version)
+                    elif isinstance(message, protocol.Event):
+                        telemetry.record_event(device, message)
         except DatabaseError:
-            # One bad message must not cost the others: store them one by one,
-            # so only the culprit is rejected (and stays in its outbox).
-            log.warning("batch of %d telemetry messages failed; storing them one by one", len(items), exc_info=True)
-            for topic, payload, _, _ in items:
-                self.handle(topic, payload)
+            return self._failed(device.device_id, topic, "storage_error")
+        except Exception:
+            return self._failed(device.device_id, topic, "internal_error")
+        self._count(self.accepted, type(message).__name__.lower())
+        return "ok"
+
+    def _store(self, items: list[_Telemetry], verdicts: list[str]) -> None:
+        """Store telemetry messages together; if that fails, one by one, so only the culprit is refused.
+
+        A refused message is not acknowledged and stays in its device's outbox.
+        """
+        reason = self._store_together(items)
+        if reason is None:
             return
+        if len(items) == 1:
+            verdicts[items[0].index] = reason
+            return
+        try:
+            # Read the devices again: the rolled-back attempt may have moved their
+            # presence and watermark in memory, and a watermark ahead of what is
+            # stored would acknowledge records that are not.
+            known = self._devices({item.device.device_id for item in items})
+        except DatabaseError:
+            log.exception("device lookup failed", extra={"telemetry_messages": len(items)})
+            for item in items:
+                verdicts[item.index] = "storage_error"
+                self._count(self.rejected, "storage_error")
+            return
+        for item in items:
+            device = self._admit(item.device.device_id, item.topic, known)
+            if isinstance(device, str):
+                verdicts[item.index] = device
+                continue
+            reason = self._store_together([item._replace(device=device)])
+            if reason is not None:
+                verdicts[item.index] = reason
+
+    def _store_together(self, items: list[_Telemetry]) -> str | None:
+        """Store telemetry messages in one transaction, then acknowledge each device once.
+
+        Returns None, or the reason nothing was stored (logged; counted only
+        for a single message, as a batch is then stored one message at a time).
+        """
+        now = timezone.now()
+        devices = {item.device.pk: item.device for item in items}
+        try:
+            with transaction.atomic():
+                # Telemetry proves a device alive; pk order, as the batch's locks.
+                for pk in sorted(devices):
+                    if not devices[pk].online:
+                        devices[pk].record_presence(True, now)
+                stored = telemetry.store_batches([telemetry.Received(i.device, i.message) for i in items], seen_at=now)
+        except Exception as exc:
+            reason = "storage_error" if isinstance(exc, DatabaseError) else "internal_error"
+            if len(items) == 1:
+                return self._failed(items[0].device.device_id, items[0].topic, reason)
+            log.warning(
+                "telemetry batch failed, storing one by one", extra={"telemetry_messages": len(items)}, exc_info=True
+            )
+            return reason
         for pk, seq in stored.acks.items():
             self._publish(devices[pk].device_id, "ack", protocol.Ack(seq=seq))
         now_s = now.timestamp()
-        lags = [max(0.0, now_s - r.ts.timestamp()) for _, _, _, m in items for r in m.records]
+        lags = [max(0.0, now_s - r.ts.timestamp()) for item in items for r in item.message.records]
         with self._progress:
             self.accepted["telemetry"] += len(items)
             self.records += len(lags)
@@ -293,11 +392,10 @@ class Bridge:
             # Per-bucket (not cumulative) counts; the exporter accumulates them.
             self.lag_buckets.update(_LAG_KEYS[bisect.bisect_left(LAG_BUCKETS, lag)] for lag in lags)
             self._progress.notify_all()
+        return None
 
     def export_stats(self) -> None:
         """Write this bridge's counters where the web process serves /metrics from."""
-        from telemetry.models import BridgeStats
-
         self._exported_at = time.monotonic()
         with self._progress:
             counters = {
@@ -317,73 +415,24 @@ class Bridge:
         except DatabaseError:
             log.warning("could not export bridge counters; next interval retries", exc_info=True)
 
-    def _validate(self, topic: str, payload: bytes) -> tuple[Device, protocol.Message]:
-        device_id, suffix = protocol.parse_topic(topic)
-        if suffix not in protocol.DEVICE_TO_CLOUD:
-            raise protocol.ProtocolError("wrong_direction", suffix)
-        message = protocol.decode(suffix, payload, max_bytes=self.config.max_payload)
-        device = Device.objects.filter(device_id=device_id).first()
-        if device is None:
-            raise protocol.ProtocolError("unknown_device", device_id)
-        if device.is_revoked:
-            raise protocol.ProtocolError("revoked_device", device_id)
-        return device, message
-
-    def handle(self, topic: str, payload: bytes) -> str:
-        """Validate and apply one message; returns "ok" or the rejection reason. Never raises."""
-        device_id = "?"
-        try:
-            device_id, _ = protocol.parse_topic(topic)
-            device, message = self._validate(topic, payload)
-            # One savepoint per message: a failed write leaves nothing half-done.
-            with transaction.atomic():
-                self._apply(device, message)
-        except protocol.ProtocolError as exc:
-            self._reject(device_id, topic, exc)
-            return exc.reason
-        except DatabaseError:
+    def _failed(self, device_id: str, topic: str, reason: str) -> str:
+        if reason == "storage_error":
             # Nothing is lost: telemetry stays in the device's outbox until acknowledged.
-            log.exception("storage failed for device=%s topic=%s", device_id, topic[:200])
-            self._count(self.rejected, "storage_error")
-            return "storage_error"
-        except Exception:
+            log.exception("storage failed", extra={"device": device_id, "topic": topic[:200]})
+        else:
             # A bug of ours must cost one message, never the bridge; the
             # traceback is logged and the count exported so it gets fixed.
-            log.exception("internal error handling device=%s topic=%s", device_id, topic[:200])
-            self._count(self.rejected, "internal_error")
-            return "internal_error"
-        self._count(self.accepted, type(message).__name__.lower())
-        return "ok"
+            log.exception("internal error", extra={"device": device_id, "topic": topic[:200]})
+        self._count(self.rejected, reason)
+        return reason
 
-    def _apply(self, device: Device, message: protocol.Message) -> None:
-        now = timezone.now()
-        if isinstance(message, protocol.Status):
-            if device.record_presence(message.state == "online", now):
-                log.info("device=%s is %s", device.device_id, message.state)
-            if message.agent_version:
-                Device.objects.filter(pk=device.pk).update(agent_version=message.agent_version)
-            return
-        # Anything else a device sends proves it is alive.
-        Device.objects.filter(pk=device.pk).update(last_seen=now)
-        if not device.online:
-            device.record_presence(True, now)
-        if isinstance(message, protocol.Reported):
-            Device.objects.filter(pk=device.pk).update(
-                reported=message.model_dump(mode="json"), agent_version=message.agent_version
-            )
-        elif isinstance(message, protocol.Telemetry):
-            acked = telemetry.store_telemetry(device, message)
-            self._publish(device.device_id, "ack", protocol.Ack(seq=acked))
-            with self._progress:
-                self.records += len(message.records)
-        elif isinstance(message, protocol.Event):
-            telemetry.record_event(device, message)
-
-    def _reject(self, device_id: str, topic: str, exc: protocol.ProtocolError) -> None:
+    def _reject(self, device_id: str, topic: str, exc: protocol.ProtocolError) -> str:
         log.warning(
-            "rejected message device=%s topic=%s reason=%s detail=%s", device_id, topic[:200], exc.reason, exc.detail
+            "message rejected",
+            extra={"device": device_id, "topic": topic[:200], "reason": exc.reason, "detail": exc.detail},
         )
         self._count(self.rejected, exc.reason)
+        return exc.reason
 
     def _count(self, counter: Counter[str], key: str) -> None:
         with self._progress:
@@ -475,7 +524,7 @@ def run_forever(config: BridgeConfig, stop: threading.Event) -> Bridge:
     bridge.start()
     try:
         while not stop.wait(60):
-            log.info("bridge accepted=%s rejected=%s", dict(bridge.accepted), dict(bridge.rejected))
+            log.info("bridge counters", extra={"accepted": dict(bridge.accepted), "rejected": dict(bridge.rejected)})
     finally:
         bridge.stop()
     return bridge

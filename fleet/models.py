@@ -1,13 +1,18 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from datetime import timezone as dt_timezone
+from typing import Any, NamedTuple
 
+import orjson
+import psycopg
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
-from django.db import models, transaction
+from django.db import connection, models, transaction
+from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
 from core import tokens
@@ -30,6 +35,130 @@ class Site(models.Model):
 
 def new_device_id() -> str:
     return f"dev-{secrets.token_hex(8)}"
+
+
+# --- liveness ---------------------------------------------------------------
+#
+# A device's liveness (online, last_seen, status_changed_at, last_heartbeat,
+# agent_version) is written only by the methods below: Device.record_presence,
+# Device.record_seen, Device.record_reported, and DeviceQuerySet.touch_seen_bulk,
+# mark_silent_offline and revoke. Bridges (several, side by side) and the offline
+# sweep write the same rows at the same time; each method is safe against the
+# others on its own, and every row lock is FOR NO KEY UPDATE: the telemetry a
+# bridge inserts holds FOR KEY SHARE on its device's row (the foreign key
+# check), and a FOR UPDATE lock would conflict with another bridge's insert
+# for the same device and deadlock the two.
+
+
+class Ingested(NamedTuple):
+    """What one telemetry batch tells of one device, for ``touch_seen_bulk``."""
+
+    pk: int
+    # The new contiguous telemetry watermark (the seq the device is acknowledged).
+    acked_seq: int
+    # The batch's newest valid heartbeat, when it was taken, and its data.
+    heartbeat_at: datetime | None = None
+    heartbeat: Mapping[str, Any] | None = None
+
+
+# One UPDATE for a batch of devices. The newer heartbeat wins, compared in
+# the statement itself against the stored one's "ts" (a device that never
+# sent one has -infinity), so two bridges holding different heartbeats of one
+# device keep the newest whatever order they commit in.
+_TOUCH_SEEN = (
+    "UPDATE {table} d SET telemetry_acked_seq = v.seq, "
+    "last_seen = GREATEST(d.last_seen, %b::timestamptz), "
+    "last_heartbeat = CASE WHEN v.beat_at >= COALESCE((d.last_heartbeat->>'ts')::timestamptz, '-infinity') "
+    "THEN v.beat ELSE d.last_heartbeat END, "
+    "agent_version = CASE WHEN v.beat_at >= COALESCE((d.last_heartbeat->>'ts')::timestamptz, '-infinity') "
+    "THEN v.version ELSE d.agent_version END "
+    "FROM unnest(%b::bigint[], %b::bigint[], %b::text[]::jsonb[], %b::timestamptz[], %b::text[]) "
+    "AS v(id, seq, beat, beat_at, version) WHERE d.id = v.id"
+)
+
+
+def _heartbeat_document(at: datetime, data: Mapping[str, Any]) -> dict[str, Any]:
+    return {**data, "ts": at.isoformat()}
+
+
+class DeviceQuerySet(models.QuerySet["Device"]):
+    def lock_watermarks(self, pks: Iterable[int]) -> dict[int, int]:
+        """Lock these devices' rows for an ingest batch; returns each one's telemetry watermark.
+
+        In pk order, so two bridges storing the same devices queue instead of
+        deadlocking. Call it inside the transaction that ends with
+        ``touch_seen_bulk``: the lock keeps the read watermark valid until then.
+        """
+        locked = self.select_for_update(no_key=True).filter(pk__in=pks).order_by("pk")
+        return dict(locked.values_list("pk", "telemetry_acked_seq"))
+
+    def touch_seen_bulk(self, batch: Sequence[Ingested], seen_at: datetime | None) -> None:
+        """Save an ingest batch's watermarks, newest heartbeats and ``last_seen``: one UPDATE on PostgreSQL.
+
+        One statement and one new row version per device and batch: the device
+        rows are the hottest in the database, and every extra UPDATE leaves a
+        dead tuple that the next batch's lock has to step over. ``last_seen``
+        and the heartbeat only move forward, so a late batch changes neither.
+        """
+        if not batch:
+            return
+        if connection.vendor != "postgresql":
+            self._touch_seen_portable(batch, seen_at)
+            return
+        beats = [(i.heartbeat_at, i.heartbeat) if i.heartbeat_at and i.heartbeat else None for i in batch]
+        # A psycopg cursor for binary array parameters; its errors are raised as Django's.
+        with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+            cursor.execute(
+                _TOUCH_SEEN.format(table=self.model._meta.db_table),  # the table name is ours
+                [
+                    seen_at,
+                    [i.pk for i in batch],
+                    [i.acked_seq for i in batch],
+                    [orjson.dumps(_heartbeat_document(*b)).decode() if b else None for b in beats],
+                    [b[0] if b else None for b in beats],
+                    [str(b[1]["agent_version"]) if b else None for b in beats],
+                ],
+            )
+
+    def _touch_seen_portable(self, batch: Sequence[Ingested], seen_at: datetime | None) -> None:
+        by_pk = {i.pk: i for i in batch}
+        devices = list(
+            self.select_for_update()
+            .filter(pk__in=by_pk)
+            .only("pk", "telemetry_acked_seq", "last_seen", "last_heartbeat", "agent_version")
+        )
+        for device in devices:
+            item = by_pk[device.pk]
+            device.telemetry_acked_seq = item.acked_seq
+            device.last_seen = max(filter(None, [device.last_seen, seen_at]), default=None)
+            if item.heartbeat_at and item.heartbeat and item.heartbeat_at >= device.heartbeat_at:
+                device.last_heartbeat = _heartbeat_document(item.heartbeat_at, item.heartbeat)
+                device.agent_version = str(item.heartbeat["agent_version"])
+        self.bulk_update(devices, ["telemetry_acked_seq", "last_seen", "last_heartbeat", "agent_version"])
+
+    def mark_silent_offline(self, cutoff: datetime, at: datetime) -> int:
+        """Mark offline every online device not heard from since ``cutoff``; returns how many.
+
+        A device whose row a bridge has locked is being heard from right now:
+        it is skipped, not waited for. The rest are locked in pk order, as the
+        bridges lock them, so the sweep never deadlocks a bridge; a device it
+        marks offline while a message of it is in flight comes back online
+        with its next message (``record_presence`` orders by time).
+        """
+        with transaction.atomic():
+            silent = list(
+                self.select_for_update(no_key=True, skip_locked=True)
+                .filter(online=True, last_seen__lt=cutoff)
+                .order_by("pk")
+                .values_list("pk", flat=True)
+            )
+            if silent:
+                self.filter(pk__in=silent).update(online=False, status_changed_at=at)
+        return len(silent)
+
+    def revoke(self, at: datetime) -> int:
+        """Revoke those of these devices not revoked yet: refused from ``at`` on, and offline; returns how many."""
+        return self.filter(revoked_at__isnull=True).update(revoked_at=at, online=False)
 
 
 class Device(models.Model):
@@ -55,6 +184,8 @@ class Device(models.Model):
     revoked_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
+    objects = DeviceQuerySet.as_manager()
+
     class Meta:
         ordering = ["site__slug", "name"]
         constraints = [models.UniqueConstraint(fields=["site", "name"], name="device_name_unique_per_site")]
@@ -72,24 +203,52 @@ class Device(models.Model):
     def is_revoked(self) -> bool:
         return self.revoked_at is not None
 
-    def record_presence(self, online: bool, at: datetime) -> bool:
+    @property
+    def heartbeat_at(self) -> datetime:
+        """When the newest stored heartbeat was taken (the earliest time if none was)."""
+        ts = self.last_heartbeat.get("ts") if isinstance(self.last_heartbeat, dict) else None
+        return datetime.fromisoformat(ts) if ts else datetime.min.replace(tzinfo=dt_timezone.utc)
+
+    def record_presence(self, online: bool, at: datetime, *, agent_version: str | None = None) -> bool:
         """Apply a status message; returns whether the state changed.
 
         Retained and redelivered messages arrive out of order, so a message
-        older than the last change is ignored.
+        older than the last change is ignored, and so is the agent version it
+        names (an older message names an older version).
         """
         with transaction.atomic():
-            device = Device.objects.select_for_update().get(pk=self.pk)
+            device = Device.objects.select_for_update(no_key=True).get(pk=self.pk)
             if device.status_changed_at and at < device.status_changed_at:
                 return False
             changed = device.online != online
             device.online = online
             device.status_changed_at = at
+            fields = ["online", "status_changed_at", "last_seen"]
             if online:
                 device.last_seen = max(filter(None, [device.last_seen, at]))
-            device.save(update_fields=["online", "status_changed_at", "last_seen"])
+            if agent_version:
+                device.agent_version = agent_version
+                fields.append("agent_version")
+            device.save(update_fields=fields)
         self.online, self.status_changed_at, self.last_seen = device.online, at, device.last_seen
+        if agent_version:
+            self.agent_version = agent_version
         return changed
+
+    def record_seen(self, at: datetime) -> None:
+        """Anything a device sends proves it alive: ``last_seen`` moves forward, an offline device comes online.
+
+        One conditional UPDATE, so a bridge holding an older message never
+        moves ``last_seen`` back past what another bridge stored.
+        """
+        Device.objects.filter(pk=self.pk).update(last_seen=Coalesce(Greatest("last_seen", models.Value(at)), at))
+        if not self.online:
+            self.record_presence(True, at)
+
+    def record_reported(self, reported: dict[str, Any], agent_version: str) -> None:
+        """Store what the device reports it runs, and the agent version that reported it."""
+        Device.objects.filter(pk=self.pk).update(reported=reported, agent_version=agent_version)
+        self.reported, self.agent_version = reported, agent_version
 
     def set_desired(self, document: dict[str, Any]) -> int:
         """Replace the desired state and bump its generation (the bridge publishes it)."""

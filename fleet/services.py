@@ -105,7 +105,7 @@ def revoke_device(device: Device, *, actor: Any, reason: str) -> None:
     """
     with transaction.atomic():
         now = timezone.now()
-        Device.objects.filter(pk=device.pk, revoked_at__isnull=True).update(revoked_at=now, online=False)
+        Device.objects.filter(pk=device.pk).revoke(now)
         DeviceCredential.objects.filter(device=device, revoked_at__isnull=True).update(revoked_at=now)
         AuditLog.record(actor=actor, action="device.revoke", target=device, reason=reason)
     device.refresh_from_db()

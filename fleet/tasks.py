@@ -34,10 +34,8 @@ def reconcile_broker(device_pk: int | None = None) -> int:
 @shared_task(acks_late=True, time_limit=60)
 def mark_silent_devices_offline() -> int:
     """A device whose broker session ended without a will (broker restart) is caught here."""
-    cutoff = timezone.now() - timedelta(seconds=settings.DEVICE_OFFLINE_AFTER_S)
-    count = Device.objects.filter(online=True, last_seen__lt=cutoff).update(
-        online=False, status_changed_at=timezone.now()
-    )
+    now = timezone.now()
+    count = Device.objects.mark_silent_offline(cutoff=now - timedelta(seconds=settings.DEVICE_OFFLINE_AFTER_S), at=now)
     if count:
-        log.info("marked %d silent devices offline", count)
+        log.info("silent devices marked offline", extra={"count": count})
     return count

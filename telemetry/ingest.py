@@ -13,7 +13,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, NamedTuple
 
 import orjson
@@ -23,7 +23,7 @@ from django.db.models import Q
 from django.utils import timezone as dj_timezone
 
 from agent.kernel import protocol
-from fleet.models import Device
+from fleet.models import Device, Ingested
 from telemetry.models import TelemetryRecord
 
 # How far past the acknowledged watermark one ack computation looks; a device
@@ -50,6 +50,7 @@ class Stored:
 def store_batches(batches: Sequence[Received], seen_at: datetime | None = None) -> Stored:
     """Store several devices' batches in one transaction and return the ack per device pk.
 
+    The only way telemetry is stored: a single message is a batch of one.
     ``seen_at`` (when the bridge received them) moves each device's last_seen
     forward in the same statement as its ack.
     """
@@ -129,8 +130,9 @@ def _insert(rows: list[_Row]) -> None:
         return
     now = dj_timezone.now()
     connection.ensure_connection()
-    # A psycopg cursor on Django's connection, inside its transaction.
-    with psycopg.Cursor(connection.connection) as cursor:
+    # A psycopg cursor on Django's connection, inside its transaction; its
+    # errors are raised as Django's, as they would be from a Django cursor.
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
         cursor.execute(_STAGE)
         cursor.execute("DELETE FROM telemetry_incoming")
         with cursor.copy(_COPY) as copy:
@@ -140,30 +142,20 @@ def _insert(rows: list[_Row]) -> None:
         cursor.execute(_MOVE, [now])
 
 
-def store_telemetry(device: Device, batch: protocol.Telemetry) -> int:
-    """Store one batch once per (device, seq) and return the seq to acknowledge."""
-    return store_batches([Received(device, batch)]).acks[device.pk]
-
-
 def _advance(by_device: dict[int, list[Received]], seen_at: datetime | None) -> dict[int, int]:
     """Move each device's contiguous watermark forward and keep its newest heartbeat.
 
-    Three statements for the whole batch: lock the devices (in pk order, so
-    two bridges queue instead of deadlocking), read the stored seqs above each
-    watermark, write the new watermarks back.
+    Three statements for the whole batch: lock the devices (the fleet layer
+    takes them in pk order, so two bridges queue instead of deadlocking), read
+    the stored seqs above each watermark, write the new watermarks back with
+    the devices' liveness (``touch_seen_bulk``, its only writer).
     """
     batches = {pk: [item.message for item in items] for pk, items in by_device.items()}
-    locked = {
-        d.pk: d
-        for d in Device.objects.select_for_update()
-        .filter(pk__in=batches)
-        .only("pk", "telemetry_acked_seq", "last_heartbeat", "agent_version", "last_seen")
-        .order_by("pk")
-    }
+    locked = Device.objects.lock_watermarks(batches)
     watermarks: dict[int, int] = {}
-    for pk, device in locked.items():
+    for pk, acked in locked.items():
         floors = [b.floor for b in batches[pk] if b.floor is not None]
-        watermarks[pk] = max([device.telemetry_acked_seq, *(f - 1 for f in floors)])
+        watermarks[pk] = max([acked, *(f - 1 for f in floors)])
     # Every seq of this batch is stored now (inserted here, or the conflict
     # proves a committed row), so the walk starts through them without a read;
     # the database is asked only about what lies beyond, which is empty unless
@@ -181,25 +173,24 @@ def _advance(by_device: dict[int, list[Received]], seen_at: datetime | None) -> 
             watermarks[pk] = seq
         else:
             gaps.add(pk)
-    beating: list[Device] = []
-    for pk, device in locked.items():
-        device.telemetry_acked_seq = watermarks[pk]
+    progress: list[Ingested] = []
+    for pk in locked:
         for item in by_device[pk]:
             item.device.telemetry_acked_seq = watermarks[pk]
         latest = _latest_heartbeat([r for b in batches[pk] for r in b.records])
-        if latest is not None and latest[0] >= _heartbeat_time(device):
+        if latest is None:
+            progress.append(Ingested(pk, watermarks[pk]))
+        else:
             ts, heartbeat = latest
-            device.last_heartbeat = {**heartbeat.model_dump(mode="json"), "ts": ts.isoformat()}
-            device.agent_version = heartbeat.agent_version
-            beating.append(device)
-    _write_back(list(locked.values()), beating, seen_at)
+            progress.append(Ingested(pk, watermarks[pk], ts, heartbeat.model_dump(mode="json")))
+    Device.objects.touch_seen_bulk(progress, seen_at)
     return watermarks
 
 
 def _stored_above(watermarks: dict[int, int]) -> list[tuple[int, int]]:
     """(device pk, seq) stored just above each device's watermark, in order."""
     if connection.vendor == "postgresql":
-        with psycopg.Cursor(connection.connection) as cursor:
+        with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
             cursor.execute(
                 # LATERAL: one range scan of the (device, seq) index per device; a
                 # plain join lets the planner hash the whole table instead.
@@ -220,40 +211,6 @@ def _stored_above(watermarks: dict[int, int]) -> list[tuple[int, int]]:
     return list(TelemetryRecord.objects.filter(above).order_by("device_id", "seq").values_list("device_id", "seq"))
 
 
-def _write_back(devices: list[Device], beating: list[Device], seen_at: datetime | None) -> None:
-    """Save new watermarks, newest heartbeats and presence: one UPDATE from arrays on PostgreSQL.
-
-    One statement and one new row version per device and batch: the device
-    rows are the hottest in the database, and every extra UPDATE leaves a dead
-    tuple that the next batch's lock has to step over.
-    """
-    beats = {d.pk for d in beating}
-    if connection.vendor != "postgresql":
-        fields = ["telemetry_acked_seq", *(["last_seen"] if seen_at else [])]
-        for device in devices:
-            device.last_seen = max(filter(None, [device.last_seen, seen_at]), default=None)
-        Device.objects.bulk_update(devices, fields)
-        if beating:
-            Device.objects.bulk_update(beating, ["last_heartbeat", "agent_version"])
-        return
-    table = Device._meta.db_table
-    with psycopg.Cursor(connection.connection) as cursor:
-        cursor.execute(
-            f"UPDATE {table} d SET telemetry_acked_seq = v.seq, "  # noqa: S608 - the table name is ours
-            "last_seen = GREATEST(d.last_seen, %b::timestamptz), "
-            "last_heartbeat = COALESCE(v.beat, d.last_heartbeat), agent_version = COALESCE(v.version, d.agent_version) "
-            "FROM unnest(%b::bigint[], %b::bigint[], %b::text[]::jsonb[], %b::text[]) AS v(id, seq, beat, version) "
-            "WHERE d.id = v.id",
-            [
-                seen_at,
-                [d.pk for d in devices],
-                [d.telemetry_acked_seq for d in devices],
-                [orjson.dumps(d.last_heartbeat).decode() if d.pk in beats else None for d in devices],
-                [d.agent_version if d.pk in beats else None for d in devices],
-            ],
-        )
-
-
 def _latest_heartbeat(records: list[protocol.TelemetryRecord]) -> tuple[datetime, protocol.Heartbeat] | None:
     """The newest heartbeat whose data is valid.
 
@@ -265,10 +222,5 @@ def _latest_heartbeat(records: list[protocol.TelemetryRecord]) -> tuple[datetime
         try:
             return record.ts, protocol.heartbeat_of(record)
         except protocol.ProtocolError as exc:
-            log.warning("seq=%d heartbeat data rejected: %s", record.seq, exc)
+            log.warning("heartbeat data rejected", extra={"seq": record.seq, "error": str(exc)})
     return None
-
-
-def _heartbeat_time(device: Device) -> datetime:
-    ts = device.last_heartbeat.get("ts") if isinstance(device.last_heartbeat, dict) else None
-    return datetime.fromisoformat(ts) if ts else datetime.min.replace(tzinfo=timezone.utc)

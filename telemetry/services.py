@@ -5,7 +5,7 @@ from __future__ import annotations
 from agent.kernel import protocol
 from fleet.models import Device
 from telemetry.baseline import BaselineComparison, Figure, compare_to_baseline
-from telemetry.ingest import Received, Stored, store_batches, store_telemetry
+from telemetry.ingest import Received, Stored, store_batches
 from telemetry.models import DeviceEvent
 
 __all__ = [
@@ -16,7 +16,6 @@ __all__ = [
     "compare_to_baseline",
     "record_event",
     "store_batches",
-    "store_telemetry",
 ]
 
 

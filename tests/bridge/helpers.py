@@ -10,10 +10,20 @@ from bridge.process import Bridge, BridgeConfig
 
 
 def offline_bridge(**config: Any) -> Bridge:
-    """A bridge that is never connected; what it would publish is recorded on a mock."""
+    """A bridge that is never connected; what it would publish is recorded on a mock.
+
+    The mock has paho's ``Client.publish`` signature, so a call paho would
+    refuse (a wrong argument name, a missing topic) fails the test.
+    """
     bridge = Bridge(BridgeConfig(url="mqtt://127.0.0.1:1", **config))
-    bridge.client.publish = mock.Mock(autospec=True)  # type: ignore[method-assign]
+    bridge.client.publish = mock.create_autospec(bridge.client.publish)  # type: ignore[method-assign]
     return bridge
+
+
+def published(bridge: Bridge, suffix: str) -> list[tuple[str, dict[str, Any]]]:
+    """(device id, message) of everything the bridge published on ``suffix``, in order."""
+    calls = bridge.client.publish.call_args_list  # type: ignore[attr-defined]
+    return [(c.args[0].split("/")[2], json.loads(c.args[1])) for c in calls if c.args[0].endswith(f"/{suffix}")]
 
 
 def now() -> str:

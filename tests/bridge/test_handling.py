@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 from unittest import mock
 
+import paho.mqtt.client as mqtt
 import pytest
 
 from bridge.process import Bridge
@@ -117,7 +118,8 @@ def test_a_malformed_heartbeat_is_kept_but_not_shown_as_state(bridge: Bridge, de
 
 def test_desired_documents_are_published_retained_once_per_generation(bridge: Bridge, device: Device) -> None:
     device.set_desired({"config": {"telemetry_interval_s": 10}})
-    published = mock.Mock(is_published=mock.Mock(return_value=True))
+    published = mock.create_autospec(mqtt.MQTTMessageInfo, instance=True)
+    published.is_published.return_value = True
     bridge.client.publish.return_value = published
     assert bridge.publish_pending_desired() == 1
     assert bridge.publish_pending_desired() == 0

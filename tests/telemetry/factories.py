@@ -66,6 +66,11 @@ def batch(*records: protocol.TelemetryRecord, floor: int | None = None) -> proto
     return protocol.Telemetry(records=list(records), floor=floor)
 
 
+def store(device: Device, message: protocol.Telemetry) -> int:
+    """Store one message through the one ingest path, a batch of one; returns the device's ack."""
+    return ingest.store_batches([ingest.Received(device, message)]).acks[device.pk]
+
+
 class Feed:
     """Writes one device's telemetry through the ingest path, numbering records as its outbox would."""
 
@@ -112,7 +117,7 @@ class Feed:
     def store(self, records: list[protocol.TelemetryRecord], chunk: int = 100) -> int:
         ack = 0
         for i in range(0, len(records), chunk):
-            ack = ingest.store_telemetry(self.device, batch(*records[i : i + chunk]))
+            ack = store(self.device, batch(*records[i : i + chunk]))
         return ack
 
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from typing import Any
-from unittest import mock
 
 import pytest
 from django.test import Client
 from django.utils import timezone
 
 from agent.kernel import protocol
-from bridge.process import Bridge, BridgeConfig
+from bridge.process import Bridge
 from fleet.models import Site
+from tests.bridge.helpers import offline_bridge, published
 from tests.telemetry.factories import Feed, batch
 from tests.telemetry.helpers import alive
 
@@ -58,13 +58,13 @@ def parse(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
 def fed(site: Site, enroll_device: Callable[..., Any]) -> Bridge:
     device = enroll_device(site).device
     alive(device, timezone.now(), outbox_depth=120)
-    bridge = Bridge(BridgeConfig(url="mqtt://127.0.0.1:1", client_id="bridge-a"))
-    bridge.client.publish = mock.Mock(autospec=True)  # type: ignore[method-assign]
+    bridge = offline_bridge(client_id="bridge-a")
     feed = Feed(device)
     bridge.handle_many(
         [(protocol.topic(device.device_id, "telemetry"), protocol.encode(batch(feed.heartbeat(timezone.now()))))]
     )
     bridge.handle_many([(protocol.topic(device.device_id, "telemetry"), b"{")])
+    assert published(bridge, "ack") == [(device.device_id, {"v": 1, "type": "ack", "seq": 1})]
     bridge.export_stats()
     return bridge
 

@@ -19,7 +19,7 @@ from fleet.models import Device, Site
 from telemetry import rollups
 from telemetry.metrics import Summary
 from telemetry.models import HeartbeatRollup, Resolution, Scope, TelemetryRecord, WindowRollup
-from tests.telemetry.factories import Feed, batch, record, roll_up_everything, window_data
+from tests.telemetry.factories import Feed, batch, record, roll_up_everything, store, window_data
 
 pytestmark = pytest.mark.django_db
 
@@ -125,6 +125,4 @@ def test_a_batch_floor_is_honoured_by_the_batched_path(devices: list[Device]) ->
     feed = Feed(devices[0])
     feed.seq = 9
     assert feed.store([feed.heartbeat(HOUR_START)]) == 0
-    from telemetry import ingest
-
-    assert ingest.store_telemetry(devices[0], batch(feed.heartbeat(HOUR_START), floor=10)) == 11
+    assert store(devices[0], batch(feed.heartbeat(HOUR_START), floor=10)) == 11
