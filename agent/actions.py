@@ -277,11 +277,17 @@ class ActionDispatcher:
             self.counters.failed += 1
             if job.attempt >= self._max_attempts:
                 self.counters.gave_up += 1
-                log.warning("action %s failed %d times, giving up: %s", job.action.name, job.attempt, exc)
+                log.warning(
+                    "action given up",
+                    extra={"action": job.action.name, "attempts": job.attempt, "error": str(exc)},
+                )
                 return
             delay = min(self._backoff_max, self._backoff * 2 ** (job.attempt - 1))
             self.counters.retried += 1
             self._seq += 1
             retry = _Job(self._clock() + delay, self._seq, job.action, job.payload, job.attempt + 1)
             heapq.heappush(self._retries, retry)
-        log.info("action %s failed (attempt %d), retrying in %.1fs: %s", job.action.name, job.attempt, delay, exc)
+        log.info(
+            "action failed, retrying",
+            extra={"action": job.action.name, "attempt": job.attempt, "retry_in_s": round(delay, 1), "error": str(exc)},
+        )

@@ -92,7 +92,7 @@ class ImageFolderSource:
                 return _u8(image), path.name
             misses += 1
             self.unreadable += 1
-            log.warning("skipping unreadable image %s", path)
+            log.warning("unreadable image skipped", extra={"path": str(path)})
         return None
 
     def close(self) -> None:
@@ -288,7 +288,7 @@ class Capture:
             except (CaptureError, OSError, cv2.error) as exc:
                 self.errors += 1
                 if not self.source.live:
-                    log.error("capture from %s failed: %s", self.source.name, exc)
+                    log.error("capture failed", extra={"source": self.source.name, "error": str(exc)})
                     return
                 item = None
             if item is None:
@@ -325,7 +325,9 @@ class Capture:
         delay = min(self.reconnect_max_s, self.reconnect_s * 2**self.reconnects_in_a_row)
         self.reconnects_in_a_row += 1
         self.reconnects += 1
-        log.warning("source %s stopped delivering; reopening in %.1fs", self.source.name, delay)
+        log.warning(
+            "source stopped delivering, reopening", extra={"source": self.source.name, "retry_in_s": round(delay, 1)}
+        )
         if self._stop.wait(delay):
             return False
         reopen = getattr(self.source, "reopen", None)
@@ -333,7 +335,7 @@ class Capture:
             try:
                 reopen()
             except CaptureError as exc:
-                log.info("%s", exc)
+                log.info("source not reopened yet", extra={"source": self.source.name, "error": str(exc)})
         return True
 
     def _run(self) -> None:

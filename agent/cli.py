@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import sqlite3
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -24,7 +23,7 @@ from pydantic import ValidationError
 
 from agent import __version__, outbox
 from agent import config as agent_config
-from agent.kernel import protocol
+from agent.kernel import logs, protocol
 
 log = logging.getLogger("agent")
 
@@ -223,36 +222,6 @@ def enroll(
 # --- run ---------------------------------------------------------------------------
 
 
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "ts": f"{self.formatTime(record, '%Y-%m-%dT%H:%M:%S')}.{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def setup_logging(level: str, style: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    formatter = (
-        _JsonFormatter()
-        if style == "json"
-        else logging.Formatter(
-            "ts=%(asctime)s.%(msecs)03dZ level=%(levelname)s logger=%(name)s %(message)s", "%Y-%m-%dT%H:%M:%S"
-        )
-    )
-    # UTC everywhere: devices sit in many time zones, their logs get read side by side.
-    formatter.converter = time.gmtime
-    handler.setFormatter(formatter)
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-
-
 @app.command()
 def run(config: ConfigOption = agent_config.DEFAULT_CONFIG_PATH) -> None:
     """Run the agent until SIGTERM or SIGINT."""
@@ -265,7 +234,7 @@ def run(config: ConfigOption = agent_config.DEFAULT_CONFIG_PATH) -> None:
     from agent.vision import Vision
 
     settings = _load(config)
-    setup_logging(settings.agent.log_level, settings.agent.log_format)
+    logs.configure(settings.logging.level, settings.logging.format)
     try:
         # One keyring for every verifier: a key learnt while checking a desired document
         # also checks the bundle it names.
@@ -274,7 +243,7 @@ def run(config: ConfigOption = agent_config.DEFAULT_CONFIG_PATH) -> None:
         updater = Updater(settings, trust=trust)
         runtime = Runtime(settings, trust=trust, components=[updater, Vision(settings, updater)])
     except (OSError, sqlite3.Error, ModelLoadError) as exc:
-        log.error("event=start_failed error=%s", exc)
+        log.error("start failed", extra={"error": str(exc)})
         fail(Exit.FAILURE, f"cannot start: {exc}")
     raise typer.Exit(runtime.run())
 

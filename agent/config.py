@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from agent.kernel.logs import LogFormat
 
 if TYPE_CHECKING:
     # Only a type: importing the decoder at run time would pull numpy into every config read.
@@ -103,8 +105,14 @@ class MqttSettings(_Section):
 class AgentSettings(_Section):
     data_dir: Path
     heartbeat_interval_s: float = Field(default=30.0, ge=1, le=3600)
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_format: Literal["text", "json"] = "text"
+
+
+class LoggingSettings(_Section):
+    """The ``[logging]`` section: one line per event on stderr (``agent.kernel.logs``, as the control plane)."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: LogFormat = "logfmt"
+    """``logfmt`` (key=value) or ``json`` (one object per line)."""
 
 
 class OutboxSettings(_Section):
@@ -273,6 +281,24 @@ class AgentConfig(_Section):
     inference: InferenceSettings = InferenceSettings()
     actions: ActionsSettings = ActionsSettings()
     escalation: EscalationSettings = EscalationSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _log_keys_moved(cls, document: Any) -> Any:
+        # ``agent.log_level`` and ``agent.log_format`` (``text`` then) became ``[logging]``: the
+        # files devices were given before still load, and say the same.
+        agent = document.get("agent") if isinstance(document, dict) else None
+        if not isinstance(agent, dict) or not {"log_level", "log_format"} & set(agent):
+            return document
+        rest = {k: v for k, v in agent.items() if k not in ("log_level", "log_format")}
+        moved = {new: agent[old] for old, new in (("log_level", "level"), ("log_format", "format")) if old in agent}
+        if moved.get("format") == "text":
+            moved["format"] = "logfmt"
+        section = document.get("logging")
+        if section is not None and not isinstance(section, dict):
+            return document
+        return {**document, "agent": rest, "logging": {**moved, **(section or {})}}
 
     @property
     def data_dir(self) -> Path:

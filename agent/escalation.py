@@ -158,7 +158,7 @@ class DiskQueue:
             except FileNotFoundError:
                 self.remove(path)  # dropped for room while we read it
             except ValueError:
-                log.warning("discarding corrupt escalation file %s", path)
+                log.warning("corrupt escalation file discarded", extra={"path": str(path)})
                 self.remove(path)
 
     def remove(self, path: Path) -> None:
@@ -261,7 +261,7 @@ class EscalationClient:
             try:
                 self._write(frame, result, threshold)
             except (OSError, ValueError, cv2.error):
-                log.exception("could not queue escalated frame %s", frame.name)
+                log.exception("escalated frame not queued", extra={"frame": frame.name})
                 with self._cond:
                     self.counters.dropped += 1
                     self._cond.notify_all()
@@ -289,7 +289,9 @@ class EscalationClient:
         with self._cond:
             if dropped < 0:
                 self.counters.dropped += 1
-                log.warning("escalated frame %s is larger than the whole queue; dropped", frame.name)
+                log.warning(
+                    "escalated frame dropped", extra={"frame": frame.name, "reason": "larger than the whole queue"}
+                )
             else:
                 self.counters.queued += 1
                 self.counters.dropped += dropped
@@ -328,14 +330,17 @@ class EscalationClient:
                     failures = 0
                     self.counters.rejected += 1
                     self.queue.remove(path)
-                    log.warning("server refused escalated frame %s: %s %s", metadata.get("frame"), status, reason)
+                    log.warning(
+                        "escalated frame refused",
+                        extra={"frame": metadata.get("frame"), "status": status, "reason": reason},
+                    )
                 else:
                     failures += 1
                     self.counters.failed_attempts += 1
                 self._cond.notify_all()
             if failures:
                 delay = min(self.settings.backoff_max_s, self.settings.backoff_s * 2 ** (failures - 1))
-                log.info("escalation upload failed (%s); retrying in %.1fs", reason, delay)
+                log.info("escalation upload failed, retrying", extra={"reason": reason, "retry_in_s": round(delay, 1)})
                 if self._sleep(delay):
                     return
 

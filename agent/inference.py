@@ -199,7 +199,7 @@ class SessionHolder:
         with self._lock:
             old, self._session, self._fallback = self._session, session, fallback
             self.swaps += 1
-        log.info("model swapped to %s %s%s", session.name, session.version, " (fallback)" if fallback else "")
+        log.info("model swapped", extra={"model": session.name, "version": session.version, "fallback": fallback})
         return old
 
     def infer(self, frame: Image) -> Result:

@@ -85,7 +85,7 @@ class Link:
             info = self.publish("status", protocol.Status(state="offline", ts=protocol.utcnow()), retain=True)
             info.wait_for_publish(timeout)
             if not info.is_published():
-                log.warning("event=offline_not_confirmed timeout_s=%s", timeout)
+                log.warning("offline not confirmed", extra={"timeout_s": timeout})
         self.client.disconnect()
         self.client.loop_stop()
         self.connected.clear()
@@ -107,16 +107,14 @@ class Link:
         if reason.is_failure:
             # Bad credentials or a revoked device: paho keeps retrying with
             # backoff, which is right for a broker that is restarting.
-            log.error("event=connect_refused broker=%s reason=%s", self.settings.url, reason)
+            log.error("connect refused", extra={"broker": self.settings.url, "reason": str(reason)})
             return
         online = protocol.Status(state="online", ts=protocol.utcnow(), agent_version=self.agent_version)
         client.publish(protocol.topic(self.device_id, "status"), protocol.encode(online), qos=1, retain=True)
         client.subscribe([(protocol.topic(self.device_id, suffix), 1) for suffix in SUBSCRIPTIONS])
         log.info(
-            "event=%s broker=%s device=%s",
             "reconnected" if self._was_connected else "connected",
-            self.settings.url,
-            self.device_id,
+            extra={"broker": self.settings.url, "device": self.device_id},
         )
         self._was_connected = True
         self.connected.set()
@@ -127,7 +125,7 @@ class Link:
         refused = [str(r) for r in reasons if r.is_failure]
         if refused:
             # The broker's ACL refused a topic of our own: a broker misconfiguration worth an error.
-            log.error("event=subscribe_refused reasons=%s", ",".join(refused))
+            log.error("subscribe refused", extra={"reasons": ",".join(refused)})
             return
         self.subscribed.set()
 
@@ -136,9 +134,9 @@ class Link:
         self.connected.clear()
         self.subscribed.clear()
         if self._stopping.is_set():
-            log.info("event=disconnected reason=stop")
+            log.info("disconnected", extra={"reason": "stop"})
         elif was:
-            log.info("event=disconnected reason=%s note=paho_reconnects_with_backoff", reason)
+            log.info("disconnected", extra={"reason": str(reason), "note": "paho reconnects with backoff"})
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         try:
@@ -152,7 +150,7 @@ class Link:
         except protocol.ProtocolError as exc:
             self.rejected += 1
             log.warning(
-                "event=message_rejected topic=%s reason=%s detail=%s", message.topic[:200], exc.reason, exc.detail
+                "message rejected", extra={"topic": message.topic[:200], "reason": exc.reason, "detail": exc.detail}
             )
             return
         self.on_message(suffix, decoded)

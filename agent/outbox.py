@@ -204,10 +204,8 @@ class Outbox:
         if dropped[0]:
             self._dropped_total += dropped[0]
             log.warning(
-                "event=outbox_full dropped=%d dropped_total=%d max_bytes=%d",
-                dropped[0],
-                self._dropped_total,
-                self.max_bytes,
+                "outbox full",
+                extra={"dropped": dropped[0], "dropped_total": self._dropped_total, "max_bytes": self.max_bytes},
             )
         if self.on_commit is not None:
             self.on_commit()
@@ -254,7 +252,7 @@ class Outbox:
                     self._commit_locked()
                 except sqlite3.Error:
                     # The records stay pending; a full or failing disk must not kill the thread.
-                    log.exception("event=outbox_commit_failed pending=%d", len(self._pending))
+                    log.exception("outbox commit failed", extra={"pending": len(self._pending)})
                     self._cond.wait(1.0)
 
     # --- sending ---------------------------------------------------------------
@@ -270,7 +268,7 @@ class Outbox:
         with self._cond:
             now = time.monotonic()
             if self._in_flight and now - min(self._in_flight.values()) > self.resend_after_s:
-                log.info("event=outbox_resend in_flight=%d reason=no_ack", len(self._in_flight))
+                log.info("outbox resend", extra={"in_flight": len(self._in_flight), "reason": "no_ack"})
                 self._requeue_locked()
             if not self._count:
                 return None
@@ -384,7 +382,7 @@ class Outbox:
                 if lowest == seq + 1 and lowest in self._in_flight:
                     self._dup_acks += 1
                     if self._dup_acks >= DUPLICATE_ACKS_TO_RESEND:
-                        log.info("event=outbox_resend in_flight=%d reason=duplicate_acks", len(self._in_flight))
+                        log.info("outbox resend", extra={"in_flight": len(self._in_flight), "reason": "duplicate_acks"})
                         self._requeue_locked()
                 return 0
             self._dup_acks = 0
@@ -413,7 +411,7 @@ class Outbox:
         # The control plane has stored seqs we never committed: this outbox
         # was reset or restored from a backup. Those seqs are taken there, so
         # what we still hold moves above them rather than be discarded as duplicates.
-        log.warning("event=outbox_renumber acked=%d last_seq=%d", acked, self._last_seq)
+        log.warning("outbox renumbered", extra={"acked": acked, "last_seq": self._last_seq})
         offset = acked - (self._db.execute("SELECT COALESCE(MIN(seq), ?) FROM records", (acked,)).fetchone()[0]) + 1
         rows = self._db.execute("SELECT seq, body FROM records ORDER BY seq").fetchall()
         self._db.execute("BEGIN IMMEDIATE")

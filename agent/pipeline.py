@@ -152,7 +152,7 @@ class Pipeline:
             now = time.monotonic()
             if now - self._last_error_log >= _ERROR_LOG_INTERVAL_S:
                 self._last_error_log = now
-                log.error("inference failed on frame %s (%d so far): %s", frame.name, self.errors, exc)
+                log.error("inference failed", extra={"frame": frame.name, "errors": self.errors, "error": str(exc)})
             return None
         self.consecutive_errors = 0
         self.inferred += 1
@@ -274,7 +274,7 @@ class PipelineComponent:
         try:
             outbox.append("window", self.pipeline.take_window())
         except (ValueError, RuntimeError) as exc:  # OutboxError is a ValueError; a closed outbox on shutdown
-            log.warning("window record not stored: %s", exc)
+            log.warning("window record not stored", extra={"error": str(exc)})
 
 
 # --- offline runs -----------------------------------------------------------

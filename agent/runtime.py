@@ -66,7 +66,7 @@ class Notifier:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
                 sock.sendto(state.encode(), self.address)
         except OSError as exc:
-            log.warning("event=sd_notify_failed state=%s error=%s", state.split("\n")[0], exc)
+            log.warning("sd_notify failed", extra={"state": state.split("\n")[0], "error": str(exc)})
 
     def watchdog(self) -> None:
         now = time.monotonic()
@@ -149,7 +149,7 @@ class Runtime:
         if self.link.connected.is_set():
             self.link.publish("events", protocol.Event(kind=kind, data=data))
         else:
-            log.info("event=event_not_sent kind=%s reason=offline", kind)
+            log.info("event not sent", extra={"kind": kind, "reason": "offline"})
 
     # --- the loop ----------------------------------------------------------------
 
@@ -159,11 +159,13 @@ class Runtime:
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
         log.info(
-            "event=starting device=%s broker=%s data_dir=%s agent_version=%s",
-            self.config.device.id,
-            self.config.mqtt.url,
-            self.config.data_dir,
-            __version__,
+            "starting",
+            extra={
+                "device": self.config.device.id,
+                "broker": self.config.mqtt.url,
+                "data_dir": str(self.config.data_dir),
+                "agent_version": __version__,
+            },
         )
         for component in self.components:
             component.start(self)
@@ -197,7 +199,7 @@ class Runtime:
         self.inbox.put(("stop", None))
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        log.info("event=stopping signal=%s", signal.Signals(signum).name)
+        log.info("stopping", extra={"signal": signal.Signals(signum).name})
         self.stop()
 
     def _wait(self, timeout: float) -> None:
@@ -224,12 +226,12 @@ class Runtime:
             except (OSError, sqlite3.Error):
                 # A full or failing disk costs this message (an unapplied ack is
                 # repeated by the next one, desired is retained), never the loop.
-                log.exception("event=message_failed type=%s", type(value).__name__)
+                log.exception("message failed", extra={"message_type": type(value).__name__})
 
     def _dispatch(self, message: protocol.Message) -> None:
         if isinstance(message, protocol.Ack):
             removed = self.outbox.ack(message.seq)
-            log.debug("event=ack seq=%d removed=%d", message.seq, removed)
+            log.debug("ack", extra={"seq": message.seq, "removed": removed})
         elif isinstance(message, protocol.Command):
             self._command(message)
         elif isinstance(message, protocol.Desired):
@@ -245,7 +247,9 @@ class Runtime:
         self.link.stop()
         stats = self.outbox.stats()
         self.outbox.close()
-        log.info("event=stopped outbox_depth=%d last_seq=%d acked_seq=%d", stats.depth, stats.last_seq, stats.acked_seq)
+        log.info(
+            "stopped", extra={"outbox_depth": stats.depth, "last_seq": stats.last_seq, "acked_seq": stats.acked_seq}
+        )
 
     # --- telemetry ---------------------------------------------------------------
 
@@ -261,7 +265,7 @@ class Runtime:
         seq = self.outbox.append("heartbeat", beat.model_dump(mode="json", exclude_none=True))
         # A heartbeat is rare and wanted now: do not wait for the batch timer.
         self.outbox.commit()
-        log.debug("event=heartbeat seq=%d outbox_depth=%d", seq, stats.depth)
+        log.debug("heartbeat", extra={"seq": seq, "outbox_depth": stats.depth})
         return seq
 
     def pump(self) -> int:
@@ -274,11 +278,11 @@ class Runtime:
             info = self.link.publish_raw("telemetry", batch.payload)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 # The connection dropped under us; on_connect requeues and we go again.
-                log.info("event=publish_deferred rc=%s", info.rc)
+                log.info("publish deferred", extra={"rc": info.rc})
                 self.outbox.requeue()
                 break
             log.debug(
-                "event=telemetry_sent records=%d floor=%d bytes=%d", len(batch.seqs), batch.floor, len(batch.payload)
+                "telemetry sent", extra={"records": len(batch.seqs), "floor": batch.floor, "bytes": len(batch.payload)}
             )
             sent += len(batch.seqs)
         return sent
@@ -294,14 +298,14 @@ class Runtime:
     def _command(self, command: protocol.Command) -> None:
         handler = self.commands.get(command.name)
         if handler is None:
-            log.warning("event=command_unsupported name=%s id=%s", command.name, command.id)
+            log.warning("command unsupported", extra={"command": command.name, "command_id": command.id})
             self.event("command_unsupported", command_id=command.id, name=command.name)
             return
-        log.info("event=command name=%s id=%s", command.name, command.id)
+        log.info("command", extra={"command": command.name, "command_id": command.id})
         try:
             handler(command)
         except (OSError, ValueError) as exc:
-            log.warning("event=command_failed name=%s id=%s error=%s", command.name, command.id, exc)
+            log.warning("command failed", extra={"command": command.name, "command_id": command.id, "error": str(exc)})
             self.event("command_failed", command_id=command.id, name=command.name, error=str(exc)[:500])
 
     def _ping(self, command: protocol.Command) -> dict[str, Any]:

@@ -32,7 +32,7 @@ def temperature_c() -> float | None:
     try:
         groups: dict[str, list[Any]] = reader()
     except (OSError, RuntimeError) as exc:
-        log.debug("temperature sensors unreadable: %s", exc)
+        log.debug("temperature sensors unreadable", extra={"error": str(exc)})
         return None
     for name in (*_CPU_SENSORS, *sorted(groups)):
         readings = [r.current for r in groups.get(name, []) if r.current is not None and -50 < r.current < 200]
@@ -45,7 +45,7 @@ def cpu_freq_mhz() -> float | None:
     try:
         freq = psutil.cpu_freq()
     except (OSError, RuntimeError, NotImplementedError) as exc:
-        log.debug("CPU clock unreadable: %s", exc)
+        log.debug("CPU clock unreadable", extra={"error": str(exc)})
         return None
     if freq is None or not freq.current:
         return None

@@ -116,7 +116,7 @@ class Installed:
 def checkpoint(phase: str) -> None:
     """The kill -9 hook of the fault tests: die here, without any cleanup, when asked to."""
     if os.environ.get(KILL_AT_ENV) == phase:
-        log.warning("event=test_kill phase=%s", phase)
+        log.warning("test kill", extra={"phase": phase})
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -144,7 +144,7 @@ class ModelStore:
         for entry in self.root.iterdir():
             if entry.name.startswith(_UNPACK_PREFIX):
                 shutil.rmtree(entry, ignore_errors=True)
-                log.info("event=removed_partial_unpack path=%s", entry)
+                log.info("partial unpack removed", extra={"path": str(entry)})
             elif entry.name.startswith(".") and entry.name.endswith(".link"):
                 entry.unlink(missing_ok=True)
 
@@ -205,7 +205,7 @@ class ModelStore:
         for directory in self.installed():
             if directory not in keep:
                 shutil.rmtree(directory, ignore_errors=True)
-                log.info("event=removed_old_model path=%s", directory.name)
+                log.info("old model removed", extra={"path": directory.name})
 
 
 def check_installed(directory: Path, keyring: verify.Keyring) -> verify.VerifiedBundle:
@@ -398,11 +398,11 @@ class Updater:
             session = ModelSession.from_bundle(directory, settings=self.config.inference)
         except (verify.VerificationError, ModelLoadError, OSError, ManifestError) as exc:
             self._fallback_reason = f"the installed model {directory.name} does not load: {exc}"[:500]
-            log.error("event=model_load_failed path=%s error=%s", directory, exc)
+            log.error("model load failed", extra={"path": str(directory), "error": str(exc)})
             return
         self.holder.swap(session)
         self.active = installed
-        log.info("event=model_loaded name=%s version=%s", installed.name, installed.version)
+        log.info("model loaded", extra={"model": installed.name, "version": installed.version})
 
     # --- the worker ------------------------------------------------------------------------
 
@@ -439,7 +439,7 @@ class Updater:
             except OSError as exc:
                 # A full or failing disk while unpacking or installing: the model in service keeps
                 # serving (the pointer switch is the last step) and the update is tried again.
-                log.error("event=update_io_error error=%s", exc)
+                log.error("update io error", extra={"error": str(exc)})
                 self.store.clean()
                 self._publish_state(phase="failed", error=f"io_error: {exc}"[:2000])
                 self._retry, retry_at = job, time.monotonic() + self.settings.retry_after_s
@@ -458,7 +458,7 @@ class Updater:
     def engage_fallback(self, reason: str) -> None:
         self.holder.swap(self._fallback_session(), fallback=True)
         self._fallback_reason = reason
-        log.error("event=fallback_engaged reason=%s", reason)
+        log.error("fallback engaged", extra={"reason": reason})
         self._event("fallback_engaged", reason=reason)
         self._publish_state(phase="failed", error=f"fallback: {reason}"[:2000])
 
@@ -574,7 +574,7 @@ class Updater:
             session = ModelSession.from_bundle(directory, settings=self.config.inference)
         except (verify.VerificationError, ModelLoadError, ManifestError) as exc:
             # The copy on disk is damaged: drop it and fetch the bundle again.
-            log.warning("event=installed_copy_unusable path=%s error=%s", directory.name, exc)
+            log.warning("installed copy unusable", extra={"path": directory.name, "error": str(exc)})
             shutil.rmtree(directory, ignore_errors=True)
             self._update(wanted)
             return
@@ -591,7 +591,7 @@ class Updater:
         self.holder.swap(session)
         self.active = installed
         self.store.prune()
-        log.info("event=model_active name=%s version=%s phase=%s", installed.name, installed.version, phase)
+        log.info("model active", extra={"model": installed.name, "version": installed.version, "phase": phase})
         self._event(
             "model_swap",
             name=installed.name,
@@ -605,7 +605,7 @@ class Updater:
     # --- reporting ------------------------------------------------------------------------------
 
     def _fail(self, reason: str, detail: str, *, retry: bool = False) -> NoReturn:
-        log.warning("event=update_failed reason=%s detail=%s", reason, detail)
+        log.warning("update failed", extra={"reason": reason, "detail": detail})
         self._publish_state(phase="failed", error=detail if detail.startswith(reason) else f"{reason}: {detail}")
         raise UpdateError(reason, detail, retry=retry)
 

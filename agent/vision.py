@@ -34,18 +34,21 @@ class Vision:
         config = self.config
         capture = config.capture
         if capture is None or not config.vision.enabled:
-            log.info("event=inference_off reason=%s", "no [capture] source" if capture is None else "disabled")
+            log.info("inference off", extra={"reason": "no [capture] source" if capture is None else "disabled"})
             return
         try:
             self._component = component = PipelineComponent.build(config, self.updater.holder)
         except CaptureError as exc:
-            log.error("event=capture_unavailable source=%s error=%s", capture.source, exc)
+            log.error("capture unavailable", extra={"source": capture.source, "error": str(exc)})
             runtime.event("capture_unavailable", source=capture.source[:200], error=str(exc)[:300])
             return
         self.pipeline = component.pipeline
         component.start(runtime)
         self.updater.attach(self.pipeline)
-        log.info("event=inference_started source=%s model=%s", capture.source, self.updater.holder.session.version)
+        log.info(
+            "inference started",
+            extra={"source": capture.source, "model_version": self.updater.holder.session.version},
+        )
 
     def stop(self) -> None:
         if self._component is not None:

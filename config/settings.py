@@ -230,11 +230,13 @@ ALERT_EMAIL_FROM = env.string("ALERT_EMAIL_FROM", "edgefleet@localhost")
 METRICS_TOKEN = env.secret("METRICS_TOKEN")
 
 LOG_LEVEL = env.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR"))
+# One line per event, as the agent writes them (agent.kernel.logs): logfmt or JSON.
+LOG_FORMAT = env.choice("LOG_FORMAT", "logfmt", ("logfmt", "json"))
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {"structured": {"()": "agent.kernel.logs.StructuredFormatter", "output": LOG_FORMAT}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "structured"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},

@@ -198,6 +198,9 @@ def retire_signing_key(key: SigningKey, *, at: Any = None, actor: Any = None) ->
         signer = SigningKey.objects.exclude(pk=key.pk).filter(retired_at__isnull=True).first()
         AuditLog.record(actor=actor, action="signing_key.retire", target=key, at=key.retired_at.isoformat())
         if signer is None:
-            log.warning("retired %s with no other usable key: no keyring update was published", key.key_id)
+            log.warning(
+                "key retired, no keyring update published",
+                extra={"key_id": key.key_id, "reason": "no other usable key"},
+            )
             return None
         return publish_keyring_update(signed_by=signer)

@@ -22,6 +22,6 @@ def sign_desired(message: protocol.Desired) -> protocol.Desired:
     try:
         signer = SigningKey.current().signer()
     except ImproperlyConfigured as exc:
-        log.error("desired state for generation %s is not signed: %s", message.generation, exc)
+        log.error("desired state not signed", extra={"generation": message.generation, "error": str(exc)})
         return message
     return signed_desired(message, signer.sign)

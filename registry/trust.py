@@ -24,6 +24,6 @@ def trust_store() -> list[dict[str, Any]]:
     try:
         SigningKey.current()
     except ImproperlyConfigured as exc:
-        log.error("devices get an empty trust store: %s", exc)
+        log.error("devices get an empty trust store", extra={"error": str(exc)})
     now = timezone.now()
     return [key.as_trusted() for key in SigningKey.objects.all() if key.is_usable(now)]

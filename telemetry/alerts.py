@@ -197,7 +197,10 @@ def _announce(alert: Alert, event: str) -> None:
         rule=alert.rule.kind,
         value=alert.value,
     )
-    log.info("alert %s %s on device=%s value=%s", alert.rule.kind, event, alert.device.device_id, alert.value)
+    log.info(
+        "alert",
+        extra={"rule": alert.rule.kind, "event": event, "device": alert.device.device_id, "value": alert.value},
+    )
     for channel in channels_for(alert):
         transaction.on_commit(
             lambda c=channel.pk: notify.send.delay(alert.pk, event, c)  # type: ignore[misc]

@@ -192,7 +192,7 @@ def _queue(out: Exposition) -> None:
             depth = connection.default_channel.queue_declare(queue=queue_name, passive=True).message_count
         up = 1
     except Exception as exc:
-        log.warning("task queue depth unavailable: %s", exc)
+        log.warning("task queue depth unavailable", extra={"error": str(exc)})
         depth, up = 0, 0
     out.family("edgefleet_task_queue_up", "gauge", "Whether the task queue answered.", [("", {}, up)])
     out.family(

@@ -145,7 +145,9 @@ def _device_minutes(pairs: set[tuple[int, datetime]], devices: dict[int, Device]
         except protocol.ProtocolError as exc:
             # Stored raw for inspection (refusing it would block the device's
             # outbox), but left out of every figure.
-            log.warning("device=%s seq=%d %s left out of rollups: %s", device_id, seq, kind, exc)
+            log.warning(
+                "record left out of rollups", extra={"device": device_id, "seq": seq, "kind": kind, "error": str(exc)}
+            )
     rows = [
         WindowRollup(
             resolution=Resolution.MINUTE,

@@ -21,7 +21,7 @@ def roll_up() -> int:
 @shared_task(acks_late=True, time_limit=1800)
 def apply_retention() -> dict[str, int]:
     deleted = rollups.apply_retention()
-    log.info("telemetry retention deleted %s", deleted)
+    log.info("telemetry retention applied", extra={"deleted": deleted})
     return deleted
 
 

@@ -152,7 +152,7 @@ class EnrollView(APIView):
             result = services.enroll(token=data["token"], name=data["name"], site_slug=data.get("site"), facts=facts)
         except BrokerUnavailable as exc:
             # Nothing was committed and the token is still usable: the device retries later.
-            log.warning("enrollment deferred: the MQTT broker did not take the credentials: %s", exc)
+            log.warning("enrollment deferred, the broker did not take the credentials", extra={"error": str(exc)})
             raise ServiceError(
                 "broker_unavailable",
                 "The MQTT broker is unavailable; retry the enrollment later.",

@@ -271,7 +271,7 @@ class _Exchange:
             body = json.loads(message.payload)
             responses = body["responses"]
         except (ValueError, KeyError, TypeError):
-            log.warning("ignored a malformed dynamic-security response: %.200r", message.payload)
+            log.warning("malformed dynamic-security response ignored", extra={"payload": repr(message.payload)[:200]})
             return
         for item in responses if isinstance(responses, list) else []:
             tag = str(item.get("correlationData", "")) if isinstance(item, dict) else ""

@@ -115,12 +115,17 @@ class DeviceAuthPlugin(BaseAuthPlugin):
         # A last will is published without an ACL check once the session
         # ends, so a will on another device's topic is refused here.
         if session.will_flag and not acl.device_may_publish(username, session.will_topic or ""):
-            log.warning("refused %s: last will on a topic it may not publish to", username)
+            log.warning(
+                "connection refused",
+                extra={"username": username, "reason": "last will on a topic it may not publish to"},
+            )
             return None
         try:
             secret_hash = await sync_to_async(_authenticate_device)(username, password)
         except DatabaseError as exc:
-            log.warning("refused %s: the database is unavailable (%s)", username, exc)
+            log.warning(
+                "connection refused", extra={"username": username, "reason": "database unavailable", "error": str(exc)}
+            )
             return None
         return Principal("device", username, secret_hash) if secret_hash else None
 
@@ -266,12 +271,12 @@ class EmbeddedBroker:
             live = await sync_to_async(_live_credentials)({p.secret_hash for p, _ in connected})
         except DatabaseError as exc:
             # Keep everyone connected rather than drop the fleet on a database blip.
-            log.warning("could not re-check connected devices: %s", exc)
+            log.warning("connected devices not re-checked", extra={"error": str(exc)})
             return 0
         dropped = 0
         for principal, handler in connected:
             if (principal.name, principal.secret_hash) not in live:
-                log.info("disconnecting %s: its device or credential was revoked", principal.name)
+                log.info("revoked device disconnected", extra={"username": principal.name})
                 # What amqtt does when the socket closes: the will is sent
                 # (the device shows offline) and the session ends.
                 await handler.handle_connection_closed()

@@ -293,7 +293,7 @@ class BundleDownloadView(APIView):
             # Opened before the status line goes out, so a missing file is a clear 503, not a cut body.
             handle = bundle.file.storage.open(bundle.file.name, "rb")
         except OSError:
-            log.exception("bundle %s is missing from storage (%s)", bundle.pk, bundle.file.name)
+            log.exception("bundle missing from storage", extra={"bundle": bundle.pk, "file": bundle.file.name})
             raise ServiceError(
                 "bundle_unavailable",
                 "The bundle cannot be read from storage; retry later.",
@@ -316,7 +316,7 @@ def _read_span(bundle: Bundle, handle: Any, start: int, length: int, chunk: int 
             if not data:
                 # The stored file is shorter than recorded: end the body short so
                 # the client sees a truncated transfer instead of wrong bytes.
-                log.error("bundle %s is shorter than its recorded size %s", bundle.pk, bundle.size)
+                log.error("bundle shorter than its recorded size", extra={"bundle": bundle.pk, "size": bundle.size})
                 return
             length -= len(data)
             yield data

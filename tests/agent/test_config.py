@@ -82,9 +82,28 @@ def test_broken_toml_and_a_missing_file_get_a_clear_message(tmp_path: Path) -> N
 
 
 def test_the_environment_overrides_a_key(tmp_path: Path) -> None:
-    environ = {"EDGEFLEET_AGENT_MQTT_KEEPALIVE": "15", "EDGEFLEET_AGENT_AGENT_LOG_LEVEL": "debug"}
+    environ = {"EDGEFLEET_AGENT_MQTT_KEEPALIVE": "15", "EDGEFLEET_AGENT_LOGGING_FORMAT": "json"}
     settings = config.load(write(tmp_path, GOOD), environ=environ)
-    assert settings.mqtt.keepalive == 15 and settings.agent.log_level == "debug"
+    assert settings.mqtt.keepalive == 15 and settings.logging.format == "json"
+
+
+def test_logs_are_logfmt_at_info_unless_the_logging_section_says_otherwise(tmp_path: Path) -> None:
+    assert config.load(write(tmp_path, GOOD), environ={}).logging == config.LoggingSettings(
+        level="info", format="logfmt"
+    )
+    settings = config.load(write(tmp_path, GOOD + '[logging]\nlevel = "debug"\nformat = "json"\n'), environ={})
+    assert (settings.logging.level, settings.logging.format) == ("debug", "json")
+    with pytest.raises(
+        ConfigError, match=re.escape("logging.format (from EDGEFLEET_AGENT_LOGGING_FORMAT): must be one")
+    ):
+        config.load(write(tmp_path, GOOD), environ={"EDGEFLEET_AGENT_LOGGING_FORMAT": "text"})
+
+
+def test_the_log_keys_a_file_had_under_agent_still_load_into_the_logging_section(tmp_path: Path) -> None:
+    older = GOOD + 'log_level = "warning"\nlog_format = "text"\n'
+    settings = config.load(write(tmp_path, older), environ={"EDGEFLEET_AGENT_AGENT_LOG_FORMAT": "json"})
+    assert (settings.logging.level, settings.logging.format) == ("warning", "json")
+    assert config.load(write(tmp_path, older), environ={}).logging.format == "logfmt"
 
 
 def test_a_bad_override_names_the_variable(tmp_path: Path) -> None:

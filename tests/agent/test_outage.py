@@ -116,7 +116,7 @@ def test_records_written_while_the_broker_was_down_all_arrive_once(
 
         # The agent is back before any bridge: what it resends at once reaches nobody and is lost.
         broker.start()
-        assert poll(lambda: "event=telemetry_sent" in process.log().partition("event=reconnected")[2]), process.log()
+        assert poll(lambda: 'msg="telemetry sent"' in process.log().partition("msg=reconnected")[2]), process.log()
         bridge = start_bridge(broker.url)
         assert wait_until(lambda: stats().acked_seq >= written_offline and stats().depth <= 1, bridge), process.log()
         stored = list(TelemetryRecord.objects.filter(device=device[0]).order_by("seq").values_list("seq", flat=True))

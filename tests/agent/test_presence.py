@@ -137,7 +137,7 @@ def test_a_running_agent_answers_ping_stores_desired_and_stops_cleanly_on_sigter
     running.proc.send_signal(signal.SIGTERM)
     assert running.proc.wait(timeout=30) == 0
     assert wait_until(lambda: not online(row), bridge), running.log()
-    assert "event=stopped" in running.log() and "offline_not_confirmed" not in running.log()
+    assert "msg=stopped" in running.log() and "offline_not_confirmed" not in running.log()
     # systemd heard that it started, that its loop is alive, and that it stopped.
     told = notifications(notify_socket)
     assert told[0] == "READY=1" and "WATCHDOG=1" in told and told[-1] == "STOPPING=1"
@@ -171,6 +171,6 @@ def test_sigterm_stops_an_agent_that_cannot_reach_its_broker(tmp_path: Path) -> 
         assert heartbeats() >= 2, process.log()
         process.proc.send_signal(signal.SIGTERM)
         assert process.proc.wait(timeout=30) == 0
-        assert "event=stopped" in process.log()
+        assert "msg=stopped" in process.log()
     finally:
         process.close()
