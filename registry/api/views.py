@@ -166,7 +166,10 @@ class ModelVersionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, view
                 actor=request.user,
             )
         except PublishError as exc:
-            log.info("publish of %s %s refused: %s %s", model_name, metadata.version, exc.code, exc.detail)
+            log.info(
+                "publish refused",
+                extra={"model": model_name, "version": metadata.version, "code": exc.code, "detail": exc.detail},
+            )
             raise
         version = self.get_queryset().get(pk=published.version.pk)
         data = ModelVersionSerializer(version, context=self.get_serializer_context()).data
