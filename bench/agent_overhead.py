@@ -40,11 +40,12 @@ from typing import Any
 import numpy as np
 
 from agent.actions import ActionDispatcher
-from agent.config import AgentConfig, InferenceSettings, Rule
+from agent.config import InferenceSettings, Rule
 from agent.inference import ModelSession, SessionHolder
 from agent.kernel.spec import ClassificationOutput, InputSpec
 from agent.pipeline import Pipeline
 from agent.runtime import Runtime
+from tests.agent.helpers import make_agent_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODELS = [ROOT / "models/build/resnet18-224.onnx", ROOT / "models/build/mobilenetv2-224.onnx"]
@@ -110,13 +111,8 @@ def run_loop(mqtt_url: str | None, data_dir: Path) -> Iterator[Runtime | None]:
     if mqtt_url is None:
         yield None
         return
-    config = AgentConfig.model_validate(
-        {
-            "server": {"url": "http://127.0.0.1:9"},
-            "device": {"id": f"dev-bench-{os.getpid()}", "secret": "bench"},
-            "mqtt": {"url": mqtt_url},
-            "agent": {"data_dir": str(data_dir), "heartbeat_interval_s": 1},
-        }
+    config = make_agent_config(
+        data_dir, mqtt_url=mqtt_url, device_id=f"dev-bench-{os.getpid()}", trust=[], agent={"heartbeat_interval_s": 1}
     )
     runtime = Runtime(config)
     thread = threading.Thread(target=runtime.run, name="agent-run", daemon=True)

@@ -7,7 +7,8 @@ Two measurements, printed as JSON lines:
 2. ``drain``: the agent's real ``Runtime`` (outbox, MQTT link, pump) comes back after an outage
    with ``--outage-s`` worth of records produced at ``--rate`` records/s, and keeps producing at
    that rate while it drains through the real broker to a stand-in control plane that stores
-   records de-duplicated on seq and acknowledges the highest contiguous one, as the bridge does.
+   records de-duplicated on seq and acknowledges the highest contiguous one, as the bridge does
+   (``tests.fakes.MqttControlPlane``, the one the agent tests use).
    ``drain_per_production`` is backlog records delivered per second over records produced per
    second (target >= 10); ``live_delay_p95_s`` shows live records are not starved meanwhile.
 
@@ -34,12 +35,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-
-from agent import config as agent_config
-from agent.kernel import protocol
 from agent.outbox import Outbox
+from tests.agent.helpers import make_agent_config
+from tests.fakes import MqttControlPlane, TelemetryStore
 
 WINDOW = {"start": "2026-01-01T00:00:00Z", "end": "2026-01-01T00:01:00Z", "frames": 1200, "classes": {"ok": 1190}}
 
@@ -73,63 +71,12 @@ def durable(records: int, naive_records: int, directory: Path) -> dict[str, Any]
     }
 
 
-class Cloud:
-    """Stores records de-duplicated on seq; acknowledges the highest contiguous seq; notes arrival times."""
-
-    def __init__(self, url: str, device_id: str) -> None:
-        settings = agent_config.MqttSettings(url=url)
-        self.device_id = device_id
-        self.seen: set[int] = set()
-        self.live_delays: list[float] = []
-        self.contiguous = 0
-        self.floor = 1
-        self.changed = threading.Condition()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-cloud-{uuid.uuid4().hex[:8]}")
-        self.client.on_message = self._on_message
-        ready = threading.Event()
-        self.client.on_subscribe = lambda *args: ready.set()
-        self.client.connect(settings.host, settings.port)
-        self.client.subscribe(protocol.topic(device_id, "telemetry"), qos=1)
-        self.client.loop_start()
-        if not ready.wait(10):
-            raise SystemExit(f"no broker answering at {url}")
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        batch = protocol.decode("telemetry", message.payload)
-        assert isinstance(batch, protocol.Telemetry)
-        now = time.time()
-        with self.changed:
-            for record in batch.records:
-                if record.seq in self.seen:
-                    continue
-                self.seen.add(record.seq)
-                produced = record.data.get("produced_at")
-                if record.data.get("live") and produced is not None:
-                    self.live_delays.append(now - float(produced))
-            self.floor = max(self.floor, batch.floor or 1)
-            self.contiguous = max(self.contiguous, self.floor - 1)
-            while self.contiguous + 1 in self.seen:
-                self.contiguous += 1
-            ack = self.contiguous
-            self.changed.notify_all()
-        client.publish(protocol.topic(self.device_id, "ack"), protocol.encode(protocol.Ack(seq=ack)), qos=1)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
 def drain(rate: float, outage_s: float, broker: str, directory: Path) -> dict[str, Any]:
     from agent.runtime import Runtime
 
     device_id = f"bench-{uuid.uuid4().hex[:10]}"
-    config = agent_config.AgentConfig.model_validate(
-        {
-            "server": {"url": "http://127.0.0.1:9"},
-            "device": {"id": device_id, "secret": "x"},
-            "mqtt": {"url": broker},
-            "agent": {"data_dir": str(directory / "agent"), "heartbeat_interval_s": 30},
-        }
+    config = make_agent_config(
+        directory / "agent", mqtt_url=broker, device_id=device_id, trust=[], agent={"heartbeat_interval_s": 30}
     )
     runtime = Runtime(config)
     backlog = int(rate * outage_s)
@@ -138,7 +85,18 @@ def drain(rate: float, outage_s: float, broker: str, directory: Path) -> dict[st
         runtime.outbox.append("window", {**WINDOW, "i": i})
     runtime.outbox.commit()
     top = runtime.outbox.stats().last_seq
-    cloud = Cloud(broker, device_id)
+    live_delays: list[float] = []
+
+    def note_live(seq: int, data: dict[str, Any]) -> None:
+        produced = data.get("produced_at")
+        if data.get("live") and produced is not None:
+            live_delays.append(time.time() - float(produced))
+
+    try:
+        control_plane = MqttControlPlane(broker, device_id, store=TelemetryStore(on_record=note_live))
+    except RuntimeError as exc:
+        raise SystemExit(str(exc)) from None
+    cloud = control_plane.store
     stop = threading.Event()
 
     def produce() -> None:
@@ -157,10 +115,10 @@ def drain(rate: float, outage_s: float, broker: str, directory: Path) -> dict[st
     time.sleep(1.0)  # let the last live records land for the delay figures
     stop.set()
     runtime.stop()
-    cloud.close()
+    control_plane.close()
     if not done:
         raise SystemExit(f"the backlog did not drain: {cloud.contiguous} of {top} after {elapsed:.0f} s")
-    delays = sorted(cloud.live_delays)
+    delays = sorted(live_delays)
     drain_rate = backlog / elapsed
     return {
         "bench": "drain",

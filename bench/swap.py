@@ -46,6 +46,7 @@ from agent.pipeline import Pipeline
 from agent.trust import Trust
 from agent.updater import Updater
 from registry.bundles import Signer, build_bundle
+from tests.agent.helpers import make_agent_config
 
 
 def classifier(weights: int, seed: int) -> bytes:
@@ -206,16 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         data = Path(tmp)
         public = base64.b64encode(signer.public_bytes).decode()
         trust = [{"key_id": key_id_for(signer.public_bytes), "public_key": public}]
-        (data / "trust.json").write_text(json.dumps(trust))
-        config = agent_config.AgentConfig.model_validate(
-            {
-                "server": {"url": base},
-                "device": {"id": "bench", "secret": "x"},
-                "mqtt": {"url": "mqtt://127.0.0.1:1"},
-                "agent": {"data_dir": str(data)},
-                "inference": {"intra_op_threads": 1},
-            }
-        )
+        config = make_agent_config(data, server_url=base, device_id="bench", trust=trust)
         updater = Updater(config)
         recorder = Recorder(config)
         updater.start(recorder)

@@ -29,7 +29,7 @@ from agent.kernel.verify import signed_desired
 from bridge.process import Bridge, BridgeConfig
 from fleet.models import Device, Site
 from registry.bundles import Signer
-from tests.agent.helpers import RecordingRuntime  # noqa: F401 - the tests import it from here
+from tests.agent.helpers import RecordingRuntime, make_agent_config  # noqa: F401 - the tests import them from here
 from tests.brokers import clear_retained
 from tests.registry.conftest import Crafted, make_classifier, make_png_images, trusted
 
@@ -314,26 +314,21 @@ def bundle_server() -> Iterator[BundleServer]:
     server.close()
 
 
-def make_config(
-    tmp_path: Path, server_url: str, trust: list[dict[str, Any]], **sections: Any
-) -> agent_config.AgentConfig:
-    data_dir = tmp_path / "data"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    (data_dir / "trust.json").write_text(json.dumps(trust))
-    document: dict[str, Any] = {
-        "server": {"url": server_url},
-        "device": {"id": "dev-test", "secret": "s3cret"},
-        "mqtt": {"url": "mqtt://127.0.0.1:1"},
-        "agent": {"data_dir": str(data_dir)},
-        "inference": {"intra_op_threads": 1},
-    }
-    document.update(sections)
-    return agent_config.AgentConfig.model_validate(document)
+@pytest.fixture
+def agent_config_factory(tmp_path: Path) -> Callable[..., agent_config.AgentConfig]:
+    """``make_agent_config`` with the test's own data dir (``tmp_path / "data"``)."""
+
+    def make(**kwargs: Any) -> agent_config.AgentConfig:
+        return make_agent_config(tmp_path / "data", **kwargs)
+
+    return make
 
 
 @pytest.fixture
-def config(tmp_path: Path, bundle_server: BundleServer, signer: Signer) -> agent_config.AgentConfig:
-    return make_config(tmp_path, bundle_server.url, [trusted(signer)])
+def config(
+    agent_config_factory: Callable[..., agent_config.AgentConfig], bundle_server: BundleServer, signer: Signer
+) -> agent_config.AgentConfig:
+    return agent_config_factory(server_url=bundle_server.url, trust=[trusted(signer)])
 
 
 def desired_for(

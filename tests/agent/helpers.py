@@ -1,12 +1,47 @@
-"""Django-free helpers of the updater tests (the kill -9 child process imports them)."""
+"""Django-free helpers of the agent tests and the benchmarks (the kill -9 child process imports them too)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from agent import config as agent_config
 from agent.desired import DesiredState
 from agent.trust import Trust
+
+
+def make_agent_config(
+    data_dir: Path,
+    *,
+    server_url: str = "http://127.0.0.1:9",
+    mqtt_url: str = "mqtt://127.0.0.1:1",
+    device_id: str = "dev-test",
+    secret: str = "s3cret",  # noqa: S107 - a made-up device of the tests
+    trust: list[dict[str, Any]] | None = None,
+    **sections: dict[str, Any],
+) -> agent_config.AgentConfig:
+    """The one agent config of the tests and benchmarks: every required section filled in.
+
+    Each of ``sections`` is merged key by key over the defaults
+    (``agent={"heartbeat_interval_s": 1}`` keeps the data dir) or added
+    (``capture={...}``). With ``trust`` the trust store is written where the
+    agent reads it, as enrollment does.
+    """
+    document: dict[str, dict[str, Any]] = {
+        "server": {"url": server_url},
+        "device": {"id": device_id, "secret": secret},
+        "mqtt": {"url": mqtt_url},
+        "agent": {"data_dir": str(data_dir)},
+        # One thread: the tests and benchmarks share two cores with everything else.
+        "inference": {"intra_op_threads": 1},
+    }
+    for name, values in sections.items():
+        document[name] = {**document.get(name, {}), **values}
+    if trust is not None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        (data_dir / "trust.json").write_text(json.dumps(trust))
+    return agent_config.AgentConfig.model_validate(document)
 
 
 class RecordingRuntime:

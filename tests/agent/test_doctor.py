@@ -15,16 +15,12 @@ from agent import config as agent_config
 from agent.cli import app
 from agent.doctor import check_clock
 from fleet.models import Site
+from tests.agent.helpers import make_agent_config
 
 
 def write(tmp_path: Path, server: str, mqtt: str, device_id: str = "dev-x", secret: str = "s") -> Path:  # noqa: S107
-    settings = agent_config.AgentConfig.model_validate(
-        {
-            "server": {"url": server, "timeout_s": 2},
-            "device": {"id": device_id, "secret": secret},
-            "mqtt": {"url": mqtt},
-            "agent": {"data_dir": str(tmp_path / "data")},
-        }
+    settings = make_agent_config(
+        tmp_path / "data", server_url=server, mqtt_url=mqtt, device_id=device_id, secret=secret, server={"timeout_s": 2}
     )
     path = tmp_path / "agent.toml"
     agent_config.write(path, settings)

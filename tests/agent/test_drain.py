@@ -35,7 +35,9 @@ def beat(pad: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def backlog(device: tuple[Device, str], mqtt_url: str, tmp_path: Path) -> Iterator[tuple[Path, set[int], set[int]]]:
+def backlog(
+    device: tuple[Device, str], mqtt_url: str, tmp_path: Path, agent_config_factory: Any
+) -> Iterator[tuple[Path, set[int], set[int]]]:
     """An agent whose outbox filled up during an outage: kept and dropped seqs."""
     data = tmp_path / "data"
     with Outbox(data / "outbox.db", max_bytes=MAX_BYTES, commit_records=10_000) as box:
@@ -51,14 +53,13 @@ def backlog(device: tuple[Device, str], mqtt_url: str, tmp_path: Path) -> Iterat
     path = tmp_path / "agent.toml"
     agent_config.write(
         path,
-        agent_config.AgentConfig.model_validate(
-            {
-                "server": {"url": "http://127.0.0.1:8000"},
-                "device": {"id": device[0].device_id, "secret": device[1]},
-                "mqtt": {"url": mqtt_url},
-                "agent": {"data_dir": str(data), "heartbeat_interval_s": 1, "log_level": "debug"},
-                "outbox": {"max_bytes": MAX_BYTES},
-            }
+        agent_config_factory(
+            mqtt_url=mqtt_url,
+            device_id=device[0].device_id,
+            secret=device[1],
+            agent={"heartbeat_interval_s": 1},
+            logging={"level": "debug"},
+            outbox={"max_bytes": MAX_BYTES},
         ),
     )
     yield path, kept, written - kept

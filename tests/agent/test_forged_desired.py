@@ -12,13 +12,13 @@ from agent.runtime import Runtime
 from agent.trust import Trust
 from agent.updater import Updater
 from registry.bundles import Signer
-from tests.agent.conftest import make_config, publish, sign, trusted
+from tests.agent.conftest import publish, sign, trusted
 
 
 def test_a_refused_high_generation_does_not_hide_the_genuine_documents_that_follow(
-    tmp_path: Path, bundle_server: Any, signer: Signer, crafted: Any
+    tmp_path: Path, bundle_server: Any, signer: Signer, crafted: Any, agent_config_factory: Any
 ) -> None:
-    config = make_config(tmp_path, bundle_server.url, [trusted(signer)])
+    config = agent_config_factory(server_url=bundle_server.url, trust=[trusted(signer)])
     trust = Trust(config)
     updater = Updater(config, trust=trust)
     runtime = Runtime(config, trust=trust, components=[updater])

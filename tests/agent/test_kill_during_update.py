@@ -14,7 +14,7 @@ import pytest
 from agent import config as agent_config
 from agent.kernel import protocol
 from agent.updater import CURRENT, KILL_AT_ENV, Updater, check_installed
-from tests.agent.conftest import RecordingRuntime, make_config, publish, trusted
+from tests.agent.conftest import RecordingRuntime, publish, trusted
 from tests.paths import ROOT
 from tests.registry.conftest import Crafted
 
@@ -37,9 +37,9 @@ PHASES = ["downloading", "verifying", "validating", "installing", "switching"]
 
 @pytest.mark.parametrize("phase", PHASES)
 def test_a_kill_at_each_update_phase_leaves_a_verified_model_and_the_update_completes_on_restart(
-    phase: str, tmp_path: Path, bundle_server: Any, signer: Any, classifier_onnx: bytes
+    phase: str, tmp_path: Path, bundle_server: Any, signer: Any, classifier_onnx: bytes, agent_config_factory: Any
 ) -> None:
-    config = make_config(tmp_path, bundle_server.url, [trusted(signer)])
+    config = agent_config_factory(server_url=bundle_server.url, trust=[trusted(signer)])
     first = Updater(config)
     first.start(RecordingRuntime(config))
     first.converge(publish(Crafted(classifier_onnx), signer, bundle_server, tmp_path, 1))

@@ -1,9 +1,9 @@
 """kill -9 the agent at random points while it writes and forwards telemetry through a real broker.
 
 The child is the agent's own ``Runtime`` (outbox, MQTT link, pump), forked from this process so
-each round costs milliseconds, with a thread appending records as inference would. This test
-plays the control plane: it stores records de-duplicated on seq and acknowledges the highest
-contiguous one, as the bridge does. After every kill: ``PRAGMA integrity_check`` is ok and every
+each round costs milliseconds, with a thread appending records as inference would. The control
+plane is ``tests.fakes.MqttControlPlane``: it stores records de-duplicated on seq and acknowledges
+the highest contiguous one, as the bridge does. After every kill: ``PRAGMA integrity_check`` is ok and every
 committed record is either still in the outbox or already stored here; a seq is never reused for
 other data. At the end one clean run drains everything: each record arrived, exactly once after
 de-duplication.
@@ -20,71 +20,15 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from agent import config as agent_config
 from agent import outbox
-from agent.kernel import protocol
+from tests.agent.helpers import make_agent_config
+from tests.fakes import MqttControlPlane, TelemetryStore
 
 pytestmark = pytest.mark.integration
-
-
-class Cloud:
-    """Stores telemetry de-duplicated on seq and acknowledges the highest contiguous seq."""
-
-    def __init__(self, url: str, device_id: str) -> None:
-        self.device_id = device_id
-        self.records: dict[int, Any] = {}
-        self.deliveries = 0
-        self.conflicts: list[int] = []
-        self.floor = 1
-        self.contiguous = 0
-        self.changed = threading.Condition()
-        settings = agent_config.MqttSettings(url=url)
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"cloud-{uuid.uuid4().hex[:8]}")
-        self.client.on_message = self._on_message
-        connected = threading.Event()
-        self.client.on_connect = lambda *args: connected.set()
-        self.client.connect(settings.host, settings.port)
-        self.client.subscribe(protocol.topic(device_id, "telemetry"), qos=1)
-        self.client.loop_start()
-        assert connected.wait(10), "the test's control plane did not connect"
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        batch = protocol.decode("telemetry", message.payload)
-        assert isinstance(batch, protocol.Telemetry)
-        with self.changed:
-            for record in batch.records:
-                self.deliveries += 1
-                data = record.data
-                seen = self.records.setdefault(record.seq, data)
-                if seen != data:
-                    self.conflicts.append(record.seq)
-            if batch.floor:
-                self.floor = max(self.floor, batch.floor)
-            self.contiguous = max(self.contiguous, self.floor - 1)
-            while self.contiguous + 1 in self.records:
-                self.contiguous += 1
-            ack = self.contiguous
-            self.changed.notify_all()
-        if ack:
-            client.publish(protocol.topic(self.device_id, "ack"), protocol.encode(protocol.Ack(seq=ack)), qos=1)
-
-    def wait_for(self, seq: int, timeout: float) -> bool:
-        with self.changed:
-            return self.changed.wait_for(lambda: self.contiguous >= seq, timeout)
-
-    def wait_for_run(self, run_id: str, timeout: float) -> bool:
-        with self.changed:
-            return self.changed.wait_for(lambda: any(d.get("run") == run_id for d in self.records.values()), timeout)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 def _agent(config_path: Path, run_id: str) -> None:
@@ -108,21 +52,20 @@ def _agent(config_path: Path, run_id: str) -> None:
 
 
 def write_config(tmp_path: Path, url: str, device_id: str) -> Path:
-    settings = agent_config.AgentConfig.model_validate(
-        {
-            "server": {"url": "http://127.0.0.1:9"},
-            "device": {"id": device_id, "secret": "unused"},
-            "mqtt": {"url": url, "keepalive": 10},
-            "agent": {"data_dir": str(tmp_path / "data"), "heartbeat_interval_s": 1},
-            "outbox": {"resend_after_s": 1.0},
-        }
+    settings = make_agent_config(
+        tmp_path / "data",
+        mqtt_url=url,
+        device_id=device_id,
+        mqtt={"keepalive": 10},
+        agent={"heartbeat_interval_s": 1},
+        outbox={"resend_after_s": 1.0},
     )
     path = tmp_path / "agent.toml"
     agent_config.write(path, settings)
     return path
 
 
-def check_outbox(path: Path, cloud: Cloud) -> int:
+def check_outbox(path: Path, cloud: TelemetryStore) -> int:
     """Integrity, and every committed record either still here or stored by the cloud; returns the top seq."""
     db = sqlite3.connect(path)
     try:
@@ -146,7 +89,8 @@ def check_outbox(path: Path, cloud: Cloud) -> int:
 def kill_loop(rounds: int, mqtt_url: str, tmp_path: Path, seed: int) -> None:
     device_id = f"chaos-{uuid.uuid4().hex[:10]}"
     config_path = write_config(tmp_path, mqtt_url, device_id)
-    cloud = Cloud(mqtt_url, device_id)
+    control_plane = MqttControlPlane(mqtt_url, device_id)
+    cloud = control_plane.store
     fork = multiprocessing.get_context("fork")
     rng = random.Random(seed)
     box = tmp_path / "data" / "outbox.db"
@@ -166,7 +110,9 @@ def kill_loop(rounds: int, mqtt_url: str, tmp_path: Path, seed: int) -> None:
         child = fork.Process(target=_agent, args=(config_path, "final"), daemon=True)
         child.start()
         # Its first record stored means its signal handlers are in place.
-        assert cloud.wait_for_run("final", timeout=60), "the clean run sent nothing"
+        assert cloud.wait_until(lambda store: any(d.get("run") == "final" for d in store.records.values()), 60), (
+            "the clean run sent nothing"
+        )
         assert cloud.wait_for(top, timeout=60), f"stored up to {cloud.contiguous}, committed {top}"
         os.kill(child.pid, signal.SIGTERM)  # type: ignore[arg-type]
         child.join(30)
@@ -177,7 +123,7 @@ def kill_loop(rounds: int, mqtt_url: str, tmp_path: Path, seed: int) -> None:
             assert set(range(1, top + 1)) <= set(cloud.records)
             assert len(cloud.records) <= final_top
     finally:
-        cloud.close()
+        control_plane.close()
 
 
 def test_fifty_kills_while_writing_and_forwarding_lose_and_duplicate_nothing(mqtt_url: str, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -81,21 +82,21 @@ def start_bridge(url: str) -> Bridge:
 
 
 def test_records_written_while_the_broker_was_down_all_arrive_once(
-    broker: PrivateBroker, device: tuple[Device, str], tmp_path: Path
+    broker: PrivateBroker, device: tuple[Device, str], tmp_path: Path, agent_config_factory: Any
 ) -> None:
     data = tmp_path / "data"
     path = tmp_path / "agent.toml"
     agent_config.write(
         path,
-        agent_config.AgentConfig.model_validate(
-            {
-                "server": {"url": "http://127.0.0.1:8000"},
-                "device": {"id": device[0].device_id, "secret": device[1]},
-                "mqtt": {"url": broker.url, "reconnect_min_s": 1, "reconnect_max_s": 2},
-                "agent": {"data_dir": str(data), "heartbeat_interval_s": 1, "log_level": "debug"},
-                # Far beyond the test: only the duplicate-ack resend can recover what the broker dropped.
-                "outbox": {"resend_after_s": 3600},
-            }
+        agent_config_factory(
+            mqtt_url=broker.url,
+            device_id=device[0].device_id,
+            secret=device[1],
+            mqtt={"reconnect_min_s": 1, "reconnect_max_s": 2},
+            agent={"heartbeat_interval_s": 1},
+            logging={"level": "debug"},
+            # Far beyond the test: only the duplicate-ack resend can recover what the broker dropped.
+            outbox={"resend_after_s": 3600},
         ),
     )
     bridge = start_bridge(broker.url)

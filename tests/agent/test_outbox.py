@@ -17,6 +17,7 @@ import pytest
 from agent.kernel import protocol
 from agent.outbox import DUPLICATE_ACKS_TO_RESEND, MAX_BATCH_BYTES, Outbox, OutboxError
 from agent.outbox import inspect as outbox_inspect
+from tests.fakes import TelemetryStore
 from tests.paths import ROOT
 
 
@@ -322,21 +323,6 @@ def test_acks_that_stop_advancing_get_what_is_in_flight_resent_without_waiting(b
     assert again is not None and again.seqs == list(range(4, 11))
 
 
-class ContiguousStore:
-    """A control plane in miniature: stores what it is sent, acknowledges the highest contiguous seq."""
-
-    def __init__(self) -> None:
-        self.stored: set[int] = set()
-        self.contiguous = 0
-
-    def receive(self, batch: Any) -> int:
-        self.stored.update(batch.seqs)
-        self.contiguous = max(self.contiguous, batch.floor - 1)
-        while self.contiguous + 1 in self.stored:
-            self.contiguous += 1
-        return self.contiguous
-
-
 def test_a_backlog_larger_than_ten_windows_drains_in_round_trips_while_live_records_keep_going(path: Path) -> None:
     # Each round trip the device produces some live records, sends what the
     # in-flight window allows, and the control plane acks every batch. A
@@ -347,7 +333,7 @@ def test_a_backlog_larger_than_ten_windows_drains_in_round_trips_while_live_reco
         for i in range(backlog):
             box.append("window", window(i=i))
         box.commit()
-        cloud = ContiguousStore()
+        cloud = TelemetryStore()
         rounds = 0
         # At least ten times the production rate, as the drain must be.
         while cloud.contiguous < backlog:
@@ -362,7 +348,7 @@ def test_a_backlog_larger_than_ten_windows_drains_in_round_trips_while_live_reco
             assert set(live) <= sent, f"round {rounds}: live records held back"
             assert any(seq <= backlog for seq in sent) or cloud.contiguous >= backlog
             for batch in batches:
-                box.ack(cloud.receive(batch))
+                box.ack(cloud.receive(batch.message))
         # Nothing left before an ack covered it, and every record arrived.
         assert box.stats().depth == len(cloud.stored) - cloud.contiguous
         assert set(range(1, backlog + 1)) <= cloud.stored
@@ -376,7 +362,7 @@ def test_any_window_and_live_share_leave_the_backlog_room_to_drain(
         for i in range(50):
             box.append("window", window(i=i))
         box.commit()
-        cloud = ContiguousStore()
+        cloud = TelemetryStore()
         rounds = 0
         while cloud.contiguous < 50:
             rounds += 1
@@ -388,4 +374,4 @@ def test_any_window_and_live_share_leave_the_backlog_room_to_drain(
                 batches.append(batch)
             assert box.stats().in_flight <= max_in_flight
             for batch in batches:
-                box.ack(cloud.receive(batch))
+                box.ack(cloud.receive(batch.message))

@@ -6,6 +6,7 @@ import json
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import cv2
@@ -19,7 +20,7 @@ from agent.kernel import histogram, protocol
 from agent.kernel.decode import Result
 from agent.pipeline import Pipeline, PipelineComponent, main, run_over
 from agent.window import MAX_CLASSES, OTHER, WindowAggregator
-from tests.agent.conftest import BLUE, GREEN, RED, ListSource, make_config, solid
+from tests.agent.conftest import BLUE, GREEN, RED, ListSource, solid
 
 
 def test_the_pipeline_decides_every_frame_with_the_model_in_service(colour_model: ModelSession) -> None:
@@ -204,15 +205,13 @@ def test_the_command_line_names_a_bad_model_file(tmp_path: Path, capsys: pytest.
 
 
 def test_the_component_is_built_from_config_sections_and_follows_the_desired_threshold(
-    tmp_path: Path, colour_model: ModelSession
+    tmp_path: Path, colour_model: ModelSession, agent_config_factory: Any
 ) -> None:
     folder = tmp_path / "frames"
     folder.mkdir()
     cv2.imwrite(str(folder / "a.png"), solid(RED))
-    config = make_config(
-        tmp_path,
-        "https://cloud.example",
-        [],
+    config = agent_config_factory(
+        server_url="https://cloud.example",
         capture={"source": str(folder), "max_fps": 5, "every_nth": 2, "loop": True},
         actions={"rules": [{"kind": "webhook", "url": "http://127.0.0.1:9/"}]},
         vision={"window_interval_s": 60},
@@ -235,7 +234,9 @@ def test_the_component_is_built_from_config_sections_and_follows_the_desired_thr
     assert escalation.threshold(0.6) == 0.6
 
 
-def test_without_a_capture_source_there_is_no_pipeline_to_build(tmp_path: Path, colour_model: ModelSession) -> None:
-    config = make_config(tmp_path, "https://cloud.example", [])
+def test_without_a_capture_source_there_is_no_pipeline_to_build(
+    colour_model: ModelSession, agent_config_factory: Any
+) -> None:
+    config = agent_config_factory()
     with pytest.raises(CaptureError, match=r"no \[capture\] source"):
         PipelineComponent.build(config, SessionHolder(colour_model))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import socket
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -19,30 +20,38 @@ from agent import outbox
 from agent.kernel import protocol
 from bridge.process import Bridge
 from fleet.models import Device
+from registry.trust import trust_store
 from telemetry.models import DeviceEvent, TelemetryRecord
 from tests.agent.conftest import AgentProcess, wait_until
-from tests.brokers import address
+from tests.brokers import address, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
+WRITTEN_BEFORE_START = 3
+
 
 @pytest.fixture
-def config(device: tuple[Device, str], mqtt_url: str, tmp_path: Path) -> Path:
+def config(device: tuple[Device, str], mqtt_url: str, tmp_path: Path, agent_config_factory: Any) -> Path:
     path = tmp_path / "agent.toml"
-    settings = agent_config.AgentConfig.model_validate(
-        {
-            "server": {"url": "http://127.0.0.1:8000"},
-            "device": {"id": device[0].device_id, "secret": device[1], "name": "cam-1", "site": "plant-a"},
-            "mqtt": {"url": mqtt_url, "keepalive": 10},
-            "agent": {"data_dir": str(tmp_path / "data"), "heartbeat_interval_s": 1, "log_level": "debug"},
-        }
+    settings = agent_config_factory(
+        mqtt_url=mqtt_url,
+        device_id=device[0].device_id,
+        secret=device[1],
+        # The trust store enrollment writes: the agent acts only on desired state signed by these keys.
+        trust=trust_store(),
+        device={"name": "cam-1", "site": "plant-a"},
+        mqtt={"keepalive": 10},
+        agent={"heartbeat_interval_s": 1},
+        logging={"level": "debug"},
     )
     agent_config.write(path, settings)
-    # The trust store enrollment writes: the agent acts only on desired state signed by these keys.
-    from registry.trust import trust_store
-
-    (tmp_path / "data").mkdir(exist_ok=True)
-    (tmp_path / "data" / "trust.json").write_text(json.dumps(trust_store()))
+    # Windows written before the start (a previous run that never reached the broker): the
+    # agent's first heartbeat counts them, before anything can be acknowledged.
+    now = datetime.now(timezone.utc)
+    window = {"start": (now - timedelta(minutes=1)).isoformat(), "end": now.isoformat(), "frames": 0}
+    with outbox.Outbox(settings.outbox_path) as box:
+        for _ in range(WRITTEN_BEFORE_START):
+            box.append("window", window)
     return path
 
 
@@ -92,8 +101,13 @@ def test_a_killed_agent_turns_offline_through_its_last_will(
     assert wait_until(lambda: online(row), bridge), running.log()
     assert wait_until(lambda: heartbeat_acknowledged(tmp_path / "data"), bridge), running.log()
     row.refresh_from_db()
-    assert row.agent_version and row.last_heartbeat["outbox_depth"] >= 0
-    assert TelemetryRecord.objects.filter(device=row, kind="heartbeat").exists()
+    first = TelemetryRecord.objects.get(device=row, seq=WRITTEN_BEFORE_START + 1)
+    assert first.kind == "heartbeat" and first.data["outbox_depth"] == WRITTEN_BEFORE_START
+    # The device row holds a heartbeat the control plane stored (read after it, so already stored):
+    # the same fields, plus its time and the optional ones the device left out.
+    beats = [r.data for r in TelemetryRecord.objects.filter(device=row, kind="heartbeat")]
+    held = {key: value for key, value in row.last_heartbeat.items() if key != "ts" and value is not None}
+    assert held in beats and row.agent_version == held["agent_version"]
 
     running.proc.send_signal(signal.SIGKILL)
     running.proc.wait(timeout=10)
@@ -143,19 +157,12 @@ def test_a_running_agent_answers_ping_stores_desired_and_stops_cleanly_on_sigter
     assert told[0] == "READY=1" and "WATCHDOG=1" in told and told[-1] == "STOPPING=1"
 
 
-def test_sigterm_stops_an_agent_that_cannot_reach_its_broker(tmp_path: Path) -> None:
-    from tests.brokers import free_port
-
+def test_sigterm_stops_an_agent_that_cannot_reach_its_broker(tmp_path: Path, agent_config_factory: Any) -> None:
     path = tmp_path / "agent.toml"
     agent_config.write(
         path,
-        agent_config.AgentConfig.model_validate(
-            {
-                "server": {"url": "http://127.0.0.1:8000"},
-                "device": {"id": "dev-nowhere", "secret": "s"},
-                "mqtt": {"url": f"mqtt://127.0.0.1:{free_port()}"},
-                "agent": {"data_dir": str(tmp_path / "data"), "heartbeat_interval_s": 1},
-            }
+        agent_config_factory(
+            mqtt_url=f"mqtt://127.0.0.1:{free_port()}", device_id="dev-nowhere", agent={"heartbeat_interval_s": 1}
         ),
     )
     process = AgentProcess(path, tmp_path / "agent.log")

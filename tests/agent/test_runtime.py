@@ -13,7 +13,6 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.config import AgentConfig
 from agent.kernel import protocol
 from agent.runtime import Runtime
 from registry.bundles import Signer
@@ -77,17 +76,16 @@ def cloud(mqtt_url: str, device_id: str) -> Iterator[Cloud]:
 
 
 @pytest.fixture
-def runtime(mqtt_url: str, device_id: str, tmp_path: Path, cloud: Cloud, signer: Signer) -> Iterator[Runtime]:
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "trust.json").write_text(json.dumps([trusted(signer)]))
-    config = AgentConfig.model_validate(
-        {
-            "server": {"url": "http://127.0.0.1:8000"},
-            "device": {"id": device_id, "secret": "unused-on-an-anonymous-broker"},
-            "mqtt": {"url": mqtt_url},
-            "agent": {"data_dir": str(tmp_path / "data"), "heartbeat_interval_s": 3600},
-            "outbox": {"max_bytes": 64 * 1024},
-        }
+def runtime(
+    mqtt_url: str, device_id: str, cloud: Cloud, signer: Signer, agent_config_factory: Any
+) -> Iterator[Runtime]:
+    config = agent_config_factory(
+        mqtt_url=mqtt_url,
+        device_id=device_id,
+        secret="unused-on-an-anonymous-broker",
+        trust=[trusted(signer)],
+        agent={"heartbeat_interval_s": 3600},
+        outbox={"max_bytes": 64 * 1024},
     )
     runtime = Runtime(config)
     thread = threading.Thread(target=runtime.run, name="agent-run")

@@ -22,7 +22,7 @@ from fleet import services
 from fleet.models import Device, Site
 from registry.models import ModelVersion
 from telemetry.models import DeviceEvent, TelemetryRecord
-from tests.agent.conftest import AgentProcess, wait_until
+from tests.agent.conftest import AgentProcess, make_agent_config, wait_until
 from tests.brokers import clear_retained
 from tests.registry.helpers import publish
 
@@ -57,20 +57,20 @@ def enrolled(enroll_device: Any, mqtt_url: str) -> Iterator[Any]:
 
 
 def agent_config_for(enrollment: Any, live_server: Any, mqtt_url: str, frames: Path, tmp_path: Path) -> Path:
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    (data_dir / "trust.json").write_text(json.dumps(enrollment.trust_store))
-    settings = agent_config.AgentConfig.model_validate(
-        {
-            "server": {"url": live_server.url},
-            "device": {"id": enrollment.device.device_id, "secret": enrollment.secret, "name": "cam-u"},
-            "mqtt": {"url": mqtt_url, "keepalive": 10},
-            "agent": {"data_dir": str(data_dir), "heartbeat_interval_s": 1, "log_level": "debug"},
-            "capture": {"source": str(frames), "loop": True, "max_fps": 20},
-            "vision": {"window_interval_s": 1},
-            "inference": {"intra_op_threads": 1},
-            "escalation": {"enabled": False},
-        }
+    settings = make_agent_config(
+        tmp_path / "data",
+        server_url=live_server.url,
+        mqtt_url=mqtt_url,
+        device_id=enrollment.device.device_id,
+        secret=enrollment.secret,
+        trust=enrollment.trust_store,
+        device={"name": "cam-u"},
+        mqtt={"keepalive": 10},
+        agent={"heartbeat_interval_s": 1},
+        logging={"level": "debug"},
+        capture={"source": str(frames), "loop": True, "max_fps": 20},
+        vision={"window_interval_s": 1},
+        escalation={"enabled": False},
     )
     path = tmp_path / "agent.toml"
     agent_config.write(path, settings)

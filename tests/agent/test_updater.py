@@ -7,6 +7,8 @@ import hashlib
 import io
 import json
 import tarfile
+import threading
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -16,17 +18,18 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.kernel.manifest import MANIFEST_NAME
+from agent.pipeline import Pipeline
 from agent.updater import CURRENT, PREVIOUS, UpdateError, Updater
 from registry.bundles import Signer, pack
-from tests.agent.conftest import BundleServer, RecordingRuntime, desired_for, make_config, publish, sign, trusted
+from tests.agent.conftest import BundleServer, ListSource, RecordingRuntime, desired_for, publish, sign, trusted
 from tests.registry.conftest import Crafted
 
 LIMITED = {"updater": {"max_bundle_bytes": 1024 * 1024}}
 
 
 @pytest.fixture
-def config(tmp_path: Path, bundle_server: BundleServer, signer: Signer) -> Any:
-    return make_config(tmp_path, bundle_server.url, [trusted(signer)], **LIMITED)
+def config(agent_config_factory: Any, bundle_server: BundleServer, signer: Signer) -> Any:
+    return agent_config_factory(server_url=bundle_server.url, trust=[trusted(signer)], **LIMITED)
 
 
 @pytest.fixture
@@ -243,18 +246,40 @@ def test_a_damaged_installed_model_gives_way_to_the_fallback_at_start(installed,
         restarted.stop()
 
 
-class FailingPipeline:
-    consecutive_errors = 0
+def test_a_model_failing_frame_after_frame_is_replaced_by_the_fallback_which_decides_the_next_frames(
+    installed, runtime, monkeypatch
+):
+    threshold = installed.settings.crash_threshold
 
+    def broken(frame: Any) -> Any:
+        raise RuntimeError("onnxruntime fell over")
 
-def test_a_model_failing_frame_after_frame_is_replaced_by_the_fallback(installed, runtime):
-    pipeline = FailingPipeline()
+    monkeypatch.setattr(installed.holder.session, "infer", broken)
+    after = threading.Event()
+    frames = [np.full((48, 64, 3), 30, dtype=np.uint8)] * (threshold + 5)
+    decided: list[Any] = []
+    pipeline = Pipeline(
+        ListSource(frames, gates={threshold: after}),
+        installed.holder,
+        lossless=True,
+        on_result=lambda frame, result: decided.append(result),
+    )
     installed.attach(pipeline)
-    pipeline.consecutive_errors = installed.settings.crash_threshold
+    pipeline.start()
+    try:
+        # The updater's own thread notices the run of failures; the frames after it wait for that.
+        deadline = time.monotonic() + 20
+        while not installed.holder.fallback and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert installed.holder.fallback, f"no fallback after {pipeline.errors} failed frames"
+        after.set()
+        assert pipeline.wait(20)
+    finally:
+        pipeline.stop()
 
-    installed._watch()
-
-    assert installed.holder.fallback
+    assert pipeline.errors == threshold and decided, "the frames after the swap were decided"
+    assert {(r.model_version, r.label in ("dark", "bright")) for r in decided} == {("0.0.0", True)}
+    assert len(decided) == 5
     assert runtime.last["fallback"] is True and runtime.last["phase"] == "failed"
     assert "fallback" in runtime.last["error"]
     assert "fallback_engaged" in runtime.event_kinds()

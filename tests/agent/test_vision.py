@@ -16,7 +16,7 @@ from agent.outbox import Outbox
 from agent.updater import Updater
 from agent.vision import Vision
 from registry.bundles import Signer
-from tests.agent.conftest import RecordingRuntime, make_config, sign, trusted
+from tests.agent.conftest import RecordingRuntime, sign, trusted
 
 
 class OutboxRuntime(RecordingRuntime):
@@ -45,12 +45,9 @@ def wait(predicate: Any, timeout: float = 20) -> bool:
 
 
 def test_with_the_outbox_full_records_are_dropped_and_counted_while_inference_goes_on(
-    tmp_path: Path, frames: Path
+    tmp_path: Path, frames: Path, agent_config_factory: Any
 ) -> None:
-    config = make_config(
-        tmp_path,
-        "http://127.0.0.1:9",
-        [],
+    config = agent_config_factory(
         capture={"source": str(frames), "loop": True, "max_fps": 500},
         vision={"window_interval_s": 0.1},
         escalation={"enabled": False},
@@ -84,8 +81,8 @@ def test_with_the_outbox_full_records_are_dropped_and_counted_while_inference_go
         box.close()
 
 
-def test_without_a_capture_source_the_agent_runs_no_inference(tmp_path: Path) -> None:
-    config = make_config(tmp_path, "http://127.0.0.1:9", [])
+def test_without_a_capture_source_the_agent_runs_no_inference(tmp_path: Path, agent_config_factory: Any) -> None:
+    config = agent_config_factory()
     box = Outbox(tmp_path / "outbox.db")
     updater = Updater(config)
     vision = Vision(config, updater)
@@ -95,8 +92,10 @@ def test_without_a_capture_source_the_agent_runs_no_inference(tmp_path: Path) ->
     box.close()
 
 
-def test_a_source_that_cannot_be_opened_is_reported_and_the_agent_goes_on(tmp_path: Path) -> None:
-    config = make_config(tmp_path, "http://127.0.0.1:9", [], capture={"source": str(tmp_path / "nowhere")})
+def test_a_source_that_cannot_be_opened_is_reported_and_the_agent_goes_on(
+    tmp_path: Path, agent_config_factory: Any
+) -> None:
+    config = agent_config_factory(capture={"source": str(tmp_path / "nowhere")})
     box = Outbox(tmp_path / "outbox.db")
     runtime = OutboxRuntime(config, box)
     vision = Vision(config, Updater(config))
@@ -106,11 +105,11 @@ def test_a_source_that_cannot_be_opened_is_reported_and_the_agent_goes_on(tmp_pa
     box.close()
 
 
-def test_runtime_config_comes_from_verified_documents_only(tmp_path: Path, frames: Path, signer: Signer) -> None:
-    config = make_config(
-        tmp_path,
-        "http://127.0.0.1:9",
-        [trusted(signer)],
+def test_runtime_config_comes_from_verified_documents_only(
+    tmp_path: Path, frames: Path, signer: Signer, agent_config_factory: Any
+) -> None:
+    config = agent_config_factory(
+        trust=[trusted(signer)],
         capture={"source": str(frames), "loop": True},
         escalation={"enabled": False},
     )
