@@ -112,10 +112,14 @@ def _rejection(status: int, document: Any) -> tuple[Exit, str]:
         detail = document.get("detail") if isinstance(document, dict) else None
         return Exit.TRY_LATER, str(detail or "the server is unavailable (HTTP 503); retry later")
     if 400 <= status < 500:
-        if isinstance(document, dict) and document:
-            field, problem = next(iter(document.items()))
+        # The API's error shape, {code, detail, fields?} (docs/api.md): the first field at fault says most.
+        fields = document.get("fields") if isinstance(document, dict) else None
+        if isinstance(fields, dict) and fields:
+            field, problem = next(iter(fields.items()))
             detail = problem[0] if isinstance(problem, list) and problem else problem
             return Exit.REQUEST_REJECTED, f"the server rejected the request (HTTP {status}): {field}: {detail}"
+        if isinstance(document, dict) and document.get("detail"):
+            return Exit.REQUEST_REJECTED, f"the server rejected the request (HTTP {status}): {document['detail']}"
         return Exit.REQUEST_REJECTED, f"the server rejected the request (HTTP {status})"
     return Exit.SERVER_ERROR, f"the server failed (HTTP {status}); retry later"
 
