@@ -18,11 +18,13 @@ from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import TypeAdapter, ValidationError
 
 from agent.config import InferenceSettings
 from agent.kernel.decode import Result, decode_classification, decode_detection
+from agent.kernel.manifest import MANIFEST_NAME, MODEL_NAME, parse_manifest
 from agent.kernel.preprocess import Image, Preprocessor
-from agent.kernel.spec import ClassificationOutput, DetectionOutput, InputSpec, Thresholds
+from agent.kernel.spec import ClassificationOutput, DetectionOutput, InputSpec, OutputDecoding, Thresholds
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +100,6 @@ class ModelSession:
     @classmethod
     def from_bundle(cls, directory: Path, *, settings: InferenceSettings | None = None) -> ModelSession:
         """Load an unpacked, already verified bundle directory (``manifest.json`` + ``model.onnx``)."""
-        from agent.kernel.manifest import MANIFEST_NAME, MODEL_NAME, parse_manifest
-
         manifest = parse_manifest((directory / MANIFEST_NAME).read_bytes())
         return cls(
             directory / MODEL_NAME,
@@ -117,10 +117,6 @@ class ModelSession:
         """Load a model described by a metadata JSON (``zoo/<name>.json``: input, output, labels,
         thresholds, and the model at ``file`` or else ``onnx/<name>.onnx`` beside it), or a ``.onnx``
         with such a JSON beside it or one folder up."""
-        from pydantic import TypeAdapter, ValidationError
-
-        from agent.kernel.spec import OutputDecoding
-
         meta_path = path.with_suffix(".json") if path.suffix == ".onnx" else path
         if path.suffix == ".onnx" and not meta_path.exists():
             meta_path = path.parent.parent / f"{path.stem}.json"  # zoo/onnx/x.onnx -> models/x.json
