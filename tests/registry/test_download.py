@@ -133,8 +133,9 @@ def test_downloads_need_a_device_or_a_reader(anonymous, bundle, enrolled, token_
 def test_the_desired_model_names_the_download_and_its_digests(bundle):
     described = bundle.desired_model()
 
-    assert described["bundle_url"] == f"/api/v1/bundles/{bundle.pk}/download"
-    assert (described["sha256"], described["size"], described["sequence"]) == (bundle.sha256, bundle.size, 1)
+    assert described.bundle_url == f"/api/v1/bundles/{bundle.pk}/download"
+    assert (described.sha256, described.size, described.sequence) == (bundle.sha256, bundle.size, 1)
+    assert described.manifest_sha256 == bundle.manifest_sha256
 
 
 def test_a_bundle_missing_from_storage_is_a_clear_503(device, bundle):
