@@ -132,7 +132,7 @@ def is_api(request: HttpRequest) -> bool:
     return request.path_info.startswith(API_PREFIX)
 
 
-def _json(code: str, detail: str, status: int) -> JsonResponse:
+def json_error(code: str, detail: str, status: int) -> JsonResponse:
     return JsonResponse(error_body(code, detail), status=status)
 
 
@@ -140,23 +140,23 @@ def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
     if not is_api(request):
         return defaults.bad_request(request, exception)
     if isinstance(exception, RequestDataTooBig):
-        return _json(PAYLOAD_TOO_LARGE, TOO_LARGE_DETAIL, 413)
-    return _json("bad_request", "The request is malformed.", 400)
+        return json_error(PAYLOAD_TOO_LARGE, TOO_LARGE_DETAIL, 413)
+    return json_error("bad_request", "The request is malformed.", 400)
 
 
 def permission_denied(request: HttpRequest, exception: Exception) -> HttpResponse:
     if not is_api(request):
         return defaults.permission_denied(request, exception)
-    return _json("permission_denied", str(exceptions.PermissionDenied.default_detail), 403)
+    return json_error("permission_denied", str(exceptions.PermissionDenied.default_detail), 403)
 
 
 def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
     if not is_api(request):
         return defaults.page_not_found(request, exception)
-    return _json("not_found", f"No API endpoint at {request.path}.", 404)
+    return json_error("not_found", f"No API endpoint at {request.path}.", 404)
 
 
 def server_error(request: HttpRequest) -> HttpResponse:
     if not is_api(request):
         return defaults.server_error(request)
-    return _json("server_error", "The server failed to answer; the error is logged. Retry later.", 500)
+    return json_error("server_error", "The server failed to answer; the error is logged. Retry later.", 500)

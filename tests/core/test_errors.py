@@ -195,6 +195,15 @@ def test_it_answers_an_unknown_api_url_as_not_found_in_json(admin_client: APICli
     refusal(admin_client.get("/api/v2/"), 404, "not_found")
 
 
+@pytest.mark.parametrize("debug", [True, False])
+def test_it_answers_an_unknown_api_url_in_json_with_debug_on_or_off(
+    admin_client: APIClient, settings: Any, debug: bool
+) -> None:
+    settings.DEBUG = debug
+    refusal(admin_client.get("/api/v1/no-such-thing/"), 404, "not_found")
+    refusal(admin_client.post("/api/v1/no-such-thing/", {}, format="json"), 404, "not_found")
+
+
 def test_an_unknown_page_outside_the_api_stays_html(admin_client: APIClient) -> None:
     response = admin_client.get("/no-such-page/")
     assert response.status_code == 404 and not response["Content-Type"].startswith("application/json")
@@ -307,6 +316,21 @@ def test_it_answers_an_uncaught_exception_under_the_api_as_a_json_500(
     client.force_login(admin_user)
     body = refusal(client.get("/api/v1/sites/"), 500, "server_error")
     assert "fire" not in body["detail"]
+
+
+def test_it_answers_an_uncaught_exception_in_json_with_debug_on_and_logs_the_traceback(
+    admin_user: Any, monkeypatch: pytest.MonkeyPatch, settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    def fail(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the database caught fire")
+
+    settings.DEBUG = True
+    monkeypatch.setattr(fleet_views.SiteViewSet, "list", fail)
+    client = Client(raise_request_exception=False)
+    client.force_login(admin_user)
+    body = refusal(client.get("/api/v1/sites/"), 500, "server_error")
+    assert "fire" not in body["detail"]
+    assert any(r.exc_info and "fire" in str(r.exc_info[1]) for r in caplog.records)
 
 
 # --- the contract ---------------------------------------------------------------------------------
