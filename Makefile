@@ -40,8 +40,10 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports --no-cache
 
+# The control plane with the Django, DRF and Celery stubs; the agent strictly, also as Python 3.10 sees it.
 typecheck: $(STAMP)
 	$(BIN)/mypy
+	$(BIN)/mypy --python-version 3.10 agent
 
 # Retrain the project's own vision models into models/ (docs/models.md); torch comes with the
 # `train` extra and is never a run-time dependency.

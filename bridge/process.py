@@ -33,6 +33,7 @@ from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection, transaction
 from django.db.models import F
 from django.utils import timezone
+from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
 
 from agent.kernel import protocol
@@ -52,7 +53,7 @@ log = logging.getLogger(__name__)
 class _Telemetry(NamedTuple):
     """A telemetry message that passed every check, waiting to be stored."""
 
-    index: int  # its place in the drained batch, for its verdict
+    position: int  # its place in the drained batch, for its verdict
     topic: str
     device: Device
     message: protocol.Telemetry
@@ -106,7 +107,7 @@ class Bridge:
         # order (presence and reported state depend on it), while one worker's
         # wait on the database overlaps with another's decoding.
         per_inbox = max(1, config.queue_size // max(1, config.workers))
-        self._inboxes: list[queue.Queue[tuple[str, bytes] | None]] = [
+        self._inboxes: list[queue.Queue[tuple[str, bytes | bytearray] | None]] = [
             queue.Queue(maxsize=per_inbox) for _ in range(max(1, config.workers))
         ]
         self._stopping = threading.Event()
@@ -116,7 +117,7 @@ class Bridge:
         client_id = config.client_id or f"edgefleet-bridge-{uuid.uuid4().hex[:8]}"
         self.client_id = client_id
         self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311, clean_session=True
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311, clean_session=True
         )
         if config.username:
             self.client.username_pw_set(config.username, config.password)
@@ -200,14 +201,14 @@ class Bridge:
 
     # --- the worker ----------------------------------------------------------
 
-    def _work(self, inbox: queue.Queue[tuple[str, bytes] | None]) -> None:
+    def _work(self, inbox: queue.Queue[tuple[str, bytes | bytearray] | None]) -> None:
         try:
             self._drain(inbox)
         finally:
             self.export_stats()
             connection.close()
 
-    def _drain(self, inbox: queue.Queue[tuple[str, bytes] | None]) -> None:
+    def _drain(self, inbox: queue.Queue[tuple[str, bytes | bytearray] | None]) -> None:
         while True:
             item = inbox.get()
             if item is None:
@@ -335,7 +336,7 @@ class Bridge:
         if reason is None:
             return
         if len(items) == 1:
-            verdicts[items[0].index] = reason
+            verdicts[items[0].position] = reason
             return
         try:
             # Read the devices again: the rolled-back attempt may have moved their
@@ -345,17 +346,17 @@ class Bridge:
         except DatabaseError:
             log.exception("device lookup failed", extra={"telemetry_messages": len(items)})
             for item in items:
-                verdicts[item.index] = "storage_error"
+                verdicts[item.position] = "storage_error"
                 self._count(self.rejected, "storage_error")
             return
         for item in items:
             device = self._admit(item.device.device_id, item.topic, known)
             if isinstance(device, str):
-                verdicts[item.index] = device
+                verdicts[item.position] = device
                 continue
             reason = self._store_together([item._replace(device=device)])
             if reason is not None:
-                verdicts[item.index] = reason
+                verdicts[item.position] = reason
 
     def _store_together(self, items: list[_Telemetry]) -> str | None:
         """Store telemetry messages in one transaction, then acknowledge each device once.
@@ -467,10 +468,12 @@ class Bridge:
         for device in pending.only("pk", "device_id", "desired", "desired_generation")[:500]:
             document = device.desired or {}
             try:
-                message = protocol.Desired(
-                    generation=device.desired_generation,
-                    model=document.get("model"),
-                    config=document.get("config") or {},
+                message = protocol.Desired.model_validate(
+                    {
+                        "generation": device.desired_generation,
+                        "model": document.get("model"),
+                        "config": document.get("config") or {},
+                    }
                 )
             except ValidationError as exc:
                 # Only a row written before the kernel's model checked it can get here; it can never

@@ -14,5 +14,5 @@ class AuditLogAdmin(admin.ModelAdmin):
     list_display = ("created_at", "actor_label", "action", "target_type", "target_id", "reason")
     list_filter = ("action",)
 
-    def has_change_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+    def has_change_permission(self, request, obj=None):
         return False

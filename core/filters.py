@@ -8,6 +8,7 @@ everything and looks like an answer. Here both are errors: the API answers
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import django_filters
@@ -52,7 +53,8 @@ class FilterSet(django_filters.FilterSet):
 class OrderingFilter(drf_filters.OrderingFilter):
     """DRF's ``?ordering=``, refusing a field the view does not offer instead of ignoring it."""
 
-    def remove_invalid_fields(self, queryset: Any, fields: list[str], view: Any, request: Any) -> list[str]:
+    def remove_invalid_fields(self, queryset: Any, fields: Iterable[str], view: Any, request: Any) -> list[str]:
+        fields = list(fields)
         valid = super().remove_invalid_fields(queryset, fields, view, request)
         unknown = [term for term in fields if term and term not in valid]
         if unknown:

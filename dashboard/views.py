@@ -35,7 +35,7 @@ RECENT_EVENTS = 20
 def dashboard(request: HttpRequest) -> HttpResponse:
     devices = DeviceFilter(request.GET, queryset=Device.objects.select_related("site").filter(revoked_at__isnull=True))
     rows = list(devices.qs) if devices.is_valid() else []
-    sites = {site.pk: {"site": site, "devices": []} for site in Site.objects.all()}
+    sites: dict[int, dict[str, Any]] = {site.pk: {"site": site, "devices": []} for site in Site.objects.all()}
     for device in rows:
         sites[device.site_id]["devices"].append(device)
     span, points = RANGES[OVERVIEW_RANGE]

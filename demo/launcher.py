@@ -47,7 +47,7 @@ def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes]) -> N
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"{proc.args} exited with {proc.returncode} while starting")
+            raise SystemExit(f"{proc.args!r} exited with {proc.returncode} while starting")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return

@@ -16,7 +16,7 @@ class SiteFilter(FilterSet):
         model = Site
         fields = ["slug"]
 
-    def search(self, queryset, name, value):  # type: ignore[no-untyped-def]
+    def search(self, queryset, name, value):
         return queryset.filter(Q(slug__icontains=value) | Q(name__icontains=value))
 
 
@@ -32,9 +32,9 @@ class DeviceFilter(FilterSet):
         model = Device
         fields = ["site", "online", "hardware_profile", "agent_version"]
 
-    def by_label(self, queryset, name, value):  # type: ignore[no-untyped-def]
+    def by_label(self, queryset, name, value):
         key, _, wanted = value.partition("=")
         return queryset.filter(**{f"labels__{key}": wanted}) if key.isidentifier() else queryset.none()
 
-    def search(self, queryset, name, value):  # type: ignore[no-untyped-def]
+    def search(self, queryset, name, value):
         return queryset.filter(Q(name__icontains=value) | Q(device_id__icontains=value))

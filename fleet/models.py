@@ -81,7 +81,7 @@ def _heartbeat_document(at: datetime, data: Mapping[str, Any]) -> dict[str, Any]
     return {**data, "ts": at.isoformat()}
 
 
-class DeviceQuerySet(models.QuerySet["Device"]):
+class DeviceQuerySet(models.QuerySet["Device", "Device"]):
     def lock_watermarks(self, pks: Iterable[int]) -> dict[int, int]:
         """Lock these devices' rows for an ingest batch; returns each one's telemetry watermark.
 
@@ -122,7 +122,7 @@ class DeviceQuerySet(models.QuerySet["Device"]):
 
     def _touch_seen_portable(self, batch: Sequence[Ingested], seen_at: datetime | None) -> None:
         by_pk = {i.pk: i for i in batch}
-        devices = list(
+        devices: list[Device] = list(
             self.select_for_update()
             .filter(pk__in=by_pk)
             .only("pk", "telemetry_acked_seq", "last_seen", "last_heartbeat", "agent_version")
@@ -134,7 +134,7 @@ class DeviceQuerySet(models.QuerySet["Device"]):
             if item.heartbeat_at and item.heartbeat and item.heartbeat_at >= device.heartbeat_at:
                 device.last_heartbeat = _heartbeat_document(item.heartbeat_at, item.heartbeat)
                 device.agent_version = str(item.heartbeat["agent_version"])
-        self.bulk_update(devices, ["telemetry_acked_seq", "last_seen", "last_heartbeat", "agent_version"])
+        Device.objects.bulk_update(devices, ["telemetry_acked_seq", "last_seen", "last_heartbeat", "agent_version"])
 
     def mark_silent_offline(self, cutoff: datetime, at: datetime) -> int:
         """Mark offline every online device not heard from since ``cutoff``; returns how many.

@@ -17,7 +17,7 @@ from agent.kernel.spec import DetectionOutput, InputSpec, OutputDecoding
 from registry import inspection
 
 
-class _Reader(CalibrationDataReader):  # type: ignore[misc]
+class _Reader(CalibrationDataReader):
     def __init__(self, name: str, tensors: Sequence[np.ndarray]) -> None:
         self._items = iter([{name: t} for t in tensors])
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from datetime import timedelta
+from typing import Any
 
 from celery import current_app as app
 from django.db.models import BigIntegerField, Count, Max, Q, Sum
@@ -189,7 +190,9 @@ def _queue(out: Exposition) -> None:
     try:
         with app.connection_for_read() as connection:
             connection.ensure_connection(max_retries=1, timeout=2)
-            depth = connection.default_channel.queue_declare(queue=queue_name, passive=True).message_count
+            # kombu types the channel as its minimal protocol; every transport's channel declares queues.
+            channel: Any = connection.default_channel
+            depth = channel.queue_declare(queue=queue_name, passive=True).message_count
         up = 1
     except Exception as exc:
         log.warning("task queue depth unavailable", extra={"error": str(exc)})

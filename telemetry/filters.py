@@ -21,6 +21,6 @@ class AlertFilter(FilterSet):
         model = Alert
         fields = ["state", "rule", "severity", "site", "device"]
 
-    def by_live(self, queryset, name, value):  # type: ignore[no-untyped-def]
+    def by_live(self, queryset, name, value):
         resolved = Alert.State.RESOLVED
         return queryset.exclude(state=resolved) if value else queryset.filter(state=resolved)

@@ -121,7 +121,7 @@ def cpu_throttled(ctx: Context, threshold: float) -> Findings:
     warehouse can cost 30-40 % of the speed at temperatures under any alarm.
     """
     live = ctx.live()
-    peaks = dict(
+    peaks: dict[Any, float | None] = dict(
         HeartbeatRollup.objects.filter(
             resolution=Resolution.HOUR, device__in=live, bucket__gte=ctx.now - timedelta(days=1)
         )

@@ -10,7 +10,7 @@ from django.utils import timezone
 from core.models import AuditLog
 
 
-class VerbatimJSONField(models.JSONField):  # type: ignore[type-arg]
+class VerbatimJSONField(models.JSONField):
     """JSON stored as written: PostgreSQL ``json``, not ``jsonb``.
 
     Raw telemetry is written once, read back whole by the rollups, and never

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, cast
 
 from django.conf import settings
 from django.db import transaction
@@ -134,7 +135,8 @@ def _device_minutes(pairs: set[tuple[int, datetime]], devices: dict[int, Device]
         minute = floor_to(recorded_at, MINUTE)
         if (device_id, minute) not in pairs:
             continue
-        record = protocol.TelemetryRecord(seq=seq, kind=kind, ts=recorded_at, data=data)
+        # Stored rows passed protocol.decode at ingest, so kind is one the protocol knows.
+        record = protocol.TelemetryRecord(seq=seq, kind=cast(Any, kind), ts=recorded_at, data=data)
         try:
             if kind == "window":
                 window = protocol.window_of(record)
@@ -233,7 +235,7 @@ def _device_hours(hours: set[tuple[int, datetime]], devices: dict[int, Device]) 
 
 
 def _merge_heartbeats(device: Device, hour: datetime, rows: list[HeartbeatRollup]) -> HeartbeatRollup:
-    def extreme(values: Iterable[float | None], pick: type[min] | type[max]) -> float | None:  # type: ignore[valid-type]
+    def extreme(values: Iterable[float | None], pick: Callable[[list[float]], float]) -> float | None:
         present = [v for v in values if v is not None]
         return pick(present) if present else None
 

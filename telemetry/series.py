@@ -57,10 +57,11 @@ def build(request: SeriesRequest) -> dict[str, Any]:
     if not 1 <= request.points <= MAX_POINTS:
         raise SeriesError("points", f"points must be between 1 and {MAX_POINTS}.")
     span = request.end - request.start
-    resolution = request.resolution
-    if resolution == "auto":
+    if request.resolution == "auto":
         resolution = Resolution.MINUTE if span <= MINUTE_RANGE else Resolution.HOUR
-    if resolution not in _SECONDS:
+    elif request.resolution in Resolution.values:
+        resolution = Resolution(request.resolution)
+    else:
         raise SeriesError("resolution", "resolution must be auto, 1m or 1h.")
     if resolution == Resolution.MINUTE and span > MAX_MINUTE_RANGE:
         raise SeriesError("resolution", f"minute resolution covers at most {MAX_MINUTE_RANGE.days} days; use 1h.")
@@ -101,13 +102,15 @@ def build(request: SeriesRequest) -> dict[str, Any]:
         },
     }
     if request.scope == "device" and request.device_pk is not None:
-        result["health"] = _health(request, resolution, origin, step_s)
+        result["health"] = _health(request.device_pk, request, resolution, origin, step_s)
     return result
 
 
-def _health(request: SeriesRequest, resolution: str, origin: datetime, step_s: int) -> list[dict[str, Any]]:
+def _health(
+    device_pk: int, request: SeriesRequest, resolution: str, origin: datetime, step_s: int
+) -> list[dict[str, Any]]:
     rows = HeartbeatRollup.objects.filter(
-        resolution=resolution, device_id=request.device_pk, bucket__gte=origin, bucket__lt=request.end
+        resolution=resolution, device_id=device_pk, bucket__gte=origin, bucket__lt=request.end
     ).order_by("bucket")
     merged: dict[datetime, list[HeartbeatRollup]] = defaultdict(list)
     for row in rows:

@@ -163,7 +163,7 @@ class PlainCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.features(x)
-        return self.head(torch.cat([self.avg(h), self.max(h)], dim=1))  # type: ignore[no-any-return]
+        return self.head(torch.cat([self.avg(h), self.max(h)], dim=1))
 
 
 class FlipAverage(nn.Module):
@@ -205,7 +205,7 @@ class TinyYolo(nn.Module):
         self.head = nn.Conv2d(64, 5 + classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))  # type: ignore[no-any-return]
+        return self.head(self.features(x))
 
 
 class Decoded(nn.Module):
@@ -248,7 +248,7 @@ class InvertedResidual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.block(x)
-        return x + out if self.residual else out  # type: ignore[no-any-return]
+        return x + out if self.residual else out
 
 
 class MobileNetV2(nn.Module):
@@ -277,7 +277,7 @@ class MobileNetV2(nn.Module):
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(1280, classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))  # type: ignore[no-any-return]
+        return self.head(self.features(x))
 
 
 class BasicBlock(nn.Module):
@@ -314,7 +314,7 @@ class ResNet18(nn.Module):
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.layers(self.stem(x)))  # type: ignore[no-any-return]
+        return self.head(self.layers(self.stem(x)))
 
 
 # ---------------------------------------------------------------- training

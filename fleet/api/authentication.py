@@ -14,7 +14,10 @@ from fleet.models import Device, DeviceCredential
 class DeviceAuthentication(authentication.BasicAuthentication):
     """HTTP Basic with the device id and secret issued at enrollment."""
 
-    def authenticate_credentials(self, userid: str, password: str, request: Any = None) -> tuple[DeviceUser, Device]:
+    # request.auth carries the Device, where DRF's Basic authentication leaves it None.
+    def authenticate_credentials(  # type: ignore[override]
+        self, userid: str, password: str, request: Any = None
+    ) -> tuple[DeviceUser, Device]:
         device = DeviceCredential.authenticate(userid, password)
         if device is None:
             raise exceptions.AuthenticationFailed("Unknown, wrong or revoked device credentials.")

@@ -18,7 +18,7 @@ class SiteSerializer(serializers.ModelSerializer):
 
 
 class DeviceSerializer(serializers.ModelSerializer):
-    site = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    site: serializers.SlugRelatedField[Site] = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     revoked = serializers.BooleanField(source="is_revoked", read_only=True)
 
     class Meta:
@@ -76,7 +76,7 @@ class EnrollmentTokenRequestSerializer(serializers.Serializer):
 
 
 class EnrollmentTokenSerializer(serializers.ModelSerializer):
-    site = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    site: serializers.SlugRelatedField[Site] = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     token = serializers.CharField(read_only=True, help_text="Shown once; only its hash is stored.")
 
     class Meta:

@@ -47,7 +47,7 @@ class SiteViewSet(viewsets.ModelViewSet):
     lookup_field = "slug"
     ordering_fields = ["slug", "name", "created_at"]
 
-    def get_queryset(self):  # type: ignore[no-untyped-def]
+    def get_queryset(self):
         return Site.objects.annotate(
             device_count=Count("devices", filter=Q(devices__revoked_at__isnull=True)),
             online_count=Count("devices", filter=Q(devices__online=True, devices__revoked_at__isnull=True)),

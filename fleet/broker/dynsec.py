@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 from django.conf import settings
+from paho.mqtt.enums import CallbackAPIVersion
 
 from fleet.broker import acl
 from fleet.broker.base import BrokerUnavailable
@@ -104,8 +105,8 @@ class DynsecProvisioner:
     def from_settings(cls) -> DynsecProvisioner:
         return cls(
             settings.MQTT_URL,
-            settings.BROKER_ADMIN_USERNAME,
-            settings.BROKER_ADMIN_PASSWORD,
+            settings.BROKER_ADMIN_USERNAME or "",
+            settings.BROKER_ADMIN_PASSWORD or "",
             timeout=settings.BROKER_ADMIN_TIMEOUT_S,
         )
 
@@ -200,7 +201,7 @@ class DynsecProvisioner:
         host = parts.hostname or "127.0.0.1"
         port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
         client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
+            CallbackAPIVersion.VERSION2,
             client_id=f"edgefleet-admin-{correlation[:12]}",
             protocol=mqtt.MQTTv311,
             clean_session=True,

@@ -39,7 +39,9 @@ class BundleSerializer(serializers.ModelSerializer):
 
 class ModelVersionSerializer(serializers.ModelSerializer):
     model = serializers.CharField(source="model.name", read_only=True)
-    published_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    published_by: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        slug_field="username", read_only=True
+    )
     bundles = BundleSerializer(many=True, read_only=True)
     deprecated = serializers.BooleanField(source="is_deprecated", read_only=True)
 
@@ -71,7 +73,7 @@ class ModelVersionSerializer(serializers.ModelSerializer):
 class AliasSerializer(serializers.ModelSerializer):
     model = serializers.CharField(source="model.name", read_only=True)
     version = serializers.CharField(source="version.version", read_only=True)
-    updated_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    updated_by: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(slug_field="username", read_only=True)
 
     class Meta:
         model = Alias
@@ -125,7 +127,8 @@ class SigningKeySerializer(serializers.ModelSerializer):
 
 class KeyringSerializer(serializers.Serializer):
     trust_store = serializers.ListField(child=serializers.DictField())
-    update = serializers.DictField(allow_null=True, help_text="The latest signed keyring update.")
+    # Declared fields leave the class namespace (DRF's metaclass), so this shadows no Serializer.update.
+    update = serializers.DictField(allow_null=True, help_text="The latest signed keyring update.")  # type: ignore[assignment]
 
     @staticmethod
     def payload(trust_store: list[dict[str, Any]], latest: KeyringUpdate | None) -> dict[str, Any]:

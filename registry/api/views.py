@@ -9,6 +9,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
 from django.http import HttpResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, permissions, status, viewsets
@@ -106,7 +107,7 @@ class ModelVersionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, view
     ordering_fields = ["sequence", "created_at"]
     parser_classes = [MultiPartParser, FormParser, JSONParser]
 
-    def get_queryset(self):  # type: ignore[no-untyped-def]
+    def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation has no URL kwargs
             return ModelVersion.objects.none()
         return (
@@ -146,7 +147,8 @@ class ModelVersionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, view
         if upload.size is not None and upload.size > limit:
             raise ServiceError("too_large", f"The model is {upload.size} bytes; the limit is {limit}.", 413)
         raw = request.FILES.get("metadata")
-        text = raw.read() if raw is not None else request.data.get("metadata")
+        form = request.data if isinstance(request.data, dict) else {}
+        text = raw.read() if raw is not None else form.get("metadata")
         if not text:
             message = "Send the metadata JSON in the field 'metadata'."
             raise ServiceError("missing_metadata", message, fields={"metadata": [message]})
@@ -261,7 +263,7 @@ class BundleDownloadView(APIView):
             503: ErrorSerializer,
         }
     )
-    def get(self, request: Request, pk: int) -> HttpResponse:
+    def get(self, request: Request, pk: int) -> HttpResponseBase:
         bundle = get_object_or_404(Bundle.objects.select_related("version__model"), pk=pk)
         etag = f'"{bundle.sha256}"'
         headers = {
@@ -294,7 +296,7 @@ class BundleDownloadView(APIView):
             return HttpResponse(status=code, headers=headers, content_type="application/gzip")
         try:
             # Opened before the status line goes out, so a missing file is a clear 503, not a cut body.
-            handle = bundle.file.storage.open(bundle.file.name, "rb")
+            handle = bundle.file.storage.open(bundle.file.name or "", "rb")
         except OSError:
             log.exception("bundle missing from storage", extra={"bundle": bundle.pk, "file": bundle.file.name})
             raise ServiceError(

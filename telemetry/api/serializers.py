@@ -23,7 +23,8 @@ class PointSerializer(serializers.Serializer):
     windows = serializers.IntegerField()
     frames = serializers.IntegerField()
     dropped_frames = serializers.IntegerField()
-    errors = serializers.IntegerField()
+    # Declared fields leave the class namespace (DRF's metaclass), so this shadows no Serializer.errors.
+    errors = serializers.IntegerField()  # type: ignore[assignment]
     escalations = serializers.IntegerField()
     fallback_windows = serializers.IntegerField()
     latency_p50_ms = serializers.FloatField(allow_null=True)

@@ -51,8 +51,8 @@ class Command(BaseCommand):
             new, update = services.rotate_signing_key(retire_old_after=after)
             self.stdout.write(f"created {new.key_id}; keyring update {update.sequence} signed by {update.signed_by}")
         elif action == "retire":
-            key = SigningKey.objects.filter(key_id=options["key_id"]).first()
-            if key is None:
+            retiring = SigningKey.objects.filter(key_id=options["key_id"]).first()
+            if retiring is None:
                 raise CommandError(f"No signing key {options['key_id']!r}.")
             at = timezone.now()
             if options["at"]:
@@ -60,10 +60,10 @@ class Command(BaseCommand):
                 if parsed is None or parsed.tzinfo is None:
                     raise CommandError(f"--at {options['at']!r} is not an ISO 8601 date-time with a zone.")
                 at = parsed
-            update = services.retire_signing_key(key, at=at)
+            retired_update = services.retire_signing_key(retiring, at=at)
             note = (
-                f"; keyring update {update.sequence} signed by {update.signed_by}"
-                if update
+                f"; keyring update {retired_update.sequence} signed by {retired_update.signed_by}"
+                if retired_update
                 else ("; no other usable key signed a keyring update: create one")
             )
-            self.stdout.write(f"{key.key_id} retired at {at.isoformat()}{note}")
+            self.stdout.write(f"{retiring.key_id} retired at {at.isoformat()}{note}")
