@@ -16,22 +16,11 @@ from bridge.process import Bridge
 from fleet.models import Device
 from telemetry.models import TelemetryRecord
 from tests.agent.conftest import AgentProcess, wait_until
+from tests.payloads import heartbeat_data
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 MAX_BYTES = 512 * 1024
-
-
-def beat(pad: str) -> dict[str, Any]:
-    return {
-        "agent_version": "0.1.0",
-        "uptime_s": 1.0,
-        "cpu_percent": 5.0,
-        "memory_percent": 20.0,
-        "disk_percent": 10.0,
-        "disk_free_bytes": 10**9,
-        "pad": pad,
-    }
 
 
 @pytest.fixture
@@ -43,7 +32,7 @@ def backlog(
     with Outbox(data / "outbox.db", max_bytes=MAX_BYTES, commit_records=10_000) as box:
         written = set()
         for i in range(300):
-            written.add(box.append("heartbeat", beat("h" * 2000)))
+            written.add(box.append("heartbeat", heartbeat_data(pad="h" * 2000)))
             written.add(box.append("window", {"i": i, "frames": 25}))
             written.add(box.append("window", {"i": i, "frames": 30}))
         box.commit()

@@ -19,18 +19,7 @@ from agent.outbox import DUPLICATE_ACKS_TO_RESEND, MAX_BATCH_BYTES, Outbox, Outb
 from agent.outbox import inspect as outbox_inspect
 from tests.fakes import TelemetryStore
 from tests.paths import ROOT
-
-
-def beat(**extra: Any) -> dict[str, Any]:
-    return {
-        "agent_version": "0.1.0",
-        "uptime_s": 1.0,
-        "cpu_percent": 5.0,
-        "memory_percent": 20.0,
-        "disk_percent": 10.0,
-        "disk_free_bytes": 10**9,
-        **extra,
-    }
+from tests.payloads import heartbeat_data
 
 
 def window(**extra: Any) -> dict[str, Any]:
@@ -130,7 +119,7 @@ def test_when_full_the_oldest_records_of_the_lowest_priority_go_first(path: Path
     with Outbox(path, max_bytes=64 * 1024, commit_records=10_000) as box:
         kinds: dict[int, str] = {}
         for i in range(60):
-            kinds[box.append("heartbeat", beat(pad=pad))] = "heartbeat"
+            kinds[box.append("heartbeat", heartbeat_data(pad=pad))] = "heartbeat"
             if i % 2 == 0:
                 kinds[box.append("window", window(pad=pad))] = "window"
         box.commit()
@@ -151,7 +140,7 @@ def test_the_floor_lets_the_ack_step_over_dropped_records(path: Path) -> None:
     pad = "x" * 1000
     with Outbox(path, max_bytes=64 * 1024, commit_records=10_000) as box:
         for _ in range(40):
-            box.append("heartbeat", beat(pad=pad))
+            box.append("heartbeat", heartbeat_data(pad=pad))
             box.append("window", window(pad=pad))
         box.commit()
         kept = seqs_on_disk(path)

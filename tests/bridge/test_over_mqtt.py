@@ -20,7 +20,7 @@ from fleet.models import Device, Site
 from telemetry.models import TelemetryRecord, WindowRollup
 from telemetry.rollups import SETTLE, roll_up
 from tests.bridge.helpers import status, telemetry, topic
-from tests.telemetry.factories import window_data
+from tests.payloads import window_data
 
 
 def window_batch(seqs: range) -> bytes:

@@ -11,7 +11,7 @@ from agent.kernel import protocol
 from fleet.models import Device
 from telemetry.metrics import Summary
 from telemetry.models import Resolution, Scope, WindowRollup
-from tests.telemetry.factories import heartbeat_data, window_data
+from tests.payloads import heartbeat_data, window_data
 
 
 def alive(device: Device, now: datetime, **heartbeat: Any) -> Device:

@@ -19,7 +19,8 @@ from fleet.models import Device, Site
 from telemetry import rollups
 from telemetry.metrics import Summary
 from telemetry.models import HeartbeatRollup, Resolution, Scope, TelemetryRecord, WindowRollup
-from tests.telemetry.factories import Feed, batch, record, roll_up_everything, store, window_data
+from tests.payloads import window_data
+from tests.telemetry.factories import Feed, batch, record, roll_up_everything, store
 
 pytestmark = pytest.mark.django_db
 
