@@ -235,11 +235,11 @@ class Bridge:
             if stopping:
                 return
 
-    def handle(self, topic: str, payload: bytes) -> str:
+    def handle(self, topic: str, payload: bytes | bytearray) -> str:
         """Validate and apply one message (a batch of one); returns "ok" or the rejection reason. Never raises."""
         return self.handle_many([(topic, payload)])[0]
 
-    def handle_many(self, items: list[tuple[str, bytes]]) -> list[str]:
+    def handle_many(self, items: list[tuple[str, bytes | bytearray]]) -> list[str]:
         """Apply queued messages in order; returns "ok" or the rejection reason of each. Never raises.
 
         Every message passes the same checks (topic, direction, ``decode``,

@@ -344,7 +344,7 @@ def encode(message: _Message) -> bytes:
     return message.model_dump_json(exclude_none=True).encode("utf-8")
 
 
-def decode(suffix: str, payload: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> Message:
+def decode(suffix: str, payload: bytes | bytearray, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> Message:
     """Validate a payload received on ``suffix`` and return its message.
 
     Raises ProtocolError with reason one of: too_large, not_json, not_object,
