@@ -45,7 +45,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/mypy --python-version 3.10 agent
 
-# Retrain the project's own vision models into models/ (docs/models.md); torch comes with the
+# Retrain the project's own vision models into zoo/ (docs/models.md); torch comes with the
 # `train` extra and is never a run-time dependency.
 .PHONY: models
 models: $(STAMP)

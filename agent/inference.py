@@ -119,7 +119,7 @@ class ModelSession:
         with such a JSON beside it or one folder up."""
         meta_path = path.with_suffix(".json") if path.suffix == ".onnx" else path
         if path.suffix == ".onnx" and not meta_path.exists():
-            meta_path = path.parent.parent / f"{path.stem}.json"  # zoo/onnx/x.onnx -> models/x.json
+            meta_path = path.parent.parent / f"{path.stem}.json"  # zoo/onnx/x.onnx -> zoo/x.json
         try:
             document = json.loads(meta_path.read_bytes())
             # zoo/<name>.json describes zoo/onnx/<name>.onnx unless it names its file.

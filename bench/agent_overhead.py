@@ -8,7 +8,7 @@ interleaved, frame by frame, alternating which goes first, so drift in the
 machine's speed hits both alike. Then frames/s of the threaded pipeline with
 window telemetry on and off, in pairs of 60-frame blocks.
 
-    .venv/bin/python -m bench.agent_overhead                       # models/build/{resnet18,mobilenetv2}-224.onnx
+    .venv/bin/python -m bench.agent_overhead                       # zoo/build/{resnet18,mobilenetv2}-224.onnx
     .venv/bin/python -m bench.agent_overhead --model path/to.onnx --frames 500 --threads 1
     .venv/bin/python -m bench.agent_overhead --mqtt mqtt://127.0.0.1:1883   # the agent's run loop alongside
 
@@ -48,7 +48,7 @@ from agent.runtime import Runtime
 from tests.agent.helpers import make_agent_config
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODELS = [ROOT / "models/build/resnet18-224.onnx", ROOT / "models/build/mobilenetv2-224.onnx"]
+DEFAULT_MODELS = [ROOT / "zoo/build/resnet18-224.onnx", ROOT / "zoo/build/mobilenetv2-224.onnx"]
 TARGETS = {"resnet18": 1.10, "mobilenetv2": 1.25}
 
 
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     models = args.model or [p for p in DEFAULT_MODELS if p.exists()]
     if not models:
-        print("no models: run `make models` (models/build/*-224.onnx) or pass --model", file=sys.stderr)
+        print("no models: run `make models` (zoo/build/*-224.onnx) or pass --model", file=sys.stderr)
         return 2
     width, height = (int(v) for v in args.size.lower().split("x"))
     images = frames(args.frames, width, height)

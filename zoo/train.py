@@ -9,7 +9,7 @@ Every image comes from `zoo.render` with fixed seeds, so a run reproduces the
 same data; the metrics written into ``zoo/<name>.json`` are measured on the
 exported ONNX files with onnxruntime, on renders the training never saw.
 Small models land in ``zoo/onnx/`` (committed, listed in SHA256SUMS); the
-benchmark networks are too large to commit and land in ``models/build/``.
+benchmark networks are too large to commit and land in ``zoo/build/``.
 """
 
 from __future__ import annotations
