@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
@@ -15,7 +16,8 @@ from core import tokens
 class ApiToken(models.Model):
     """A token for CI and scripts, with scopes; only the hash is kept."""
 
-    SCOPES = ("read", "fleet", "publish", "rollout")
+    # ``admin`` lets a token manage API tokens (/api/v1/tokens/); only a staff user's token may hold it.
+    SCOPES = ("read", "fleet", "publish", "rollout", "admin")
 
     name = models.CharField(max_length=100)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
@@ -40,9 +42,17 @@ class ApiToken(models.Model):
             raise ValidationError({"scopes": f"Unknown scopes: {', '.join(sorted(unknown))}."})
 
     @classmethod
-    def issue(cls, user: Any, name: str, scopes: list[str]) -> tuple[ApiToken, str]:
+    def issue(cls, user: Any, name: str, scopes: list[str], expires_at: datetime | None = None) -> tuple[ApiToken, str]:
+        """A new token and its secret; the secret exists only in the return value."""
         key = tokens.new_secret("eft")
-        row = cls(name=name, user=user, key_hash=tokens.digest(key), prefix=key[:10], scopes=list(scopes))
+        row = cls(
+            name=name,
+            user=user,
+            key_hash=tokens.digest(key),
+            prefix=key[:10],
+            scopes=list(scopes),
+            expires_at=expires_at,
+        )
         row.full_clean()
         row.save()
         return row, key
