@@ -23,6 +23,7 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(next_page="login"), name="logout"),
     path("admin/", admin.site.urls),
+    path("api/v1/", include("core.api.urls")),
     path("api/v1/", include("fleet.api.urls")),
     path("api/v1/", include("registry.api.urls")),
     path("api/v1/", include("telemetry.api.urls")),

@@ -68,6 +68,23 @@ class HasScope(permissions.BasePermission):
         return bool(request.user.is_staff) if write else True
 
 
+class IsAdmin(permissions.BasePermission):
+    """Staff or superusers in a session; a token only with the ``admin`` scope, and only while its user is staff.
+
+    Guards token management: a CI token with ``publish`` cannot mint itself more.
+    """
+
+    def has_permission(self, request: Any, view: Any) -> bool:
+        user = request.user
+        if not (user and user.is_authenticated) or isinstance(user, DeviceUser):
+            return False
+        if not (user.is_staff or user.is_superuser):
+            return False
+        if isinstance(request.auth, ApiToken):
+            return "admin" in request.auth.scopes
+        return True
+
+
 class IsDevice(permissions.BasePermission):
     def has_permission(self, request: Any, view: Any) -> bool:
         return isinstance(request.user, DeviceUser)

@@ -1,8 +1,15 @@
-"""The one error shape of the API (``core.api.exceptions``; the codes are in docs/api.md)."""
+"""The one error shape of the API (``core.api.exceptions``; the codes are in docs/api.md), and API tokens."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.utils import timezone
 from rest_framework import serializers
+
+from core.models import ApiToken
 
 
 class ErrorSerializer(serializers.Serializer):
@@ -14,3 +21,48 @@ class ErrorSerializer(serializers.Serializer):
         required=False,
         help_text="With code 'invalid' and some others: the request field (dotted when nested) -> its messages.",
     )
+
+
+class ApiTokenSerializer(serializers.ModelSerializer):
+    """A token as anyone may see it: never its hash, and its secret only in the answer that creates it."""
+
+    user = serializers.CharField(source="user.username", read_only=True)
+    scopes = serializers.ListField(child=serializers.ChoiceField(choices=ApiToken.SCOPES), read_only=True)
+
+    class Meta:
+        model = ApiToken
+        fields = ["id", "prefix", "name", "user", "scopes", "created_at", "expires_at", "last_used_at", "revoked_at"]
+        read_only_fields = fields
+
+
+class ApiTokenCreatedSerializer(ApiTokenSerializer):
+    token = serializers.CharField(help_text="The secret, shown only in this answer: store it now.")
+
+    class Meta(ApiTokenSerializer.Meta):
+        fields = [*ApiTokenSerializer.Meta.fields, "token"]
+        read_only_fields = fields
+
+
+class ApiTokenRequestSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=100, help_text="What the token is for, e.g. 'vision CI'.")
+    scopes = serializers.ListField(child=serializers.ChoiceField(choices=ApiToken.SCOPES), allow_empty=False)
+    user = serializers.SlugRelatedField(
+        slug_field="username",
+        queryset=get_user_model().objects.all(),
+        required=False,
+        help_text="Whose token it is (a username); the caller by default.",
+    )
+    expires_at = serializers.DateTimeField(required=False, allow_null=True, help_text="With a time zone.")
+    expires_in_days = serializers.IntegerField(required=False, min_value=1, max_value=3650)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if attrs.get("expires_at") and attrs.get("expires_in_days"):
+            raise serializers.ValidationError({"expires_in_days": "Give expires_at or expires_in_days, not both."})
+        days = attrs.pop("expires_in_days", None)
+        if days:
+            attrs["expires_at"] = timezone.now() + timedelta(days=days)
+        return attrs
+
+
+class TokenRevokeSerializer(serializers.Serializer):
+    reason = serializers.CharField(max_length=2000)
