@@ -37,14 +37,14 @@ cleanup() { kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/nu
 trap cleanup EXIT
 for _ in $(seq 100); do curl -fsS "$SERVER/healthz" >/dev/null 2>&1 && break; sleep 0.2; done
 
-# A CI token (publish scope) and a one-time enrollment token, as an operator would issue them.
-read -r TOKEN ENROLL <<<"$("$PY" manage.py shell -v 0 -c "
+# A CI token (publish scope, docs/ci.md) and a one-time enrollment token, as an operator would issue them.
+ENROLL="$("$PY" manage.py shell -v 0 -c "
 from django.contrib.auth import get_user_model
-from fleet.models import ApiToken, EnrollmentToken, Site
-user = get_user_model().objects.create_user('ci-bot', is_staff=True)
-_, key = ApiToken.issue(user, name='github-actions', scopes=['publish'])
+from fleet.models import EnrollmentToken, Site
+get_user_model().objects.create_user('ci-bot', is_staff=True)
 _, enroll = EnrollmentToken.issue(Site.objects.create(slug='plant-a', name='Plant A'))
-print(key, enroll)" | tail -1)"
+print(enroll)" | tail -1)"
+TOKEN="$("$PY" manage.py api_token create --user ci-bot --name github-actions --scope publish --expires-in-days 1)"
 
 echo "== 1. publish $NAME from $MODEL (8 reference and 64 calibration images from zoo.samples)"
 if grep -q '"task": "detection"' "$META"; then
