@@ -86,15 +86,3 @@ def revoke_token(token: ApiToken, *, actor: Any, reason: str) -> ApiToken:
         )
     token.revoked_at = row.revoked_at
     return row
-
-
-def find_token(ref: str) -> ApiToken:
-    """A token by its id or its prefix (``eft_AbC123``), for the command and the admin."""
-    query = ApiToken.objects.select_related("user")
-    found = query.filter(pk=int(ref)) if ref.isdigit() else query.filter(prefix=ref)
-    rows = list(found[:2])
-    if not rows:
-        raise ServiceError("not_found", f"No API token with id or prefix {ref}.", 404)
-    if len(rows) > 1:
-        raise ServiceError("ambiguous_token", f"More than one token has the prefix {ref}; use its id.", 400)
-    return rows[0]

@@ -166,3 +166,13 @@ def test_an_expired_token_is_refused(admin_user: Any) -> None:
     ApiToken.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
     response = bearer(secret).get("/api/v1/models/")
     assert response.status_code == 401 and response.json()["code"] == "authentication_failed"
+
+
+def test_revoke_asks_for_the_id_when_two_tokens_share_a_prefix(admin_user: Any) -> None:
+    create()
+    create()
+    first, second = ApiToken.objects.order_by("pk")
+    ApiToken.objects.filter(pk=second.pk).update(prefix=first.prefix)
+    with pytest.raises(CommandError, match="use its id"):
+        run("revoke", first.prefix, "--reason", "x")
+    assert not ApiToken.objects.filter(revoked_at__isnull=False).exists()

@@ -21,6 +21,17 @@ def _when(value: datetime | None) -> str:
     return value.isoformat(timespec="seconds") if value else "-"
 
 
+def find_token(ref: str) -> ApiToken:
+    """A token by its id or its prefix (``eft_AbC123``)."""
+    query = ApiToken.objects.select_related("user")
+    rows = list((query.filter(pk=int(ref)) if ref.isdigit() else query.filter(prefix=ref))[:2])
+    if not rows:
+        raise CommandError(f"No API token with id or prefix {ref}.")
+    if len(rows) > 1:
+        raise CommandError(f"More than one token has the prefix {ref}; use its id.")
+    return rows[0]
+
+
 class Command(BaseCommand):
     help = "Create, list or revoke API tokens. create prints the secret once, alone on stdout."
 
@@ -54,7 +65,7 @@ class Command(BaseCommand):
             elif options["action"] == "list":
                 self.list_tokens(options["user"])
             else:
-                token = services.find_token(options["token"])
+                token = find_token(options["token"])
                 services.revoke_token(token, actor=actor, reason=options["reason"])
                 self.stderr.write(f"revoked {token.prefix} ({token.name}, user {token.user.username})")
         except ServiceError as exc:
