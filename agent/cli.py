@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from agent import __version__, outbox
 from agent import config as agent_config
 from agent.kernel import logs, protocol
+from agent.lock import DataDirBusy, DataDirLock
 
 log = logging.getLogger("agent")
 
@@ -45,6 +46,7 @@ class Exit(IntEnum):
     RATE_LIMITED = 17
     WRITE_FAILED = 18
     TRY_LATER = 19
+    DATA_DIR_IN_USE = 20
 
 
 # The enrollment API's error codes (fleet/services.py EnrollmentError).
@@ -80,6 +82,18 @@ def _load(path: Path) -> agent_config.AgentConfig:
         return agent_config.load(path)
     except agent_config.ConfigError as exc:
         fail(Exit.CONFIG_INVALID, str(exc))
+
+
+def _lock(data_dir: Path, unwritable: Exit) -> DataDirLock:
+    """The data directory's lock, held; a refusal when another process holds it."""
+    lock = DataDirLock(data_dir)
+    try:
+        lock.acquire()
+    except DataDirBusy as exc:
+        fail(Exit.DATA_DIR_IN_USE, str(exc))
+    except OSError as exc:
+        fail(unwritable, f"cannot lock {lock.path}: {exc.strerror}")
+    return lock
 
 
 # --- enroll ----------------------------------------------------------------------
@@ -164,6 +178,9 @@ def enroll(
             fail(Exit.WRITE_FAILED, f"cannot create {directory}: {exc.strerror}")
         if not os.access(directory, os.W_OK):
             fail(Exit.WRITE_FAILED, f"{directory} is not writable")
+    # An agent running on this data dir would keep its old identity while the trust
+    # store changes under it: refuse before the token is spent.
+    data_lock = _lock(data_dir, Exit.WRITE_FAILED)
 
     body: dict[str, Any] = {"token": token, "name": name, "agent_version": __version__}
     if site:
@@ -220,6 +237,7 @@ def enroll(
             f"enrolled as {answer.device_id} but could not write {config}: {exc.strerror}; "
             "the token is spent: revoke this device and ask for a new token",
         )
+    data_lock.release()
     typer.echo(f"enrolled {name} as {answer.device_id} at site {answer.site}; config written to {config}")
 
 
@@ -229,6 +247,11 @@ def enroll(
 @app.command()
 def run(config: ConfigOption = agent_config.DEFAULT_CONFIG_PATH) -> None:
     """Run the agent until SIGTERM or SIGINT."""
+    settings = _load(config)
+    # First, before the slow imports and before anything opens the data dir: a second
+    # agent is refused at once, and never touches the first one's outbox or models.
+    # Held for the life of the process; the kernel releases it however the process ends.
+    data_lock = _lock(settings.data_dir, Exit.FAILURE)
     # The run time (OpenCV, numpy, onnxruntime, paho) is imported by the commands that run it
     # only: enroll and status stay quick, and work, on a device still being provisioned.
     from agent.inference import ModelLoadError
@@ -237,7 +260,6 @@ def run(config: ConfigOption = agent_config.DEFAULT_CONFIG_PATH) -> None:
     from agent.updater import Updater
     from agent.vision import Vision
 
-    settings = _load(config)
     logs.configure(settings.logging.level, settings.logging.format)
     try:
         # One keyring for every verifier: a key learnt while checking a desired document
@@ -249,7 +271,9 @@ def run(config: ConfigOption = agent_config.DEFAULT_CONFIG_PATH) -> None:
     except (OSError, sqlite3.Error, ModelLoadError) as exc:
         log.error("start failed", extra={"error": str(exc)})
         fail(Exit.FAILURE, f"cannot start: {exc}")
-    raise typer.Exit(runtime.run())
+    code = runtime.run()
+    data_lock.release()
+    raise typer.Exit(code)
 
 
 # --- status ---------------------------------------------------------------------------
