@@ -51,7 +51,7 @@ class ApiTokenAddForm(forms.ModelForm):
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
     list_display = ("name", "prefix", "user", "scopes", "created_at", "expires_at", "last_used_at", "revoked_at")
-    list_filter = ("revoked_at",)
+    list_filter = (("revoked_at", admin.EmptyFieldListFilter),)
     search_fields = ("name", "prefix", "user__username")
     actions = ["revoke"]
 

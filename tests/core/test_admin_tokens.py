@@ -85,6 +85,8 @@ def test_the_revoke_action_goes_through_the_service_and_is_audited(browser: Clie
     assert token.revoked_at is not None
     entry = AuditLog.objects.get(action="api_token.revoke")
     assert entry.actor == root and "root" in entry.reason and entry.data["prefix"] == token.prefix
+    assert token.prefix in browser.get(f"{LIST_URL}?revoked_at__isempty=0").content.decode()
+    assert token.prefix not in browser.get(f"{LIST_URL}?revoked_at__isempty=1").content.decode()
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
     assert client.get("/api/v1/models/").status_code == 401
