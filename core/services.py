@@ -45,9 +45,18 @@ def check_token_request(*, user: Any, scopes: Iterable[str], expires_at: datetim
 
 
 def issue_token(
-    *, actor: Any, user: Any, name: str, scopes: Iterable[str], expires_at: datetime | None = None
+    *,
+    actor: Any,
+    user: Any,
+    name: str,
+    scopes: Iterable[str],
+    expires_at: datetime | None = None,
+    via: ApiToken | None = None,
 ) -> tuple[ApiToken, str]:
-    """Create a token for ``user``; the secret is returned once and only its hash is stored."""
+    """Create a token for ``user``; the secret is returned once and only its hash is stored.
+
+    ``via`` is the token the actor used, when it was one: the audit row names its prefix.
+    """
     ordered = check_token_request(user=user, scopes=scopes, expires_at=expires_at)
     with transaction.atomic():
         token, secret = ApiToken.issue(user, name=name, scopes=ordered, expires_at=expires_at)
@@ -60,11 +69,12 @@ def issue_token(
             user=user.username,
             scopes=token.scopes,
             expires_at=expires_at.isoformat() if expires_at else None,
+            **_via(via),
         )
     return token, secret
 
 
-def revoke_token(token: ApiToken, *, actor: Any, reason: str) -> ApiToken:
+def revoke_token(token: ApiToken, *, actor: Any, reason: str, via: ApiToken | None = None) -> ApiToken:
     """Refuse the token from now on, and record who and why."""
     with transaction.atomic():
         # Locked so two revocations cannot both pass the check and write two audit rows.
@@ -83,6 +93,11 @@ def revoke_token(token: ApiToken, *, actor: Any, reason: str) -> ApiToken:
             user=row.user.username,
             scopes=row.scopes,
             expires_at=row.expires_at.isoformat() if row.expires_at else None,
+            **_via(via),
         )
     token.revoked_at = row.revoked_at
     return row
+
+
+def _via(token: ApiToken | None) -> dict[str, str]:
+    return {"via_token": token.prefix} if token is not None else {}

@@ -42,6 +42,7 @@ class ApiTokenViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
             name=data["name"],
             scopes=data["scopes"],
             expires_at=data.get("expires_at"),
+            via=_token(request),
         )
         answer = dict(ApiTokenSerializer(token).data)
         answer["token"] = secret
@@ -54,5 +55,11 @@ class ApiTokenViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         token = self.get_object()
         body = TokenRevokeSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        row = services.revoke_token(token, actor=request.user, reason=body.validated_data["reason"])
+        row = services.revoke_token(
+            token, actor=request.user, reason=body.validated_data["reason"], via=_token(request)
+        )
         return Response(ApiTokenSerializer(row).data)
+
+
+def _token(request: Request) -> ApiToken | None:
+    return request.auth if isinstance(request.auth, ApiToken) else None

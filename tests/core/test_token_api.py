@@ -117,7 +117,10 @@ def test_an_anonymous_caller_is_asked_to_authenticate(anonymous: APIClient) -> N
 def test_a_token_with_the_admin_scope_manages_tokens_while_its_user_is_staff(admin_user: Any) -> None:
     _, secret = services.issue_token(actor=admin_user, user=admin_user, name="ops", scopes=["admin"])
     client = bearer(secret)
-    assert create(client).status_code == 201
+    created = create(client).json()
+    assert created["user"] == "alice"
+    entry = AuditLog.objects.get(action="api_token.issue", target_id=str(created["id"]))
+    assert entry.actor == admin_user and entry.data["via_token"] == secret[:10]
     assert client.get("/api/v1/tokens/").json()["count"] == 2
     get_user_model().objects.filter(pk=admin_user.pk).update(is_staff=False)
     refusal(client.get("/api/v1/tokens/"), 403, "permission_denied")
