@@ -10,22 +10,27 @@ JSON shape, the protocol version, the type and the schema, and raises
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import orjson
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
     InstanceOf,
     PlainValidator,
+    StrictBool,
+    StrictFloat,
     StrictInt,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from agent.kernel import histogram
 
@@ -33,6 +38,24 @@ PROTOCOL_VERSION: Literal[1] = 1
 TOPIC_ROOT = "edgefleet/v1"
 MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_BATCH_RECORDS = 1000
+# orjson parses nesting up to 1,024 levels but encodes only up to 254, and a
+# document is re-encoded when it is stored: refuse deep nesting at the door.
+MAX_DEPTH = 64
+# Device clocks are checked against the receiving time. A record may be old:
+# the outbox keeps records through an outage and is bounded in bytes, not age
+# (its default 64 MiB holds about five weeks of heartbeats and windows at the
+# default intervals), so the past bound is well beyond that. A time ahead of the
+# receiver by more than a few minutes is a wrong clock: trusting it would, for
+# one, freeze a device's last heartbeat, which only a newer one replaces.
+MAX_AGE = timedelta(days=90)
+MAX_AHEAD = timedelta(minutes=5)
+# A window summary covers at most an hour (agent config ``window_interval_s``).
+MAX_WINDOW_SPAN = timedelta(days=1)
+BIGINT_MAX = 2**63 - 1
+# A count of one window (frames, errors, a histogram bin): far above any real
+# window (an hour at a million frames a second is 3.6e9), and low enough that
+# the sum of 2^31 windows still fits the bigint columns of the rollups.
+MAX_COUNT = 2**32 - 1
 
 # Topic suffixes by direction (DESIGN.md, "MQTT protocol v1").
 DEVICE_TO_CLOUD = ("reported", "telemetry", "events", "status")
@@ -53,8 +76,11 @@ else:
     # A JSON object as decoded (its keys are strings), checked and kept as it
     # is: validating it as dict[str, Any] would copy every record's data.
     JSONObject = InstanceOf[dict]
-# Sequence numbers are JSON integers (never 5.0 or "5") that fit a PostgreSQL bigint.
-Seq = Annotated[StrictInt, Field(ge=1, le=2**63 - 1)]
+# Integers are JSON integers (never true, 5.0 or "5"): sequence numbers and
+# sizes fit a PostgreSQL bigint, counts stay summable (MAX_COUNT).
+Seq = Annotated[StrictInt, Field(ge=1, le=BIGINT_MAX)]
+BigCount = Annotated[StrictInt, Field(ge=0, le=BIGINT_MAX)]
+Count = Annotated[StrictInt, Field(ge=0, le=MAX_COUNT)]
 
 
 class ProtocolError(ValueError):
@@ -70,6 +96,46 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def _in_window(value: datetime, anchor: datetime, before: timedelta, after: timedelta) -> bool:
+    """Whether ``value`` lies within ``before`` before and ``after`` after ``anchor`` (a naive time is UTC)."""
+    value, anchor = (t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t for t in (value, anchor))
+    # Year 1 at +14:00 is before the first instant datetime can hold in UTC,
+    # year 9999 plus a day after the last: the arithmetic overflows, and such
+    # a time is outside any window anyway.
+    try:
+        return anchor - before <= value <= anchor + after
+    except OverflowError:
+        return False
+
+
+def _device_time(value: datetime, info: ValidationInfo) -> datetime:
+    """A time set by a device's clock: within MAX_AGE before and MAX_AHEAD after the receiving time.
+
+    Checked only when ``decode`` passes the receiving time (in the context);
+    a message built in code is not received.
+    """
+    context = info.context
+    if not isinstance(context, dict) or "received_at" not in context:
+        return value
+    received: datetime = context["received_at"]
+    if not _in_window(value, received, context["max_age"], context["max_ahead"]):
+        raise PydanticCustomError(
+            "clock_skew",
+            "{value} is more than {age} s before or {ahead} s after the receiving time {received}",
+            {
+                "value": value.isoformat(),
+                "age": int(context["max_age"].total_seconds()),
+                "ahead": int(context["max_ahead"].total_seconds()),
+                "received": received.isoformat(timespec="seconds"),
+            },
+        )
+    return value
+
+
+DeviceTime = Annotated[datetime, AfterValidator(_device_time)]
+AwareDeviceTime = Annotated[AwareDatetime, AfterValidator(_device_time)]
+
+
 class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     v: Literal[1] = PROTOCOL_VERSION
@@ -83,7 +149,7 @@ class Status(_Message):
 
     type: Literal["status"] = "status"
     state: Literal["online", "offline"]
-    ts: datetime | None = None
+    ts: DeviceTime | None = None
     agent_version: VersionText | None = None
 
 
@@ -91,14 +157,14 @@ class Reported(_Message):
     """What the device runs now: the generation of ``desired`` it applied."""
 
     type: Literal["reported"] = "reported"
-    generation: int = Field(ge=0)
+    generation: BigCount
     model_name: ShortText | None = None
     model_version: VersionText | None = None
     phase: Literal[UPDATE_PHASES] = "idle"  # type: ignore[valid-type]
     error: LongText | None = None
     agent_version: VersionText
-    fallback: bool = False
-    ts: datetime = Field(default_factory=utcnow)
+    fallback: StrictBool = False
+    ts: DeviceTime = Field(default_factory=utcnow)
 
 
 class Heartbeat(BaseModel):
@@ -106,15 +172,16 @@ class Heartbeat(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True)
     agent_version: VersionText
-    uptime_s: float = Field(ge=0)
-    cpu_percent: float = Field(ge=0, le=100 * 1024)
-    memory_percent: float = Field(ge=0, le=100)
-    disk_percent: float = Field(ge=0, le=100)
-    disk_free_bytes: int = Field(ge=0)
-    temperature_c: float | None = None
-    cpu_freq_mhz: float | None = None
+    uptime_s: StrictFloat = Field(ge=0)
+    cpu_percent: StrictFloat = Field(ge=0, le=100 * 1024)
+    memory_percent: StrictFloat = Field(ge=0, le=100)
+    disk_percent: StrictFloat = Field(ge=0, le=100)
+    disk_free_bytes: BigCount
+    # Physically possible values, and finite sums in the rollups.
+    temperature_c: StrictFloat | None = Field(default=None, ge=-273.15, le=1000)
+    cpu_freq_mhz: StrictFloat | None = Field(default=None, ge=0, le=1e6)
     model_version: VersionText | None = None
-    outbox_depth: int = Field(default=0, ge=0)
+    outbox_depth: BigCount = 0
 
 
 class Window(BaseModel):
@@ -129,24 +196,29 @@ class Window(BaseModel):
     end: datetime
     model_name: ShortText | None = None
     model_version: VersionText | None = None
-    fallback: bool = False
-    frames: int = Field(ge=0)
-    dropped_frames: int = Field(default=0, ge=0)
-    errors: int = Field(default=0, ge=0)
-    escalations: int = Field(default=0, ge=0)
+    fallback: StrictBool = False
+    frames: Count
+    dropped_frames: Count = 0
+    errors: Count = 0
+    escalations: Count = 0
     # Latency bucket index (as a string, JSON keys are strings) -> count.
-    latency_ms: dict[Annotated[str, Field(pattern=r"^[0-9]{1,3}$")], Annotated[int, Field(ge=0)]] = Field(
+    latency_ms: dict[Annotated[str, Field(pattern=r"^[0-9]{1,3}$")], Count] = Field(
         default_factory=dict, max_length=histogram.MAX_INDEX + 1
     )
-    confidence: Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=histogram.CONFIDENCE_BINS)] = Field(
+    confidence: Annotated[list[Count], Field(max_length=histogram.CONFIDENCE_BINS)] = Field(
         default_factory=lambda: [0] * histogram.CONFIDENCE_BINS
     )
-    classes: dict[ShortText, Annotated[int, Field(ge=0)]] = Field(default_factory=dict, max_length=1000)
+    classes: dict[ShortText, Count] = Field(default_factory=dict, max_length=1000)
 
     @model_validator(mode="after")
-    def _consistent(self) -> Window:
-        if self.end < self.start:
-            raise ValueError("end is before start")
+    def _consistent(self, info: ValidationInfo) -> Window:
+        if not _in_window(self.end, self.start, timedelta(0), MAX_WINDOW_SPAN):
+            raise ValueError(f"end is before start or more than {MAX_WINDOW_SPAN} after it")
+        # The record's time (bounded at decode) anchors the window's, so no
+        # window reaches into a year that a rollup bucket cannot hold.
+        record_ts = info.context.get("ts") if isinstance(info.context, dict) else None
+        if record_ts is not None and not _in_window(self.end, record_ts, MAX_WINDOW_SPAN, MAX_AHEAD):
+            raise ValueError(f"end is more than {MAX_WINDOW_SPAN} before or {MAX_AHEAD} after the record's ts")
         if any(int(k) > histogram.MAX_INDEX for k in self.latency_ms):
             raise ValueError(f"latency bucket above {histogram.MAX_INDEX}")
         if len(self.confidence) not in (0, histogram.CONFIDENCE_BINS):
@@ -162,7 +234,7 @@ class TelemetryRecord(BaseModel):
     seq: Seq
     kind: Literal["heartbeat", "window"]
     # A time without an offset is ambiguous between a device and the control plane.
-    ts: AwareDatetime
+    ts: AwareDeviceTime
     data: JSONObject
 
 
@@ -181,7 +253,7 @@ class Telemetry(_Message):
 class Event(_Message):
     type: Literal["event"] = "event"
     kind: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_.-]+$")]
-    ts: datetime = Field(default_factory=utcnow)
+    ts: DeviceTime = Field(default_factory=utcnow)
     data: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -208,13 +280,13 @@ class BundleRef(BaseModel):
 
     name: Annotated[str, Field(min_length=1, max_length=63)]
     version: Annotated[str, Field(min_length=1, max_length=64)]
-    sequence: int = Field(ge=1, le=2**63 - 1)
+    sequence: Seq
     target: Annotated[str, Field(max_length=32)] = "cpu-fp32"
     bundle_url: Annotated[str, Field(min_length=1, max_length=2000)]
     """Absolute, or a path on the control plane's ``server.url``."""
     sha256: Sha256 | None = None
     """The archive's digest; the download must hash to it."""
-    size: int | None = Field(default=None, ge=1, le=2**63 - 1)
+    size: Seq | None = None
     manifest_sha256: Sha256
     """The digest of the manifest inside: binds the document to one exact bundle."""
 
@@ -251,7 +323,7 @@ class Desired(_Message):
     """The desired state (device shadow), signed by the control plane (``agent.kernel.verify``)."""
 
     type: Literal["desired"] = "desired"
-    generation: int = Field(ge=0, le=2**63 - 1)
+    generation: BigCount
     model: BundleRef | None = None
     config: RuntimeConfig = Field(default_factory=RuntimeConfig)
     issued_at: datetime = Field(default_factory=utcnow)
@@ -269,7 +341,7 @@ class Ack(_Message):
     """The highest contiguous telemetry sequence the control plane has stored."""
 
     type: Literal["ack"] = "ack"
-    seq: int = Field(ge=0)
+    seq: BigCount
 
 
 Message = Status | Reported | Telemetry | Event | Desired | Command | Ack
@@ -344,11 +416,33 @@ def encode(message: _Message) -> bytes:
     return message.model_dump_json(exclude_none=True).encode("utf-8")
 
 
-def decode(suffix: str, payload: bytes | bytearray, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> Message:
+def _too_deep(document: dict[str, Any], limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(document, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
+def decode(
+    suffix: str,
+    payload: bytes | bytearray,
+    *,
+    max_bytes: int = MAX_PAYLOAD_BYTES,
+    received_at: datetime | None = None,
+    max_age: timedelta = MAX_AGE,
+    max_ahead: timedelta = MAX_AHEAD,
+) -> Message:
     """Validate a payload received on ``suffix`` and return its message.
 
+    Times a device's clock set (on the device-to-cloud topics) must lie within
+    ``max_age`` before and ``max_ahead`` after ``received_at`` (default: now).
+
     Raises ProtocolError with reason one of: too_large, not_json, not_object,
-    bad_version, unknown_type, wrong_topic, schema.
+    bad_version, unknown_type, wrong_topic, schema, clock_skew.
     """
     if len(payload) > max_bytes:
         raise ProtocolError("too_large", f"{len(payload)} bytes > {max_bytes}")
@@ -364,20 +458,30 @@ def decode(suffix: str, payload: bytes | bytearray, *, max_bytes: int = MAX_PAYL
     # Legal JSON, but no database text column can hold a NUL character.
     if b"\\u0000" in payload:
         raise ProtocolError("schema", "strings may not contain NUL characters")
-    if document.get("v") != PROTOCOL_VERSION:
-        raise ProtocolError("bad_version", repr(document.get("v"))[:50])
+    if _too_deep(document, MAX_DEPTH):
+        raise ProtocolError("schema", f"nested deeper than {MAX_DEPTH} levels")
+    version = document.get("v")
+    # true == 1 and 1.0 == 1 in Python; the version is the JSON integer 1.
+    if type(version) is not int or version != PROTOCOL_VERSION:
+        raise ProtocolError("bad_version", repr(version)[:50])
     kind = document.get("type")
     if not isinstance(kind, str) or kind not in _KNOWN_TYPES:
         raise ProtocolError("unknown_type", repr(kind)[:50])
     expected = TYPE_FOR_SUFFIX.get(suffix)
     if expected is None or expected.model_fields["type"].default != kind:
         raise ProtocolError("wrong_topic", f"type {kind!r} on {suffix!r}")
+    context = None
+    if suffix in DEVICE_TO_CLOUD:
+        context = {"received_at": received_at or utcnow(), "max_age": max_age, "max_ahead": max_ahead}
     try:
-        return expected.model_validate(document)  # type: ignore[return-value]
+        return expected.model_validate(document, context=context)  # type: ignore[return-value]
     except ValidationError as exc:
-        first = exc.errors()[0]
+        errors = exc.errors()
+        # A wrong clock is the device's state, not a malformed message: it gets its own reason.
+        reason = "clock_skew" if all(e["type"] == "clock_skew" for e in errors) else "schema"
+        first = next(e for e in errors if reason == "clock_skew" or e["type"] != "clock_skew")
         where = ".".join(str(p) for p in first["loc"])
-        raise ProtocolError("schema", f"{where}: {first['msg']}"[:300]) from None
+        raise ProtocolError(reason, f"{where}: {first['msg']}"[:300]) from None
 
 
 def heartbeat_of(record: TelemetryRecord) -> Heartbeat:
@@ -395,7 +499,7 @@ _T = TypeVar("_T")
 
 def _data_of(adapter: TypeAdapter[_T], kind: str, record: TelemetryRecord) -> _T:
     try:
-        return adapter.validate_python(record.data)
+        return adapter.validate_python(record.data, context={"ts": record.ts})
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ProtocolError("schema", f"{kind}.{'.'.join(map(str, first['loc']))}: {first['msg']}"[:300]) from None

@@ -13,7 +13,7 @@ import pytest
 from bridge.process import Bridge
 from fleet.models import Device, Site
 from telemetry.models import DeviceEvent, TelemetryRecord
-from tests.bridge.helpers import offline_bridge, status, telemetry, topic
+from tests.bridge.helpers import now, offline_bridge, status, telemetry, topic
 
 pytestmark = pytest.mark.django_db
 
@@ -109,7 +109,7 @@ def test_a_malformed_heartbeat_is_kept_but_not_shown_as_state(bridge: Bridge, de
     batch = {
         "v": 1,
         "type": "telemetry",
-        "records": [{"seq": 1, "kind": "heartbeat", "ts": "2026-01-01T00:00:00Z", "data": {"cpu_percent": "hot"}}],
+        "records": [{"seq": 1, "kind": "heartbeat", "ts": now(), "data": {"cpu_percent": "hot"}}],
     }
     assert bridge.handle(topic(device.device_id, "telemetry"), json.dumps(batch).encode()) == "ok"
     device.refresh_from_db()
