@@ -25,6 +25,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
@@ -73,6 +74,9 @@ class BridgeConfig:
     batch_messages: int = 500
     stats_interval_s: float = 10.0
     workers: int = 2
+    # The window around the receiving time a device's clock must fall in.
+    max_ahead: timedelta = protocol.MAX_AHEAD
+    max_age: timedelta = protocol.MAX_AGE
 
     @classmethod
     def from_settings(cls, **overrides: Any) -> BridgeConfig:
@@ -86,6 +90,8 @@ class BridgeConfig:
             "batch_messages": settings.BRIDGE_BATCH_MESSAGES,
             "stats_interval_s": settings.BRIDGE_STATS_INTERVAL_S,
             "workers": settings.BRIDGE_WORKERS,
+            "max_ahead": timedelta(seconds=settings.BRIDGE_CLOCK_MAX_AHEAD_S),
+            "max_age": timedelta(days=settings.BRIDGE_CLOCK_MAX_AGE_DAYS),
         }
         values.update(overrides)
         return cls(**values)
@@ -256,7 +262,14 @@ class Bridge:
                 device_id, suffix = protocol.parse_topic(topic)
                 if suffix not in protocol.DEVICE_TO_CLOUD:
                     raise protocol.ProtocolError("wrong_direction", suffix)
-                decoded.append((index, device_id, protocol.decode(suffix, payload, max_bytes=self.config.max_payload)))
+                message = protocol.decode(
+                    suffix,
+                    payload,
+                    max_bytes=self.config.max_payload,
+                    max_age=self.config.max_age,
+                    max_ahead=self.config.max_ahead,
+                )
+                decoded.append((index, device_id, message))
             except protocol.ProtocolError as exc:
                 verdicts[index] = self._reject(device_id, topic, exc)
             except Exception:

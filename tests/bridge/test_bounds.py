@@ -132,3 +132,11 @@ def test_the_device_page_shows_an_event_as_old_as_the_protocol_accepts(
     response = client.get(f"/devices/{device.device_id}/")
     assert response.status_code == 200
     assert "model_swap" in response.content.decode()
+
+
+def test_the_clock_window_is_the_bridges_to_configure(devices: tuple[Device, Device]) -> None:
+    ahead = (datetime.now(timezone.utc) + timedelta(minutes=30)).isoformat()
+    raw = _telemetry(_record(1, "heartbeat", ahead, heartbeat_data()))
+    device_topic = topic(devices[0].device_id, "telemetry")
+    assert offline_bridge().handle_many([(device_topic, raw)]) == ["clock_skew"]
+    assert offline_bridge(max_ahead=timedelta(hours=1)).handle_many([(device_topic, raw)]) == ["ok"]
