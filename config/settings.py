@@ -225,8 +225,13 @@ BRIDGE_BATCH_MESSAGES = env.integer("BRIDGE_BATCH_MESSAGES", 500, minimum=1, max
 BRIDGE_WORKERS = env.integer("BRIDGE_WORKERS", 2, minimum=1, maximum=16)
 # The window around the receiving time a device's clock must fall in
 # (docs/protocol.md, "Bounds"); outside it a message is refused as clock_skew.
-BRIDGE_CLOCK_MAX_AHEAD_S = env.integer("BRIDGE_CLOCK_MAX_AHEAD_S", 300, minimum=0, maximum=24 * 3600)
-BRIDGE_CLOCK_MAX_AGE_DAYS = env.integer("BRIDGE_CLOCK_MAX_AGE_DAYS", 90, minimum=1, maximum=3650)
+# Wide by default: a refused telemetry batch is never acknowledged, so a
+# genuine device with a wrong clock (a board without a real-time clock boots
+# in 1970) would hold its outbox until it drops records. A device can only
+# date its own records (ACL); what could stop the fleet (times no datetime
+# holds in UTC, years 1 and 9999) is refused at any setting.
+BRIDGE_CLOCK_MAX_AHEAD_S = env.integer("BRIDGE_CLOCK_MAX_AHEAD_S", 366 * 86400, minimum=0, maximum=10 * 366 * 86400)
+BRIDGE_CLOCK_MAX_AGE_DAYS = env.integer("BRIDGE_CLOCK_MAX_AGE_DAYS", 36500, minimum=1, maximum=36500)
 # How often a bridge writes its counters to the database for /metrics.
 BRIDGE_STATS_INTERVAL_S = env.integer("BRIDGE_STATS_INTERVAL_S", 10, minimum=1, maximum=3600)
 ALERT_WEBHOOK_TIMEOUT_S = env.integer("ALERT_WEBHOOK_TIMEOUT_S", 5, minimum=1, maximum=60)
