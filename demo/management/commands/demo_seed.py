@@ -6,8 +6,8 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
-from django.utils import timezone
 
+from core import services
 from core.models import ApiToken
 from fleet.models import Device, EnrollmentToken, Site
 
@@ -25,8 +25,11 @@ class Command(BaseCommand):
         user.set_password(password)
         user.save()
         # A fresh scripting token each run, so the printed one always works; old demo tokens are revoked.
-        ApiToken.objects.filter(user=user, name="demo", revoked_at__isnull=True).update(revoked_at=timezone.now())
-        _, api_token = ApiToken.issue(user, name="demo", scopes=["read", "fleet", "publish", "rollout"])
+        for old in ApiToken.objects.filter(user=user, name="demo", revoked_at__isnull=True):
+            services.revoke_token(old, actor=None, reason="a new demo run issues a fresh token")
+        _, api_token = services.issue_token(
+            actor=None, user=user, name="demo", scopes=["read", "fleet", "publish", "rollout"]
+        )
         tokens: dict[str, dict[str, str]] = {}
         for spec in options["site"]:
             slug, name, names = spec.split(":", 2)
