@@ -255,7 +255,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=ROOT / "var" / "demo")
     parser.add_argument("--web-port", type=int, default=8000)
     parser.add_argument("--mqtt-port", type=int, default=18830)
