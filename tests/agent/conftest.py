@@ -7,6 +7,7 @@ import hashlib
 import http.server
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -361,3 +362,13 @@ def publish(bundle: Crafted, key: Signer, server: BundleServer, tmp_path: Path, 
     archive = bundle.pack(key, folder).read_bytes()
     url = server.add(f"{bundle.fields['version']}-{generation}.tar.gz", archive)
     return desired_for(bundle, archive, url, key, generation)
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
+    """Where agents send their sd_notify messages, as systemd would receive them."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify.sock"))
+    sock.settimeout(90)
+    yield sock
+    sock.close()

@@ -104,16 +104,6 @@ def test_the_lock_file_of_a_process_killed_with_sigkill_does_not_block_the_next_
 
 
 @pytest.fixture
-def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
-    """Where the agents send their sd_notify messages, as systemd would receive them."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(tmp_path / "notify.sock"))
-    sock.settimeout(90)
-    yield sock
-    sock.close()
-
-
-@pytest.fixture
 def config(tmp_path: Path, agent_config_factory: Callable[..., agent_config.AgentConfig]) -> Path:
     """An agent config whose broker is away: the agent keeps running and writing heartbeats."""
     path = tmp_path / "agent.toml"

@@ -56,16 +56,6 @@ def config(device: tuple[Device, str], mqtt_url: str, tmp_path: Path, agent_conf
 
 
 @pytest.fixture
-def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
-    """Where the agent sends its sd_notify messages, as systemd would receive them."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(tmp_path / "notify.sock"))
-    sock.settimeout(30)
-    yield sock
-    sock.close()
-
-
-@pytest.fixture
 def running(config: Path, tmp_path: Path, notify_socket: socket.socket) -> Iterator[AgentProcess]:
     process = AgentProcess(
         config, tmp_path / "agent.log", NOTIFY_SOCKET=notify_socket.getsockname(), WATCHDOG_USEC="400000"
