@@ -6,6 +6,8 @@ from rest_framework import serializers
 from agent.kernel import protocol
 from fleet.models import Device, EnrollmentToken, Site
 
+NAME_TAKEN = "Another device of this site already has this name."
+
 
 class SiteSerializer(serializers.ModelSerializer):
     device_count = serializers.IntegerField(read_only=True)
@@ -42,6 +44,14 @@ class DeviceSerializer(serializers.ModelSerializer):
             "created_at",
         ]
         read_only_fields = [f for f in fields if f not in ("name", "labels")]
+
+    def validate_name(self, value: str) -> str:
+        device = self.instance
+        if isinstance(device, Device):
+            taken = Device.objects.filter(site_id=device.site_id, name=value).exclude(pk=device.pk).exists()
+            if taken:
+                raise serializers.ValidationError(NAME_TAKEN)
+        return value
 
     def validate_labels(self, value: object) -> object:
         if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):

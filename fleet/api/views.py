@@ -4,6 +4,7 @@ import logging
 from datetime import timedelta
 from typing import Any
 
+from django.db import IntegrityError, transaction
 from django.db.models import Count, ProtectedError, Q
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
@@ -11,6 +12,7 @@ from rest_framework.decorators import action
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.serializers import BaseSerializer
 from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
@@ -22,6 +24,7 @@ from core.models import AuditLog
 from fleet import services
 from fleet.api.authentication import DeviceAuthentication
 from fleet.api.serializers import (
+    NAME_TAKEN,
     AssignModelSerializer,
     DeviceSerializer,
     EnrollmentTokenRequestSerializer,
@@ -93,6 +96,14 @@ class DeviceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Upd
     lookup_field = "device_id"
     ordering_fields = ["name", "last_seen", "created_at"]
     queryset = Device.objects.select_related("site")
+
+    def perform_update(self, serializer: BaseSerializer[Device]) -> None:
+        try:
+            with transaction.atomic():
+                serializer.save()
+        except IntegrityError:
+            # Another request took the name between validation and the write.
+            raise ServiceError("invalid", NAME_TAKEN, fields={"name": [NAME_TAKEN]}) from None
 
     @extend_schema(request=RevokeSerializer, responses={200: DeviceSerializer})
     @action(detail=True, methods=["post"])

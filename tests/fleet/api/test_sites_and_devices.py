@@ -110,3 +110,30 @@ def test_a_site_with_devices_cannot_be_deleted(
     response = admin_client.delete(f"/api/v1/sites/{site.slug}/")
     assert response.status_code == 400 and response.json()["code"] == "site_has_devices"
     assert Site.objects.filter(pk=site.pk).exists()
+
+
+def test_renaming_a_device_to_a_name_taken_in_its_site_is_refused(
+    admin_client: APIClient, site: Site, enroll_device: Callable[..., Any]
+) -> None:
+    enroll_device(site, name="cam-1")
+    device = enroll_device(site, name="cam-2").device
+    response = admin_client.patch(f"/api/v1/devices/{device.device_id}/", {"name": "cam-1"}, format="json")
+    assert response.status_code == 400 and response.json()["code"] == "invalid"
+    assert "name" in response.json()["fields"]
+    device.refresh_from_db()
+    assert device.name == "cam-2"
+    response = admin_client.patch(f"/api/v1/devices/{device.device_id}/", {"name": "cam-2"}, format="json")
+    assert response.status_code == 200
+
+
+def test_a_rename_that_loses_the_race_for_a_name_is_refused(
+    admin_client: APIClient, site: Site, enroll_device: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fleet.api.serializers import DeviceSerializer
+
+    enroll_device(site, name="cam-1")
+    device = enroll_device(site, name="cam-2").device
+    monkeypatch.setattr(DeviceSerializer, "validate_name", lambda self, value: value)
+    response = admin_client.patch(f"/api/v1/devices/{device.device_id}/", {"name": "cam-1"}, format="json")
+    assert response.status_code == 400 and response.json()["code"] == "invalid"
+    assert "name" in response.json()["fields"]
