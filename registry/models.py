@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured, ValidationError
-from django.core.validators import RegexValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import IntegrityError, models, transaction
 from django.urls import reverse
 from django.utils import timezone
@@ -198,6 +198,12 @@ class ModelVersion(models.Model):
     output = models.JSONField()
     thresholds = models.JSONField(default=dict)
     min_agent_version = models.CharField(max_length=64, default="0.1.0", validators=[validate_semver])
+    bundle_ttl_days = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(3650)],
+        help_text="Days its bundles stay valid from publication; empty means REGISTRY_BUNDLE_TTL_DAYS.",
+    )
     tolerance = models.JSONField(default=dict, help_text="atol/rtol devices reproduce reference outputs within.")
     provenance = models.JSONField(default=dict, blank=True)
     metrics = models.JSONField(default=dict, blank=True)

@@ -103,6 +103,7 @@ def publish_version(
                 output=metadata.output.model_dump(mode="json"),
                 thresholds=metadata.thresholds.model_dump(mode="json"),
                 min_agent_version=metadata.min_agent_version or settings.REGISTRY_MIN_AGENT_VERSION,
+                bundle_ttl_days=metadata.expires_in_days or settings.REGISTRY_BUNDLE_TTL_DAYS,
                 tolerance=metadata.tolerance.model_dump(mode="json"),
                 provenance=metadata.provenance.model_dump(mode="json", exclude_none=True),
                 metrics=dict(metadata.metrics),

@@ -88,7 +88,7 @@ def build_target_bundle(
         references=cases,
         min_agent_version=version.min_agent_version,
         created_at=created,
-        expires_at=created + timedelta(days=settings.REGISTRY_BUNDLE_TTL_DAYS),
+        expires_at=created + timedelta(days=version.bundle_ttl_days or settings.REGISTRY_BUNDLE_TTL_DAYS),
         provenance=Provenance(metrics=version.metrics, **{k: v for k, v in provenance.items() if v is not None}),
         quantization=metrics if target == INT8 else None,
     )

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from django.utils import timezone
 
 from registry.models import Bundle, Model, ModelVersion
+from registry.variants import read_bundle
 from telemetry import drift
 from telemetry.models import Baseline
 from tests.registry.helpers import publish
@@ -224,3 +227,32 @@ def test_a_malformed_reference_distribution_is_refused_and_nothing_is_published(
     assert response.status_code == 400, response.content
     assert "reference_distribution" in response.content.decode()
     assert not ModelVersion.objects.exists() and not Baseline.objects.exists()
+
+
+def test_expires_in_days_sets_the_bundle_expiry(ci, classifier_onnx, metadata, tmp_path):
+    response = publish(ci, classifier_onnx, metadata(expires_in_days=7))
+
+    assert response.status_code == 201, response.content
+    version = ModelVersion.objects.get()
+    assert version.bundle_ttl_days == 7
+    manifest = read_bundle(Bundle.objects.get(target="cpu-fp32"), tmp_path).manifest
+    assert manifest.expires_at - manifest.created_at == timedelta(days=7)
+
+
+def test_without_expires_in_days_bundles_expire_after_the_setting(ci, classifier_onnx, metadata, settings, tmp_path):
+    settings.REGISTRY_BUNDLE_TTL_DAYS = 30
+    response = publish(ci, classifier_onnx, metadata())
+
+    assert response.status_code == 201, response.content
+    assert ModelVersion.objects.get().bundle_ttl_days == 30
+    manifest = read_bundle(Bundle.objects.get(target="cpu-fp32"), tmp_path).manifest
+    assert manifest.expires_at - manifest.created_at == timedelta(days=30)
+
+
+@pytest.mark.parametrize("days", [0, 3651])
+def test_expires_in_days_out_of_range_is_refused(ci, classifier_onnx, metadata, days):
+    response = publish(ci, classifier_onnx, metadata(expires_in_days=days))
+
+    assert response.status_code == 400
+    assert response.json()["code"] == "bad_metadata"
+    assert not ModelVersion.objects.exists()
