@@ -4,19 +4,70 @@ django-filter reads a boolean it does not understand (``?online=bogus``) as
 "no filter" and DRF drops an unknown ``?ordering=`` field, so a typo lists
 everything and looks like an answer. Here both are errors: the API answers
 400 ``invalid`` naming the parameter, the dashboard shows the reason.
+
+A date-time parameter is refused as well when PostgreSQL or Python could not
+hold it: a UTC offset beyond ±14:00 (PostgreSQL refuses the query, a 500) or a
+moment that falls outside years 1 to 9999 once in UTC.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import django_filters
 from django import forms
 from django.db import models
 from django_filters.filterset import FILTER_FOR_DBFIELD_DEFAULTS
-from rest_framework import exceptions
+from rest_framework import exceptions, serializers
 from rest_framework import filters as drf_filters
+
+MAX_UTC_OFFSET = timedelta(hours=14)
+OFFSET_MESSAGE = "The UTC offset must be within -14:00 and +14:00."
+RANGE_MESSAGE = "The date-time must fall within the years 1 to 9999 in UTC."
+
+
+def datetime_problem(value: datetime) -> str | None:
+    """Why the database cannot take ``value``, or None when it can."""
+    offset = value.utcoffset()
+    if offset is None:
+        return None
+    if abs(offset) > MAX_UTC_OFFSET:
+        return OFFSET_MESSAGE
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        return RANGE_MESSAGE
+    return None
+
+
+class DateTimeField(django_filters.fields.IsoDateTimeField):
+    """An ISO 8601 date-time the database can hold; anything else is an error."""
+
+    def to_python(self, value: Any) -> datetime | None:
+        try:
+            result = super().to_python(value)
+        except OverflowError:
+            raise forms.ValidationError(RANGE_MESSAGE, code="invalid") from None
+        problem = datetime_problem(result) if result is not None else None
+        if problem:
+            raise forms.ValidationError(problem, code="invalid")
+        return result
+
+
+class IsoDateTimeFilter(django_filters.IsoDateTimeFilter):
+    field_class = DateTimeField
+
+
+class DateTimeParameter(serializers.DateTimeField):
+    """DRF's date-time for query parameters and bodies, refusing what the database cannot hold."""
+
+    def enforce_timezone(self, value: datetime) -> datetime:
+        problem = datetime_problem(value)
+        if problem:
+            raise serializers.ValidationError(problem, code="invalid")
+        return super().enforce_timezone(value)
 
 
 class BooleanField(forms.Field):
@@ -47,6 +98,7 @@ class FilterSet(django_filters.FilterSet):
     FILTER_DEFAULTS = {
         **FILTER_FOR_DBFIELD_DEFAULTS,
         models.BooleanField: {"filter_class": BooleanFilter},
+        models.DateTimeField: {"filter_class": IsoDateTimeFilter},
     }
 
 

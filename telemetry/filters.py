@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import django_filters
 
-from core.filters import BooleanFilter, FilterSet
+from core.filters import BooleanFilter, FilterSet, IsoDateTimeFilter
 from telemetry.models import Alert, AlertRule
 
 
@@ -15,7 +15,7 @@ class AlertFilter(FilterSet):
     severity = django_filters.ChoiceFilter(field_name="rule__severity", choices=AlertRule.Severity.choices)
     site = django_filters.CharFilter(field_name="device__site__slug")
     device = django_filters.CharFilter(field_name="device__device_id")
-    since = django_filters.IsoDateTimeFilter(field_name="since", lookup_expr="gte")
+    since = IsoDateTimeFilter(field_name="since", lookup_expr="gte")
 
     class Meta:
         model = Alert

@@ -9,6 +9,7 @@ from django.contrib.auth import get_user_model
 from django.utils import timezone
 from rest_framework import serializers
 
+from core.filters import DateTimeParameter
 from core.models import ApiToken
 
 
@@ -52,7 +53,7 @@ class ApiTokenRequestSerializer(serializers.Serializer):
         required=False,
         help_text="Whose token it is (a username); the caller by default.",
     )
-    expires_at = serializers.DateTimeField(required=False, allow_null=True, help_text="With a time zone.")
+    expires_at = DateTimeParameter(required=False, allow_null=True, help_text="With a time zone.")
     expires_in_days = serializers.IntegerField(required=False, min_value=1, max_value=3650)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:

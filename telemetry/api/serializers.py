@@ -4,6 +4,7 @@ from typing import Any
 
 from rest_framework import serializers
 
+from core.filters import DateTimeParameter
 from telemetry import series
 from telemetry.models import Alert
 
@@ -11,8 +12,8 @@ from telemetry.models import Alert
 class SeriesQuerySerializer(serializers.Serializer):
     scope = serializers.ChoiceField(choices=["device", "site", "model"])
     key = serializers.CharField(max_length=300, help_text="device_id, site slug, or name@version for scope=model")
-    start = serializers.DateTimeField()
-    end = serializers.DateTimeField(required=False, help_text="Defaults to now.")
+    start = DateTimeParameter()
+    end = DateTimeParameter(required=False, help_text="Defaults to now.")
     resolution = serializers.ChoiceField(choices=["auto", "1m", "1h"], default="auto")
     points = serializers.IntegerField(min_value=1, max_value=series.MAX_POINTS, default=300)
     model = serializers.CharField(max_length=300, required=False, help_text="Only this name@version")

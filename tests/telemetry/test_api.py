@@ -224,3 +224,29 @@ def test_acknowledging_twice_is_a_conflict(admin_client: APIClient, alert: Alert
 def test_the_openapi_schema_describes_telemetry_and_alerts(admin_client: APIClient) -> None:
     schema = admin_client.get("/api/v1/schema/", {"format": "json"}).json()
     assert "/api/v1/telemetry/" in schema["paths"] and "/api/v1/alerts/{id}/acknowledge/" in schema["paths"]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("2026-01-01T00:00:00+18:45", "offset"),
+        ("2026-01-01T00:00:00-14:01", "offset"),
+        ("0001-01-01T00:00:00+01:00", "9999"),
+        ("9999-12-31T23:30:00-01:00", "9999"),
+    ],
+)
+def test_a_date_time_the_database_cannot_hold_is_a_400_naming_the_parameter(
+    viewer_client: APIClient, alert: Alert, value: str, message: str
+) -> None:
+    answer = viewer_client.get("/api/v1/alerts/", {"since": value})
+    assert answer.status_code == 400 and answer.json()["code"] == "invalid"
+    assert list(answer.json()["fields"]) == ["since"] and message in answer.json()["fields"]["since"][0]
+    answer = series(viewer_client, scope="site", key="plant-a", start=value)
+    assert answer.status_code == 400 and answer.json()["code"] == "invalid"
+    assert list(answer.json()["fields"]) == ["start"] and message in answer.json()["fields"]["start"][0]
+
+
+def test_a_date_time_filter_takes_the_widest_real_offsets(viewer_client: APIClient, alert: Alert) -> None:
+    for value in ("2000-01-01T00:00:00+14:00", "2000-01-01T00:00:00-12:00"):
+        answer = viewer_client.get("/api/v1/alerts/", {"since": value})
+        assert answer.status_code == 200 and [a["id"] for a in answer.json()["results"]] == [alert.pk]
