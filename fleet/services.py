@@ -10,6 +10,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from agent.kernel import protocol
+from agent.kernel.manifest import parse_version
 from core import tokens
 from core.errors import ServiceError
 from core.models import AuditLog
@@ -127,6 +128,7 @@ def assign_model(
     if bundle is None:
         message = f"{version} has no bundle for target {wanted}."
         raise ServiceError("no_bundle", message, 400, fields={"target": [message]})
+    _check_installable(device, bundle)
     with transaction.atomic():
         current = Device.objects.select_for_update().get(pk=device.pk).desired or {}
         # Built with the device kernel's models, so what is stored is what the bridge can sign.
@@ -146,3 +148,29 @@ def assign_model(
             generation=generation,
         )
     return generation
+
+
+def _check_installable(device: Device, bundle: Bundle) -> None:
+    """Refuse a bundle the device would refuse at install: expired, or for a newer agent than it runs.
+
+    A device that has not reported its agent version yet is given the benefit of
+    the doubt; its agent still checks ``min_agent_version`` before installing.
+    """
+    version = bundle.version
+    expires_at = version.bundle_expires_at()
+    if expires_at <= timezone.now():
+        raise ServiceError("bundle_expired", f"The bundle of {version} expired at {expires_at.isoformat()}.", 400)
+    reported = device.agent_version
+    if not reported:
+        return
+    try:
+        too_old = parse_version(reported) < parse_version(version.min_agent_version)
+    except ValueError:
+        too_old = True
+    if too_old:
+        raise ServiceError(
+            "agent_too_old",
+            f"Device {device.device_id} runs agent {reported}; "
+            f"{version} needs agent {version.min_agent_version} or newer.",
+            400,
+        )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -235,6 +235,11 @@ class ModelVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model.name}:{self.version}"
+
+    def bundle_expires_at(self, created: datetime | None = None) -> datetime:
+        """When the version's bundles expire: what every manifest of it says in ``expires_at``."""
+        start = created or self.created_at or timezone.now()
+        return start + timedelta(days=self.bundle_ttl_days or settings.REGISTRY_BUNDLE_TTL_DAYS)
 
     def clean(self) -> None:
         if self.pk is not None:

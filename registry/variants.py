@@ -5,12 +5,10 @@ from __future__ import annotations
 import hashlib
 import io
 import tempfile
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import transaction
 from django.utils import timezone
@@ -88,7 +86,7 @@ def build_target_bundle(
         references=cases,
         min_agent_version=version.min_agent_version,
         created_at=created,
-        expires_at=created + timedelta(days=version.bundle_ttl_days or settings.REGISTRY_BUNDLE_TTL_DAYS),
+        expires_at=version.bundle_expires_at(created),
         provenance=Provenance(metrics=version.metrics, **{k: v for k, v in provenance.items() if v is not None}),
         quantization=metrics if target == INT8 else None,
     )

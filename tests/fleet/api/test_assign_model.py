@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.utils import timezone
 
 from core.models import AuditLog
 from fleet.models import Device
+from registry.models import ModelVersion
 from tests.registry.conftest import make_classifier, make_png_images
 from tests.registry.helpers import publish
 
@@ -71,3 +74,38 @@ def test_an_unknown_version_or_target_is_a_clear_400(published, device, token_cl
 def test_a_token_without_the_fleet_scope_is_refused(published, device, token_client):
     response = token_client("publish").post(url(device), {"model": "parts", "version": "1.0.0"}, format="json")
     assert response.status_code == 403
+
+
+def test_an_expired_bundle_is_refused(published, device, token_client):
+    ModelVersion.objects.filter(version="1.0.0").update(created_at=timezone.now() - timedelta(days=400))
+
+    response = token_client("fleet").post(url(device), {"model": "parts", "version": "1.0.0"}, format="json")
+
+    assert response.status_code == 400, response.content
+    assert response.json()["code"] == "bundle_expired"
+    device.refresh_from_db()
+    assert device.desired_generation == 1, "nothing changed"
+
+
+def test_a_bundle_for_a_newer_agent_is_refused_naming_both_versions(published, device, token_client):
+    ModelVersion.objects.filter(version="1.0.0").update(min_agent_version="2.0.0")
+    Device.objects.filter(pk=device.pk).update(agent_version="1.9.9")
+
+    response = token_client("fleet").post(url(device), {"model": "parts", "version": "1.0.0"}, format="json")
+
+    assert response.status_code == 400, response.content
+    body = response.json()
+    assert body["code"] == "agent_too_old"
+    assert "1.9.9" in body["detail"] and "2.0.0" in body["detail"]
+    device.refresh_from_db()
+    assert device.desired_generation == 1, "nothing changed"
+
+
+@pytest.mark.parametrize("agent_version", ["", "2.0.0", "2.1.0"])
+def test_a_recent_enough_or_unreported_agent_is_assigned(published, device, token_client, agent_version):
+    ModelVersion.objects.filter(version="1.0.0").update(min_agent_version="2.0.0")
+    Device.objects.filter(pk=device.pk).update(agent_version=agent_version)
+
+    response = token_client("fleet").post(url(device), {"model": "parts", "version": "1.0.0"}, format="json")
+
+    assert response.status_code == 200, response.content
