@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -97,10 +99,36 @@ class PublishMetadata(BaseModel):
 
 
 def parse_metadata(text: str | bytes) -> PublishMetadata:
-    """Parse metadata JSON; raises ValueError with the first problem, field first."""
+    """Parse metadata JSON; raises ValueError with the first problem, field first.
+
+    NaN and Infinity (and numbers too large for a float) are refused: JSON has
+    no such values and the database stores none.
+    """
     try:
-        return PublishMetadata.model_validate_json(text)
+        metadata = PublishMetadata.model_validate_json(text)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "metadata"
         raise ValueError(f"{where}: {first['msg']}") from None
+    path = _non_finite(metadata.model_dump(), ())
+    if path is not None:
+        raise ValueError(f"{'.'.join(path) or 'metadata'}: Input should be a finite number")
+    return metadata
+
+
+def _non_finite(value: object, path: tuple[str, ...]) -> tuple[str, ...] | None:
+    """Where the first NaN or infinity in ``value`` is, or None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else path
+    items: Iterable[tuple[object, object]]
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _non_finite(item, (*path, str(key)))
+        if found is not None:
+            return found
+    return None

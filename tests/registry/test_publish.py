@@ -256,3 +256,24 @@ def test_expires_in_days_out_of_range_is_refused(ci, classifier_onnx, metadata, 
     assert response.status_code == 400
     assert response.json()["code"] == "bad_metadata"
     assert not ModelVersion.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "where"),
+    [
+        ({"metrics": {"top1": float("nan")}}, "metrics.top1"),
+        ({"metrics": {"top1": float("inf")}}, "metrics.top1"),
+        ({"input": {"mean": [float("-inf")]}}, "input.mean.0"),
+    ],
+)
+def test_metadata_with_nan_or_infinity_is_refused_with_the_field_named(ci, classifier_onnx, metadata, change, where):
+    base = metadata()
+    for key, value in change.items():
+        base[key] = {**base[key], **value} if isinstance(base.get(key), dict) else value
+    response = publish(ci, classifier_onnx, base)
+
+    assert response.status_code == 400
+    assert response.json()["code"] == "bad_metadata"
+    assert response.json()["detail"].startswith(where)
+    assert "metadata" in response.json()["fields"]
+    assert not ModelVersion.objects.exists()
