@@ -224,7 +224,16 @@ class ModelVersion(models.Model):
         help_text="Pre-processed calibration tensors (.npz) for the INT8 variant; not part of any bundle.",
     )
 
-    IMMUTABLE = ("model_id", "version", "sequence", "content_digest", "labels", "input_spec", "output")
+    IMMUTABLE = (
+        "model_id",
+        "version",
+        "sequence",
+        "content_digest",
+        "labels",
+        "input_spec",
+        "output",
+        "bundle_ttl_days",
+    )
 
     class Meta:
         ordering = ["model__name", "-sequence"]
