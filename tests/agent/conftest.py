@@ -14,12 +14,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 import onnx
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from onnx import TensorProto, helper, numpy_helper
 
 from agent import config as agent_config
@@ -236,8 +238,6 @@ def classifier_onnx() -> bytes:
 
 @pytest.fixture(scope="session")
 def signer() -> Signer:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
     return Signer(Ed25519PrivateKey.generate())
 
 
@@ -372,3 +372,17 @@ def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
     sock.settimeout(90)
     yield sock
     sock.close()
+
+
+def serve_rotated_keyring(bundle_server: BundleServer, signer: Signer) -> Signer:
+    """A new signing key, vouched for by ``signer`` in a keyring update the bundle server hands out."""
+    rotated = Signer(Ed25519PrivateKey.generate())
+    document = {
+        "type": "keyring",
+        "sequence": 1,
+        "issued_at": datetime.now(timezone.utc).isoformat(),
+        "keys": [trusted(signer), trusted(rotated)],
+    }
+    update = {"document": document, "signature": signer.sign_document(document)}
+    bundle_server.files["/api/v1/keyring"] = json.dumps({"trust_store": [], "update": update}).encode()
+    return rotated

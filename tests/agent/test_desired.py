@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -17,7 +16,7 @@ from agent.desired import DesiredState
 from agent.kernel import protocol
 from agent.trust import Trust
 from registry.bundles import Signer
-from tests.agent.conftest import BundleServer, RecordingRuntime, sign, trusted
+from tests.agent.conftest import BundleServer, RecordingRuntime, serve_rotated_keyring, sign
 
 
 @pytest.fixture
@@ -99,15 +98,7 @@ def test_a_refused_document_leaves_the_verified_one_in_place(
 def test_a_document_signed_by_a_rotated_key_is_taken_once_the_keyring_is_refreshed(
     config: AgentConfig, runtime: RecordingRuntime, signer: Signer, bundle_server: BundleServer, tmp_path: Path
 ) -> None:
-    rotated = Signer(Ed25519PrivateKey.generate())
-    keys = {
-        "type": "keyring",
-        "sequence": 1,
-        "issued_at": datetime.now(timezone.utc).isoformat(),
-        "keys": [trusted(signer), trusted(rotated)],
-    }
-    update = {"document": keys, "signature": signer.sign_document(keys)}
-    bundle_server.files["/api/v1/keyring"] = json.dumps({"trust_store": [], "update": update}).encode()
+    rotated = serve_rotated_keyring(bundle_server, signer)
 
     assert runtime.desired_state.offer(sign(document(1), rotated))
 

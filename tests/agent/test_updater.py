@@ -21,7 +21,16 @@ from agent.kernel.manifest import MANIFEST_NAME
 from agent.pipeline import Pipeline
 from agent.updater import CURRENT, PREVIOUS, UpdateError, Updater
 from registry.bundles import Signer, pack
-from tests.agent.conftest import BundleServer, ListSource, RecordingRuntime, desired_for, publish, sign, trusted
+from tests.agent.conftest import (
+    BundleServer,
+    ListSource,
+    RecordingRuntime,
+    desired_for,
+    publish,
+    serve_rotated_keyring,
+    sign,
+    trusted,
+)
 from tests.registry.conftest import Crafted
 
 LIMITED = {"updater": {"max_bundle_bytes": 1024 * 1024}}
@@ -288,15 +297,7 @@ def test_a_model_failing_frame_after_frame_is_replaced_by_the_fallback_which_dec
 def test_a_keyring_update_from_the_control_plane_lets_a_rotated_key_sign(
     updater, runtime, crafted, signer, bundle_server, tmp_path
 ):
-    rotated = Signer(Ed25519PrivateKey.generate())
-    document = {
-        "type": "keyring",
-        "sequence": 1,
-        "issued_at": datetime.now(timezone.utc).isoformat(),
-        "keys": [trusted(signer), trusted(rotated)],
-    }
-    update = {"document": document, "signature": signer.sign_document(document)}
-    bundle_server.files["/api/v1/keyring"] = json.dumps({"trust_store": [], "update": update}).encode()
+    rotated = serve_rotated_keyring(bundle_server, signer)
 
     updater.converge(publish(crafted, rotated, bundle_server, tmp_path, 1))
 
