@@ -32,14 +32,12 @@ from urllib.parse import urlsplit
 import paho.mqtt.client as mqtt
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection, transaction
-from django.db.models import F
 from django.utils import timezone
 from paho.mqtt.enums import CallbackAPIVersion
-from pydantic import ValidationError
 
 from agent.kernel import protocol
+from bridge.desired import DesiredPublisher
 from fleet.models import Device
-from registry.signing import sign_desired
 from telemetry import services as telemetry
 from telemetry.exporter import LAG_BUCKETS
 from telemetry.models import BridgeStats
@@ -134,6 +132,7 @@ class Bridge:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
+        self.desired = DesiredPublisher(self._publish, poll_s=config.desired_poll_s)
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -145,7 +144,7 @@ class Bridge:
         targets: list[tuple[Any, tuple[Any, ...], str]] = [
             (self._work, (inbox,), f"bridge-worker-{i}") for i, inbox in enumerate(self._inboxes)
         ]
-        targets.append((self._publish_desired_loop, (), "bridge-desired"))
+        targets.append((self.desired.run, (self._stopping, self._connected), "bridge-desired"))
         for target, args, name in targets:
             thread = threading.Thread(target=target, args=args, name=name, daemon=True)
             thread.start()
@@ -457,62 +456,6 @@ class Bridge:
 
     def _publish(self, device_id: str, suffix: str, message: Any, *, retain: bool = False) -> mqtt.MQTTMessageInfo:
         return self.client.publish(protocol.topic(device_id, suffix), protocol.encode(message), qos=1, retain=retain)
-
-    def _publish_desired_loop(self) -> None:
-        try:
-            self._poll_desired()
-        finally:
-            connection.close()
-
-    def _poll_desired(self) -> None:
-        while not self._stopping.wait(self.config.desired_poll_s):
-            if not self._connected.is_set():
-                continue
-            try:
-                close_old_connections()
-                self.publish_pending_desired()
-            except DatabaseError:
-                log.exception("could not read desired states; retrying")
-
-    def publish_pending_desired(self) -> int:
-        """Publish, retained, every desired document newer than the last one published."""
-        pending = Device.objects.filter(desired_generation__gt=F("published_generation"), revoked_at__isnull=True)
-        count = 0
-        for device in pending.only("pk", "device_id", "desired", "desired_generation")[:500]:
-            document = device.desired or {}
-            try:
-                message = protocol.Desired.model_validate(
-                    {
-                        "generation": device.desired_generation,
-                        "model": document.get("model"),
-                        "config": document.get("config") or {},
-                    }
-                )
-            except ValidationError as exc:
-                # Only a row written before the kernel's model checked it can get here; it can never
-                # be sent, so it is passed over once, loudly, instead of on every poll.
-                log.error(
-                    "desired state not sendable",
-                    extra={
-                        "device": device.device_id,
-                        "generation": device.desired_generation,
-                        "error": str(exc)[:300],
-                    },
-                )
-                Device.objects.filter(pk=device.pk, published_generation__lt=device.desired_generation).update(
-                    published_generation=device.desired_generation
-                )
-                continue
-            message = sign_desired(message)  # devices refuse unsigned desired state
-            info = self._publish(device.device_id, "desired", message, retain=True)
-            info.wait_for_publish(timeout=10)
-            if info.is_published():
-                # Only move forward: another bridge may have published a newer one.
-                Device.objects.filter(pk=device.pk, published_generation__lt=device.desired_generation).update(
-                    published_generation=device.desired_generation
-                )
-                count += 1
-        return count
 
 
 def tune_gc() -> None:

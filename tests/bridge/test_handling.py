@@ -121,8 +121,8 @@ def test_desired_documents_are_published_retained_once_per_generation(bridge: Br
     published = mock.create_autospec(mqtt.MQTTMessageInfo, instance=True)
     published.is_published.return_value = True
     bridge.client.publish.return_value = published
-    assert bridge.publish_pending_desired() == 1
-    assert bridge.publish_pending_desired() == 0
+    assert bridge.desired.publish_pending() == 1
+    assert bridge.desired.publish_pending() == 0
     (call,) = bridge.client.publish.call_args_list
     assert call.args[0] == topic(device.device_id, "desired") and call.kwargs["retain"] is True
     assert json.loads(call.args[1])["generation"] == 1

@@ -33,8 +33,8 @@ def test_the_bridge_publishes_desired_state_a_device_can_verify(enroll_device, s
         sent.append(message)
         return mock.Mock(is_published=lambda: True)
 
-    with mock.patch.object(bridge, "_publish", autospec=True, side_effect=capture):
-        assert bridge.publish_pending_desired() == 1
+    with mock.patch.object(bridge.desired, "_publish", side_effect=capture):
+        assert bridge.desired.publish_pending() == 1
 
     received = protocol.decode("desired", protocol.encode(sent[0]))
     keyring = verify.Keyring.from_trust_store(enrolled.trust_store)
