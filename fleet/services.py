@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+from kombu.exceptions import OperationalError
 
 from agent.kernel import protocol
 from agent.kernel.manifest import parse_version
@@ -19,6 +21,8 @@ from fleet.models import Device, DeviceCredential, EnrollmentToken, Site
 from fleet.tasks import reconcile_broker
 from registry.models import Bundle
 from registry.trust import trust_store
+
+log = logging.getLogger(__name__)
 
 
 class EnrollmentError(ServiceError):
@@ -98,11 +102,15 @@ def enroll(*, token: str, name: str, site_slug: str | None, facts: dict[str, Any
     )
 
 
-def revoke_device(device: Device, *, actor: Any, reason: str) -> None:
+def revoke_device(device: Device, *, actor: Any, reason: str) -> bool:
     """Cut a device off at the API and the broker, and record who and why.
 
-    The database change commits even when the broker is down: the API refuses
-    the device at once, and ``reconcile_broker`` repeats the broker removal.
+    The database change commits even when the broker or the task queue is
+    down: the API refuses the device at once. The broker removal goes to a
+    worker (``reconcile_broker``); returns whether the task queue took it. When
+    it refused, the revocation still stands and the periodic
+    ``reconcile_broker`` (Celery beat, ``reconcile-broker-credentials``)
+    removes every revoked device from the broker on its next run.
     """
     with transaction.atomic():
         now = timezone.now()
@@ -110,7 +118,22 @@ def revoke_device(device: Device, *, actor: Any, reason: str) -> None:
         DeviceCredential.objects.filter(device=device, revoked_at__isnull=True).update(revoked_at=now)
         AuditLog.record(actor=actor, action="device.revoke", target=device, reason=reason)
     device.refresh_from_db()
-    transaction.on_commit(lambda: reconcile_broker.delay(device.pk))
+    queued: list[bool] = []
+    transaction.on_commit(lambda: queued.append(_queue_broker_removal(device)))
+    # Outside a transaction (an API request) the callback has run by now.
+    return bool(queued and queued[0])
+
+
+def _queue_broker_removal(device: Device) -> bool:
+    try:
+        reconcile_broker.delay(device.pk)
+    except OperationalError as exc:
+        log.warning(
+            "task queue refused the broker removal of a revoked device; the periodic reconciliation repeats it",
+            extra={"device": device.device_id, "error": str(exc)},
+        )
+        return False
+    return True
 
 
 def assign_model(

@@ -63,6 +63,19 @@ class RevokeSerializer(serializers.Serializer):
     reason = serializers.CharField(max_length=2000)
 
 
+class RevokedDeviceSerializer(DeviceSerializer):
+    broker_reconciliation = serializers.ChoiceField(
+        choices=["queued", "pending"],
+        read_only=True,
+        help_text="queued: a worker removes the device from the broker now. pending: the task queue refused the "
+        "job; the revocation stands at the API, and the periodic broker reconciliation removes the device.",
+    )
+
+    class Meta(DeviceSerializer.Meta):
+        fields = [*DeviceSerializer.Meta.fields, "broker_reconciliation"]
+        read_only_fields = fields
+
+
 class AssignModelSerializer(serializers.Serializer):
     model = serializers.CharField(max_length=63, help_text="Registry model name.")
     version = serializers.CharField(max_length=64)

@@ -30,6 +30,7 @@ from fleet.api.serializers import (
     EnrollmentTokenRequestSerializer,
     EnrollmentTokenSerializer,
     EnrollRequestSerializer,
+    RevokedDeviceSerializer,
     RevokeSerializer,
     SiteSerializer,
 )
@@ -105,15 +106,17 @@ class DeviceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Upd
             # Another request took the name between validation and the write.
             raise ServiceError("invalid", NAME_TAKEN, fields={"name": [NAME_TAKEN]}) from None
 
-    @extend_schema(request=RevokeSerializer, responses={200: DeviceSerializer})
+    @extend_schema(request=RevokeSerializer, responses={200: RevokedDeviceSerializer})
     @action(detail=True, methods=["post"])
     def revoke(self, request: Request, device_id: str | None = None) -> Response:
-        """Revoke the device: the API and the broker refuse it from now on."""
+        """Revoke the device: the API refuses it at once, the broker once a worker has removed it."""
         device = self.get_object()
         body = RevokeSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        services.revoke_device(device, actor=request.user, reason=body.validated_data["reason"])
-        return Response(DeviceSerializer(device).data)
+        queued = services.revoke_device(device, actor=request.user, reason=body.validated_data["reason"])
+        answer = dict(DeviceSerializer(device).data)
+        answer["broker_reconciliation"] = "queued" if queued else "pending"
+        return Response(answer)
 
     @extend_schema(request=AssignModelSerializer, responses={200: DeviceSerializer, 400: ErrorSerializer})
     @action(detail=True, methods=["post"], url_path="assign-model")
