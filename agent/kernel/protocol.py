@@ -150,6 +150,8 @@ class Heartbeat(BaseModel):
     # Physically possible values, and finite sums in the rollups.
     temperature_c: StrictFloat | None = Field(default=None, ge=-273.15, le=1000)
     cpu_freq_mhz: StrictFloat | None = Field(default=None, ge=0, le=1e6)
+    # Optional (the platform's rated peak); bounded like the clock it divides.
+    cpu_freq_max_mhz: StrictFloat | None = Field(default=None, ge=0, le=1e6)
     model_version: VersionText | None = None
     outbox_depth: BigCount = 0
 
