@@ -86,7 +86,8 @@ def check_graph(
 
 
 def input_size(spec: InputSpec) -> tuple[int, int]:
-    return spec.height or DEFAULT_SIDE, spec.width or DEFAULT_SIDE
+    """The size of generated inputs: the input's, its max width for a dynamic fit_height width."""
+    return spec.height or DEFAULT_SIDE, spec.width or spec.max_width or DEFAULT_SIDE
 
 
 def preprocess(image: bytes, spec: InputSpec) -> np.ndarray:

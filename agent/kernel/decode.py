@@ -154,7 +154,9 @@ def decode_detection(
     boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
     kept = nms(boxes, scores[candidates], classes[candidates], decoding.iou_threshold, decoding.max_detections)
     boxes = boxes[kept]
-    # Back from input pixels to frame pixels: undo the letterbox padding, then the scale.
+    # Back from input pixels to frame pixels through the preprocessor's own Geometry: undo the
+    # padding, then the resize's exact per-axis ratio. (Ultralytics' scale_boxes divides by the
+    # unrounded ratio instead; the two differ by less than a pixel.)
     boxes[:, [0, 2]] = np.clip((boxes[:, [0, 2]] - geometry.pad_x) / geometry.scale_x, 0, geometry.frame_width)
     boxes[:, [1, 3]] = np.clip((boxes[:, [1, 3]] - geometry.pad_y) / geometry.scale_y, 0, geometry.frame_height)
     kept_scores = scores[candidates][kept]
