@@ -1,7 +1,12 @@
 """Mosquitto's dynamic-security plugin, driven by the control plane over MQTT.
 
 Each device gets a dynsec client (username = device id, password = its
-secret) and a role of its own holding exactly its topics (``fleet.broker.acl``).
+secret, bound to client id = device id) and a role of its own holding exactly
+its topics (``fleet.broker.acl``). The binding matters: Mosquitto ends a
+session when another connection takes its client id, so without it any
+device could disconnect any other (and have its last will announce it
+offline) by connecting with its own credentials under the other's id. With
+it, such a CONNECT is refused before it touches the other session.
 Mosquitto 2.0 has no ``%u`` substitution in dynsec ACLs, hence one role per
 device rather than one shared role. Revocation deletes the client: the plugin
 kicks a connected session at once and refuses the username from then on.
@@ -113,7 +118,9 @@ class DynsecProvisioner:
     # --- the Provisioner protocol ------------------------------------------
 
     def add_device(self, device_id: str, secret: str) -> None:
-        self._upsert(device_role(device_id), device_role_acls(device_id), device_id, secret, DEVICE_TEXT_NAME)
+        self._upsert(
+            device_role(device_id), device_role_acls(device_id), device_id, secret, DEVICE_TEXT_NAME, clientid=device_id
+        )
 
     def remove_device(self, device_id: str) -> None:
         self.remove_devices([device_id])
@@ -137,15 +144,24 @@ class DynsecProvisioner:
     # --- bootstrap and reconciliation ---------------------------------------
 
     def ensure_bridge(self, username: str, password: str) -> None:
-        """Create or update the bridge's role and client (also rotates its password)."""
+        """Create or update the bridge's role and client (also rotates its password).
+
+        The bridge is not bound to a client id: several bridges share the
+        account, each under its own id (``edgefleet-bridge-<random>``), and
+        dynsec binds one exact id per client. Holding the bridge password
+        already grants every device's topics, so a binding would protect little.
+        """
         self._upsert(BRIDGE_ROLE, bridge_role_acls(), username, password, "edgefleet MQTT bridge")
 
-    def _upsert(self, role: str, acls: list[dict[str, Any]], username: str, password: str, textname: str) -> None:
+    def _upsert(
+        self, role: str, acls: list[dict[str, Any]], username: str, password: str, textname: str, clientid: str = ""
+    ) -> None:
         """Create the role and the client, or bring existing ones to exactly this state.
 
         An existing client is the normal case for a retried enrollment, a
-        secret rotation or a second bootstrap: its password, roles and ACLs
-        are replaced (not added to, so nothing stale survives) and it is enabled.
+        secret rotation or a second bootstrap: its password, client id
+        binding, roles and ACLs are replaced (not added to, so nothing stale
+        survives) and it is enabled. An empty ``clientid`` leaves it unbound.
         """
         answers = self.send(
             [
@@ -154,6 +170,7 @@ class DynsecProvisioner:
                     "command": "createClient",
                     "username": username,
                     "password": password,
+                    "clientid": clientid,
                     "textname": textname,
                     "roles": [{"rolename": role}],
                 },
@@ -166,7 +183,13 @@ class DynsecProvisioner:
             _require(answers[0])
         if answers[1].says(_ALREADY):
             repairs.append(
-                {"command": "modifyClient", "username": username, "password": password, "roles": [{"rolename": role}]}
+                {
+                    "command": "modifyClient",
+                    "username": username,
+                    "password": password,
+                    "clientid": clientid,
+                    "roles": [{"rolename": role}],
+                }
             )
             repairs.append({"command": "enableClient", "username": username})
         else:
@@ -177,17 +200,48 @@ class DynsecProvisioner:
 
     def device_clients(self) -> set[str]:
         """Usernames of the device clients this control plane created (those with a device role)."""
+        return set(self._device_client_ids())
+
+    def unbound_device_clients(self) -> set[str]:
+        """Device clients not bound to their own client id (created before the binding, or changed by hand)."""
+        return {username for username, clientid in self._device_client_ids().items() if clientid != username}
+
+    def bind_devices(self, device_ids: Iterable[str]) -> None:
+        """Bind each device's client to client id = device id, ``remove_batch`` per message.
+
+        Only the binding changes (the password stays: the control plane cannot
+        rebuild it). Mosquitto disconnects a client whose account is modified;
+        a device reconnects at once under its own id, which the binding accepts.
+        """
+        ids = list(device_ids)
+        for start in range(0, len(ids), self.remove_batch):
+            commands = [
+                {"command": "modifyClient", "username": device_id, "clientid": device_id}
+                for device_id in ids[start : start + self.remove_batch]
+            ]
+            for answer in self.send(commands):
+                _require(answer)
+
+    def _device_client_ids(self) -> dict[str, str]:
+        """Device client username -> the client id it is bound to ("" when unbound)."""
         clients, roles = self.send(
             [
-                {"command": "listClients", "verbose": False, "count": -1, "offset": 0},
+                {"command": "listClients", "verbose": True, "count": -1, "offset": 0},
                 {"command": "listRoles", "verbose": False, "count": -1, "offset": 0},
             ]
         )
         _require(clients)
         _require(roles)
         role_names = {r if isinstance(r, str) else r.get("rolename", "") for r in roles.data.get("roles", [])}
-        usernames = {c if isinstance(c, str) else c.get("username", "") for c in clients.data.get("clients", [])}
-        return {u for u in usernames if device_role(u) in role_names}
+        bound: dict[str, str] = {}
+        for client in clients.data.get("clients", []):
+            if isinstance(client, str):
+                username, clientid = client, ""
+            else:
+                username, clientid = str(client.get("username", "")), str(client.get("clientid") or "")
+            if device_role(username) in role_names:
+                bound[username] = clientid
+        return bound
 
     # --- the wire -----------------------------------------------------------
 

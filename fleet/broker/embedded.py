@@ -6,6 +6,12 @@ connects with ``MQTT_USERNAME``/``MQTT_PASSWORD``. Topic rights come from
 ``fleet.broker.acl``, the same rule the dynamic-security provisioner writes
 into Mosquitto.
 
+A device must connect under its own device id as client id, as on
+Mosquitto (``fleet.broker.dynsec``), and the CONNECT is authenticated before
+amqtt lets it touch the session of the client id it names: otherwise one
+device could knock another off the broker. The bridge account is not bound
+to a client id (several bridges run side by side under their own ids).
+
 amqtt checks credentials only at connect, so a loop re-checks the sessions
 that are connected every ``recheck_s`` seconds and drops any whose device or
 credential has been revoked since: revocation takes effect within that bound.
@@ -24,10 +30,15 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from amqtt.adapters import ReaderAdapter, WriterAdapter
 from amqtt.broker import Broker
-from amqtt.contexts import Action
+from amqtt.contexts import Action, ListenerConfig
+from amqtt.errors import AMQTTError, MQTTError, NoDataError
+from amqtt.mqtt.connack import NOT_AUTHORIZED, ConnackPacket
+from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
+from amqtt.utils import gen_client_id
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -41,8 +52,11 @@ log = logging.getLogger(__name__)
 
 # Who a session authenticated as, kept in amqtt's per-session attributes.
 # Rights are read from here, never from ``session.username``: amqtt copies
-# the username of a new CONNECT onto an existing session before it checks it.
+# the username of each new CONNECT onto a resumed session.
 PRINCIPAL = "edgefleet.principal"
+# Set on a session whose CONNECT was authenticated before amqtt used it, so
+# amqtt's own (later) authentication step does not ask the database again.
+AUTHENTICATED_AT_CONNECT = "edgefleet.authenticated-at-connect"
 
 
 @dataclass(frozen=True)
@@ -112,6 +126,15 @@ class DeviceAuthPlugin(BaseAuthPlugin):
             if hmac.compare_digest(password.encode(), config.bridge_password.encode()):
                 return Principal("bridge", username)
             return None
+        # A device's credentials are bound to its own client id: under another
+        # id (another device's, or the bridge's) the CONNECT would end that
+        # client's session.
+        if session.client_id != username:
+            log.warning(
+                "connection refused",
+                extra={"username": username, "client_id": session.client_id, "reason": "not its own client id"},
+            )
+            return None
         # A last will is published without an ACL check once the session
         # ends, so a will on another device's topic is refused here.
         if session.will_flag and not acl.device_may_publish(username, session.will_topic or ""):
@@ -153,15 +176,67 @@ class DeviceTopicPlugin(BaseTopicPlugin):
 
 
 class IsolatingBroker(Broker):
-    """amqtt's broker, with every retained or queued delivery checked against the receiver's rights.
+    """amqtt's broker, with connects authenticated first and every delivery checked against the receiver.
+
+    amqtt 0.12 authenticates a CONNECT only after it has acted on the client
+    id it names: a clean-session CONNECT discards that id's session and
+    subscriptions, a resuming one copies its will and credentials onto it,
+    and a connected session under that id is taken over (its will sent).
+    So anyone who knew a device id could disconnect or silence that device
+    and have its will announce it offline. Here the CONNECT is authenticated
+    (the client id binding included) before any of that, and refused with
+    "not authorized" otherwise.
 
     amqtt 0.12 checks ``Action.RECEIVE`` only for live broadcasts. When a
     client connects it replays retained messages for every filter in the
     broker-wide subscription table, whoever holds it (the bridge's
     ``+/status``, each device's own ``desired``), so a device connecting after
-    others received their retained status and desired. And a session resumed
-    under another device's client id would hand over what was queued for it.
+    others received their retained status and desired. Queued messages are
+    checked again too, against whoever resumes the session.
     """
+
+    async def _initialize_client_session(
+        self, reader: ReaderAdapter, writer: WriterAdapter, remote_address: str, remote_port: int
+    ) -> tuple[BrokerProtocolHandler, Session]:
+        # amqtt's method with authentication moved in front of the session handling.
+        try:
+            handler, session = await BrokerProtocolHandler.init_from_connect(reader, writer, self.plugins_manager)
+        except MQTTError:
+            await writer.close()
+            raise
+        except NoDataError as exc:
+            raise AMQTTError(exc) from exc
+        if not await super()._authenticate(session, ListenerConfig()):
+            await ConnackPacket.build(0, NOT_AUTHORIZED).to_stream(writer)
+            await writer.close()
+            raise MQTTError(f"{remote_address}:{remote_port} not authorized (client id {session.client_id!r})")
+        session.attributes[AUTHENTICATED_AT_CONNECT] = True
+
+        if session.clean_session:
+            if session.client_id:
+                await self._delete_session(session.client_id)
+            else:
+                session.client_id = gen_client_id()
+            session.parent = 0
+        elif session.client_id in self._sessions:
+            existing, _ = self._sessions[session.client_id]
+            for name in ("will_flag", "will_message", "will_topic", "will_qos", "keep_alive", "username", "password"):
+                setattr(existing, name, getattr(session, name))
+            existing.attributes.update(session.attributes)
+            session = existing
+            session.parent = 1
+        else:
+            session.parent = 0
+
+        delay = self.config.get("timeout-disconnect-delay", 0)
+        if session.keep_alive > 0 and isinstance(delay, int):
+            session.keep_alive += delay
+        return handler, session
+
+    async def _authenticate(self, session: Session, listener: ListenerConfig) -> bool:
+        if session.attributes.pop(AUTHENTICATED_AT_CONNECT, False):
+            return True
+        return await super()._authenticate(session, listener)
 
     async def _publish_retained_messages_for_subscription(
         self, subscription: tuple[str, int], session: Session

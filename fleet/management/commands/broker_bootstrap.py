@@ -7,7 +7,9 @@ Safe to run again at any time (after a deploy, from a cron job). It:
 2. deletes the broker clients of revoked devices and of device ids the
    database does not know (left by an enrollment whose transaction rolled
    back after the broker took the credentials);
-3. lists enrolled devices the broker has no client for. Their secrets are
+3. binds every enrolled device's client to client id = device id where it
+   is not yet (clients created before the binding existed);
+4. lists enrolled devices the broker has no client for. Their secrets are
    stored hashed, so they cannot be re-created from the database: such a
    device must be re-enrolled (or given a new secret) before it can connect.
 """
@@ -64,6 +66,11 @@ class Command(BaseCommand):
                 continue
             admin.remove_device(device_id)
             self.stdout.write(f"removed {device_id} (revoked or unknown)")
+        unbound = sorted(admin.unbound_device_clients() & active)
+        if unbound and not dry_run:
+            admin.bind_devices(unbound)
+        for device_id in unbound:
+            self.stdout.write(f"{'would bind' if dry_run else 'bound'} {device_id} to its own client id")
         for device_id in missing:
             self.stderr.write(
                 f"{device_id} is enrolled but has no broker account: its secret cannot be rebuilt from the "

@@ -167,3 +167,37 @@ def test_a_revoked_device_is_cut_off_and_cannot_reconnect(
     assert connect(a.device.device_id, a.secret, client_id="a-again").connect().is_failure
     assert device_b.disconnected is None, "another device was cut off too"
     assert not device_b.subscribe(topic(b.device.device_id, "desired")).is_failure
+
+
+def test_a_device_cannot_knock_another_off_the_broker_by_taking_its_client_id(
+    broker: BrokerUnderTest, connect: Callable[..., Probe], bridge: Probe, two_devices: tuple[services.Enrollment, ...]
+) -> None:
+    a, b = two_devices
+    a_id, b_id = a.device.device_id, b.device.device_id
+    bridge.subscribe(f"{protocol.TOPIC_ROOT}/#")
+    device_b = connect(b_id, b.secret)
+    device_b.client.will_set(topic(b_id, "status"), b"offline", qos=1, retain=True)
+    assert not device_b.connect().is_failure
+    assert not device_b.subscribe(topic(b_id, "commands")).is_failure
+
+    # What was seen on Mosquitto before the binding: five take-overs in ten
+    # seconds, each ending B's session and publishing its will.
+    for attempt in range(5):
+        intruder = connect(a_id, a.secret, client_id=b_id)
+        reason = intruder.connect()
+        assert reason.is_failure and reason.getName() == "Not authorized", (attempt, reason)
+    # Without any valid credentials, and under the bridge's client id, likewise.
+    assert connect(b_id, "efd_wrong", client_id=b_id).connect().is_failure
+    assert connect(a_id, a.secret, client_id="bridge-under-test").connect().is_failure
+
+    # B and the bridge kept their sessions: a round trip each way still works,
+    # and by then any will of B's would have reached the bridge.
+    bridge.publish(topic(b_id, "commands"), b"still there?")
+    assert device_b.wait_for_message(topic(b_id, "commands"), b"still there?")
+    device_b.publish(topic(b_id, "telemetry"), b"yes")
+    assert bridge.wait_for_message(topic(b_id, "telemetry"), b"yes")
+    assert device_b.disconnected is None and bridge.disconnected is None
+    assert bridge.received(topic(b_id, "status")) == []
+
+    # Under its own client id, A's credentials work as ever.
+    assert not connect(a_id, a.secret).connect().is_failure

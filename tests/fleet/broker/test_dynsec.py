@@ -29,8 +29,9 @@ pytestmark = pytest.mark.integration
 with_db = pytest.mark.django_db(transaction=True)
 
 
-def can_connect(url: str, username: str, password: str) -> bool:
-    probe = Probe(url, username, password, client_id=f"{username}-probe")
+def can_connect(url: str, username: str, password: str, client_id: str = "") -> bool:
+    # A device's own id is the only client id its account accepts.
+    probe = Probe(url, username, password, client_id=client_id or username)
     try:
         return not probe.connect().is_failure
     finally:
@@ -53,7 +54,8 @@ def test_a_stock_client_with_one_devices_credentials_is_refused_on_another_devic
     assert not bridge.connect().is_failure
     bridge.subscribe(f"{protocol.TOPIC_ROOT}/#")
     port = dynsec_settings.url.rsplit(":", 1)[1]
-    base = ["mosquitto_pub", "-h", "127.0.0.1", "-p", port, "-u", a.device.device_id, "-P", a.secret, "-q", "1"]
+    a_id = a.device.device_id
+    base = ["mosquitto_pub", "-h", "127.0.0.1", "-p", port, "-i", a_id, "-u", a_id, "-P", a.secret, "-q", "1"]
 
     # MQTT 5 lets the broker say why: the PUBACK carries "not authorized".
     forged = subprocess.run(
@@ -248,3 +250,33 @@ def test_many_devices_are_removed_in_batches(mosquitto: RunningBroker) -> None:
 
     assert admin.device_clients() == set()
     assert not can_connect(mosquitto.url, ids[-1], "secret")
+
+
+@with_db
+def test_bootstrap_binds_devices_enrolled_before_the_client_id_binding(
+    dynsec_settings: DynsecProvisioner, site: Site, enroll_device: Callable[..., services.Enrollment]
+) -> None:
+    old = enroll_device(site, "cam-old")
+    old_id = old.device.device_id
+    # As enrollment left it before the binding: the client accepts any client id.
+    dynsec_settings.send([{"command": "modifyClient", "username": old_id, "clientid": ""}])
+    assert dynsec_settings.unbound_device_clients() == {old_id}
+    assert can_connect(dynsec_settings.url, old_id, old.secret, client_id="someone-else")
+
+    out = io.StringIO()
+    call_command("broker_bootstrap", "--no-bridge", stdout=out, stderr=io.StringIO())
+
+    assert f"bound {old_id} to its own client id" in out.getvalue()
+    assert dynsec_settings.unbound_device_clients() == set()
+    assert not can_connect(dynsec_settings.url, old_id, old.secret, client_id="someone-else")
+    assert can_connect(dynsec_settings.url, old_id, old.secret), "the password was kept"
+
+
+def test_a_new_device_is_bound_to_its_own_client_id(dynsec_settings: DynsecProvisioner) -> None:
+    dynsec_settings.add_device("dev-bound", "secret")
+    dynsec_settings.add_device("dev-other", "secret")
+
+    assert can_connect(dynsec_settings.url, "dev-bound", "secret")
+    assert not can_connect(dynsec_settings.url, "dev-bound", "secret", client_id="dev-other")
+    assert not can_connect(dynsec_settings.url, "dev-bound", "secret", client_id="dev-bound-doctor")
+    assert dynsec_settings.unbound_device_clients() == set()

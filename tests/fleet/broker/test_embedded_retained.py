@@ -180,9 +180,13 @@ def test_a_device_taking_over_another_devices_session_gets_none_of_its_messages(
     bridge.publish(topic(a, "commands"), b"queued for a")
     bridge.publish(topic(a, "desired"), b"retained for a", retain=True)
 
-    # C authenticates as itself but names A's client id and asks to resume.
+    # C names A's client id and asks to resume: refused at CONNECT, A's session untouched.
     intruder = PersistentProbe(broker.url, c, devices["c"].secret, client_id=a)
     probes.append(intruder)
-    connect_and_subscribe(intruder, c)
+    assert intruder.connect().is_failure
+    assert intruder.messages == []
 
-    assert foreign_messages(intruder, bridge, c, b"marker") == []
+    back = PersistentProbe(broker.url, a, devices["a"].secret)
+    probes.append(back)
+    assert not back.connect().is_failure
+    assert back.wait_for_message(topic(a, "commands"), b"queued for a")
