@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+from collections.abc import ItemsView, Iterator, KeysView, ValuesView
 from dataclasses import dataclass
 from typing import Any
 
@@ -175,6 +176,32 @@ class DeviceTopicPlugin(BaseTopicPlugin):
 # --- the broker ---------------------------------------------------------------------
 
 
+class _SnapshotDict(dict[str, list[tuple[Session, int]]]):
+    """amqtt's subscription table, iterated over a copy of itself and of each list.
+
+    amqtt 0.12 walks ``_subscriptions`` with ``await`` inside the loop (each
+    broadcast asks the topic plugins about every receiver; a connecting
+    client gets the retained messages of every filter), while other
+    coroutines add and remove filters as clients subscribe and leave. Python
+    then raises "dictionary changed size during iteration" and the message
+    being broadcast reaches none of the receivers left in the loop: about one
+    message per connecting agent in the demo. Iterating a snapshot is what a
+    receiver that subscribes mid-broadcast would see from a lock anyway.
+    """
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(dict.keys(self)))
+
+    def keys(self) -> KeysView[str]:  # type: ignore[override]
+        return dict.copy(self).keys()
+
+    def items(self) -> ItemsView[str, list[tuple[Session, int]]]:  # type: ignore[override]
+        return {topic: list(holders) for topic, holders in dict.items(self)}.items()
+
+    def values(self) -> ValuesView[list[tuple[Session, int]]]:  # type: ignore[override]
+        return {topic: list(holders) for topic, holders in dict.items(self)}.values()
+
+
 class IsolatingBroker(Broker):
     """amqtt's broker, with connects authenticated first and every delivery checked against the receiver.
 
@@ -193,7 +220,13 @@ class IsolatingBroker(Broker):
     ``+/status``, each device's own ``desired``), so a device connecting after
     others received their retained status and desired. Queued messages are
     checked again too, against whoever resumes the session.
+
+    Its subscription table is iterated over snapshots (``_SnapshotDict``).
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._subscriptions = _SnapshotDict()
 
     async def _initialize_client_session(
         self, reader: ReaderAdapter, writer: WriterAdapter, remote_address: str, remote_port: int
