@@ -3,18 +3,28 @@
 Every document, whether it arrives on ``desired`` or was stored before a
 restart, goes through ``DesiredState`` and in this order:
 
-1. its generation: older than the newest verified one is ignored, and the
-   same document again (the retained copy, redelivered on each reconnect)
-   changes nothing;
+1. the same document again (the retained copy, redelivered on each
+   reconnect) changes nothing;
 2. its signature, by a key of the device keyring (``agent.trust``), which is
    refreshed once from the control plane when the key is unknown;
-3. only then is it saved to ``desired.json`` (atomically) and handed to each
+3. what the signed bytes say (``verify.check_desired``): it names this
+   device, its generation is newer than the newest verified one, and it has
+   not expired;
+4. only then is it saved to ``desired.json`` (atomically) and handed to each
    listener, once.
 
-A refused document is reported (event ``desired_rejected``, ``reported``
-phase ``failed``) and goes nowhere else: not to the disk, not to any
-listener. So a forged document, even with a huge generation, can neither
-change what the device does nor make it ignore the genuine ones that follow.
+A refused document is reported as the event ``desired_rejected`` with its
+reason (``bad_signature``, ``unknown_key``, ``wrong_device``, ``stale``,
+``expired``...) and goes nowhere else: not to the disk, not to any listener,
+not into the generation this device reports. So neither a forged document
+(even with a huge generation) nor a genuine one replayed from another device
+or from the past can change what the device does, or make it ignore the
+genuine documents that follow.
+
+The control plane re-issues every document before it expires. When the one
+held here expires anyway (updates are being withheld: a freeze), the device
+keeps serving with it, sends ``desired_expired`` once and says
+``desired_expired`` in ``reported`` until a newer document arrives.
 
 Documents from the network are verified on this component's own thread: a
 keyring refresh is an HTTP request, and the run loop must not wait on it.
@@ -26,6 +36,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, Protocol
 
 from agent.config import AgentConfig, atomic_write
@@ -50,6 +61,9 @@ class Reporter(Protocol):
 class DesiredState:
     """Verifies, stores and broadcasts the desired document; ``current`` is the newest verified one."""
 
+    expiry_check_s = 60.0
+    """How often the worker looks whether the document held has expired."""
+
     def __init__(self, config: AgentConfig, trust: Trust, reporter: Reporter) -> None:
         self.config = config
         self.trust = trust
@@ -60,6 +74,7 @@ class DesiredState:
         self._listeners: list[DesiredListener] = []
         self._inbox: queue.Queue[protocol.Desired | None] = queue.Queue()
         self._thread: threading.Thread | None = None
+        self._expired_said = False
         self.current: protocol.Desired | None = self._load()
 
     # --- listeners -------------------------------------------------------------------
@@ -77,17 +92,15 @@ class DesiredState:
         """Queue a document from the network; it is offered on this component's thread."""
         self._inbox.put(desired)
 
-    def offer(self, desired: protocol.Desired) -> bool:
+    def offer(self, desired: protocol.Desired, *, now: datetime | None = None) -> bool:
         """Verify ``desired`` and only then store it and hand it to every listener; True when it was taken."""
         with self._lock:
             current = self.current
-            if current is not None and desired.generation < current.generation:
-                log.warning("desired ignored", extra={"generation": desired.generation, "current": current.generation})
-                return False
             if desired == current:
                 return False  # the retained copy, delivered again on reconnect
             try:
                 self.trust.verify(lambda keyring: verify.verify_desired(desired, keyring))
+                verify.check_desired(desired, device_id=self.config.device.id, newest=current, now=now)
             except verify.VerificationError as exc:
                 self._refuse(desired, exc)
                 return False
@@ -96,15 +109,36 @@ class DesiredState:
             log.info("desired stored", extra={"generation": desired.generation})
             for listener in list(self._listeners):
                 listener(desired)
+        self.check_expiry(now)
         self.reporter.report()
         return True
 
+    def check_expiry(self, now: datetime | None = None) -> bool:
+        """Say once, and in ``reported`` from then on, that the document held has expired; True if it has."""
+        current = self.current
+        expired = current is not None and current.expires <= (now or verify.utcnow())
+        if expired == self._expired_said:
+            return expired
+        self._expired_said = expired
+        if expired and current is not None:
+            log.warning(
+                "desired expired",
+                extra={"generation": current.generation, "expires": current.expires.isoformat()},
+            )
+            self.reporter.event("desired_expired", generation=current.generation, expires=current.expires.isoformat())
+        self.reporter.set_reported(desired_expired=expired)
+        return expired
+
     def _refuse(self, desired: protocol.Desired, exc: verify.VerificationError) -> None:
         log.warning("desired rejected", extra={"generation": desired.generation, "reason": exc.reason})
+        # Only what the signature vouches for is repeated back, and only as the refusal's detail.
         self.reporter.event(
-            "desired_rejected", generation=desired.generation, reason=exc.reason, detail=exc.detail[:300]
+            "desired_rejected",
+            generation=desired.generation,
+            reason=exc.reason,
+            detail=exc.detail[:300],
+            current=self.current.generation if self.current else 0,
         )
-        self.reporter.set_reported(phase="failed", error=f"desired rejected: {exc}"[:2000])
 
     def _load(self) -> protocol.Desired | None:
         """The stored document, verified again: the disk is not trusted more than the network."""
@@ -120,6 +154,8 @@ class DesiredState:
             return None
         try:
             verify.verify_desired(message, self.trust.keyring)
+            # Expired or not, it is what this device last converged on: it keeps serving with it.
+            verify.check_desired(message, device_id=self.config.device.id, newest=None, now=message.issued_at)
         except verify.VerificationError as exc:
             log.warning("stored desired not verified", extra={"path": str(path), "reason": exc.reason})
             return None
@@ -137,7 +173,14 @@ class DesiredState:
             self._thread.join(timeout=30)
 
     def _work(self) -> None:
-        while (desired := self._inbox.get()) is not None:
+        while True:
+            try:
+                desired = self._inbox.get(timeout=self.expiry_check_s)
+            except queue.Empty:
+                self.check_expiry()
+                continue
+            if desired is None:
+                return
             try:
                 self.offer(desired)
             except OSError as exc:

@@ -479,11 +479,11 @@ class Updater:
             return
         on_disk = self.store.find(wanted.manifest_sha256)
         if on_disk is not None:
-            self._switch_to_installed(on_disk, wanted)
+            self._switch_to_installed(on_disk, wanted, rollback_to=desired.rollback_to)
             return
-        self._update(wanted)
+        self._update(wanted, rollback_to=desired.rollback_to)
 
-    def _update(self, wanted: protocol.BundleRef) -> None:
+    def _update(self, wanted: protocol.BundleRef, *, rollback_to: str | None) -> None:
         self._publish_state(phase="downloading", error=None)
         url = wanted.bundle_url
         if not url.startswith(("http://", "https://")):
@@ -505,7 +505,7 @@ class Updater:
         self._publish_state(phase="verifying")
         unpacked = self.store.unpack_dir()
         try:
-            bundle = self._verify_bundle(archive, unpacked, wanted)
+            bundle = self._verify_bundle(archive, unpacked, wanted, rollback_to=rollback_to)
             checkpoint("verifying")
             self._publish_state(phase="validating")
             verify.check_references(bundle, threads=max(1, self.config.inference.intra_op_threads))
@@ -534,7 +534,9 @@ class Updater:
         )
         part.unlink(missing_ok=True)
 
-    def _verify_bundle(self, archive: Path, unpacked: Path, wanted: protocol.BundleRef) -> verify.VerifiedBundle:
+    def _verify_bundle(
+        self, archive: Path, unpacked: Path, wanted: protocol.BundleRef, *, rollback_to: str | None
+    ) -> verify.VerifiedBundle:
         installed = self.active.bundle.manifest if self.active else None
         installed_sequence = installed.sequence if installed and installed.model == wanted.name else None
 
@@ -546,8 +548,8 @@ class Updater:
                 keyring,
                 agent_version=self.agent_version,
                 installed_sequence=installed_sequence,
-                # The signed desired document names this exact version: going back to it is a rollback.
-                allowed_rollback=wanted.version,
+                # Only a document that is an explicit, signed rollback to this version may go back.
+                allowed_rollback=rollback_to,
                 limits=verify.Limits(
                     max_archive_bytes=self.settings.max_bundle_bytes,
                     max_unpacked_bytes=2 * self.settings.max_bundle_bytes,
@@ -565,7 +567,7 @@ class Updater:
             raise verify.BadManifest("the bundle's manifest is not the one the desired state names")
         return bundle
 
-    def _switch_to_installed(self, directory: Path, wanted: protocol.BundleRef) -> None:
+    def _switch_to_installed(self, directory: Path, wanted: protocol.BundleRef, *, rollback_to: str | None) -> None:
         """Go to a version still on disk (usually ``previous``): no download, re-checked before use."""
         self._publish_state(phase="verifying", error=None)
         try:
@@ -576,9 +578,15 @@ class Updater:
             # The copy on disk is damaged: drop it and fetch the bundle again.
             log.warning("installed copy unusable", extra={"path": directory.name, "error": str(exc)})
             shutil.rmtree(directory, ignore_errors=True)
-            self._update(wanted)
+            self._update(wanted, rollback_to=rollback_to)
             return
-        older = self.active is not None and bundle.manifest.sequence < self.active.sequence
+        active = self.active
+        older = active is not None and bundle.manifest.sequence < active.sequence
+        if older and active is not None and bundle.manifest.model == active.name and rollback_to != wanted.version:
+            # The same rule as for a download (verify.verify_bundle): back only by an explicit rollback.
+            detail = f"{wanted.version} is older than the installed {active.version} and no rollback names it"
+            self._event("validation_failed", version=wanted.version, reason="downgrade", detail=detail)
+            self._fail("downgrade", detail)
         self._activate(Installed(directory, bundle), session, phase="rolled_back" if older else "active")
 
     def _activate(self, installed: Installed, session: ModelSession, *, phase: str) -> None:

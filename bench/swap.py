@@ -46,7 +46,7 @@ from agent.pipeline import Pipeline
 from agent.trust import Trust
 from agent.updater import Updater
 from registry.bundles import Signer, build_bundle
-from tests.agent.helpers import make_agent_config
+from tests.agent.helpers import desired_doc, make_agent_config
 
 
 def classifier(weights: int, seed: int) -> bytes:
@@ -155,8 +155,9 @@ class Frames:
 
 
 def desired(manifest: Manifest, archive: bytes, url: str, signer: Signer, generation: int) -> protocol.Desired:
-    message = protocol.Desired(
-        generation=generation,
+    message = desired_doc(
+        generation,
+        device_id="bench",
         model={
             "name": manifest.model,
             "version": manifest.version,

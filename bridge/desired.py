@@ -1,8 +1,8 @@
 """Desired state out: every device's newest signed document, published retained on its ``desired`` topic.
 
-The bridge publishes; it never decides what a device should run. The
-document is built and signed by the control plane when it changes, and
-published here once per generation: ``Device.published_generation`` records
+The bridge publishes; it never decides what a device should run, nor signs
+anything. The document is built, bound to its device and signed by the
+control plane (``fleet.desired``), and published here once per generation: ``Device.published_generation`` records
 the newest one the broker confirmed, so a restart publishes only what is
 pending and several bridges side by side only ever move it forward.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
 
 import paho.mqtt.client as mqtt
 from django.db import DatabaseError, close_old_connections, connection
@@ -21,7 +20,6 @@ from pydantic import ValidationError
 
 from agent.kernel import protocol
 from fleet.models import Device
-from registry.signing import sign_desired
 
 log = logging.getLogger(__name__)
 
@@ -50,21 +48,18 @@ class DesiredPublisher:
             connection.close()
 
     def publish_pending(self) -> int:
-        """Publish, retained, every desired document newer than the last one published."""
-        pending = Device.objects.filter(desired_generation__gt=F("published_generation"), revoked_at__isnull=True)
+        """Publish, retained, every signed desired document newer than the last one published."""
+        pending = Device.objects.filter(
+            desired_generation__gt=F("published_generation"),
+            desired_expires_at__isnull=False,  # signed (fleet.desired); an unsigned one waits for a key
+            revoked_at__isnull=True,
+        )
         count = 0
-        for device in pending.only("pk", "device_id", "desired", "desired_generation")[: self.batch]:
-            document: dict[str, Any] = device.desired or {}
+        for device in pending.only("pk", "device_id", "desired_document", "desired_generation")[: self.batch]:
             try:
-                message = protocol.Desired.model_validate(
-                    {
-                        "generation": device.desired_generation,
-                        "model": document.get("model"),
-                        "config": document.get("config") or {},
-                    }
-                )
+                message = protocol.Desired.model_validate(device.desired_document)
             except ValidationError as exc:
-                # Only a row written before the kernel's model checked it can get here; it can never
+                # Only a row changed behind the control plane's back can get here; it can never
                 # be sent, so it is passed over once, loudly, instead of on every poll.
                 log.error(
                     "desired state not sendable",
@@ -76,7 +71,6 @@ class DesiredPublisher:
                 )
                 self._mark_published(device)
                 continue
-            message = sign_desired(message)  # devices refuse unsigned desired state
             info = self._publish(device.device_id, "desired", message, retain=True)
             info.wait_for_publish(timeout=10)
             if info.is_published():

@@ -182,6 +182,12 @@ REGISTRY_BUNDLE_TTL_DAYS = env.integer("REGISTRY_BUNDLE_TTL_DAYS", 365, minimum=
 REGISTRY_MIN_AGENT_VERSION = env.string("REGISTRY_MIN_AGENT_VERSION", "0.1.0") or "0.1.0"
 
 ENROLLMENT_TOKEN_TTL_HOURS = env.integer("ENROLLMENT_TOKEN_TTL_HOURS", 24, minimum=1, maximum=24 * 30)
+# A signed desired document is valid this long; the control plane re-issues each one when less
+# than DESIRED_RENEW_HOURS of it is left, so a device holding an expired one is being frozen.
+DESIRED_TTL_HOURS = env.integer("DESIRED_TTL_HOURS", 24, minimum=1, maximum=24 * 365)
+DESIRED_RENEW_HOURS = env.integer("DESIRED_RENEW_HOURS", 12, minimum=1, maximum=24 * 365)
+if DESIRED_RENEW_HOURS >= DESIRED_TTL_HOURS:
+    raise ImproperlyConfigured("DESIRED_RENEW_HOURS must be less than DESIRED_TTL_HOURS")
 DEVICE_OFFLINE_AFTER_S = env.integer("DEVICE_OFFLINE_AFTER_S", 180, minimum=10)
 HEARTBEAT_INTERVAL_S = env.integer("HEARTBEAT_INTERVAL_S", 30, minimum=1, maximum=3600)
 
@@ -208,6 +214,7 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celery" / "beat-schedule")
 CELERY_BEAT_SCHEDULE = {
     "mark-silent-devices-offline": {"task": "fleet.tasks.mark_silent_devices_offline", "schedule": 30.0},
     "reconcile-broker-credentials": {"task": "fleet.tasks.reconcile_broker", "schedule": 300.0},
+    "reissue-desired-documents": {"task": "fleet.tasks.reissue_desired", "schedule": 900.0},
     "telemetry-rollups": {"task": "telemetry.tasks.roll_up", "schedule": 60.0},
     "telemetry-alerts": {"task": "telemetry.tasks.evaluate_alerts", "schedule": 60.0},
     "telemetry-retention": {"task": "telemetry.tasks.apply_retention", "schedule": 3600.0},

@@ -175,8 +175,12 @@ class Device(models.Model):
     status_changed_at = models.DateTimeField(null=True, blank=True)
     reported = models.JSONField(default=dict, blank=True)
     last_heartbeat = models.JSONField(default=dict, blank=True)
+    # What the device should run ({model, config, rollback_to}), and the signed document
+    # built from it for ``desired_generation`` (fleet.desired), which the bridge publishes.
     desired = models.JSONField(default=dict, blank=True)
     desired_generation = models.PositiveBigIntegerField(default=0)
+    desired_document = models.JSONField(default=dict, blank=True, editable=False)
+    desired_expires_at = models.DateTimeField(null=True, blank=True, db_index=True, editable=False)
     published_generation = models.PositiveBigIntegerField(default=0)
     # Highest contiguous telemetry seq stored; sent back on `ack` so the
     # device may delete those records from its outbox.
@@ -249,16 +253,6 @@ class Device(models.Model):
         """Store what the device reports it runs, and the agent version that reported it."""
         Device.objects.filter(pk=self.pk).update(reported=reported, agent_version=agent_version)
         self.reported, self.agent_version = reported, agent_version
-
-    def set_desired(self, document: dict[str, Any]) -> int:
-        """Replace the desired state and bump its generation (the bridge publishes it)."""
-        with transaction.atomic():
-            device = Device.objects.select_for_update().get(pk=self.pk)
-            device.desired = document
-            device.desired_generation += 1
-            device.save(update_fields=["desired", "desired_generation"])
-        self.desired, self.desired_generation = device.desired, device.desired_generation
-        return device.desired_generation
 
 
 class DeviceCredential(models.Model):

@@ -16,10 +16,11 @@ from agent.kernel.manifest import parse_version
 from core import tokens
 from core.errors import ServiceError
 from core.models import AuditLog
+from fleet import desired
 from fleet.broker import provisioner
 from fleet.models import Device, DeviceCredential, EnrollmentToken, Site
 from fleet.tasks import reconcile_broker
-from registry.models import Bundle
+from registry.models import Bundle, ModelVersion
 from registry.trust import trust_store
 
 log = logging.getLogger(__name__)
@@ -137,14 +138,22 @@ def _queue_broker_removal(device: Device) -> bool:
 
 
 def assign_model(
-    device: Device, version: Any, *, actor: Any, target: str | None = None, config: dict[str, Any] | None = None
+    device: Device,
+    version: Any,
+    *,
+    actor: Any,
+    target: str | None = None,
+    config: dict[str, Any] | None = None,
+    rollback: bool = False,
 ) -> int:
     """Point a device at a model version's bundle for its target; returns the new desired generation.
 
     The desired runtime config (thresholds, escalation policy, telemetry
-    interval) is kept, with ``config`` merged over it. The bridge signs and
-    publishes the document; the agent's updater converges on it. Used by
-    tests and the demo now and by rollouts later.
+    interval) is kept, with ``config`` merged over it. The document is signed
+    for this device (``fleet.desired``), the bridge publishes it and the
+    agent's updater converges on it. A version older than the one the device
+    reports running is refused unless ``rollback``: the signed document then
+    names it as an explicit rollback, the only way a device goes back.
     """
     wanted = target or "cpu-fp32"
     bundle = Bundle.objects.select_related("version__model").filter(version=version, target=wanted).first()
@@ -152,18 +161,22 @@ def assign_model(
         message = f"{version} has no bundle for target {wanted}."
         raise ServiceError("no_bundle", message, 400, fields={"target": [message]})
     _check_installable(device, bundle)
+    if not rollback:
+        _check_not_older(device, bundle.version)
     with transaction.atomic():
         current = Device.objects.select_for_update().get(pk=device.pk).desired or {}
-        # Built with the device kernel's models, so what is stored is what the bridge can sign.
+        # Built with the device kernel's models, so what is stored is what can be signed.
         runtime_config = protocol.RuntimeConfig.model_validate({**(current.get("config") or {}), **(config or {})})
-        document = {
+        document: dict[str, Any] = {
             "model": bundle.desired_model().model_dump(mode="json", exclude_none=True),
             "config": runtime_config.model_dump(mode="json", exclude_none=True),
         }
-        generation = device.set_desired(document)
+        if rollback:
+            document["rollback_to"] = bundle.version.version
+        generation = desired.issue(device, document)
         AuditLog.record(
             actor=actor,
-            action="device.assign_model",
+            action="device.rollback" if rollback else "device.assign_model",
             target=device,
             model=bundle.version.model.name,
             version=bundle.version.version,
@@ -171,6 +184,20 @@ def assign_model(
             generation=generation,
         )
     return generation
+
+
+def _check_not_older(device: Device, version: Any) -> None:
+    """Refuse to send a device back to an older version of the model it runs without saying so."""
+    reported = device.reported if isinstance(device.reported, dict) else {}
+    if reported.get("model_name") != version.model.name or not reported.get("model_version"):
+        return
+    running = ModelVersion.objects.filter(model=version.model, version=reported["model_version"]).first()
+    if running is not None and version.sequence < running.sequence:
+        raise ServiceError(
+            "rollback_required",
+            f"Device {device.device_id} runs {running}; {version} is older. Send it back with rollback=true.",
+            409,
+        )
 
 
 def _check_installable(device: Device, bundle: Bundle) -> None:

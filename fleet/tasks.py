@@ -9,6 +9,7 @@ from celery import shared_task
 from django.conf import settings
 from django.utils import timezone
 
+from fleet import desired
 from fleet.broker import BrokerUnavailable, provisioner
 from fleet.models import Device
 
@@ -38,4 +39,13 @@ def mark_silent_devices_offline() -> int:
     count = Device.objects.mark_silent_offline(cutoff=now - timedelta(seconds=settings.DEVICE_OFFLINE_AFTER_S), at=now)
     if count:
         log.info("silent devices marked offline", extra={"count": count})
+    return count
+
+
+@shared_task(acks_late=True, time_limit=900)
+def reissue_desired() -> int:
+    """Sign a new generation of every desired document before it expires (and any still unsigned)."""
+    count = desired.reissue_expiring()
+    if count:
+        log.info("desired documents re-issued", extra={"count": count})
     return count

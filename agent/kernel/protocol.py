@@ -134,6 +134,8 @@ class Reported(_Message):
     error: LongText | None = None
     agent_version: VersionText
     fallback: StrictBool = False
+    desired_expired: StrictBool = False
+    """The newest desired document the device holds has expired and none newer came (a freeze)."""
     ts: datetime = Field(default_factory=utcnow)
 
 
@@ -292,14 +294,34 @@ class RuntimeConfig(BaseModel):
 
 
 class Desired(_Message):
-    """The desired state (device shadow), signed by the control plane (``agent.kernel.verify``)."""
+    """The desired state (device shadow), signed by the control plane (``agent.kernel.verify``).
+
+    The signed bytes bind the document to one device (``device_id``; ``site``
+    says where it was when issued) and to a validity period (``issued_at`` to
+    ``expires``): a document for another device, an expired one or one older
+    than the newest a device verified is refused (``verify.check_desired``).
+    Going back to an older version is allowed only by ``rollback_to`` naming it.
+    """
 
     type: Literal["desired"] = "desired"
+    device_id: DeviceId
+    site: Annotated[str, Field(max_length=63)] = ""
     generation: BigCount
     model: BundleRef | None = None
+    rollback_to: VersionText | None = None
+    """The older version ``model`` names, when this document is an explicit rollback to it."""
     config: RuntimeConfig = Field(default_factory=RuntimeConfig)
-    issued_at: datetime = Field(default_factory=utcnow)
+    issued_at: AwareDatetime = Field(default_factory=utcnow)
+    expires: AwareDatetime
     signature: Signature | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Desired:
+        if self.expires <= self.issued_at:
+            raise ValueError("expires must be after issued_at")
+        if self.rollback_to is not None and (self.model is None or self.model.version != self.rollback_to):
+            raise ValueError("rollback_to must name the version of the document's model")
+        return self
 
 
 class Command(_Message):

@@ -101,6 +101,16 @@ class AgentTooOld(VerificationError):
     reason = "agent_too_old"
 
 
+class WrongDevice(VerificationError):
+    reason = "wrong_device"
+
+
+class Stale(VerificationError):
+    """A desired document not newer than the newest one verified: a replay, or a freeze attempt."""
+
+    reason = "stale"
+
+
 class UnsafeArchivePath(VerificationError):
     reason = "unsafe_archive_path"
 
@@ -231,6 +241,24 @@ def verify_desired(message: protocol.Desired, keyring: Keyring, *, now: datetime
     if message.signature is None:
         raise BadSignature("desired document is not signed")
     return keyring.verify(desired_signing_bytes(message), message.signature, now=now)
+
+
+def check_desired(
+    message: protocol.Desired, *, device_id: str, newest: protocol.Desired | None, now: datetime | None = None
+) -> None:
+    """Refuse a (signature-checked) desired document this device must not apply.
+
+    It must name this device, be newer than ``newest`` (the newest document this
+    device verified: one generation is signed once, so an equal generation with
+    other content is refused too), and not have expired by the device's clock.
+    """
+    if message.device_id != device_id:
+        raise WrongDevice(f"the document is for device {message.device_id}, this is {device_id}")
+    if newest is not None and message.generation <= newest.generation:
+        raise Stale(f"generation {message.generation} is not newer than {newest.generation}")
+    now = now or utcnow()
+    if message.expires <= now:
+        raise Expired(f"the document expired at {message.expires.isoformat()}")
 
 
 def signed_desired(message: protocol.Desired, sign: Callable[[bytes], Mapping[str, str]]) -> protocol.Desired:

@@ -81,6 +81,11 @@ class AssignModelSerializer(serializers.Serializer):
     version = serializers.CharField(max_length=64)
     target = serializers.CharField(max_length=32, required=False, help_text="Bundle target; default cpu-fp32.")
     config = serializers.DictField(required=False, help_text="Runtime config merged over the desired one.")
+    rollback = serializers.BooleanField(
+        default=False,
+        help_text="Send the device back to this version, older than the one it runs: the signed document "
+        "names it as an explicit rollback. Without it, an older version is refused (409 rollback_required).",
+    )
 
     def validate_config(self, value: dict[str, object]) -> dict[str, object]:
         # The device kernel's model decides what a desired document may carry, so an

@@ -118,7 +118,9 @@ class DeviceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Upd
         answer["broker_reconciliation"] = "queued" if queued else "pending"
         return Response(answer)
 
-    @extend_schema(request=AssignModelSerializer, responses={200: DeviceSerializer, 400: ErrorSerializer})
+    @extend_schema(
+        request=AssignModelSerializer, responses={200: DeviceSerializer, 400: ErrorSerializer, 409: ErrorSerializer}
+    )
     @action(detail=True, methods=["post"], url_path="assign-model")
     def assign_model(self, request: Request, device_id: str | None = None) -> Response:
         """Point the device at a model version's bundle; its agent downloads, verifies and installs it."""
@@ -130,7 +132,14 @@ class DeviceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Upd
         if version is None:
             message = f"{data['model']} {data['version']} is not published."
             raise ServiceError("unknown_version", message, 400, fields={"version": [message]})
-        services.assign_model(device, version, actor=request.user, target=data.get("target"), config=data.get("config"))
+        services.assign_model(
+            device,
+            version,
+            actor=request.user,
+            target=data.get("target"),
+            config=data.get("config"),
+            rollback=data["rollback"],
+        )
         return Response(DeviceSerializer(device).data)
 
 

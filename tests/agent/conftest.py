@@ -32,7 +32,7 @@ from agent.kernel.verify import signed_desired
 from bridge.process import Bridge, BridgeConfig
 from fleet.models import Device, Site
 from registry.bundles import Signer
-from tests.agent.helpers import RecordingRuntime, make_agent_config  # noqa: F401 - the tests import them from here
+from tests.agent.helpers import RecordingRuntime, desired_doc, make_agent_config  # noqa: F401 - the tests import them from here
 from tests.brokers import clear_retained
 from tests.registry.conftest import Crafted, make_classifier, make_png_images, trusted
 
@@ -348,7 +348,7 @@ def desired_for(
         "manifest_sha256": hashlib.sha256(canonical_bytes(manifest)).hexdigest(),
     }
     fields.update(model)
-    return sign(protocol.Desired(generation=generation, model=fields), key)
+    return sign(desired_doc(generation, model=fields), key)
 
 
 def sign(desired: protocol.Desired, key: Signer) -> protocol.Desired:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from agent import config as agent_config
 from agent.desired import DesiredState
+from agent.kernel import protocol
 from agent.trust import Trust
 
 
@@ -78,3 +80,17 @@ class RecordingRuntime:
 
     def event_kinds(self) -> list[str]:
         return [kind for kind, _ in self.events]
+
+
+def desired_doc(
+    generation: int, *, device_id: str = "dev-test", lifetime_s: float = 86400, **fields: Any
+) -> protocol.Desired:
+    """An unsigned desired document for ``device_id`` (the test configs' device), valid ``lifetime_s`` from now."""
+    issued_at = protocol.utcnow()
+    return protocol.Desired(
+        device_id=device_id,
+        generation=generation,
+        issued_at=issued_at,
+        expires=issued_at + timedelta(seconds=lifetime_s),
+        **fields,
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -17,6 +18,7 @@ from agent.kernel import protocol
 from agent.trust import Trust
 from registry.bundles import Signer
 from tests.agent.conftest import BundleServer, RecordingRuntime, serve_rotated_keyring, sign
+from tests.agent.helpers import desired_doc
 
 
 @pytest.fixture
@@ -25,7 +27,7 @@ def runtime(config: AgentConfig) -> RecordingRuntime:
 
 
 def document(generation: int, **config: Any) -> protocol.Desired:
-    return protocol.Desired(generation=generation, config=config)
+    return desired_doc(generation, config=config)
 
 
 def forgeries(signer: Signer) -> dict[str, protocol.Desired]:
@@ -52,8 +54,8 @@ def test_a_forged_or_unverifiable_document_is_never_saved_nor_seen_by_any_listen
     assert seen == [] and state.current is None and not config.desired_path.exists()
     reasons = [data["reason"] for kind, data in runtime.events if kind == "desired_rejected"]
     assert reasons == ["unknown_key", "bad_signature", "bad_signature"]
-    assert runtime.reported_fields["phase"] == "failed"
-    assert runtime.reported_fields["error"].startswith("desired rejected: bad_signature")
+    # A refusal is an event: it changes nothing the device reports (generation, phase, error).
+    assert runtime.reports == [] and runtime.reported_fields == {}
 
 
 def test_a_valid_document_is_saved_once_and_broadcast_once(
@@ -69,7 +71,6 @@ def test_a_valid_document_is_saved_once_and_broadcast_once(
     with mock.patch("agent.desired.atomic_write", autospec=True, side_effect=atomic_write) as write:
         assert state.offer(genuine)
         assert not state.offer(genuine), "the retained copy, redelivered on reconnect, changes nothing"
-        assert not state.offer(sign(document(2), signer)), "an older generation is ignored"
 
     write.assert_called_once_with(config.desired_path, protocol.encode(genuine), mode=0o600)
     assert first == [genuine] and second == [genuine]
@@ -153,3 +154,91 @@ def test_documents_from_the_network_are_verified_on_the_desired_thread(
     finally:
         state.stop()
     assert threads == ["desired"]
+
+
+def test_a_genuine_document_of_another_device_is_refused_and_reported(
+    config: AgentConfig, runtime: RecordingRuntime, signer: Signer
+) -> None:
+    """Replay across devices: a document signed for device B, published on A's topic, was installed by A."""
+    state = runtime.desired_state
+    mine = sign(document(3, telemetry_interval_s=10), signer)
+    assert state.offer(mine)
+
+    theirs = sign(desired_doc(50, device_id="dev-other", config={"telemetry_interval_s": 1}), signer)
+    assert not state.offer(theirs)
+
+    assert state.current == mine
+    assert protocol.decode("desired", config.desired_path.read_bytes()) == mine
+    refusal = [data for kind, data in runtime.events if kind == "desired_rejected"]
+    assert [(r["reason"], r["generation"], r["current"]) for r in refusal] == [("wrong_device", 50, 3)]
+    assert state.offer(sign(document(4), signer)), "the genuine next document is still taken: no freeze"
+
+
+def test_an_older_or_conflicting_document_is_refused_as_stale_and_reported(
+    runtime: RecordingRuntime, signer: Signer
+) -> None:
+    """Replay in time: the device's own older document, re-published retained, was ignored silently."""
+    state = runtime.desired_state
+    old = sign(document(2, telemetry_interval_s=30), signer)
+    assert state.offer(old)
+    new = sign(document(3, telemetry_interval_s=10), signer)
+    assert state.offer(new)
+
+    assert not state.offer(old)
+    assert not state.offer(sign(document(3, telemetry_interval_s=1), signer)), "one generation, one document"
+
+    assert state.current == new
+    reasons = [(d["reason"], d["generation"]) for k, d in runtime.events if k == "desired_rejected"]
+    assert reasons == [("stale", 2), ("stale", 3)]
+
+
+def test_an_expired_document_is_refused_and_reported(runtime: RecordingRuntime, signer: Signer) -> None:
+    state = runtime.desired_state
+    withheld = sign(desired_doc(2, lifetime_s=60), signer)
+
+    assert not state.offer(withheld, now=withheld.expires + timedelta(seconds=1))
+
+    assert state.current is None
+    assert [(k, d["reason"]) for k, d in runtime.events] == [("desired_rejected", "expired")]
+
+
+def test_a_held_document_that_expires_keeps_serving_and_the_freeze_is_reported_once(
+    runtime: RecordingRuntime, signer: Signer
+) -> None:
+    state = runtime.desired_state
+    held = sign(desired_doc(2, lifetime_s=60, config={"telemetry_interval_s": 10}), signer)
+    assert state.offer(held, now=held.issued_at)
+    later = held.expires + timedelta(seconds=1)
+
+    assert state.check_expiry(later) and state.check_expiry(later)
+
+    assert state.current == held, "the device keeps serving with the expired document"
+    assert runtime.event_kinds() == ["desired_expired"]
+    assert runtime.reported_fields["desired_expired"] is True
+    assert runtime.reported_fields.get("phase") is None
+
+    fresh = sign(desired_doc(3, config={"telemetry_interval_s": 10}), signer)
+    assert state.offer(fresh)
+    assert runtime.reported_fields["desired_expired"] is False
+
+
+def test_a_stored_document_that_expired_while_the_agent_was_down_is_still_served(
+    config: AgentConfig, runtime: RecordingRuntime, signer: Signer
+) -> None:
+    held = sign(desired_doc(2, lifetime_s=60), signer)
+    assert runtime.desired_state.offer(held, now=held.issued_at)
+
+    restarted = RecordingRuntime(config)
+    state = restarted.desired_state
+    assert state.current == held
+    assert state.check_expiry(held.expires + timedelta(seconds=1))
+    assert restarted.event_kinds() == ["desired_expired"]
+
+
+def test_a_stored_document_of_another_device_is_not_loaded(
+    config: AgentConfig, runtime: RecordingRuntime, signer: Signer
+) -> None:
+    """A data directory copied from another device does not bring that device's desired state along."""
+    config.desired_path.write_bytes(protocol.encode(sign(desired_doc(9, device_id="dev-other"), signer)))
+
+    assert RecordingRuntime(config).desired_state.current is None

@@ -21,6 +21,7 @@ from agent.kernel.decode import Result
 from agent.pipeline import Pipeline, PipelineComponent, main, run_over
 from agent.window import MAX_CLASSES, OTHER, WindowAggregator
 from tests.agent.conftest import BLUE, GREEN, RED, ListSource, solid
+from tests.agent.helpers import desired_doc
 
 
 def test_the_pipeline_decides_every_frame_with_the_model_in_service(colour_model: ModelSession) -> None:
@@ -225,11 +226,11 @@ def test_the_component_is_built_from_config_sections_and_follows_the_desired_thr
     escalation = pipeline.escalation
     assert escalation is not None and (config.data_dir / "escalations").is_dir()
 
-    component.apply_desired(protocol.Desired(generation=2, config={"escalation_threshold": 0.9}))
+    component.apply_desired(desired_doc(2, config={"escalation_threshold": 0.9}))
     assert escalation.threshold(0.6) == 0.9
-    component.apply_desired(protocol.Desired(generation=3, config={"telemetry_interval_s": 5}))
+    component.apply_desired(desired_doc(3, config={"telemetry_interval_s": 5}))
     assert component.interval_s == 5
-    component.apply_desired(protocol.Desired(generation=4, config={}))
+    component.apply_desired(desired_doc(4, config={}))
     assert component.interval_s == 60.0, "absent, the interval it was built with applies again"
     assert escalation.threshold(0.6) == 0.6
 

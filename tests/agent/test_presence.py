@@ -19,6 +19,7 @@ from agent import config as agent_config
 from agent import outbox
 from agent.kernel import protocol
 from bridge.process import Bridge
+from fleet import desired
 from fleet.models import Device
 from registry.trust import trust_store
 from telemetry.models import DeviceEvent, TelemetryRecord
@@ -116,7 +117,7 @@ def test_a_running_agent_answers_ping_stores_desired_and_stops_cleanly_on_sigter
     assert wait_until(lambda: online(row) and heartbeat_acknowledged(tmp_path / "data"), bridge), running.log()
 
     # desired -> stored on disk and reported back with its generation.
-    row.set_desired({"config": {"telemetry_interval_s": 15}})
+    desired.issue(row, {"config": {"telemetry_interval_s": 15}})
     assert wait_until(lambda: Device.objects.get(pk=row.pk).reported.get("generation") == 1, bridge), running.log()
     stored = protocol.decode("desired", (tmp_path / "data" / "desired.json").read_bytes())
     assert isinstance(stored, protocol.Desired) and stored.config.telemetry_interval_s == 15

@@ -17,6 +17,7 @@ from agent.kernel import protocol
 from agent.runtime import Runtime
 from registry.bundles import Signer
 from tests.agent.conftest import sign, trusted
+from tests.agent.helpers import desired_doc
 from tests.brokers import address
 
 pytestmark = pytest.mark.integration
@@ -129,13 +130,18 @@ def test_an_unsupported_command_is_answered_not_ignored(runtime: Runtime, cloud:
 def test_verified_desired_is_stored_and_reported_and_an_older_or_forged_one_is_not(
     runtime: Runtime, cloud: Cloud, signer: Signer
 ) -> None:
-    cloud.send("desired", sign(protocol.Desired(generation=2, config={"telemetry_interval_s": 5}), signer))
-    cloud.send("desired", sign(protocol.Desired(generation=1, config={"telemetry_interval_s": 9}), signer))
-    cloud.send("desired", protocol.Desired(generation=9, config={"telemetry_interval_s": 1}))  # unsigned
-    cloud.send("desired", sign(protocol.Desired(generation=3, config={"telemetry_interval_s": 6}), signer))
+    me = runtime.config.device.id
+    cloud.send("desired", sign(desired_doc(2, device_id=me, config={"telemetry_interval_s": 5}), signer))
+    cloud.send("desired", sign(desired_doc(1, device_id=me, config={"telemetry_interval_s": 9}), signer))
+    cloud.send("desired", desired_doc(9, device_id=me, config={"telemetry_interval_s": 1}))  # unsigned
+    cloud.send("desired", sign(desired_doc(3, device_id=me, config={"telemetry_interval_s": 6}), signer))
     assert cloud.wait_for(lambda got: any(s == "reported" and m["generation"] == 3 for s, m in got))
-    assert [m["generation"] for m in cloud.of("reported")] == [0, 2, 2, 3]
-    assert [m["data"]["generation"] for m in cloud.of("events") if m["kind"] == "desired_rejected"] == [9]
+    # The refusals change nothing the device reports; each is an event with its reason.
+    assert [m["generation"] for m in cloud.of("reported")] == [0, 2, 3]
+    refused = [
+        (m["data"]["generation"], m["data"]["reason"]) for m in cloud.of("events") if m["kind"] == "desired_rejected"
+    ]
+    assert refused == [(1, "stale"), (9, "bad_signature")]
     stored = protocol.decode("desired", runtime.config.desired_path.read_bytes())
     assert isinstance(stored, protocol.Desired) and stored.generation == 3
 

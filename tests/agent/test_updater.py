@@ -31,6 +31,7 @@ from tests.agent.conftest import (
     sign,
     trusted,
 )
+from tests.agent.helpers import desired_doc
 from tests.registry.conftest import Crafted
 
 LIMITED = {"updater": {"max_bundle_bytes": 1024 * 1024}}
@@ -219,12 +220,36 @@ def test_a_rollback_to_the_previous_version_needs_no_download(
     assert installed.store.pointer(PREVIOUS) is not None
     before = len(bundle_server.requests)
 
-    installed.converge(first)
+    # The older version alone is not enough: a replayed old document must not take the device back.
+    with pytest.raises(UpdateError, match="downgrade"):
+        installed.converge(first)
+    assert installed.holder.session.version == "1.3.0"
+    assert ("validation_failed", "downgrade") in [(k, d.get("reason")) for k, d in runtime.events]
+
+    assert first.model is not None
+    rollback = sign(desired_doc(4, model=first.model.model_dump(), rollback_to=first.model.version), signer)
+    installed.converge(rollback)
 
     assert len(bundle_server.requests) == before, "the previous version came from disk"
     assert installed.holder.session.version == "1.2.0"
     assert runtime.last["phase"] == "rolled_back" and runtime.last["model_version"] == "1.2.0"
     assert installed.store.pointer(PREVIOUS).name.startswith("parts-1.3.0")  # type: ignore[union-attr]
+
+
+def test_an_older_version_is_downloaded_and_installed_only_by_an_explicit_rollback(
+    installed, runtime, crafted, classifier_onnx, signer, bundle_server, tmp_path
+):
+    old = publish(crafted, signer, bundle_server, tmp_path, 2)  # 1.2.0, the version installed first
+    installed.converge(publish(newer(classifier_onnx, "1.3.0", 6), signer, bundle_server, tmp_path, 3))
+    installed.converge(publish(newer(classifier_onnx, "1.4.0", 7), signer, bundle_server, tmp_path, 4))
+    assert installed.store.find(old.model.manifest_sha256) is None, "1.2.0 is no longer on disk"
+
+    with pytest.raises(UpdateError, match="downgrade"):
+        installed.converge(sign(desired_doc(5, model=old.model.model_dump()), signer))
+    assert installed.holder.session.version == "1.4.0"
+
+    installed.converge(sign(desired_doc(6, model=old.model.model_dump(), rollback_to="1.2.0"), signer))
+    assert installed.holder.session.version == "1.2.0"
 
 
 def test_only_the_current_and_previous_versions_stay_on_disk(

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from agent.config import AgentConfig
-from agent.kernel import protocol
 from agent.outbox import Outbox
 from agent.updater import Updater
 from agent.vision import Vision
 from registry.bundles import Signer
 from tests.agent.conftest import RecordingRuntime, sign, trusted
+from tests.agent.helpers import desired_doc
 
 
 class OutboxRuntime(RecordingRuntime):
@@ -122,7 +122,7 @@ def test_runtime_config_comes_from_verified_documents_only(
         component = vision._component
         assert component is not None and component.interval_s == 60
 
-        forged = protocol.Desired(generation=1, config={"telemetry_interval_s": 5})
+        forged = desired_doc(1, config={"telemetry_interval_s": 5})
         assert not runtime.desired_state.offer(forged)
         assert component.interval_s == 60
         assert runtime.desired_state.offer(sign(forged, signer))

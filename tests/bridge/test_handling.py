@@ -11,6 +11,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from bridge.process import Bridge
+from fleet import desired
 from fleet.models import Device, Site
 from telemetry.models import DeviceEvent, TelemetryRecord
 from tests.bridge.helpers import now, offline_bridge, status, telemetry, topic
@@ -117,7 +118,7 @@ def test_a_malformed_heartbeat_is_kept_but_not_shown_as_state(bridge: Bridge, de
 
 
 def test_desired_documents_are_published_retained_once_per_generation(bridge: Bridge, device: Device) -> None:
-    device.set_desired({"config": {"telemetry_interval_s": 10}})
+    desired.issue(device, {"config": {"telemetry_interval_s": 10}})
     published = mock.create_autospec(mqtt.MQTTMessageInfo, instance=True)
     published.is_published.return_value = True
     bridge.client.publish.return_value = published

@@ -16,6 +16,7 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from bridge.process import Bridge, BridgeConfig
+from fleet import desired
 from fleet.models import Device, Site
 from telemetry.models import TelemetryRecord, WindowRollup
 from telemetry.rollups import SETTLE, roll_up
@@ -144,7 +145,7 @@ def test_desired_state_reaches_the_device_retained(
 ) -> None:
     bridge = start_bridge(mqtt_url, group)
     try:
-        device.set_desired({"config": {"telemetry_interval_s": 15}})
+        desired.issue(device, {"config": {"telemetry_interval_s": 15}})
         assert device_client.wait_for(lambda got: any(s == "desired" for s, _ in got))
         (document,) = [m for s, m in device_client.received if s == "desired"]
         assert document["generation"] == 1 and document["config"] == {"telemetry_interval_s": 15}

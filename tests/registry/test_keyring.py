@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from agent.kernel import protocol, verify
 from agent.kernel.manifest import canonical_json
 from registry.bundles import Signer
+from tests.agent.helpers import desired_doc
 from tests.registry.conftest import trusted
 
 
@@ -80,7 +81,7 @@ PARTS = {
 
 
 def signed_desired(signer: Signer, **fields) -> protocol.Desired:
-    return verify.signed_desired(protocol.Desired(generation=4, model=PARTS, **fields), signer.sign)
+    return verify.signed_desired(desired_doc(4, model=PARTS, **fields), signer.sign)
 
 
 def test_a_signed_desired_document_verifies_after_a_trip_over_the_wire(signer, keyring):
@@ -103,7 +104,7 @@ def test_a_desired_document_altered_in_transit_is_refused(signer, keyring):
 
 def test_an_unsigned_or_foreign_desired_document_is_refused(keyring, new_signer):
     with pytest.raises(verify.BadSignature):
-        verify.verify_desired(protocol.Desired(generation=1), keyring)
+        verify.verify_desired(desired_doc(1), keyring)
     with pytest.raises(verify.UnknownKey):
         verify.verify_desired(signed_desired(new_signer), keyring)
 
@@ -118,6 +119,9 @@ def test_a_document_signed_as_plain_json_verifies_once_parsed_into_the_typed_mod
         "model": PARTS,
         "config": {"telemetry_interval_s": 15, "escalation_threshold": 0.25},
         "issued_at": "2026-01-02T03:04:05.678901Z",
+        "device_id": "dev-test",
+        "site": "plant-a",
+        "expires": "2026-01-03T03:04:05.678901Z",
     }
     document["signature"] = signer.sign(canonical_json({k: v for k, v in document.items() if k != "signature"}))
 

@@ -8,6 +8,7 @@ import pytest
 
 from agent.kernel import protocol, verify
 from bridge.process import Bridge, BridgeConfig
+from fleet import desired
 from registry.trust import trust_store
 
 pytestmark = pytest.mark.django_db
@@ -25,7 +26,7 @@ def test_the_bridge_publishes_desired_state_a_device_can_verify(enroll_device, s
         "size": 2048,
         "manifest_sha256": "b" * 64,
     }
-    enrolled.device.set_desired({"model": model, "config": {"escalation_threshold": 0.9}})
+    desired.issue(enrolled.device, {"model": model, "config": {"escalation_threshold": 0.9}})
     bridge = Bridge(BridgeConfig(url="mqtt://127.0.0.1:1"))
     sent = []
 

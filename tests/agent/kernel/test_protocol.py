@@ -155,7 +155,8 @@ def test_a_malformed_window_summary_is_refused_with_a_reason(data: dict[str, obj
 def test_a_desired_document_is_refused_unless_every_field_is_one_the_device_knows(
     document: dict[str, object], where: str
 ) -> None:
-    payload = json.dumps({"v": 1, "type": "desired", "generation": 2, **document}).encode()
+    bound = {"device_id": "dev-1", "expires": "2099-01-01T00:00:00Z"}
+    payload = json.dumps({"v": 1, "type": "desired", "generation": 2, **bound, **document}).encode()
     with pytest.raises(protocol.ProtocolError) as caught:
         protocol.decode("desired", payload)
     assert caught.value.reason == "schema" and caught.value.detail.startswith(where)
@@ -244,7 +245,9 @@ def test_a_schema_error_beside_a_clock_skew_is_reported_as_schema() -> None:
 
 
 def test_a_desired_document_is_not_checked_against_the_device_clock() -> None:
-    raw = payload(type="desired", generation=1, issued_at="2001-01-01T00:00:00Z")
+    raw = payload(
+        type="desired", generation=1, device_id="d-1", issued_at="2001-01-01T00:00:00Z", expires="2001-01-02T00:00:00Z"
+    )
     assert isinstance(protocol.decode("desired", raw, received_at=RECEIVED), protocol.Desired)
 
 

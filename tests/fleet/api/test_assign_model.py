@@ -9,6 +9,7 @@ import pytest
 from django.utils import timezone
 
 from core.models import AuditLog
+from fleet import desired
 from fleet.models import Device
 from registry.models import ModelVersion
 from tests.registry.conftest import make_classifier, make_png_images
@@ -36,7 +37,7 @@ def published(token_client: Any) -> None:
 @pytest.fixture
 def device(enroll_device: Any, site: Any) -> Device:
     device = enroll_device(site).device
-    device.set_desired({"config": {"telemetry_interval_s": 30}})
+    desired.issue(device, {"config": {"telemetry_interval_s": 30}})
     return device
 
 
@@ -109,3 +110,29 @@ def test_a_recent_enough_or_unreported_agent_is_assigned(published, device, toke
     response = token_client("fleet").post(url(device), {"model": "parts", "version": "1.0.0"}, format="json")
 
     assert response.status_code == 200, response.content
+
+
+def test_an_older_version_than_the_device_runs_needs_an_explicit_rollback(published, device, token_client):
+    client = token_client("publish")
+    newer = publish(client, make_classifier(), {**TINY_METADATA, "version": "1.1.0"}, images=make_png_images())
+    assert newer.status_code == 201, newer.content
+    Device.objects.filter(pk=device.pk).update(reported={"model_name": "parts", "model_version": "1.1.0"})
+    device.refresh_from_db()
+    fleet = token_client("fleet")
+
+    refused = fleet.post(url(device), {"model": "parts", "version": "1.0.0"}, format="json")
+    assert refused.status_code == 409 and refused.json()["code"] == "rollback_required"
+    device.refresh_from_db()
+    assert device.desired_generation == 1, "nothing changed"
+
+    taken = fleet.post(url(device), {"model": "parts", "version": "1.0.0", "rollback": True}, format="json")
+    assert taken.status_code == 200, taken.content
+    device.refresh_from_db()
+    assert device.desired["rollback_to"] == "1.0.0"
+    assert device.desired_document["rollback_to"] == "1.0.0", "the rollback is in the signed bytes"
+    assert AuditLog.objects.filter(action="device.rollback", target_id=device.device_id).count() == 1
+
+    forward = fleet.post(url(device), {"model": "parts", "version": "1.1.0"}, format="json")
+    assert forward.status_code == 200
+    device.refresh_from_db()
+    assert "rollback_to" not in device.desired and "rollback_to" not in device.desired_document
