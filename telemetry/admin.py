@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from telemetry.models import Alert, AlertRule, Baseline, BridgeStats, NotificationChannel
+from telemetry.models import Alert, AlertRule, Baseline, BridgeStats, DeviceClock, NotificationChannel, Quarantine
 
 
 @admin.register(AlertRule)
@@ -33,3 +33,20 @@ class BaselineAdmin(admin.ModelAdmin):
 class BridgeStatsAdmin(admin.ModelAdmin):
     list_display = ["bridge_id", "started_at", "updated_at"]
     readonly_fields = ["bridge_id", "counters", "started_at", "updated_at"]
+
+
+@admin.register(Quarantine)
+class QuarantineAdmin(admin.ModelAdmin):
+    """Rows a periodic job set aside; delete one once it is dealt with."""
+
+    list_display = ["source", "ref", "device", "reason", "occurrences", "first_at", "last_at"]
+    list_filter = ["source", "reason"]
+    list_select_related = ["device"]
+    readonly_fields = [f.name for f in Quarantine._meta.fields]
+
+
+@admin.register(DeviceClock)
+class DeviceClockAdmin(admin.ModelAdmin):
+    list_display = ["device", "offset_s", "device_time", "observed_at", "restamped"]
+    list_select_related = ["device"]
+    readonly_fields = [f.name for f in DeviceClock._meta.fields]

@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from core.models import AuditLog
 from telemetry import drift, health, notify
-from telemetry.models import Alert, AlertRule
+from telemetry.models import Alert, AlertRule, Quarantine
 from telemetry.notify import channels_for
 
 log = logging.getLogger(__name__)
@@ -115,6 +115,20 @@ DEFAULT_RULES: dict[str, RuleDefault] = {
         "Escalation-rate robust z-score at or above N",
         health.escalation_outlier,
     ),
+    "quarantined": RuleDefault(
+        1,
+        0,
+        "warning",
+        "N or more of the device's stored rows quarantined within the hour (a job could not process them)",
+        health.quarantined,
+    ),
+    "clock_skew": RuleDefault(
+        300,
+        0,
+        "warning",
+        "Device clock N seconds or more ahead (its times are replaced by the receiving time)",
+        health.clock_skew,
+    ),
 }
 
 
@@ -140,6 +154,8 @@ class Evaluation:
     pending: int = 0
     opened: int = 0
     resolved: int = 0
+    # Rules whose evaluation raised: quarantined (source "alerts"), their live alerts left as they were.
+    failed: int = 0
 
 
 def evaluate(now: datetime | None = None) -> Evaluation:
@@ -147,32 +163,44 @@ def evaluate(now: datetime | None = None) -> Evaluation:
     ctx = health.Context(now)
     result = Evaluation()
     for kind, rule in ensure_rules().items():
-        default = DEFAULT_RULES.get(kind)
-        findings = default.check(ctx, rule.threshold) if default and rule.enabled else {}
-        live = {a.device_id: a for a in Alert.objects.filter(rule=rule).exclude(state=Alert.State.RESOLVED)}
-        for device_pk, finding in findings.items():
-            alert = live.get(device_pk) or _start(rule, device_pk, finding, now)
-            if alert is None:
-                continue
-            if alert.value != finding.value or alert.details != finding.details:
-                alert.value, alert.details = finding.value, finding.details
-                Alert.objects.filter(pk=alert.pk).update(value=finding.value, details=finding.details)
-            if alert.state == Alert.State.PENDING:
-                if (now - alert.since).total_seconds() >= rule.duration_s and alert.open(now):
-                    _announce(alert, "opened")
-                    result.opened += 1
-                else:
-                    result.pending += 1
-        for device_pk, alert in live.items():
-            if device_pk in findings:
-                continue
-            if alert.state == Alert.State.PENDING:
-                # A blip shorter than the rule's duration leaves no trace.
-                Alert.objects.filter(pk=alert.pk, state=Alert.State.PENDING).delete()
-            elif alert.resolve(now):
-                _announce(alert, "resolved")
-                result.resolved += 1
+        try:
+            with transaction.atomic():
+                _evaluate_rule(ctx, kind, rule, now, result)
+        except Exception as exc:
+            # One rule that cannot be evaluated (a bug, a row it cannot read)
+            # must not keep every other rule from opening or resolving.
+            log.exception("alert rule failed; the others go on", extra={"rule": kind})
+            Quarantine.note("alerts", f"rule:{kind}", type(exc).__name__, str(exc)[:2000])
+            result.failed += 1
     return result
+
+
+def _evaluate_rule(ctx: health.Context, kind: str, rule: AlertRule, now: datetime, result: Evaluation) -> None:
+    default = DEFAULT_RULES.get(kind)
+    findings = default.check(ctx, rule.threshold) if default and rule.enabled else {}
+    live = {a.device_id: a for a in Alert.objects.filter(rule=rule).exclude(state=Alert.State.RESOLVED)}
+    for device_pk, finding in findings.items():
+        alert = live.get(device_pk) or _start(rule, device_pk, finding, now)
+        if alert is None:
+            continue
+        if alert.value != finding.value or alert.details != finding.details:
+            alert.value, alert.details = finding.value, finding.details
+            Alert.objects.filter(pk=alert.pk).update(value=finding.value, details=finding.details)
+        if alert.state == Alert.State.PENDING:
+            if (now - alert.since).total_seconds() >= rule.duration_s and alert.open(now):
+                _announce(alert, "opened")
+                result.opened += 1
+            else:
+                result.pending += 1
+    for device_pk, alert in live.items():
+        if device_pk in findings:
+            continue
+        if alert.state == Alert.State.PENDING:
+            # A blip shorter than the rule's duration leaves no trace.
+            Alert.objects.filter(pk=alert.pk, state=Alert.State.PENDING).delete()
+        elif alert.resolve(now):
+            _announce(alert, "resolved")
+            result.resolved += 1
 
 
 def _start(rule: AlertRule, device_pk: int, finding: health.Finding, now: datetime) -> Alert | None:

@@ -15,10 +15,15 @@ given.
 The baseline of a version is a reference distribution recorded for it (from
 CI), or else its first ``TELEMETRY_BASELINE_HOURS`` in the field over every
 device that ran it.
+
+A rollup row or a baseline this module cannot read (a reference with other
+bins, a bucket at the end of time) is quarantined (``Quarantine``, source
+``drift``) and the devices it concerns get no verdict; the rest are judged.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -30,7 +35,9 @@ from django.db.models import Min
 
 from registry.models import ModelVersion
 from telemetry.metrics import Summary
-from telemetry.models import Baseline, Resolution, Scope, WindowRollup
+from telemetry.models import Baseline, Quarantine, Resolution, Scope, WindowRollup
+
+log = logging.getLogger(__name__)
 
 WATCH = 0.1
 ALERT = 0.25
@@ -139,17 +146,20 @@ def device_drift(now: datetime, device_ids: Sequence[str] | None = None) -> list
         recent = recent.filter(key__in=device_ids)
     summaries: dict[tuple[str, str, str], Summary] = defaultdict(Summary)
     for row in recent:
-        summaries[(row.key, row.model_name, row.model_version)].add_totals(row)
+        try:
+            summaries[(row.key, row.model_name, row.model_version)].add_totals(row)
+        except Exception as exc:
+            quarantine(f"window_rollup:{row.pk}", exc, f"{row.key} {row.model_name}@{row.model_version} {row.bucket}")
     baselines: dict[tuple[str, str], Baseline | None] = {}
     results = []
     for (device_id, name, version), summary in sorted(summaries.items()):
-        if (name, version) not in baselines:
-            baselines[(name, version)] = baseline_for(name, version, now)
-        base = baselines[(name, version)]
-        frames = sum(summary.confidence)
-        enough = base is not None and frames >= MIN_FRAMES and base.frames >= MIN_FRAMES
-        results.append(
-            Drift(
+        try:
+            if (name, version) not in baselines:
+                baselines[(name, version)] = baseline_for(name, version, now)
+            base = baselines[(name, version)]
+            frames = sum(summary.confidence)
+            enough = base is not None and frames >= MIN_FRAMES and base.frames >= MIN_FRAMES
+            result = Drift(
                 device_id=device_id,
                 model_name=name,
                 model_version=version,
@@ -158,5 +168,15 @@ def device_drift(now: datetime, device_ids: Sequence[str] | None = None) -> list
                 confidence_psi=psi(base.confidence, summary.confidence) if enough and base else None,
                 class_psi=class_psi(base.classes, summary.classes) if enough and base else None,
             )
-        )
+        except Exception as exc:
+            # One version's unreadable baseline costs its devices their verdict, not the fleet.
+            baselines[(name, version)] = None
+            quarantine(f"baseline:{name}@{version}", exc, f"device {device_id}")
+            result = Drift(device_id, name, version, sum(summary.confidence), 0, None, None)
+        results.append(result)
     return results
+
+
+def quarantine(ref: str, exc: Exception, detail: str) -> None:
+    log.warning("drift quarantined a row", extra={"ref": ref, "error": str(exc)[:300]})
+    Quarantine.note("drift", ref, type(exc).__name__, f"{detail}: {exc}"[:2000])

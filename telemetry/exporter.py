@@ -23,7 +23,7 @@ from django.db.models.functions import Cast
 from django.utils import timezone
 
 from fleet.models import Device
-from telemetry.models import Alert, BridgeStats, TelemetryRecord
+from telemetry.models import Alert, BridgeStats, Quarantine, TelemetryRecord
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,13 @@ def render() -> str:
         "When each bridge last wrote its counters.",
         [("", {"bridge": s.bridge_id}, s.updated_at.timestamp()) for s in stats],
     )
+    _workers(out, stats)
+    out.family(
+        "edgefleet_ingest_restamped_total",
+        "counter",
+        "Records and events from devices with clocks ahead, stored at the receiving time.",
+        [("", {"bridge": s.bridge_id}, s.counters.get("restamped", 0)) for s in stats],
+    )
     recent = TelemetryRecord.objects.filter(received_at__gte=timezone.now() - timedelta(minutes=1)).count()
     out.family(
         "edgefleet_ingest_records_last_minute",
@@ -132,8 +139,41 @@ def render() -> str:
         "Live alerts by rule and state.",
         [("", {"rule": a["rule__kind"], "state": a["state"]}, a["n"]) for a in alerts.annotate(n=Count("id"))],
     )
+    quarantined = Quarantine.objects.values("source").annotate(n=Count("id")).order_by("source")
+    out.family(
+        "edgefleet_quarantined_rows",
+        "gauge",
+        "Stored rows a periodic job could not process and set aside, by job.",
+        [("", {"source": q["source"]}, q["n"]) for q in quarantined],
+    )
     _queue(out)
     return out.render()
+
+
+def _workers(out: Exposition, stats: list[BridgeStats]) -> None:
+    """Per worker thread: when it last went round its loop, and how often it was restarted.
+
+    The bridge's own report keeps coming while a worker is stuck or dead;
+    these show the worker itself. An idle worker still marks progress every second.
+    """
+    workers = [
+        (s.bridge_id, name, w)
+        for s in stats
+        for name, w in sorted((s.counters.get("workers") or {}).items())
+        if isinstance(w, dict)
+    ]
+    out.family(
+        "edgefleet_bridge_worker_last_progress_timestamp_seconds",
+        "gauge",
+        "When each bridge worker thread last went round its loop (a stale one is stuck or dead).",
+        [("", {"bridge": b, "worker": name}, float(w.get("progress_at", 0))) for b, name, w in workers],
+    )
+    out.family(
+        "edgefleet_bridge_worker_restarts_total",
+        "counter",
+        "Bridge worker threads restarted after they died.",
+        [("", {"bridge": b, "worker": name}, int(w.get("restarts", 0))) for b, name, w in workers],
+    )
 
 
 def _items(stats: BridgeStats, name: str) -> list[tuple[str, int]]:

@@ -7,6 +7,7 @@ engine (telemetry.alerts) adds durations, lifecycle and notification.
 
 from __future__ import annotations
 
+import logging
 import statistics
 from collections import defaultdict
 from collections.abc import Callable
@@ -15,18 +16,22 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Max
+from django.db.models import Count, Max
 
 from fleet.models import Device
 from telemetry import drift
 from telemetry.metrics import Summary
-from telemetry.models import HeartbeatRollup, Resolution, Scope, WindowRollup
+from telemetry.models import DeviceClock, HeartbeatRollup, Quarantine, Resolution, Scope, WindowRollup
 
 PEER_WINDOW = timedelta(hours=1)
 MIN_PEERS = 5
 MIN_PEER_FRAMES = 100
 # Iglewicz and Hoaglin: 0.6745 makes the MAD comparable to a standard deviation.
 _MAD_SCALE = 0.6745
+# How long a quarantined row or a clock found ahead keeps its device's alert open.
+RECENT_TROUBLE = timedelta(hours=1)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -72,7 +77,14 @@ class Context:
                 resolution=Resolution.MINUTE, scope=Scope.DEVICE, bucket__gte=self.now - PEER_WINDOW
             )
             for row in rows:
-                self._recent[(row.key, row.model_name, row.model_version)].add_totals(row)
+                try:
+                    self._recent[(row.key, row.model_name, row.model_version)].add_totals(row)
+                except Exception as exc:
+                    # One unreadable row costs its device its peer comparison, not the fleet.
+                    log.warning("health check quarantined a rollup row", extra={"row": row.pk, "error": str(exc)})
+                    Quarantine.note(
+                        "health", f"window_rollup:{row.pk}", type(exc).__name__, f"{row.key} {row.bucket}: {exc}"
+                    )
         return self._recent
 
     def drift(self) -> list[drift.Drift]:
@@ -160,6 +172,29 @@ def fallback_active(ctx: Context, threshold: float) -> Findings:
         if reported or device.device_id in recent_fallback:
             found[device.pk] = Finding(1.0, {"reported": reported})
     return found
+
+
+def quarantined(ctx: Context, threshold: float) -> Findings:
+    """At least ``threshold`` of the device's stored rows were quarantined within the last hour."""
+    rows = (
+        Quarantine.objects.filter(device__isnull=False, last_at__gte=ctx.now - RECENT_TROUBLE)
+        .values("device")
+        .annotate(n=Count("id"), latest=Max("last_at"))
+    )
+    found = {}
+    for row in rows:
+        if row["n"] >= threshold:
+            found[row["device"]] = Finding(float(row["n"]), {"rows": row["n"], "latest": row["latest"].isoformat()})
+    return found
+
+
+def clock_skew(ctx: Context, threshold: float) -> Findings:
+    """The device's clock was found ``threshold`` seconds or more ahead within the last hour."""
+    clocks = DeviceClock.objects.filter(observed_at__gte=ctx.now - RECENT_TROUBLE, offset_s__gte=threshold)
+    return {
+        c.device_id: Finding(round(c.offset_s, 1), {"device_time": c.device_time.isoformat(), "restamped": c.restamped})
+        for c in clocks
+    }
 
 
 # --- drift ------------------------------------------------------------------

@@ -16,6 +16,7 @@ from agent.kernel import histogram
 from agent.kernel.protocol import Window
 
 _BIN_WIDTH = 1.0 / histogram.CONFIDENCE_BINS
+_COUNTS = ("windows", "fallback_windows", "frames", "dropped_frames", "errors", "escalations")
 
 
 @dataclass
@@ -44,16 +45,20 @@ class Summary:
         self.classes.update(window.classes)
 
     def add_totals(self, row: Any) -> None:
-        """Add a rollup row (anything with the rollup's fields)."""
-        self.windows += row.windows
-        self.fallback_windows += row.fallback_windows
-        self.frames += row.frames
-        self.dropped_frames += row.dropped_frames
-        self.errors += row.errors
-        self.escalations += row.escalations
-        self.latency.merge(histogram.LatencyHistogram.from_wire(row.latency))
-        self._add_confidence(row.confidence)
-        self.classes.update(row.classes)
+        """Add a rollup row (anything with the rollup's fields).
+
+        All or nothing: the row's parts are read before any is added, so a row
+        that cannot be read (raising) leaves the summary as it was.
+        """
+        latency = histogram.LatencyHistogram.from_wire(row.latency)
+        confidence = [int(c) for c in row.confidence[: histogram.CONFIDENCE_BINS]]
+        classes = Counter({str(k): int(v) for k, v in dict(row.classes).items()})
+        counts = [int(getattr(row, name)) for name in _COUNTS]
+        for name, count in zip(_COUNTS, counts, strict=True):
+            setattr(self, name, getattr(self, name) + count)
+        self.latency.merge(latency)
+        self._add_confidence(confidence)
+        self.classes.update(classes)
 
     def merge(self, other: Summary) -> Summary:
         self.add_totals(_Totals.of(other))

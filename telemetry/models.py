@@ -4,7 +4,7 @@ from datetime import datetime
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.db import models, transaction
+from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
 from core.models import AuditLog
@@ -42,8 +42,13 @@ class TelemetryRecord(models.Model):
     )
     seq = models.PositiveBigIntegerField()
     kind = models.CharField(max_length=16)
+    # The device's time, or the receiving time where the device's clock was
+    # ahead of it (device_ts then keeps what the device said): a time from the
+    # future would otherwise stay the device's newest heartbeat, and put its
+    # windows in buckets nobody reads yet.
     recorded_at = models.DateTimeField()
     received_at = models.DateTimeField(auto_now_add=True)
+    device_ts = models.DateTimeField(null=True, blank=True)
     data = VerbatimJSONField()
 
     class Meta:
@@ -61,6 +66,84 @@ class DeviceEvent(models.Model):
     class Meta:
         ordering = ["-at"]
         indexes = [models.Index(fields=["device", "at"])]
+
+
+class DeviceClock(models.Model):
+    """A device whose clock was found ahead of the control plane's: what it said, and how often.
+
+    Its times beyond ``protocol.MAX_AHEAD`` ahead are not trusted: the bridge
+    stores those records and events at the receiving time and counts them
+    here, so a wrong clock shows per device (dashboard, ``clock_skew`` alert)
+    instead of freezing its heartbeat or stalling its outbox.
+    """
+
+    device = models.OneToOneField("fleet.Device", on_delete=models.CASCADE, related_name="clock")
+    # The device's time minus the receiving time, as last observed (seconds, positive: ahead).
+    offset_s = models.FloatField()
+    device_time = models.DateTimeField()
+    observed_at = models.DateTimeField()
+    # Records and events stored at the receiving time instead of the device's.
+    restamped = models.PositiveBigIntegerField(default=0)
+
+    @classmethod
+    def observe(cls, device_pk: int, device_time: datetime, received_at: datetime, restamped: int) -> None:
+        """Count ``restamped`` messages of a device whose clock said ``device_time`` at ``received_at``."""
+        fields = {
+            "offset_s": (device_time - received_at).total_seconds(),
+            "device_time": device_time,
+            "observed_at": received_at,
+        }
+        rows = cls.objects.filter(device_id=device_pk)
+        with transaction.atomic():
+            if rows.update(restamped=models.F("restamped") + restamped, **fields):
+                return
+            try:
+                with transaction.atomic():
+                    cls.objects.create(device_id=device_pk, restamped=restamped, **fields)
+            except IntegrityError:
+                rows.update(restamped=models.F("restamped") + restamped, **fields)
+
+
+class Quarantine(models.Model):
+    """A stored row a periodic job could not process: recorded, counted and alerted on, then skipped.
+
+    One row per (source, ref): seeing the same culprit again bumps ``occurrences``
+    and ``last_at``. Nothing here is deleted by the jobs; an operator reads it
+    (admin, device page) and deletes it when dealt with.
+    """
+
+    source = models.CharField(max_length=32)  # "rollups", "drift", "alerts", ...
+    ref = models.CharField(max_length=200)  # e.g. "telemetry_record:1234" or "rule:cpu_throttled"
+    device = models.ForeignKey("fleet.Device", null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    reason = models.CharField(max_length=64)
+    detail = models.TextField(blank=True)
+    first_at = models.DateTimeField()
+    last_at = models.DateTimeField()
+    occurrences = models.PositiveBigIntegerField(default=1)
+
+    class Meta:
+        ordering = ["-last_at"]
+        constraints = [models.UniqueConstraint(fields=["source", "ref"], name="quarantine_unique_ref")]
+        indexes = [models.Index(fields=["device", "last_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.source} {self.ref}: {self.reason}"
+
+    @classmethod
+    def note(cls, source: str, ref: str, reason: str, detail: str = "", device_id: int | None = None) -> None:
+        """Record (or count again) a row ``source`` could not process, in a savepoint of its own."""
+        now = timezone.now()
+        fields = {"reason": reason[:64], "detail": detail[:2000], "last_at": now}
+        rows = cls.objects.filter(source=source, ref=ref[:200])
+        with transaction.atomic():
+            if rows.update(occurrences=models.F("occurrences") + 1, **fields):
+                return
+            try:
+                with transaction.atomic():
+                    cls.objects.create(source=source, ref=ref[:200], device_id=device_id, first_at=now, **fields)
+            except IntegrityError:
+                # Another worker recorded it first.
+                rows.update(occurrences=models.F("occurrences") + 1, **fields)
 
 
 class Resolution(models.TextChoices):

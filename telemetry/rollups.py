@@ -9,6 +9,13 @@ twice, or two workers at once, leaves the same rows.
 Device-minute rows come from raw windows; device-hour rows from device-minute
 rows; site and fleet rows (per model version) from device rows of the same
 resolution, which is how they know how many devices contributed.
+
+No stored row can stop the rollups: a record whose time cannot be read back
+or bucketed, or whose fields the protocol refuses, is quarantined
+(``Quarantine``, source ``rollups``: recorded, counted, alerted on per
+device) and left out; if rebuilding the touched buckets fails all the same,
+they are rebuilt one device at a time and a device that still fails is
+quarantined. The cursor moves past every record read, whatever became of it.
 """
 
 from __future__ import annotations
@@ -18,16 +25,28 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 from typing import Any, cast
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import QuerySet, TextField
+from django.db.models.functions import Cast
 from django.utils import timezone
 
 from agent.kernel import protocol
 from fleet.models import Device
 from telemetry.metrics import Summary
-from telemetry.models import Cursor, DeviceEvent, HeartbeatRollup, Resolution, Scope, TelemetryRecord, WindowRollup
+from telemetry.models import (
+    Cursor,
+    DeviceEvent,
+    HeartbeatRollup,
+    Quarantine,
+    Resolution,
+    Scope,
+    TelemetryRecord,
+    WindowRollup,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +61,13 @@ MAX_RECORDS_PER_RUN = 200_000
 # stepping past a row committed just after it looked (bridge transactions
 # last milliseconds).
 SETTLE = timedelta(seconds=10)
+# Record times the rollups can read back and bucket. PostgreSQL holds times
+# Python's datetime cannot (year 1 at +14:00 is 1 BC in UTC; year 9999 at
+# -14:00 is year 10000): one such row made every run fail on reading it, so
+# the cursor never moved and no device's rollups advanced again. A margin of
+# a year either side keeps bucket arithmetic (a minute, an hour) in range.
+READABLE = (datetime(2, 1, 1, tzinfo=dt_timezone.utc), datetime(9998, 12, 31, tzinfo=dt_timezone.utc))
+QUARANTINE_SOURCE = "rollups"
 _WINDOW_FIELDS = [
     "devices",
     "windows",
@@ -90,8 +116,10 @@ def roll_up(now: datetime | None = None) -> RunResult:
         cursor, _ = Cursor.objects.select_for_update().get_or_create(
             name=CURSOR, defaults={"position": now - timedelta(days=1)}
         )
+        pending = TelemetryRecord.objects.filter(received_at__gt=cursor.position, received_at__lte=now - SETTLE)
+        _quarantine_unreadable(pending)
         received = (
-            TelemetryRecord.objects.filter(received_at__gt=cursor.position, received_at__lte=now - SETTLE)
+            pending.filter(recorded_at__range=READABLE)
             .order_by("received_at")
             .values_list("device_id", "recorded_at", "received_at")[:MAX_RECORDS_PER_RUN]
         )
@@ -103,13 +131,62 @@ def roll_up(now: datetime | None = None) -> RunResult:
             last = received_at
             count += 1
         if touched:
-            recompute(touched)
+            _recompute_or_quarantine(touched)
+        if count < MAX_RECORDS_PER_RUN:
+            # Everything readable up to the settling time is done: step past
+            # the quarantined rows too, even when no readable row came after them.
+            newest = pending.order_by("-received_at").values_list("received_at", flat=True).first()
+            if newest is not None and (last is None or newest > last):
+                last = newest
         if last is not None:
             # A full page may stop inside a run of equal received_at values;
             # stepping back a microsecond re-reads them next time (harmless).
             cursor.position = last - timedelta(microseconds=1) if count == MAX_RECORDS_PER_RUN else last
             cursor.save(update_fields=["position"])
     return RunResult(records=count, device_minutes=len(touched), until=last)
+
+
+def _quarantine_unreadable(pending: QuerySet[TelemetryRecord]) -> None:
+    """Quarantine the records of this run whose times the rollups cannot read back; they are left out."""
+    unreadable = (
+        pending.exclude(recorded_at__range=READABLE)
+        .annotate(at=Cast("recorded_at", TextField()))
+        .values_list("pk", "device_id", "seq", "at")
+    )
+    for pk, device_id, seq, at in unreadable:
+        _quarantine(f"telemetry_record:{pk}", "unreadable_time", f"seq {seq} recorded_at {at}", device_id)
+
+
+def _quarantine(ref: str, reason: str, detail: str, device_id: int | None) -> None:
+    log.warning(
+        "rollups quarantined a row", extra={"ref": ref, "reason": reason, "device_pk": device_id, "detail": detail}
+    )
+    Quarantine.note(QUARANTINE_SOURCE, ref, reason, detail, device_id=device_id)
+
+
+def _recompute_or_quarantine(pairs: set[tuple[int, datetime]]) -> None:
+    """``recompute`` the lot; if that fails, one device at a time, quarantining a device that still fails."""
+    try:
+        with transaction.atomic():
+            recompute(pairs)
+        return
+    except Exception:
+        log.warning("rollup run failed, rebuilding one device at a time", exc_info=True)
+    by_device: dict[int, set[tuple[int, datetime]]] = defaultdict(set)
+    for pk, minute in pairs:
+        by_device[pk].add((pk, minute))
+    for pk, minutes in sorted(by_device.items()):
+        try:
+            with transaction.atomic():
+                recompute(minutes)
+        except Exception as exc:
+            first, last = min(m for _, m in minutes), max(m for _, m in minutes)
+            _quarantine(
+                f"device_minutes:{pk}:{first.isoformat()}",
+                type(exc).__name__,
+                f"{len(minutes)} minutes from {first.isoformat()} to {last.isoformat()}: {exc}"[:2000],
+                pk,
+            )
 
 
 def recompute(device_minutes: Iterable[tuple[int, datetime]]) -> None:
@@ -128,28 +205,29 @@ def _device_minutes(pairs: set[tuple[int, datetime]], devices: dict[int, Device]
     end = max(m for _, m in pairs) + MINUTE
     raw = TelemetryRecord.objects.filter(
         device_id__in={pk for pk, _ in pairs}, recorded_at__gte=start, recorded_at__lt=end
-    ).values_list("device_id", "seq", "kind", "recorded_at", "data")
+    ).values_list("pk", "device_id", "seq", "kind", "recorded_at", "device_ts", "data")
     windows: dict[tuple[int, datetime, VersionKey], Summary] = defaultdict(Summary)
     beats: dict[tuple[int, datetime], list[protocol.Heartbeat]] = defaultdict(list)
-    for device_id, seq, kind, recorded_at, data in raw:
+    for pk, device_id, seq, kind, recorded_at, device_ts, data in raw:
         minute = floor_to(recorded_at, MINUTE)
         if (device_id, minute) not in pairs:
             continue
-        # Stored rows passed protocol.decode at ingest, so kind is one the protocol knows.
-        record = protocol.TelemetryRecord(seq=seq, kind=cast(Any, kind), ts=recorded_at, data=data)
         try:
+            # A window is checked against the time the device gave its record
+            # (its start and end come from the same clock), bucketed by the stored one.
+            record = protocol.TelemetryRecord(seq=seq, kind=cast(Any, kind), ts=device_ts or recorded_at, data=data)
             if kind == "window":
                 window = protocol.window_of(record)
                 version = (window.model_name or "", window.model_version or "")
                 windows[(device_id, minute, version)].add_window(window)
             elif kind == "heartbeat":
                 beats[(device_id, minute)].append(protocol.heartbeat_of(record))
-        except protocol.ProtocolError as exc:
+        except Exception as exc:
             # Stored raw for inspection (refusing it would block the device's
-            # outbox), but left out of every figure.
-            log.warning(
-                "record left out of rollups", extra={"device": device_id, "seq": seq, "kind": kind, "error": str(exc)}
-            )
+            # outbox), but left out of every figure. Rows the bridge stored
+            # passed decode; one written by anything else may hold anything.
+            reason = exc.reason if isinstance(exc, protocol.ProtocolError) else type(exc).__name__
+            _quarantine(f"telemetry_record:{pk}", reason, f"seq {seq} kind {kind}: {exc}"[:2000], device_id)
     rows = [
         WindowRollup(
             resolution=Resolution.MINUTE,

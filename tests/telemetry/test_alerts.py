@@ -16,7 +16,7 @@ from django.utils import timezone
 from core.models import AuditLog
 from fleet.models import Device, Site
 from telemetry import alerts, drift, notify
-from telemetry.models import Alert, AlertRule, NotificationChannel
+from telemetry.models import Alert, AlertRule, DeviceClock, NotificationChannel, Quarantine
 from tests.telemetry.helpers import alive, recent_windows
 from tests.telemetry.test_drift import reference
 
@@ -65,6 +65,18 @@ def reported_fallback(on: bool) -> Setup:
     return lambda d: Device.objects.filter(pk=d.pk).update(reported={"phase": "active", "fallback": on})
 
 
+def quarantined(device: Device) -> None:
+    Quarantine.note("rollups", f"telemetry_record:{device.pk}", "schema", "window.frames: too large", device.pk)
+
+
+def clock_ahead(device: Device) -> None:
+    DeviceClock.observe(device.pk, NOW + timedelta(hours=2), NOW, 3)
+
+
+def clock_right_for_an_hour(device: Device) -> None:
+    DeviceClock.objects.filter(device=device).update(observed_at=NOW - timedelta(hours=1, seconds=1))
+
+
 CASES: dict[str, tuple[Setup, Setup]] = {
     "offline": (silent, lambda d: alive(d, NOW)),
     "temperature_high": heartbeat(temperature_c=86.0),
@@ -77,6 +89,9 @@ CASES: dict[str, tuple[Setup, Setup]] = {
     "latency_outlier": windows(latency_ms=80.0),
     "confidence_outlier": windows(confidence=(2, 2)),
     "escalation_outlier": windows(escalation_rate=0.4),
+    # Dealt with: the operator deletes the quarantined row.
+    "quarantined": (quarantined, lambda d: Quarantine.objects.filter(device=d).delete()),
+    "clock_skew": (clock_ahead, clock_right_for_an_hour),
 }
 
 
