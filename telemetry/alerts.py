@@ -80,6 +80,13 @@ DEFAULT_RULES: dict[str, RuleDefault] = {
         "Fallback model active",
         health.fallback_active,
     ),
+    "desired_expired": RuleDefault(
+        1,
+        0,
+        "critical",
+        "The device's desired document expired without a newer one reaching it (updates withheld)",
+        health.desired_expired,
+    ),
     "confidence_drift": RuleDefault(
         drift.ALERT,
         0,

@@ -153,6 +153,20 @@ def cpu_throttled(ctx: Context, threshold: float) -> Findings:
     return found
 
 
+def desired_expired(ctx: Context, threshold: float) -> Findings:
+    """The device serves with a desired document that expired: newer ones are being withheld (a freeze).
+
+    The control plane re-issues every document before it expires, so a device
+    that says this is not receiving what is published for it.
+    """
+    found = {}
+    for device in ctx.live():
+        reported = device.reported if isinstance(device.reported, dict) else {}
+        if reported.get("desired_expired") is True:
+            found[device.pk] = Finding(1.0, {"generation": reported.get("generation")})
+    return found
+
+
 def fallback_active(ctx: Context, threshold: float) -> Findings:
     """The device runs its fallback model now: it reports so, or its newest minute of windows did.
 
