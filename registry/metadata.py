@@ -109,7 +109,9 @@ def parse_metadata(text: str | bytes) -> PublishMetadata:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "metadata"
-        raise ValueError(f"{where}: {first['msg']}") from None
+        # A check across fields (a model validator) reads "Value error, ..."; the field and the reason suffice.
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise ValueError(f"{where}: {message}") from None
     path = _non_finite(metadata.model_dump(), ())
     if path is not None:
         raise ValueError(f"{'.'.join(path) or 'metadata'}: Input should be a finite number")
