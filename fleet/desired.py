@@ -100,15 +100,17 @@ def _sign(row: Device, now: datetime, *, strict: bool) -> bool:
     """
     document = row.desired or {}
     try:
-        message = protocol.Desired(
-            device_id=row.device_id,
-            site=row.site.slug,
-            generation=row.desired_generation,
-            model=document.get("model"),
-            rollback_to=document.get("rollback_to"),
-            config=document.get("config") or {},
-            issued_at=now,
-            expires=now + lifetime(),
+        message = protocol.Desired.model_validate(
+            {
+                "device_id": row.device_id,
+                "site": row.site.slug,
+                "generation": row.desired_generation,
+                "model": document.get("model"),
+                "rollback_to": document.get("rollback_to"),
+                "config": document.get("config") or {},
+                "issued_at": now,
+                "expires": now + lifetime(),
+            }
         )
     except ValidationError as exc:
         if strict:
