@@ -4,9 +4,15 @@ Several bridges may run side by side: they subscribe through one shared
 subscription, so the broker hands each message to one of them, and every
 write they make is idempotent (presence by time, telemetry by (device, seq)).
 
-paho's network thread only queues what arrives; one worker thread validates
-and stores it, so a slow database never stalls keepalives, and a bad message
+paho's network thread only queues what arrives; worker threads validate
+and store it, so a slow database never stalls keepalives, and a bad message
 is logged, counted and dropped without touching the rest.
+
+A worker cannot die of a message: whatever a batch raises, the batch is
+retried one message at a time and a message that still fails is rejected
+(``internal_error``) on its own. Each worker marks its progress every loop
+(``worker_progress``, exported to /metrics), so a stuck worker shows even
+while the process lives; one that dies anyway is restarted by ``supervise``.
 
 The worker drains what is queued (up to ``batch_messages``) and stores all
 the telemetry in it with one multi-row insert, then acknowledges per device:
@@ -40,11 +46,15 @@ from bridge.desired import DesiredPublisher
 from fleet.models import Device
 from telemetry import services as telemetry
 from telemetry.exporter import LAG_BUCKETS
-from telemetry.models import BridgeStats
+from telemetry.ingest import trusted_time
+from telemetry.models import BridgeStats, DeviceClock
 
 _LAG_KEYS = [str(bound) for bound in LAG_BUCKETS] + ["+Inf"]
 # What the bridge reads of a device for any message; its JSON documents are left unparsed.
 _INGEST_FIELDS = ("pk", "device_id", "revoked_at", "online", "telemetry_acked_seq")
+
+# How long an idle worker waits on its inbox before it marks progress again.
+_IDLE_TICK_S = 1.0
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +115,11 @@ class Bridge:
         self.batches = 0
         self.lag_buckets: Counter[str] = Counter()
         self.lag_sum = 0.0
+        # Records and events from devices whose clocks were ahead, stored at the receiving time.
+        self.restamped = 0
+        # Per worker: when it last went round its loop (wall clock) and how often it was restarted.
+        self.worker_progress: dict[str, float] = {}
+        self.worker_restarts: Counter[str] = Counter()
         self._started_at = timezone.now()
         self._exported_at = 0.0
         # One inbox per worker, chosen by device: each device's messages stay in
@@ -118,6 +133,7 @@ class Bridge:
         self._connected = threading.Event()
         self._progress = threading.Condition()
         self._threads: list[threading.Thread] = []
+        self._workers: dict[str, tuple[threading.Thread, queue.Queue[tuple[str, bytes | bytearray] | None]]] = {}
         client_id = config.client_id or f"edgefleet-bridge-{uuid.uuid4().hex[:8]}"
         self.client_id = client_id
         self.client = mqtt.Client(
@@ -141,20 +157,54 @@ class Bridge:
         default_port = 8883 if parts.scheme == "mqtts" else 1883
         self.client.connect_async(parts.hostname or "127.0.0.1", parts.port or default_port, self.config.keepalive)
         self.client.loop_start()
-        targets: list[tuple[Any, tuple[Any, ...], str]] = [
-            (self._work, (inbox,), f"bridge-worker-{i}") for i, inbox in enumerate(self._inboxes)
-        ]
-        targets.append((self.desired.run, (self._stopping, self._connected), "bridge-desired"))
-        for target, args, name in targets:
-            thread = threading.Thread(target=target, args=args, name=name, daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        for i, inbox in enumerate(self._inboxes):
+            self._start_worker(f"bridge-worker-{i}", inbox)
+        thread = threading.Thread(
+            target=self.desired.run, args=(self._stopping, self._connected), name="bridge-desired", daemon=True
+        )
+        thread.start()
+        self._threads.append(thread)
+
+    def _start_worker(self, name: str, inbox: queue.Queue[tuple[str, bytes | bytearray] | None]) -> None:
+        thread = threading.Thread(target=self._work, args=(inbox,), name=name, daemon=True)
+        with self._progress:
+            self.worker_progress[name] = time.time()
+        thread.start()
+        self._workers[name] = (thread, inbox)
+
+    def supervise(self) -> list[str]:
+        """Restart any worker thread that died; returns the names restarted.
+
+        A worker catches everything a message can raise, so this is the last
+        line: a thread that ended anyway (a bug in the loop itself) would
+        leave its inbox, and so a share of the fleet's devices, unread while
+        the process looked alive.
+        """
+        restarted: list[str] = []
+        if self._stopping.is_set():
+            return restarted
+        # From this thread too: the report (with each worker's progress) keeps
+        # coming while every worker is idle, or stuck.
+        if time.monotonic() - self._exported_at >= self.config.stats_interval_s:
+            self.export_stats()
+        for name, (thread, inbox) in list(self._workers.items()):
+            if thread.is_alive():
+                continue
+            log.error("bridge worker died, restarting it", extra={"worker": name})
+            with self._progress:
+                self.worker_restarts[name] += 1
+            self._start_worker(name, inbox)
+            restarted.append(name)
+        return restarted
+
+    def workers_alive(self) -> dict[str, bool]:
+        return {name: thread.is_alive() for name, (thread, _) in self._workers.items()}
 
     def stop(self) -> None:
         self._stopping.set()
         for inbox in self._inboxes:
             inbox.put(None)
-        for thread in self._threads:
+        for thread in [*(t for t, _ in self._workers.values()), *self._threads]:
             thread.join(timeout=10)
         self.client.disconnect()
         self.client.loop_stop()
@@ -214,8 +264,14 @@ class Bridge:
             connection.close()
 
     def _drain(self, inbox: queue.Queue[tuple[str, bytes | bytearray] | None]) -> None:
+        name = threading.current_thread().name
         while True:
-            item = inbox.get()
+            with self._progress:
+                self.worker_progress[name] = time.time()
+            try:
+                item = inbox.get(timeout=_IDLE_TICK_S)
+            except queue.Empty:
+                continue
             if item is None:
                 return
             items = [item]
@@ -231,12 +287,25 @@ class Bridge:
                     stopping = True
                     break
                 items.append(more)
-            # Drop a connection the database closed or that outlived its age,
-            # as Django does around each web request.
-            close_old_connections()
-            self.handle_many(items)
-            if time.monotonic() - self._exported_at >= self.config.stats_interval_s:
-                self.export_stats()
+            try:
+                # Drop a connection the database closed or that outlived its age,
+                # as Django does around each web request.
+                close_old_connections()
+                self.handle_many(items)
+                if time.monotonic() - self._exported_at >= self.config.stats_interval_s:
+                    self.export_stats()
+            except Exception:
+                # handle_many never raises; this is for what surrounds it. The
+                # messages of the batch are lost to this bridge (telemetry is
+                # not acknowledged, so its devices send it again).
+                log.exception("bridge worker loop failed; going on", extra={"worker": name, "messages": len(items)})
+                with self._progress:
+                    self.rejected["internal_error"] += len(items)
+                    self._progress.notify_all()
+                try:
+                    connection.close()
+                except Exception:
+                    log.warning("could not close the database connection", exc_info=True)
             if stopping:
                 return
 
@@ -252,8 +321,30 @@ class Bridge:
         one transaction for the lot; anything else is applied one by one. A
         device's other messages wait until its telemetry before them is stored,
         so a last will after a final batch leaves the device offline.
+
+        Should anything raise all the same, the messages without a verdict yet
+        are handled again one at a time, so one bad message costs only itself.
         """
-        verdicts = ["ok"] * len(items)
+        verdicts: list[str | None] = [None] * len(items)
+        try:
+            self._handle_many(items, verdicts)
+        except Exception:
+            if len(items) == 1:
+                device_id = _device_of(items[0][0])
+                verdicts[0] = self._failed(device_id, items[0][0], "internal_error")
+            else:
+                log.warning(
+                    "bridge batch failed, handling one message at a time",
+                    extra={"messages": len(items)},
+                    exc_info=True,
+                )
+                for index, item in enumerate(items):
+                    if verdicts[index] is None:
+                        verdicts[index] = self.handle(*item)
+        return [verdict or "ok" for verdict in verdicts]
+
+    def _handle_many(self, items: list[tuple[str, bytes | bytearray]], verdicts: list[str | None]) -> None:
+        """``handle_many``'s work: sets each message's verdict as it is decided."""
         decoded: list[tuple[int, str, protocol.Message]] = []
         for index, (topic, payload) in enumerate(items):
             device_id = "?"
@@ -274,7 +365,7 @@ class Bridge:
             except Exception:
                 verdicts[index] = self._failed(device_id, topic, "internal_error")
         if not decoded:
-            return verdicts
+            return
         try:
             # One query for every device of the batch, not one per message.
             known = self._devices({device_id for _, device_id, _ in decoded})
@@ -283,7 +374,7 @@ class Bridge:
             for index, _, _ in decoded:
                 verdicts[index] = "storage_error"
                 self._count(self.rejected, "storage_error")
-            return verdicts
+            return
         pending: list[_Telemetry] = []
         pending_devices: set[str] = set()
         for index, device_id, message in decoded:
@@ -301,7 +392,6 @@ class Bridge:
                 verdicts[index] = self._apply(topic, device, message)
         if pending:
             self._store(pending, verdicts)
-        return verdicts
 
     @staticmethod
     def _devices(device_ids: set[str]) -> dict[str, Device]:
@@ -331,6 +421,11 @@ class Bridge:
                     if isinstance(message, protocol.Reported):
                         device.record_reported(message.model_dump(mode="json"), message.agent_version)
                     elif isinstance(message, protocol.Event):
+                        at = trusted_time(message.ts, now)
+                        if at is not message.ts:
+                            DeviceClock.observe(device.pk, message.ts, now, 1)
+                            message = message.model_copy(update={"ts": at})
+                            self._count_restamped(1)
                         telemetry.record_event(device, message)
         except DatabaseError:
             return self._failed(device.device_id, topic, "storage_error")
@@ -339,13 +434,15 @@ class Bridge:
         self._count(self.accepted, type(message).__name__.lower())
         return "ok"
 
-    def _store(self, items: list[_Telemetry], verdicts: list[str]) -> None:
+    def _store(self, items: list[_Telemetry], verdicts: list[str | None]) -> None:
         """Store telemetry messages together; if that fails, one by one, so only the culprit is refused.
 
         A refused message is not acknowledged and stays in its device's outbox.
         """
         reason = self._store_together(items)
         if reason is None:
+            for item in items:
+                verdicts[item.position] = "ok"
             return
         if len(items) == 1:
             verdicts[items[0].position] = reason
@@ -366,9 +463,7 @@ class Bridge:
             if isinstance(device, str):
                 verdicts[item.position] = device
                 continue
-            reason = self._store_together([item._replace(device=device)])
-            if reason is not None:
-                verdicts[item.position] = reason
+            verdicts[item.position] = self._store_together([item._replace(device=device)]) or "ok"
 
     def _store_together(self, items: list[_Telemetry]) -> str | None:
         """Store telemetry messages in one transaction, then acknowledge each device once.
@@ -395,7 +490,10 @@ class Bridge:
             return reason
         for pk, seq in stored.acks.items():
             self._publish(devices[pk].device_id, "ack", protocol.Ack(seq=seq))
+        if stored.restamped:
+            self._count_restamped(sum(stored.restamped.values()))
         now_s = now.timestamp()
+        # Clamped at zero: a clock ahead of ours gives no negative lag.
         lags = [max(0.0, now_s - r.ts.timestamp()) for item in items for r in item.message.records]
         with self._progress:
             self.accepted["telemetry"] += len(items)
@@ -418,6 +516,11 @@ class Bridge:
                 "batches": self.batches,
                 "lag_buckets": dict(self.lag_buckets),
                 "lag_sum": self.lag_sum,
+                "restamped": self.restamped,
+                "workers": {
+                    name: {"progress_at": at, "restarts": self.worker_restarts[name]}
+                    for name, at in sorted(self.worker_progress.items())
+                },
             }
         try:
             BridgeStats.objects.update_or_create(
@@ -452,6 +555,10 @@ class Bridge:
             counter[key] += 1
             self._progress.notify_all()
 
+    def _count_restamped(self, n: int) -> None:
+        with self._progress:
+            self.restamped += n
+
     # --- outgoing ------------------------------------------------------------
 
     def _publish(self, device_id: str, suffix: str, message: Any, *, retain: bool = False) -> mqtt.MQTTMessageInfo:
@@ -481,9 +588,24 @@ def run_forever(config: BridgeConfig, stop: threading.Event) -> Bridge:
     tune_gc()
     bridge = Bridge(config)
     bridge.start()
+    last_log = time.monotonic()
     try:
-        while not stop.wait(60):
-            log.info("bridge counters", extra={"accepted": dict(bridge.accepted), "rejected": dict(bridge.rejected)})
+        while not stop.wait(_SUPERVISE_S):
+            bridge.supervise()
+            if time.monotonic() - last_log >= 60:
+                last_log = time.monotonic()
+                log.info(
+                    "bridge counters", extra={"accepted": dict(bridge.accepted), "rejected": dict(bridge.rejected)}
+                )
     finally:
         bridge.stop()
     return bridge
+
+
+# How often the main loop checks that every worker thread still runs.
+_SUPERVISE_S = 5.0
+
+
+def _device_of(topic: str) -> str:
+    parts = topic.split("/")
+    return parts[2][:64] if len(parts) > 2 else "?"

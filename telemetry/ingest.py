@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from datetime import timezone as dt_timezone
 from typing import Any, NamedTuple
 
 import orjson
@@ -24,7 +25,7 @@ from django.utils import timezone as dj_timezone
 
 from agent.kernel import protocol
 from fleet.models import Device, Ingested
-from telemetry.models import TelemetryRecord
+from telemetry.models import DeviceClock, TelemetryRecord
 
 # How far past the acknowledged watermark one ack computation looks; a device
 # sends at most MAX_BATCH_RECORDS per message, so this covers several batches.
@@ -42,9 +43,27 @@ class Received(NamedTuple):
 
 @dataclass(frozen=True)
 class Stored:
-    """What one call stored: the ack per device pk."""
+    """What one call stored: the ack per device pk, and per device pk how many records it restamped."""
 
     acks: dict[int, int]
+    restamped: dict[int, int] = field(default_factory=dict)
+
+
+def trusted_time(ts: datetime, received_at: datetime) -> datetime:
+    """The time to store for what a device dated ``ts``: its own, unless its clock is ahead of ours.
+
+    Nothing the control plane receives can have happened after it arrived,
+    so a time more than ``protocol.MAX_AHEAD`` after the receiving time is a
+    wrong clock: the receiving time is stored instead (the device's time is
+    kept beside it, and the device's clock recorded). Left as it is, it would
+    stay the device's newest heartbeat for as long as the clock is ahead, and
+    put its windows in buckets nobody reads yet. A time in the past cannot be
+    told from a record that waited in the outbox through an outage, so it is
+    kept as the device said.
+    """
+    # A time without an offset (allowed on status, reported and events) is UTC.
+    aware = ts if ts.tzinfo is not None else ts.replace(tzinfo=dt_timezone.utc)
+    return received_at if aware > received_at + protocol.MAX_AHEAD else ts
 
 
 def store_batches(batches: Sequence[Received], seen_at: datetime | None = None) -> Stored:
@@ -54,14 +73,16 @@ def store_batches(batches: Sequence[Received], seen_at: datetime | None = None) 
     ``seen_at`` (when the bridge received them) moves each device's last_seen
     forward in the same statement as its ack.
     """
+    received_at = seen_at or dj_timezone.now()
     by_device: dict[int, list[Received]] = defaultdict(list)
     for item in batches:
         by_device[item.device.pk].append(item)
-    rows = _rows(by_device)
+    rows = _rows(by_device, received_at)
     with transaction.atomic():
         _insert(rows)
-        acks = _advance(by_device, seen_at)
-    return Stored(acks=acks)
+        acks = _advance(by_device, seen_at, received_at)
+        restamped = _record_clocks(rows, received_at)
+    return Stored(acks=acks, restamped=restamped)
 
 
 # Rows are copied (COPY, binary) into a session's staging table, then moved
@@ -71,22 +92,23 @@ def store_batches(batches: Sequence[Received], seen_at: datetime | None = None) 
 # (and at commit), so nothing carries over from a batch that failed.
 _STAGE = (
     "CREATE TEMP TABLE IF NOT EXISTS telemetry_incoming "
-    "(device_id bigint, seq bigint, kind text, recorded_at timestamptz, data text) ON COMMIT DELETE ROWS"
+    "(device_id bigint, seq bigint, kind text, recorded_at timestamptz, device_ts timestamptz, data text) "
+    "ON COMMIT DELETE ROWS"
 )
-_COPY = "COPY telemetry_incoming (device_id, seq, kind, recorded_at, data) FROM STDIN (FORMAT BINARY)"
-_COPY_TYPES = ["int8", "int8", "text", "timestamptz", "text"]
+_COPY = "COPY telemetry_incoming (device_id, seq, kind, recorded_at, device_ts, data) FROM STDIN (FORMAT BINARY)"
+_COPY_TYPES = ["int8", "int8", "text", "timestamptz", "timestamptz", "text"]
 _MOVE = (
-    "INSERT INTO telemetry_telemetryrecord (device_id, seq, kind, recorded_at, received_at, data) "
-    "SELECT device_id, seq, kind, recorded_at, %s, data::json FROM telemetry_incoming "
+    "INSERT INTO telemetry_telemetryrecord (device_id, seq, kind, recorded_at, received_at, device_ts, data) "
+    "SELECT device_id, seq, kind, recorded_at, %s, device_ts, data::json FROM telemetry_incoming "
     "ORDER BY device_id, seq ON CONFLICT (device_id, seq) DO NOTHING"
 )
 
-# (device pk, seq, kind, recorded_at, data): plain tuples, as model instances
-# cost more to build than the insert of their row.
-_Row = tuple[int, int, str, datetime, dict[str, Any]]
+# (device pk, seq, kind, recorded_at, device_ts or None, data): plain tuples,
+# as model instances cost more to build than the insert of their row.
+_Row = tuple[int, int, str, datetime, datetime | None, dict[str, Any]]
 
 
-def _rows(by_device: dict[int, list[Received]]) -> list[_Row]:
+def _rows(by_device: dict[int, list[Received]], received_at: datetime) -> list[_Row]:
     """The rows to insert, once per (device, seq).
 
     Records at or below the device's ack were stored before (and may since
@@ -101,8 +123,25 @@ def _rows(by_device: dict[int, list[Received]]) -> list[_Row]:
             for r in item.message.records:
                 if r.seq > acked and r.seq not in seen:
                     seen.add(r.seq)
-                    rows.append((pk, r.seq, r.kind, r.ts, r.data))
+                    at = trusted_time(r.ts, received_at)
+                    rows.append((pk, r.seq, r.kind, at, None if at is r.ts else r.ts, r.data))
     return rows
+
+
+def _record_clocks(rows: list[_Row], received_at: datetime) -> dict[int, int]:
+    """Record each device whose records were restamped: how far ahead its clock was, and how many."""
+    ahead: dict[int, list[datetime]] = defaultdict(list)
+    for pk, _, _, _, device_ts, _ in rows:
+        if device_ts is not None:
+            ahead[pk].append(device_ts)
+    for pk, times in sorted(ahead.items()):
+        DeviceClock.observe(pk, max(times), received_at, len(times))
+    if ahead:
+        log.warning(
+            "device clocks ahead: records stored at the receiving time",
+            extra={"devices": len(ahead), "records": sum(map(len, ahead.values()))},
+        )
+    return {pk: len(times) for pk, times in ahead.items()}
 
 
 def _insert(rows: list[_Row]) -> None:
@@ -121,8 +160,8 @@ def _insert(rows: list[_Row]) -> None:
     if connection.vendor != "postgresql":
         TelemetryRecord.objects.bulk_create(
             [
-                TelemetryRecord(device_id=pk, seq=seq, kind=kind, recorded_at=ts, data=data)
-                for pk, seq, kind, ts, data in rows
+                TelemetryRecord(device_id=pk, seq=seq, kind=kind, recorded_at=ts, device_ts=device_ts, data=data)
+                for pk, seq, kind, ts, device_ts, data in rows
             ],
             batch_size=1000,
             ignore_conflicts=True,
@@ -137,12 +176,12 @@ def _insert(rows: list[_Row]) -> None:
         cursor.execute("DELETE FROM telemetry_incoming")
         with cursor.copy(_COPY) as copy:
             copy.set_types(_COPY_TYPES)
-            for pk, seq, kind, ts, data in rows:
-                copy.write_row((pk, seq, kind, ts, orjson.dumps(data).decode()))
+            for pk, seq, kind, ts, device_ts, data in rows:
+                copy.write_row((pk, seq, kind, ts, device_ts, orjson.dumps(data).decode()))
         cursor.execute(_MOVE, [now])
 
 
-def _advance(by_device: dict[int, list[Received]], seen_at: datetime | None) -> dict[int, int]:
+def _advance(by_device: dict[int, list[Received]], seen_at: datetime | None, received_at: datetime) -> dict[int, int]:
     """Move each device's contiguous watermark forward and keep its newest heartbeat.
 
     Three statements for the whole batch: lock the devices (the fleet layer
@@ -182,7 +221,9 @@ def _advance(by_device: dict[int, list[Received]], seen_at: datetime | None) -> 
             progress.append(Ingested(pk, watermarks[pk]))
         else:
             ts, heartbeat = latest
-            progress.append(Ingested(pk, watermarks[pk], ts, heartbeat.model_dump(mode="json")))
+            # Never a time from the future: it would stay the newest for good.
+            at = trusted_time(ts, received_at)
+            progress.append(Ingested(pk, watermarks[pk], at, heartbeat.model_dump(mode="json")))
     Device.objects.touch_seen_bulk(progress, seen_at)
     return watermarks
 
