@@ -18,7 +18,8 @@ from django.utils import timezone
 
 from fleet.filters import DeviceFilter
 from fleet.models import Device, Site
-from telemetry.models import Alert
+from telemetry.models import Alert, DeviceClock, Quarantine
+from telemetry.rollups import READABLE
 
 # The chart ranges a device page offers, and the points asked of the series API
 # for each: one per minute for an hour, per hour beyond (the rollups' resolutions).
@@ -29,6 +30,7 @@ RANGES: dict[str, tuple[timedelta, int]] = {
 }
 OVERVIEW_RANGE = "24h"
 RECENT_EVENTS = 20
+RECENT_QUARANTINE = 10
 
 
 @login_required
@@ -71,6 +73,11 @@ def _device_context(device: Device, chosen: str, error: str | None = None) -> di
     # request's latency and the API would merge every two buckets into one step.
     end = timezone.now()
     live = Alert.objects.select_related("rule").filter(device=device)
+    # Only times Python can hold are read: a row written around the bridge
+    # (year 1 at +14:00 is 1 BC in UTC) made this page answer 500. Those are
+    # counted, and the rollups' quarantine names them.
+    events = device.events.all()
+    readable = events.filter(at__range=READABLE)
     return {
         "device": device,
         "ranges": list(RANGES),
@@ -79,9 +86,12 @@ def _device_context(device: Device, chosen: str, error: str | None = None) -> di
         "series_start": (end - span).isoformat(),
         "series_end": end.isoformat(),
         "series_points": points,
-        "events": list(device.events.all()[:RECENT_EVENTS]),
+        "events": list(readable[:RECENT_EVENTS]),
+        "unreadable_events": events.exclude(at__range=READABLE).count(),
+        "clock": DeviceClock.objects.filter(device=device).first(),
+        "quarantined": list(Quarantine.objects.filter(device=device)[:RECENT_QUARANTINE]),
         "alerts": list(live.filter(state__in=[Alert.State.OPEN, Alert.State.ACKNOWLEDGED])),
         "reported_json": json.dumps(device.reported, indent=2, sort_keys=True),
         "desired_json": json.dumps(device.desired, indent=2, sort_keys=True),
-        "heartbeat": sorted((device.last_heartbeat or {}).items()),
+        "heartbeat": sorted((device.last_heartbeat if isinstance(device.last_heartbeat, dict) else {}).items()),
     }
