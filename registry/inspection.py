@@ -64,6 +64,14 @@ def check_graph(
                 "shape_mismatch",
                 f"Declared input shape {spec.shape} does not match the graph's {graph_shape} (axis {axis}).",
             )
+    graph_width = graph_shape[3] if spec.layout == "NCHW" else graph_shape[2]
+    if spec.resize == "fit_height" and spec.width is None and graph_width is not None:
+        # A dynamic width would make tensors narrower than the graph takes: refused here, not at inference.
+        raise PublishError(
+            "shape_mismatch",
+            f"The graph's width axis is fixed at {graph_width}; declare that width in the shape "
+            "(fit_height then pads to it) instead of a dynamic width with max_width.",
+        )
     if graph_input.type != _DTYPES[spec.dtype]:
         raise PublishError("shape_mismatch", f"Declared dtype {spec.dtype}; the graph input is {graph_input.type}.")
     outputs = {o.name: o for o in session.get_outputs()}

@@ -169,6 +169,17 @@ def test_inconsistent_or_unbounded_preprocessing_options_are_a_400_naming_the_in
     assert not ModelVersion.objects.exists()
 
 
+def test_a_dynamic_width_for_a_graph_with_a_fixed_width_is_a_shape_mismatch(ci):
+    metadata = text_line_metadata(shape=[None, 3, 48, None], max_width=320)
+
+    response = publish(ci, text_line_model(dynamic_width=False), metadata, name="text-line")
+
+    assert response.status_code == 400, response.content
+    assert response.json()["code"] == "shape_mismatch"
+    assert "fixed at 320" in response.json()["detail"]
+    assert not ModelVersion.objects.exists()
+
+
 def test_a_non_finite_pad_value_is_a_400_naming_the_field(ci):
     metadata = text_line_metadata(pad_value=float("nan"))
 
