@@ -3,7 +3,13 @@
 Starts, as child processes: the embedded MQTT broker, the web server, the MQTT
 bridge, a Celery worker with beat on the local filesystem transport, and one
 real agent process per simulated device. Needs no PostgreSQL, Redis or
-Mosquitto. Ctrl-C stops everything, newest first.
+Mosquitto. Ctrl-C stops everything, newest first: the agents, then the worker,
+the bridge, the web server and last the broker, each waited for.
+
+Each run starts clean: the previous run's database, devices, alerts and logs
+are removed (the rendered camera frames and the measured model metadata are
+kept, they only cost time). ``--keep`` continues the previous run's state
+instead: the same devices, their history and any alert still open.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import argparse
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +26,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from demo import scene as demo_scene
 
@@ -32,9 +40,23 @@ SITES = {
 HARDWARE = ["jetson-orin-nano", "raspberrypi-5", "x86-nuc", "jetson-orin-nano"]
 
 
+# What a clean start removes from the data directory: everything a run
+# writes except the caches (``cameras``, ``publish``). Named one by one, so
+# a --data-dir pointed at the wrong folder loses nothing else.
+STATE = ("edgefleet.sqlite3", "edgefleet.sqlite3-wal", "edgefleet.sqlite3-shm", "devices", "celery", "media", "logs")
+# How long one stage of the shutdown may take before it is killed.
+STOP_TIMEOUT_S = 10.0
+
+
 def free_port(preferred: int) -> int:
     for port in (preferred, 0):
         with socket.socket() as sock:
+            # As the servers bind (asyncio's start_server, Django's runserver):
+            # with SO_REUSEADDR, so the connections a previous run left in
+            # TIME-WAIT on this port do not make it look taken. Without it a run
+            # started within a minute of the last one moved its broker to a
+            # random port, away from where the enrolled agents looked for it.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
@@ -56,12 +78,31 @@ def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes]) -> N
     raise SystemExit(f"nothing listens on port {port} after {timeout:.0f} s")
 
 
+def clear_state(data_dir: Path) -> list[str]:
+    """Remove what a previous run left in ``data_dir`` (``STATE``); return what was there."""
+    removed = []
+    for name in STATE:
+        path = data_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        else:
+            continue
+        removed.append(name)
+    return removed
+
+
 @dataclass
 class Demo:
     data_dir: Path
     web_port: int
     mqtt_port: int
-    children: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    sites: dict[str, tuple[str, str, int]] = field(default_factory=lambda: dict(SITES))
+    # Publish the model and run inference on rendered frames; without it the agents only connect.
+    with_model: bool = True
+    # Children in the order they started, in stages: a stage (the agents) starts and stops together.
+    stages: list[list[tuple[str, subprocess.Popen[bytes]]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -88,6 +129,11 @@ class Demo:
             "PYTHONUNBUFFERED": "1",
         }
         self.server = f"http://127.0.0.1:{self.web_port}"
+        self.mqtt_url = mqtt_url
+
+    @property
+    def children(self) -> list[tuple[str, subprocess.Popen[bytes]]]:
+        return [child for stage in self.stages for child in stage]
 
     def say(self, text: str) -> None:
         print(text, flush=True)
@@ -100,7 +146,10 @@ class Demo:
             raise SystemExit(f"manage.py {' '.join(args)} failed:\n{result.stderr}")
         return result.stdout
 
-    def spawn(self, name: str, *command: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, name: str, *command: str, env: dict[str, str] | None = None, with_previous: bool = False
+    ) -> subprocess.Popen[bytes]:
+        """Start a child; ``with_previous`` puts it in the stage of the one before (stopped together)."""
         log = open(self.logs / f"{name}.log", "ab")
         # Own process group: Ctrl-C reaches the launcher only, which then
         # stops children in order instead of all at once.
@@ -112,15 +161,19 @@ class Demo:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        self.children.append((name, proc))
+        if with_previous and self.stages:
+            self.stages[-1].append((name, proc))
+        else:
+            self.stages.append([(name, proc)])
         return proc
 
-    def start(self) -> None:
+    def start(self) -> dict[str, Any]:
+        """Start everything; return the seed (admin login, API token)."""
         self.say("edgefleet demo: preparing the database (SQLite) ...")
         self.manage("migrate", "--noinput")
         specs = [
             f"{slug}:{name}:{','.join(f'{prefix}-{i + 1}' for i in range(count))}"
-            for slug, (name, prefix, count) in SITES.items()
+            for slug, (name, prefix, count) in self.sites.items()
         ]
         seed = json.loads(self.manage("demo_seed", *[f"--site={s}" for s in specs]).strip().splitlines()[-1])
 
@@ -150,13 +203,19 @@ class Demo:
             "--concurrency=1",
             "--pool=solo",
         )
-        self.say(f"publishing the {demo_scene.MODEL} model as CI would (edgefleet publish, with an INT8 variant) ...")
-        published = demo_scene.publish_model(BIN, self.server, seed["api_token"], self.data_dir / "publish")
+        published = None
+        if self.with_model:
+            self.say(
+                f"publishing the {demo_scene.MODEL} model as CI would (edgefleet publish, with an INT8 variant) ..."
+            )
+            published = demo_scene.publish_model(BIN, self.server, seed["api_token"], self.data_dir / "publish")
         self.start_devices(seed["tokens"])
-        ids = demo_scene.device_ids(self.server, seed["api_token"])
-        demo_scene.assign_model(self.server, seed["api_token"], str(published["version"]), list(ids.values()))
-        self.say(f"assigned {demo_scene.MODEL} {published['version']} to every device (download, verify, install)")
-        self.say(f"  {'/'.join(demo_scene.DARK_CAMERA)} has a failed lamp: its dark frames should raise a drift alert")
+        if published is not None:
+            ids = demo_scene.device_ids(self.server, seed["api_token"])
+            demo_scene.assign_model(self.server, seed["api_token"], str(published["version"]), list(ids.values()))
+            self.say(f"assigned {demo_scene.MODEL} {published['version']} to every device (download, verify, install)")
+            dark = "/".join(demo_scene.DARK_CAMERA)
+            self.say(f"  {dark} has a failed lamp: its dark frames should raise a drift alert")
         self.say("")
         self.say(f"  dashboard : {self.server}/")
         self.say(f"  API docs  : {self.server}/api/v1/docs/")
@@ -166,10 +225,11 @@ class Demo:
         self.say(f"  logs      : {self.logs}/")
         self.say("")
         self.say("Press Ctrl-C to stop everything.")
+        return dict(seed)
 
     def start_devices(self, tokens: dict[str, dict[str, str]]) -> None:
         devices = []
-        for slug, (_, prefix, number) in SITES.items():
+        for slug, (_, prefix, number) in self.sites.items():
             for i in range(number):
                 name = f"{prefix}-{i + 1}"
                 devices.append((slug, name, self.data_dir / "devices" / slug / name, HARDWARE[i % len(HARDWARE)]))
@@ -186,16 +246,31 @@ class Demo:
             out, _ = proc.communicate(timeout=120)
             if proc.returncode != 0:
                 raise SystemExit(f"enrolling {name} failed:\n{out}")
-        self.say("rendering the cameras' frames ...")
-        cameras = {
-            dark: demo_scene.write_frames(self.data_dir / "cameras" / ("dark" if dark else "normal"), dark=dark)
-            for dark in (False, True)
-        }
-        for slug, name, device_dir, _ in devices:
+        cameras: dict[bool, Path] = {}
+        if self.with_model:
+            self.say("rendering the cameras' frames ...")
+            cameras = {
+                dark: demo_scene.write_frames(self.data_dir / "cameras" / ("dark" if dark else "normal"), dark=dark)
+                for dark in (False, True)
+            }
+        # This run's addresses, not those written into agent.toml at enrollment:
+        # a run with --keep may have found a port taken and moved.
+        addresses = {"EDGEFLEET_AGENT_SERVER_URL": self.server, "EDGEFLEET_AGENT_MQTT_URL": self.mqtt_url}
+        for index, (slug, name, device_dir, _) in enumerate(devices):
             config = str(device_dir / "agent.toml")
-            camera = demo_scene.agent_environment(cameras[(slug, name) == demo_scene.DARK_CAMERA])
-            self.spawn(f"agent-{slug}-{name}", str(BIN / "edgefleet-agent"), "run", "--config", config, env=camera)
-        self.say(f"started {len(devices)} simulated devices (real agent processes) at {len(SITES)} sites")
+            env = dict(addresses)
+            if cameras:
+                env.update(demo_scene.agent_environment(cameras[(slug, name) == demo_scene.DARK_CAMERA]))
+            self.spawn(
+                f"agent-{slug}-{name}",
+                str(BIN / "edgefleet-agent"),
+                "run",
+                "--config",
+                config,
+                env=env,
+                with_previous=index > 0,
+            )
+        self.say(f"started {len(devices)} simulated devices (real agent processes) at {len(self.sites)} sites")
 
     def enroll(self, slug: str, name: str, token: str, device_dir: Path, hardware: str) -> subprocess.Popen[str]:
         device_dir.mkdir(parents=True, exist_ok=True)
@@ -235,18 +310,24 @@ class Demo:
             time.sleep(1)
 
     def stop(self) -> None:
+        """Stop the children newest first, one stage at a time, each waited for before the next.
+
+        The agents go first, each saying ``offline`` while the bridge still
+        listens; the broker goes last, so nothing reconnects to a closing broker.
+        """
         self.say("stopping ...")
-        for _, proc in reversed(self.children):
-            if proc.poll() is None:
+        for stage in reversed(self.stages):
+            running = [(name, proc) for name, proc in stage if proc.poll() is None]
+            for _, proc in running:
                 proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for name, proc in reversed(self.children):
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                self.say(f"{name} did not stop in time; killing it")
-                proc.kill()
-                proc.wait()
+            deadline = time.monotonic() + STOP_TIMEOUT_S
+            for name, proc in running:
+                try:
+                    proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    self.say(f"{name} did not stop in time; killing it")
+                    proc.kill()
+                    proc.wait()
         self.say("stopped.")
 
 
@@ -260,9 +341,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--web-port", type=int, default=8000)
     parser.add_argument("--mqtt-port", type=int, default=18830)
     parser.add_argument("--stop-after", type=float, help="stop by itself after this many seconds")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="continue the previous run's state (database, devices, alerts) instead of starting clean",
+    )
     args = parser.parse_args(argv)
+    data_dir = args.data_dir.resolve()
+    if args.keep:
+        print(f"continuing the previous demo in {data_dir} (its devices, history and open alerts)", flush=True)
+    elif removed := clear_state(data_dir):
+        print(f"starting clean: removed the previous run's {', '.join(removed)} from {data_dir}", flush=True)
+        print("  (python -m demo --keep continues a previous run instead)", flush=True)
     demo = Demo(
-        data_dir=args.data_dir.resolve(),
+        data_dir=data_dir,
         web_port=free_port(args.web_port),
         mqtt_port=free_port(args.mqtt_port),
     )
