@@ -221,8 +221,11 @@ def _advance(by_device: dict[int, list[Received]], seen_at: datetime | None, rec
             progress.append(Ingested(pk, watermarks[pk]))
         else:
             ts, heartbeat = latest
-            # Never a time from the future: it would stay the newest for good.
-            at = trusted_time(ts, received_at)
+            # Never later than it arrived, not even within the clock tolerance:
+            # the newest heartbeat is the device's state, and one dated minutes
+            # ahead would hold off every heartbeat after it for those minutes
+            # (for good, from a clock far ahead).
+            at = min(ts, received_at)
             progress.append(Ingested(pk, watermarks[pk], at, heartbeat.model_dump(mode="json")))
     Device.objects.touch_seen_bulk(progress, seen_at)
     return watermarks

@@ -68,6 +68,19 @@ def test_a_heartbeat_from_a_clock_ahead_does_not_freeze_the_devices_last_heartbe
     assert [seq for _, ack in published(bridge, "ack") for seq in [ack["seq"]]] == [1, 2]
 
 
+def test_a_heartbeat_minutes_ahead_holds_off_no_later_heartbeat(devices: tuple[Device, Device]) -> None:
+    """Found by the fuzz: a heartbeat dated 4 minutes ahead (inside the clock tolerance,
+    so stored at its own time) stayed the device's state until those minutes had passed."""
+    device = devices[0]
+    bridge = offline_bridge()
+    ahead = telemetry(beat(1, datetime.now(timezone.utc) + timedelta(minutes=4), cpu_percent=99.0))
+    assert bridge.handle(topic(device.device_id, "telemetry"), ahead) == "ok"
+    right = telemetry(beat(2, datetime.now(timezone.utc), cpu_percent=7.0))
+    assert bridge.handle(topic(device.device_id, "telemetry"), right) == "ok"
+    device.refresh_from_db()
+    assert device.last_heartbeat["cpu_percent"] == 7.0
+
+
 def test_windows_from_a_clock_ahead_are_rolled_up_when_they_arrived(devices: tuple[Device, Device]) -> None:
     """As found: a window dated a day ahead went into a bucket a day ahead, where no chart
     or rule looks until the day has passed."""
