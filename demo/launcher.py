@@ -196,7 +196,7 @@ class Demo:
             "worker",
             str(BIN / "celery"),
             "-A",
-            "fleet",
+            "config",
             "worker",
             "-B",
             "--loglevel=INFO",

@@ -110,6 +110,10 @@ def devices_online_since(demo: Demo, token: str, count: int, since: datetime, ti
     return devices
 
 
+def exited(demo: Demo) -> list[tuple[str, int | None]]:
+    return [(name, proc.returncode) for name, proc in demo.children if proc.poll() is not None]
+
+
 def in_time_wait(port: int) -> bool:
     """Whether a TCP connection with local port ``port`` is in TIME-WAIT (Linux, IPv4)."""
     rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
@@ -128,6 +132,7 @@ def test_a_second_run_right_after_the_first_finds_its_ports_and_brings_its_devic
     try:
         seed = first.start()
         ids = {d["device_id"] for d in devices_online_since(first, seed["api_token"], 2, started, 90)}
+        assert exited(first) == [], "every child keeps running"
     finally:
         first.stop()
 
@@ -146,6 +151,7 @@ def test_a_second_run_right_after_the_first_finds_its_ports_and_brings_its_devic
     try:
         seed = second.start()
         devices = devices_online_since(second, seed["api_token"], 2, restarted, 90)
+        assert exited(second) == [], "every child keeps running"
     finally:
         second.stop()
     assert {d["device_id"] for d in devices} == ids, "the same enrolled devices, continued"
