@@ -195,19 +195,23 @@ def quarantined(ctx: Context, threshold: float) -> Findings:
         .values("device")
         .annotate(n=Count("id"), latest=Max("last_at"))
     )
-    found = {}
+    found: Findings = {}
     for row in rows:
         if row["n"] >= threshold:
-            found[row["device"]] = Finding(float(row["n"]), {"rows": row["n"], "latest": row["latest"].isoformat()})
+            found[int(row["device"])] = Finding(
+                float(row["n"]), {"rows": row["n"], "latest": row["latest"].isoformat()}
+            )
     return found
 
 
 def clock_skew(ctx: Context, threshold: float) -> Findings:
     """The device's clock was found ``threshold`` seconds or more ahead within the last hour."""
-    clocks = DeviceClock.objects.filter(observed_at__gte=ctx.now - RECENT_TROUBLE, offset_s__gte=threshold)
+    clocks = DeviceClock.objects.filter(observed_at__gte=ctx.now - RECENT_TROUBLE, offset_s__gte=threshold).values_list(
+        "device", "offset_s", "device_time", "restamped"
+    )
     return {
-        c.device_id: Finding(round(c.offset_s, 1), {"device_time": c.device_time.isoformat(), "restamped": c.restamped})
-        for c in clocks
+        int(device): Finding(round(offset, 1), {"device_time": at.isoformat(), "restamped": restamped})
+        for device, offset, at, restamped in clocks
     }
 
 

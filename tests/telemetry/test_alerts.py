@@ -84,6 +84,10 @@ CASES: dict[str, tuple[Setup, Setup]] = {
     "disk_full": heartbeat(disk_percent=96.5),
     "outbox_backlog": heartbeat(outbox_depth=25_000),
     "fallback_active": (reported_fallback(True), reported_fallback(False)),
+    "desired_expired": (
+        lambda d: Device.objects.filter(pk=d.pk).update(reported={"phase": "active", "desired_expired": True}),
+        lambda d: Device.objects.filter(pk=d.pk).update(reported={"phase": "active", "desired_expired": False}),
+    ),
     "confidence_drift": windows(confidence=(3, 2)),
     "class_mix_drift": windows(weights=(0.5, 0.5)),
     "latency_outlier": windows(latency_ms=80.0),
