@@ -186,6 +186,7 @@ class Bridge:
         # From this thread too: the report (with each worker's progress) keeps
         # coming while every worker is idle, or stuck.
         if time.monotonic() - self._exported_at >= self.config.stats_interval_s:
+            close_old_connections()
             self.export_stats()
         for name, (thread, inbox) in list(self._workers.items()):
             if thread.is_alive():
@@ -287,21 +288,24 @@ class Bridge:
                     stopping = True
                     break
                 items.append(more)
+            handled = False
             try:
                 # Drop a connection the database closed or that outlived its age,
                 # as Django does around each web request.
                 close_old_connections()
                 self.handle_many(items)
+                handled = True
                 if time.monotonic() - self._exported_at >= self.config.stats_interval_s:
                     self.export_stats()
             except Exception:
-                # handle_many never raises; this is for what surrounds it. The
-                # messages of the batch are lost to this bridge (telemetry is
-                # not acknowledged, so its devices send it again).
+                # handle_many never raises; this is for what surrounds it. A
+                # batch not handled is lost to this bridge (telemetry is not
+                # acknowledged, so its devices send it again).
                 log.exception("bridge worker loop failed; going on", extra={"worker": name, "messages": len(items)})
-                with self._progress:
-                    self.rejected["internal_error"] += len(items)
-                    self._progress.notify_all()
+                if not handled:
+                    with self._progress:
+                        self.rejected["internal_error"] += len(items)
+                        self._progress.notify_all()
                 try:
                     connection.close()
                 except Exception:
