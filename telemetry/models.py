@@ -108,8 +108,8 @@ class Quarantine(models.Model):
     """A stored row a periodic job could not process: recorded, counted and alerted on, then skipped.
 
     One row per (source, ref): seeing the same culprit again bumps ``occurrences``
-    and ``last_at``. Nothing here is deleted by the jobs; an operator reads it
-    (admin, device page) and deletes it when dealt with.
+    and ``last_at``. An operator reads it (admin, device page) and deletes it
+    when dealt with; retention deletes it once not seen for as long as rollups are kept.
     """
 
     source = models.CharField(max_length=32)  # "rollups", "drift", "alerts", ...

@@ -392,6 +392,8 @@ def apply_retention(now: datetime | None = None) -> dict[str, int]:
         "heartbeat_rollups": _delete_in_chunks(HeartbeatRollup.objects.filter(bucket__lt=rollup_cutoff)),
     }
     deleted["events"] = _delete_in_chunks(DeviceEvent.objects.filter(at__lt=rollup_cutoff))
+    # A quarantined row not seen again for as long as rollups are kept is history.
+    deleted["quarantine"] = _delete_in_chunks(Quarantine.objects.filter(last_at__lt=rollup_cutoff))
     return deleted
 
 

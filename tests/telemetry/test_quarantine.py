@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from fleet.models import Device, Site
 from registry.models import ModelVersion
-from telemetry import alerts, drift, exporter, health
+from telemetry import alerts, drift, exporter, health, rollups
 from telemetry.models import Alert, AlertRule, Cursor, Quarantine, Resolution, Scope, TelemetryRecord, WindowRollup
 from telemetry.rollups import CURSOR
 from tests.payloads import window_data
@@ -137,6 +137,14 @@ def test_seeing_a_quarantined_row_again_counts_it_on_the_same_row(devices: tuple
         Quarantine.note("rollups", "telemetry_record:7", "schema", "frames", device_id=devices[0].pk)
     (row,) = Quarantine.objects.all()
     assert row.occurrences == 3 and row.last_at >= row.first_at
+
+
+def test_retention_deletes_a_quarantined_row_not_seen_for_ninety_days(devices: tuple[Device, Device]) -> None:
+    Quarantine.note("rollups", "telemetry_record:1", "schema", device_id=devices[0].pk)
+    Quarantine.note("rollups", "telemetry_record:2", "schema", device_id=devices[0].pk)
+    Quarantine.objects.filter(ref="telemetry_record:1").update(last_at=timezone.now() - timedelta(days=91))
+    assert rollups.apply_retention()["quarantine"] == 1
+    assert list(Quarantine.objects.values_list("ref", flat=True)) == ["telemetry_record:2"]
 
 
 def test_a_reference_drift_cannot_compare_costs_only_its_versions_verdict(
