@@ -12,7 +12,7 @@ moment that falls outside years 1 to 9999 once in UTC.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,6 +26,9 @@ from rest_framework import filters as drf_filters
 MAX_UTC_OFFSET = timedelta(hours=14)
 OFFSET_MESSAGE = "The UTC offset must be within -14:00 and +14:00."
 RANGE_MESSAGE = "The date-time must fall within the years 1 to 9999 in UTC."
+# The same bounds for the schema: a year from 0001 and an offset within ±14:00 (the edges of years 1
+# and 9999, which an offset can push out of range in UTC, stay refused by the check itself).
+DATETIME_PATTERN = r"^(000[1-9]|00[1-9]\d|0[1-9]\d\d|[1-9]\d{3})-.*([Zz]|[+-](0\d|1[0-3]):[0-5]\d|[+-]14:00)$"
 
 
 def datetime_problem(value: datetime) -> str | None:
@@ -103,14 +106,37 @@ class FilterSet(django_filters.FilterSet):
 
 
 class OrderingFilter(drf_filters.OrderingFilter):
-    """DRF's ``?ordering=``, refusing a field the view does not offer instead of ignoring it."""
+    """DRF's ``?ordering=``, refusing a term the view does not offer instead of ignoring it.
 
-    def remove_invalid_fields(self, queryset: Any, fields: Iterable[str], view: Any, request: Any) -> list[str]:
-        fields = list(fields)
-        valid = super().remove_invalid_fields(queryset, fields, view, request)
-        unknown = [term for term in fields if term and term not in valid]
+    The value is terms joined by commas, each a field the view offers with an
+    optional ``-`` to reverse; an empty value keeps the default order. The
+    schema states exactly that as a pattern, so a client (or a fuzzer) knows
+    what the server reads.
+    """
+
+    def get_ordering(self, request: Any, queryset: Any, view: Any) -> Any:
+        raw = request.query_params.get(self.ordering_param)
+        if not raw:
+            return self.get_default_ordering(view)
+        offered = self._offered(queryset, view, request)
+        terms = raw.split(",")
+        unknown = [term for term in terms if term.removeprefix("-") not in offered]
         if unknown:
-            offered = ", ".join(name for name, _ in self.get_valid_fields(queryset, view, {"request": request}))
-            message = f"Unknown ordering {', '.join(unknown)}; use {offered or 'nothing'}, with - to reverse."
+            wanted = ", ".join(repr(term) for term in unknown)
+            message = f"Unknown ordering {wanted}; use {', '.join(offered) or 'nothing'}, with - to reverse."
             raise exceptions.ValidationError({self.ordering_param: [message]})
-        return valid
+        return terms
+
+    def _offered(self, queryset: Any, view: Any, request: Any = None) -> list[str]:
+        return [name for name, _ in self.get_valid_fields(queryset, view, {"request": request})]
+
+    def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
+        parameters: list[dict[str, Any]] = super().get_schema_operation_parameters(view)
+        offered = self._offered(view.get_queryset(), view)
+        term = f"-?({'|'.join(re.escape(name) for name in offered)})"
+        for parameter in parameters:
+            parameter["description"] = (
+                f"Comma-separated fields to sort by, - before one to reverse: {', '.join(offered)}."
+            )
+            parameter["schema"] = {"type": "string", "pattern": f"^({term}(,{term})*)?$"}
+        return parameters

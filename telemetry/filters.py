@@ -5,7 +5,7 @@ from __future__ import annotations
 import django_filters
 
 from core.filters import BooleanFilter, FilterSet, IsoDateTimeFilter
-from telemetry.models import Alert, AlertRule
+from telemetry.models import Alert, AlertRule, DeviceEvent
 
 
 class AlertFilter(FilterSet):
@@ -24,3 +24,13 @@ class AlertFilter(FilterSet):
     def by_live(self, queryset, name, value):
         resolved = Alert.State.RESOLVED
         return queryset.exclude(state=resolved) if value else queryset.filter(state=resolved)
+
+
+class DeviceEventFilter(FilterSet):
+    kind = django_filters.CharFilter(help_text="Only events of this kind, e.g. model_swap.")
+    since = IsoDateTimeFilter(field_name="at", lookup_expr="gte", help_text="Events at or after this time.")
+    until = IsoDateTimeFilter(field_name="at", lookup_expr="lt", help_text="Events before this time.")
+
+    class Meta:
+        model = DeviceEvent
+        fields = ["kind", "since", "until"]

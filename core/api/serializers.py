@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -11,6 +12,54 @@ from rest_framework import serializers
 
 from core.filters import DateTimeParameter
 from core.models import ApiToken
+
+
+class StrictInput:
+    """A request body's fields take JSON values of their own type only, and read-only fields stay out.
+
+    DRF reads the number ``0`` as the text "0", ``"1"`` as the integer 1 and
+    ``"yes"`` as true, and drops a read-only field it was sent, so a client's
+    mistake is stored as something else or silently ignored. The schema says
+    which type each field takes and marks read-only ones; this holds a body to
+    exactly that (400 ``invalid`` naming each field). Mix it in before DRF's
+    serializer class of any serializer that reads a JSON body.
+    """
+
+    fields: Any
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            errors = {
+                name: [problem]
+                for name, field in self.fields.items()
+                if name in data and (problem := _problem(field, data[name]))
+            }
+            if errors:
+                raise serializers.ValidationError(errors)
+        return super().to_internal_value(data)  # type: ignore[misc]
+
+
+def _problem(field: serializers.Field, value: Any) -> str | None:
+    if field.read_only:
+        return "This field is read-only; leave it out."
+    if value is None:
+        return None  # the field's own allow_null decides
+    if isinstance(field, serializers.DictField) and isinstance(value, Mapping):
+        return next(filter(None, (_problem(field.child, item) for item in value.values())), None)
+    if isinstance(field, serializers.ListField) and isinstance(value, list):
+        return next(filter(None, (_problem(field.child, item) for item in value)), None)
+    if isinstance(field, serializers.CharField | serializers.ChoiceField | serializers.RelatedField):
+        if not isinstance(value, str):
+            return "Not a valid string."
+        # PostgreSQL text cannot hold NUL: refused here before any lookup or write reaches it.
+        return "Null characters are not allowed." if "\x00" in value else None
+    if isinstance(field, serializers.BooleanField):
+        return None if isinstance(value, bool) else "Must be true or false."
+    if isinstance(field, serializers.IntegerField):
+        return None if isinstance(value, int) and not isinstance(value, bool) else "A valid integer is required."
+    if isinstance(field, serializers.FloatField):
+        return None if isinstance(value, int | float) and not isinstance(value, bool) else "A valid number is required."
+    return None
 
 
 class ErrorSerializer(serializers.Serializer):
@@ -44,7 +93,7 @@ class ApiTokenCreatedSerializer(ApiTokenSerializer):
         read_only_fields = fields
 
 
-class ApiTokenRequestSerializer(serializers.Serializer):
+class ApiTokenRequestSerializer(StrictInput, serializers.Serializer):
     name = serializers.CharField(max_length=100, help_text="What the token is for, e.g. 'vision CI'.")
     scopes = serializers.ListField(child=serializers.ChoiceField(choices=ApiToken.SCOPES), allow_empty=False)
     user = serializers.SlugRelatedField(
@@ -65,5 +114,5 @@ class ApiTokenRequestSerializer(serializers.Serializer):
         return attrs
 
 
-class TokenRevokeSerializer(serializers.Serializer):
+class TokenRevokeSerializer(StrictInput, serializers.Serializer):
     reason = serializers.CharField(max_length=2000)

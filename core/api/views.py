@@ -5,11 +5,13 @@ from __future__ import annotations
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from core import services
 from core.api.authentication import IsAdmin
+from core.api.pagination import LimitOffsetPagination
 from core.api.serializers import (
     ApiTokenCreatedSerializer,
     ApiTokenRequestSerializer,
@@ -28,6 +30,8 @@ class ApiTokenViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
 
     serializer_class = ApiTokenSerializer
     permission_classes = [IsAdmin]
+    parser_classes = [JSONParser]
+    pagination_class = LimitOffsetPagination
     queryset = ApiToken.objects.select_related("user").order_by("-created_at", "-id")
     ordering_fields = ["name", "created_at", "expires_at", "last_used_at"]
 

@@ -4,12 +4,13 @@ from pydantic import ValidationError
 from rest_framework import serializers
 
 from agent.kernel import protocol
+from core.api.serializers import StrictInput
 from fleet.models import Device, EnrollmentToken, Site
 
 NAME_TAKEN = "Another device of this site already has this name."
 
 
-class SiteSerializer(serializers.ModelSerializer):
+class SiteSerializer(StrictInput, serializers.ModelSerializer):
     device_count = serializers.IntegerField(read_only=True)
     online_count = serializers.IntegerField(read_only=True)
 
@@ -19,9 +20,12 @@ class SiteSerializer(serializers.ModelSerializer):
         read_only_fields = ["id", "created_at"]
 
 
-class DeviceSerializer(serializers.ModelSerializer):
+class DeviceSerializer(StrictInput, serializers.ModelSerializer):
     site: serializers.SlugRelatedField[Site] = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     revoked = serializers.BooleanField(source="is_revoked", read_only=True)
+    labels = serializers.DictField(
+        child=serializers.CharField(max_length=200, allow_blank=True, trim_whitespace=False), required=False
+    )
 
     class Meta:
         model = Device
@@ -56,10 +60,12 @@ class DeviceSerializer(serializers.ModelSerializer):
     def validate_labels(self, value: object) -> object:
         if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
             raise serializers.ValidationError("Labels must be an object of string keys and string values.")
+        if any("\x00" in key for key in value):
+            raise serializers.ValidationError("Label keys cannot hold null characters.")
         return value
 
 
-class RevokeSerializer(serializers.Serializer):
+class RevokeSerializer(StrictInput, serializers.Serializer):
     reason = serializers.CharField(max_length=2000)
 
 
@@ -76,7 +82,7 @@ class RevokedDeviceSerializer(DeviceSerializer):
         read_only_fields = fields
 
 
-class AssignModelSerializer(serializers.Serializer):
+class AssignModelSerializer(StrictInput, serializers.Serializer):
     model = serializers.CharField(max_length=63, help_text="Registry model name.")
     version = serializers.CharField(max_length=64)
     target = serializers.CharField(max_length=32, required=False, help_text="Bundle target; default cpu-fp32.")
@@ -98,7 +104,7 @@ class AssignModelSerializer(serializers.Serializer):
             ) from None
 
 
-class EnrollmentTokenRequestSerializer(serializers.Serializer):
+class EnrollmentTokenRequestSerializer(StrictInput, serializers.Serializer):
     ttl_hours = serializers.IntegerField(min_value=1, max_value=24 * 30, required=False)
     note = serializers.CharField(max_length=200, required=False, allow_blank=True)
 
@@ -113,7 +119,7 @@ class EnrollmentTokenSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class EnrollRequestSerializer(serializers.Serializer):
+class EnrollRequestSerializer(StrictInput, serializers.Serializer):
     token = serializers.CharField(max_length=200)
     name = serializers.RegexField(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$", max_length=100)
     site = serializers.CharField(max_length=63, required=False, help_text="Site slug the device expects to join.")

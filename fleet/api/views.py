@@ -9,6 +9,7 @@ from django.db.models import Count, ProtectedError, Q
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.parsers import JSONParser
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -18,6 +19,7 @@ from rest_framework.views import APIView
 
 from agent.kernel import protocol
 from core.api.authentication import HasScope, IsDevice
+from core.api.pagination import LimitOffsetPagination
 from core.api.serializers import ErrorSerializer
 from core.errors import ServiceError
 from core.models import AuditLog
@@ -42,11 +44,13 @@ from registry.models import ModelVersion
 log = logging.getLogger(__name__)
 
 
-@extend_schema_view(destroy=extend_schema(responses={204: None, 400: ErrorSerializer}))
+@extend_schema_view(destroy=extend_schema(responses={204: None, 409: ErrorSerializer}))
 class SiteViewSet(viewsets.ModelViewSet):
     serializer_class = SiteSerializer
     permission_classes = [HasScope]
     required_scopes = ("fleet",)
+    parser_classes = [JSONParser]
+    pagination_class = LimitOffsetPagination
     filterset_class = SiteFilter
     lookup_field = "slug"
     ordering_fields = ["slug", "name", "created_at"]
@@ -60,13 +64,15 @@ class SiteViewSet(viewsets.ModelViewSet):
     def perform_create(self, serializer: Any) -> None:
         site = serializer.save()
         AuditLog.record(actor=self.request.user, action="site.create", target=site)
+        # Answer with the counts too, as every other answer about a site does.
+        serializer.instance = self.get_queryset().get(pk=site.pk)
 
     def perform_destroy(self, instance: Site) -> None:
         try:
             instance.delete()
         except ProtectedError:
             raise ServiceError(
-                "site_has_devices", "The site still has devices; revoke and remove them first.", 400
+                "site_has_devices", "The site still has devices; revoke and remove them first.", 409
             ) from None
 
     @extend_schema(request=EnrollmentTokenRequestSerializer, responses={201: EnrollmentTokenSerializer})
@@ -93,6 +99,8 @@ class DeviceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Upd
     serializer_class = DeviceSerializer
     permission_classes = [HasScope]
     required_scopes = ("fleet",)
+    parser_classes = [JSONParser]
+    pagination_class = LimitOffsetPagination
     filterset_class = DeviceFilter
     lookup_field = "device_id"
     ordering_fields = ["name", "last_seen", "created_at"]
@@ -148,6 +156,7 @@ class EnrollView(APIView):
 
     authentication_classes: list[type] = []
     permission_classes = [AllowAny]
+    parser_classes = [JSONParser]
     throttle_classes = [ScopedRateThrottle]
     throttle_scope = "enroll"
 

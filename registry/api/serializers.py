@@ -4,6 +4,7 @@ from typing import Any
 
 from rest_framework import serializers
 
+from core.api.serializers import StrictInput
 from registry.models import Alias, Bundle, KeyringUpdate, Model, ModelVersion, SigningKey
 
 
@@ -81,7 +82,7 @@ class AliasSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class ModelSerializer(serializers.ModelSerializer):
+class ModelSerializer(StrictInput, serializers.ModelSerializer):
     latest_version = serializers.SerializerMethodField()
     aliases = AliasSerializer(many=True, read_only=True)
 
@@ -110,11 +111,11 @@ class PublishRequestSerializer(serializers.Serializer):
     )
 
 
-class DeprecateSerializer(serializers.Serializer):
+class DeprecateSerializer(StrictInput, serializers.Serializer):
     reason = serializers.CharField(max_length=2000)
 
 
-class AliasRequestSerializer(serializers.Serializer):
+class AliasRequestSerializer(StrictInput, serializers.Serializer):
     version = serializers.CharField(max_length=64)
 
 

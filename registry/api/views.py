@@ -14,12 +14,13 @@ from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, permissions, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.api.authentication import HasScope, IsDevice
+from core.api.pagination import LimitOffsetPagination
 from core.api.serializers import ErrorSerializer
 from core.errors import ServiceError
 from core.models import AuditLog
@@ -50,16 +51,20 @@ class ModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Upda
     serializer_class = ModelSerializer
     permission_classes = [HasScope]
     required_scopes = ("publish",)
+    parser_classes = [JSONParser]
+    pagination_class = LimitOffsetPagination
     filterset_class = ModelFilter
     lookup_field = "name"
     ordering_fields = ["name", "created_at"]
     queryset = Model.objects.prefetch_related("aliases__version")
 
     @extend_schema(responses={200: AliasSerializer(many=True)})
-    @action(detail=True, methods=["get"])
+    @action(detail=True, methods=["get"], filter_backends=[])
     def aliases(self, request: Request, name: str | None = None) -> Response:
+        """The model's aliases by name, paged like every list."""
         model = self.get_object()
-        return Response(AliasSerializer(model.aliases.select_related("version"), many=True).data)
+        page = self.paginate_queryset(model.aliases.select_related("model", "version", "updated_by").order_by("name"))
+        return self.get_paginated_response(AliasSerializer(page, many=True).data)
 
     @extend_schema(
         methods=["PUT"], request=AliasRequestSerializer, responses={200: AliasSerializer, 400: ErrorSerializer}
@@ -105,7 +110,9 @@ class ModelVersionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, view
     lookup_field = "version"
     lookup_value_regex = r"[0-9A-Za-z.+-]+"
     ordering_fields = ["sequence", "created_at"]
-    parser_classes = [MultiPartParser, FormParser, JSONParser]
+    # Publishing is a multipart upload (the ONNX file and its metadata); the actions read JSON.
+    parser_classes = [MultiPartParser]
+    pagination_class = LimitOffsetPagination
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation has no URL kwargs
@@ -178,7 +185,7 @@ class ModelVersionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, view
         return Response(data, status=status.HTTP_201_CREATED if published.created else status.HTTP_200_OK)
 
     @extend_schema(request=DeprecateSerializer, responses={200: ModelVersionSerializer})
-    @action(detail=True, methods=["post"])
+    @action(detail=True, methods=["post"], parser_classes=[JSONParser])
     def deprecate(self, request: Request, model_name: str, version: str | None = None) -> Response:
         """Mark a version deprecated: it stays downloadable (rollback) but cannot be aliased or rolled out."""
         row = self.get_object()
@@ -191,7 +198,7 @@ class ModelVersionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, view
         return Response(ModelVersionSerializer(row, context=self.get_serializer_context()).data)
 
     @extend_schema(request=None, responses={202: ModelVersionSerializer})
-    @action(detail=True, methods=["post"])
+    @action(detail=True, methods=["post"], parser_classes=[JSONParser])
     def quantize(self, request: Request, model_name: str, version: str | None = None) -> Response:
         """Build the cpu-int8 bundle (in a worker); idempotent."""
         row = self.get_object()
@@ -203,7 +210,9 @@ class ModelVersionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, view
 class BundleViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     serializer_class = BundleSerializer
     permission_classes = [HasScope]
+    pagination_class = LimitOffsetPagination
     filterset_class = BundleFilter
+    ordering_fields = ["id", "target", "size", "created_at"]
     queryset = Bundle.objects.select_related("version__model")
 
 
@@ -212,7 +221,9 @@ class SigningKeyViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
 
     serializer_class = SigningKeySerializer
     permission_classes = [HasScope]
+    pagination_class = LimitOffsetPagination
     queryset = SigningKey.objects.all()
+    ordering_fields = ["key_id", "created_at", "retired_at"]
     lookup_field = "key_id"
 
 

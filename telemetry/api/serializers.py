@@ -4,9 +4,10 @@ from typing import Any
 
 from rest_framework import serializers
 
+from core.api.serializers import StrictInput
 from core.filters import DateTimeParameter
 from telemetry import series
-from telemetry.models import Alert
+from telemetry.models import Alert, DeviceEvent
 
 
 class SeriesQuerySerializer(serializers.Serializer):
@@ -97,7 +98,20 @@ class AlertSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class AcknowledgeSerializer(serializers.Serializer):
+class DeviceEventSerializer(serializers.ModelSerializer):
+    device = serializers.CharField(source="device.device_id", read_only=True)
+    # Declared fields leave the class namespace (DRF's metaclass), so this shadows no Serializer.data.
+    data = serializers.DictField(  # type: ignore[assignment]
+        read_only=True, help_text="What the device reported with the event, as it sent it."
+    )
+
+    class Meta:
+        model = DeviceEvent
+        fields = ["id", "device", "kind", "at", "received_at", "data"]
+        read_only_fields = fields
+
+
+class AcknowledgeSerializer(StrictInput, serializers.Serializer):
     note = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
 
     def to_internal_value(self, data: Any) -> Any:

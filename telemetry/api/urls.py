@@ -8,5 +8,6 @@ router.register("alerts", views.AlertViewSet, basename="alert")
 
 urlpatterns = [
     path("telemetry/", views.SeriesView.as_view(), name="telemetry-series"),
+    path("devices/<str:device_id>/events/", views.DeviceEventViewSet.as_view({"get": "list"}), name="device-events"),
     *router.urls,
 ]

@@ -7,11 +7,13 @@ from django.utils import timezone
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.api.authentication import HasScope
+from core.api.pagination import LimitOffsetPagination
 from core.api.serializers import ErrorSerializer
 from core.errors import ServiceError
 from fleet.models import Device, Site
@@ -19,11 +21,12 @@ from telemetry import series
 from telemetry.api.serializers import (
     AcknowledgeSerializer,
     AlertSerializer,
+    DeviceEventSerializer,
     SeriesQuerySerializer,
     SeriesSerializer,
 )
-from telemetry.filters import AlertFilter
-from telemetry.models import Alert
+from telemetry.filters import AlertFilter, DeviceEventFilter
+from telemetry.models import Alert, DeviceEvent
 
 
 class SeriesView(APIView):
@@ -70,6 +73,8 @@ class AlertViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     serializer_class = AlertSerializer
     permission_classes = [HasScope]
     required_scopes = ("fleet",)
+    parser_classes = [JSONParser]
+    pagination_class = LimitOffsetPagination
     filterset_class = AlertFilter
     ordering_fields = ["since", "opened_at", "resolved_at"]
     queryset = Alert.objects.select_related("rule", "device", "device__site").exclude(state=Alert.State.PENDING)
@@ -87,3 +92,26 @@ class AlertViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
                 status.HTTP_409_CONFLICT,
             )
         return Response(AlertSerializer(alert).data)
+
+
+class DeviceEventViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+    """A device's events (model swaps, rejected desired states, throttling, ...), newest first.
+
+    Devices publish them on MQTT ``events`` and the bridge stores every kind as
+    it arrives, so the list holds whatever kinds the device's agent reports.
+    Routed under ``/api/v1/devices/{device_id}/events/``: the fleet app, below
+    telemetry, knows nothing of events.
+    """
+
+    serializer_class = DeviceEventSerializer
+    permission_classes = [HasScope]
+    pagination_class = LimitOffsetPagination
+    filterset_class = DeviceEventFilter
+    ordering_fields = ["at", "received_at"]
+    ordering = ["-at", "-id"]
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # schema generation has no URL kwargs
+            return DeviceEvent.objects.none()
+        device = get_object_or_404(Device.objects.only("pk", "device_id"), device_id=self.kwargs["device_id"])
+        return DeviceEvent.objects.filter(device=device).select_related("device")

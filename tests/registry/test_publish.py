@@ -172,7 +172,30 @@ def test_aliases_point_at_published_versions_only(ci, token_client, classifier_o
     assert ok.status_code == 200 and ok.json()["version"] == "1.0.0"
     assert unknown.status_code == 400
     assert by_reader.status_code == 403
-    assert ci.get("/api/v1/models/parts/aliases/").json()[0]["name"] == "production"
+    aliases = ci.get("/api/v1/models/parts/aliases/").json()
+    assert aliases["count"] == 1 and aliases["results"][0]["name"] == "production"
+
+
+def test_an_alias_refusal_answers_the_error_shape_its_schema_documents(ci, classifier_onnx, metadata):
+    publish(ci, classifier_onnx, metadata())
+    ci.post("/api/v1/models/parts/versions/1.0.0/deprecate/", {"reason": "false rejects"}, format="json")
+    url = "/api/v1/models/parts/aliases/production/"
+    schema = ci.get("/api/v1/schema/", {"format": "json"}).json()
+    documented = schema["paths"]["/api/v1/models/{name}/aliases/{alias}/"]["put"]["responses"]
+    for status in ("400", "415"):
+        assert documented[status]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+    for body, code, field in [
+        ({"version": "9.9.9"}, "unknown_version", "version"),
+        ({"version": "1.0.0"}, "invalid_alias", "version"),
+        ({"version": 1}, "invalid", "version"),
+        ({}, "invalid", "version"),
+    ]:
+        answer = ci.put(url, body, format="json")
+        assert answer.status_code == 400, answer.content
+        assert set(answer.json()) == {"code", "detail", "fields"} and answer.json()["code"] == code
+        assert list(answer.json()["fields"]) == [field]
+    form = ci.put(url, "version=1.0.0", content_type="application/x-www-form-urlencoded")
+    assert form.status_code == 415 and form.json()["code"] == "unsupported_media_type"
 
 
 def test_a_deprecated_version_stays_downloadable_but_cannot_be_aliased(ci, classifier_onnx, metadata):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from base64 import b64encode
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -250,3 +251,86 @@ def test_a_date_time_filter_takes_the_widest_real_offsets(viewer_client: APIClie
     for value in ("2000-01-01T00:00:00+14:00", "2000-01-01T00:00:00-12:00"):
         answer = viewer_client.get("/api/v1/alerts/", {"since": value})
         assert answer.status_code == 200 and [a["id"] for a in answer.json()["results"]] == [alert.pk]
+
+
+# --- GET /api/v1/devices/{id}/events/ -------------------------------------------------------------
+
+
+@pytest.fixture
+def events(site: Site, enroll_device: Callable[..., Any]) -> Device:
+    """cam-1 with three events stored as the bridge stores them, and another device with one."""
+    from agent.kernel import protocol
+    from telemetry.services import record_event
+
+    device = enroll_device(site, name="cam-1").device
+    other = enroll_device(site, name="cam-2").device
+    for minutes, kind, data in [
+        (0, "model_swap", {"version": "1.0.0"}),
+        (10, "thermal_throttle", {"temperature_c": 81.5}),
+        (20, "desired_rejected", {"reason": "expired"}),
+    ]:
+        record_event(device, protocol.Event(kind=kind, ts=START + timedelta(minutes=minutes), data=data))
+    record_event(other, protocol.Event(kind="model_swap", ts=START))
+    return device
+
+
+def device_events(client: APIClient, device: Device, **params: Any) -> Any:
+    return client.get(f"/api/v1/devices/{device.device_id}/events/", params)
+
+
+def test_a_devices_events_come_newest_first_with_what_the_device_sent(
+    token_client: Callable[..., APIClient], events: Device
+) -> None:
+    answer = device_events(token_client("read"), events)
+    assert answer.status_code == 200, answer.content
+    body = answer.json()
+    assert body["count"] == 3
+    assert [e["kind"] for e in body["results"]] == ["desired_rejected", "thermal_throttle", "model_swap"]
+    newest = body["results"][0]
+    assert newest["device"] == events.device_id and newest["data"] == {"reason": "expired"}
+    assert datetime.fromisoformat(newest["at"]) == START + timedelta(minutes=20)
+
+
+def test_events_filter_by_kind_and_a_half_open_time_window(viewer_client: APIClient, events: Device) -> None:
+    by_kind = device_events(viewer_client, events, kind="thermal_throttle").json()["results"]
+    assert [e["kind"] for e in by_kind] == ["thermal_throttle"]
+    window = device_events(
+        viewer_client,
+        events,
+        since=(START + timedelta(minutes=10)).isoformat(),
+        until=(START + timedelta(minutes=20)).isoformat(),
+    ).json()["results"]
+    assert [e["kind"] for e in window] == ["thermal_throttle"]
+    oldest_first = device_events(viewer_client, events, ordering="at", limit=1).json()
+    assert oldest_first["count"] == 3 and [e["kind"] for e in oldest_first["results"]] == ["model_swap"]
+
+
+def test_events_refuse_a_filter_they_cannot_read(viewer_client: APIClient, events: Device) -> None:
+    for params, field in [
+        ({"since": "yesterday"}, "since"),
+        ({"until": "2026-11-20T08:00:00+15:00"}, "until"),
+        ({"ordering": "kind"}, "ordering"),
+        ({"limit": "0"}, "limit"),
+        ({"offset": "-1"}, "offset"),
+    ]:
+        answer = device_events(viewer_client, events, **params)
+        assert answer.status_code == 400, (params, answer.content)
+        assert answer.json()["code"] == "invalid" and list(answer.json()["fields"]) == [field]
+
+
+def test_events_of_an_unknown_device_are_not_found(viewer_client: APIClient, events: Device) -> None:
+    answer = viewer_client.get("/api/v1/devices/dev-nope/events/")
+    assert answer.status_code == 404 and answer.json()["code"] == "not_found"
+
+
+def test_events_are_for_operators_not_devices(
+    anonymous: APIClient, site: Site, enroll_device: Callable[..., Any], events: Device
+) -> None:
+    assert device_events(anonymous, events).status_code == 401
+    device = enroll_device(site, name="cam-3")
+    as_device = APIClient()
+    as_device.credentials(
+        HTTP_AUTHORIZATION="Basic " + b64encode(f"{device.device.device_id}:{device.secret}".encode()).decode()
+    )
+    assert as_device.get("/api/v1/device/self").status_code == 200
+    assert device_events(as_device, events).status_code == 403

@@ -108,7 +108,7 @@ def test_a_site_with_devices_cannot_be_deleted(
 ) -> None:
     enroll_device(site)
     response = admin_client.delete(f"/api/v1/sites/{site.slug}/")
-    assert response.status_code == 400 and response.json()["code"] == "site_has_devices"
+    assert response.status_code == 409 and response.json()["code"] == "site_has_devices"
     assert Site.objects.filter(pk=site.pk).exists()
 
 
