@@ -28,6 +28,7 @@ from agent import config as agent_config
 from agent.fallback import METADATA as FALLBACK_METADATA
 from agent.inference import ModelLoadError, ModelSession
 from agent.kernel.verify import VerificationError
+from agent.lock import DataDirBusy, DataDirLock
 from agent.trust import authorization, load_keyring
 from agent.updater import CURRENT, ModelStore, check_installed
 
@@ -92,12 +93,40 @@ def check_clock(date: str | None, *, now: datetime | None = None) -> Check:
 
 
 def check_broker(config: agent_config.AgentConfig, timeout: float = 5.0) -> Check:
-    """Connect with the device's credentials under a client id of its own, so a running agent stays connected."""
+    """Connect with the device's credentials under its own client id, as the agent does.
+
+    Brokers bind a device's credentials to its client id, so no other id would
+    be let in; and a second CONNECT under that id would end a running agent's
+    session (its last will announcing it offline). So the credentials are
+    checked only while no agent holds the data directory (``agent.lock``), and
+    the lock is held for the check; otherwise the broker's reachability is.
+    """
     settings = config.mqtt
     try:
         socket.create_connection((settings.host, settings.port), timeout=timeout).close()
     except OSError as exc:
         return Check("broker", "fail", f"{settings.url}: {exc.strerror or exc}")
+    lock = DataDirLock(config.agent.data_dir)
+    try:
+        lock.acquire()
+    except DataDirBusy as exc:
+        holder = f"PID {exc.pid}" if exc.pid is not None else "another process"
+        return Check(
+            "broker",
+            "warn",
+            f"{settings.url} is reachable; the credentials are not re-checked while an agent ({holder}) "
+            "holds the device's session",
+        )
+    except OSError as exc:
+        return Check("broker", "warn", f"{settings.url} is reachable; cannot lock {config.agent.data_dir}: {exc}")
+    try:
+        return _connect(config, timeout)
+    finally:
+        lock.release()
+
+
+def _connect(config: agent_config.AgentConfig, timeout: float) -> Check:
+    settings = config.mqtt
     answered = threading.Event()
     outcome: dict[str, Any] = {}
 
@@ -105,7 +134,7 @@ def check_broker(config: agent_config.AgentConfig, timeout: float = 5.0) -> Chec
         outcome["reason"] = reason
         answered.set()
 
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{config.device.id}-doctor")
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=config.device.id, clean_session=True)
     client.username_pw_set(config.device.id, config.device.secret)
     if settings.tls:
         client.tls_set(ca_certs=str(settings.ca_file) if settings.ca_file else None)

@@ -13,9 +13,11 @@ from typer.testing import CliRunner
 
 from agent import config as agent_config
 from agent.cli import app
-from agent.doctor import check_clock
+from agent.doctor import check_broker, check_clock
+from agent.lock import DataDirLock
 from fleet.models import Site
 from tests.agent.helpers import make_agent_config
+from tests.brokers import embedded_broker
 
 
 def write(tmp_path: Path, server: str, mqtt: str, device_id: str = "dev-x", secret: str = "s") -> Path:  # noqa: S107
@@ -44,6 +46,29 @@ def test_an_enrolled_device_passes_every_check(
         assert name in result.output
     assert "fallback model would serve" in result.output
     assert "fail" not in result.output
+
+
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_the_broker_check_uses_the_device_id_a_binding_broker_expects_and_spares_a_running_agent(
+    enroll_device: Any, tmp_path: Path
+) -> None:
+    """Brokers bind credentials to the device's client id: a check under any other id is refused there."""
+    enrollment = enroll_device(Site.objects.create(slug="plant-d", name="Plant D"), name="cam-d")
+    with embedded_broker() as broker:
+        path = write(tmp_path, "http://127.0.0.1:9", broker.url, enrollment.device.device_id, enrollment.secret)
+        config = agent_config.load(path)
+
+        assert check_broker(config).status == "ok"
+        assert (
+            check_broker(config.model_copy(update={"device": config.device.model_copy(update={"secret": "x"})})).status
+            == "fail"
+        )
+
+        # An agent runs on this data directory: its session is not taken over, and the check says why.
+        with DataDirLock(config.agent.data_dir):
+            busy = check_broker(config)
+        assert busy.status == "warn" and "holds the device's session" in busy.detail
 
 
 def test_an_unreachable_server_and_broker_fail_with_a_non_zero_exit(tmp_path: Path) -> None:
