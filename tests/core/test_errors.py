@@ -108,6 +108,14 @@ def test_it_answers_a_django_validation_error_from_a_model_as_invalid() -> None:
         ("/api/v1/models/parts/versions/", {"deprecated": "perhaps"}, "deprecated"),
         ("/api/v1/devices/", {"ordering": "secret"}, "ordering"),
         ("/api/v1/sites/", {"ordering": "-name,bogus"}, "ordering"),
+        ("/api/v1/sites/", {"ordering": "name, slug"}, "ordering"),
+        ("/api/v1/sites/", {"ordering": "name,"}, "ordering"),
+        ("/api/v1/sites/", {"limit": "0"}, "limit"),
+        ("/api/v1/sites/", {"limit": "1001"}, "limit"),
+        ("/api/v1/sites/", {"limit": "ten"}, "limit"),
+        ("/api/v1/sites/", {"offset": "-1"}, "offset"),
+        ("/api/v1/sites/", {"offset": "null"}, "offset"),
+        ("/api/v1/sites/", {"offset": str(2**63)}, "offset"),
     ],
 )
 def test_it_answers_an_invalid_filter_value_as_invalid_naming_the_parameter(
@@ -115,6 +123,31 @@ def test_it_answers_an_invalid_filter_value_as_invalid_naming_the_parameter(
 ) -> None:
     body = refusal(viewer_client.get(path, params), 400, "invalid")
     assert list(body["fields"]) == [field]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"slug": "s1", "name": 0}, "name"),
+        ({"slug": "s1", "name": "S1", "description": False}, "description"),
+        ({"slug": "s1", "name": "S1", "device_count": 3}, "device_count"),
+        ({"slug": "s1", "name": "S1\x00"}, "name"),
+        ({"slug": "s1", "name": "   "}, "name"),
+    ],
+)
+def test_a_body_field_takes_a_json_value_of_its_own_type_and_no_read_only_field(
+    admin_client: APIClient, body: dict[str, Any], field: str
+) -> None:
+    response = admin_client.post("/api/v1/sites/", body, format="json")
+    assert list(refusal(response, 400, "invalid")["fields"]) == [field]
+    assert not Site.objects.filter(slug="s1").exists()
+
+
+def test_a_typed_body_field_is_not_read_from_a_string(token_client: Callable[..., APIClient], site: Site) -> None:
+    client = token_client("fleet")
+    url = f"/api/v1/sites/{site.slug}/enrollment-tokens/"
+    assert list(refusal(client.post(url, {"ttl_hours": "2"}, format="json"), 400, "invalid")["fields"]) == ["ttl_hours"]
+    assert client.post(url, {"ttl_hours": 2}, format="json").status_code == 201
 
 
 @pytest.mark.parametrize("value", ["true", "false", "TRUE", "1", "0", ""])

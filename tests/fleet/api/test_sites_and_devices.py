@@ -26,6 +26,8 @@ def test_a_viewer_can_list_but_not_create_sites(viewer_client: APIClient, site: 
 def test_an_admin_creates_a_site_and_it_is_audited(admin_client: APIClient) -> None:
     response = admin_client.post("/api/v1/sites/", {"slug": "depot-9", "name": "Depot 9"}, format="json")
     assert response.status_code == 201
+    # The same fields as every other answer about a site, the counts included.
+    assert (response.json()["device_count"], response.json()["online_count"]) == (0, 0)
     assert AuditLog.objects.filter(action="site.create", actor_label="alice").exists()
 
 
