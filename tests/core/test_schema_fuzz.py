@@ -110,6 +110,8 @@ def fuzz_config() -> SchemathesisConfig:
     return SchemathesisConfig.from_dict(
         {
             "seed": SEED,
+            # No state carried over from an earlier run (.schemathesis/): each run is the same run.
+            "cache": {"enabled": False},
             "workers": 1,
             # The live server then closes each request's database connection at once, so none is
             # left open to hold the test database when pytest drops it.
