@@ -221,6 +221,7 @@ def test_each_worker_marks_its_progress_even_when_idle(running: Bridge) -> None:
     assert float(line.split()[-1]) == pytest.approx(time.time(), abs=10)
 
 
+@pytest.mark.django_db(transaction=True)
 def test_a_stuck_worker_stops_marking_progress(devices: tuple[Device, Device]) -> None:
     """The per-worker time is what shows a worker stuck in a call: it stops while the process goes on."""
     bridge = Bridge(BridgeConfig(url="mqtt://127.0.0.1:1", workers=1))
@@ -233,3 +234,7 @@ def test_a_stuck_worker_stops_marking_progress(devices: tuple[Device, Device]) -
         assert time.time() - stuck_since >= 1.0
         release.set()
     bridge._inboxes[0].put(None)
+    # The worker writes its counters on its own connection: it ends before the test's flush.
+    worker, _ = bridge._workers["bridge-worker-0"]
+    worker.join(10)
+    assert not worker.is_alive()
