@@ -10,7 +10,7 @@ import orjson
 import psycopg
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import RegexValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import connection, models, transaction
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
@@ -24,6 +24,12 @@ class Site(models.Model):
     slug = models.CharField(max_length=63, unique=True, validators=[slug_validator])
     name = models.CharField(max_length=200)
     description = models.TextField(blank=True)
+    latency_budget_ms = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(600_000)],
+        help_text="The p95 inference latency this site's use needs; rollout gates keep 20 % headroom below it.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -16,7 +16,16 @@ class SiteSerializer(StrictInput, serializers.ModelSerializer):
 
     class Meta:
         model = Site
-        fields = ["id", "slug", "name", "description", "created_at", "device_count", "online_count"]
+        fields = [
+            "id",
+            "slug",
+            "name",
+            "description",
+            "latency_budget_ms",
+            "created_at",
+            "device_count",
+            "online_count",
+        ]
         read_only_fields = ["id", "created_at"]
 
 

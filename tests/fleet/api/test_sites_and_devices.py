@@ -139,3 +139,18 @@ def test_a_rename_that_loses_the_race_for_a_name_is_refused(
     response = admin_client.patch(f"/api/v1/devices/{device.device_id}/", {"name": "cam-1"}, format="json")
     assert response.status_code == 400 and response.json()["code"] == "invalid"
     assert "name" in response.json()["fields"]
+
+
+def test_a_site_latency_budget_is_optional_and_bounded(admin_client: APIClient, site: Site) -> None:
+    url = f"/api/v1/sites/{site.slug}/"
+    assert admin_client.get(url).json()["latency_budget_ms"] is None
+
+    for bad in (0, -5, 600_001, "fast", 1.5):
+        refused = admin_client.patch(url, {"latency_budget_ms": bad}, format="json")
+        assert refused.status_code == 400, bad
+        assert list(refused.json()["fields"]) == ["latency_budget_ms"]
+
+    assert admin_client.patch(url, {"latency_budget_ms": 120}, format="json").json()["latency_budget_ms"] == 120
+    site.refresh_from_db()
+    assert site.latency_budget_ms == 120
+    assert admin_client.patch(url, {"latency_budget_ms": None}, format="json").json()["latency_budget_ms"] is None
