@@ -42,6 +42,7 @@ INSTALLED_APPS = [
     "registry",
     "fleet",
     "telemetry",
+    "rollouts",
     "bridge",
     "demo",
     "dashboard",
@@ -218,7 +219,12 @@ CELERY_BEAT_SCHEDULE = {
     "telemetry-rollups": {"task": "telemetry.tasks.roll_up", "schedule": 60.0},
     "telemetry-alerts": {"task": "telemetry.tasks.evaluate_alerts", "schedule": 60.0},
     "telemetry-retention": {"task": "telemetry.tasks.apply_retention", "schedule": 3600.0},
+    "rollouts-tick": {"task": "rollouts.tasks.tick", "schedule": 15.0},
 }
+
+# Rollouts (docs/rollouts.md): hardware profiles sent the cpu-int8 bundle of a
+# version when it has one (cpu-fp32 otherwise).
+ROLLOUT_INT8_HARDWARE_PROFILES = env.string_list("ROLLOUT_INT8_HARDWARE_PROFILES", ["rpi4", "rpi5"])
 
 # Telemetry (docs/telemetry.md): raw records are kept briefly, rollups longer.
 TELEMETRY_RAW_RETENTION_DAYS = env.integer("TELEMETRY_RAW_RETENTION_DAYS", 7, minimum=1, maximum=3650)

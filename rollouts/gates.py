@@ -1,0 +1,101 @@
+"""The health gates a stage must pass after its soak, each a function of one stage's telemetry.
+
+``SOAK_GATES`` is the list the scheduler runs, in order; a gate is any
+callable taking a ``StageData`` and returning an ``Outcome``, so a further
+judge (a matched-control canary analysis) is one more entry. Every figure
+comes from ``telemetry.baseline.compare_to_baseline``: the stage's active
+devices since they all became active, against their own stretch before.
+
+The site latency budget gate of DESIGN.md is not here: ``fleet.Site`` has no
+latency budget field yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from telemetry.baseline import BaselineComparison
+
+PASS, MARGINAL, FAIL, PENDING = "pass", "marginal", "fail", "pending"
+
+
+@dataclass(frozen=True)
+class StageData:
+    devices: list[str]  # every device of the stage
+    active: list[str]  # those that reported the version active
+    comparison: BaselineComparison  # of the active ones
+    settings: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    gate: str
+    value: float | None
+    threshold: float | None
+    verdict: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def judge(value: float | None, threshold: float, band: float) -> str:
+    """pass at or under the threshold, marginal a little over it (the band), fail past that; pending without data."""
+    if value is None:
+        return PENDING
+    if value <= threshold:
+        return PASS
+    if value <= threshold * (1 + band) + 1e-12 and threshold > 0:
+        return MARGINAL
+    return FAIL
+
+
+def failed_installs(devices: list[str], failed: list[str], max_pct: float) -> Outcome:
+    pct = 100.0 * len(failed) / len(devices) if devices else 0.0
+    verdict = PASS if pct <= max_pct else FAIL
+    return Outcome("failed_installs", pct, max_pct, verdict, {"failed": sorted(failed)[:50]})
+
+
+def silent_devices(data: StageData) -> Outcome:
+    silent = [d for d in data.comparison.silent_devices if d in set(data.active)]
+    pct = 100.0 * len(silent) / len(data.devices) if data.devices else 0.0
+    threshold = float(data.settings["max_silent_pct"])
+    return Outcome("silent_devices", pct, threshold, PASS if pct <= threshold else FAIL, {"silent": silent[:50]})
+
+
+def _figure_gate(name: str, setting: str, measure: Callable[[BaselineComparison], float | None]) -> Gate:
+    def gate(data: StageData) -> Outcome:
+        value = measure(data.comparison)
+        threshold = float(data.settings[setting])
+        figure = name.removesuffix("_rise").removesuffix("_regression").removesuffix("_drop")
+        details = {
+            "frames_baseline": data.comparison.frames_baseline,
+            "frames_current": data.comparison.frames_current,
+        }
+        source = data.comparison.figures.get(figure)
+        if source is not None:
+            details.update(baseline=source.baseline, current=source.current)
+        return Outcome(name, value, threshold, judge(value, threshold, float(data.settings["marginal_band"])), details)
+
+    gate.__name__ = name
+    return gate
+
+
+Gate = Callable[[StageData], Outcome]
+
+SOAK_GATES: list[Gate] = [
+    silent_devices,
+    _figure_gate("error_rate_rise", "max_error_rate_rise", lambda c: c.error_rate_rise),
+    _figure_gate("latency_p95_ms_regression", "max_p95_latency_regression", lambda c: c.p95_latency_regression),
+    _figure_gate("mean_confidence_drop", "max_confidence_drop", lambda c: c.mean_confidence_drop),
+    _figure_gate("escalation_rate_rise", "max_escalation_rate_rise", lambda c: c.escalation_rate_rise),
+]
+
+
+def verdict(outcomes: list[Outcome]) -> str:
+    """fail if any gate fails; marginal if any is marginal or lacks data; pass otherwise."""
+    verdicts = {o.verdict for o in outcomes}
+    if FAIL in verdicts:
+        return FAIL
+    if verdicts & {MARGINAL, PENDING}:
+        return MARGINAL
+    return PASS

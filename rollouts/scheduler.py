@@ -1,0 +1,243 @@
+"""The scheduler's tick: one step of every running rollout, each in its own transaction under its row lock.
+
+Safe with several workers ticking at once: a rollout row another worker holds
+is skipped (``skip_locked``), not waited for, and each step re-reads the row
+it locked, so a step is taken once. A worker killed mid-step leaves nothing:
+sending a stage's devices the version (their signed desired documents, the
+audit rows) and the stage's new state commit together or not at all. Desired
+documents reach the broker only after that commit (``fleet.desired``).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from django.db import transaction
+from django.utils import timezone
+
+from core.errors import ServiceError
+from core.models import AuditLog
+from fleet import services as fleet
+from rollouts import gates
+from rollouts.models import GateResult, Rollout, RolloutDevice, RolloutStage
+from telemetry.baseline import FAILED_PHASES, compare_to_baseline
+
+log = logging.getLogger(__name__)
+
+
+def tick(*, now: datetime | None = None) -> int:
+    """Take one step of every pending or running rollout; returns how many were stepped by this worker."""
+    now = now or timezone.now()
+    stepped = 0
+    pks = list(Rollout.objects.filter(state__in=(Rollout.PENDING, Rollout.RUNNING)).values_list("pk", flat=True))
+    for pk in pks:
+        with transaction.atomic():
+            rollout = (
+                Rollout.objects.select_for_update(skip_locked=True, of=("self",))
+                .select_related("version__model", "template")
+                .filter(pk=pk, state__in=(Rollout.PENDING, Rollout.RUNNING))
+                .first()
+            )
+            if rollout is None:
+                continue
+            step(rollout, now)
+            stepped += 1
+    return stepped
+
+
+def _actor(rollout: Rollout) -> str:
+    return f"rollout:{rollout.pk}"
+
+
+def step(rollout: Rollout, now: datetime) -> None:
+    """One move of a locked rollout: start, send a stage, watch it install, judge it after its soak."""
+    if rollout.state == Rollout.PENDING:
+        rollout.advance_state(Rollout.RUNNING, at=now)
+        rollout.save(update_fields=["state", "started_at", "updated_at"])
+        AuditLog.record(actor=_actor(rollout), action="rollout.start", target=rollout)
+    stage = rollout.stages.select_for_update().get(index=rollout.current_stage)
+    if stage.state in (RolloutStage.PENDING, RolloutStage.WAITING_APPROVAL):
+        _send(rollout, stage, now)
+    elif stage.state == RolloutStage.INSTALLING:
+        _watch(rollout, stage, now)
+    elif stage.state == RolloutStage.SOAKING and now >= (stage.soak_until or now):
+        _judge(rollout, stage, now)
+
+
+def _send(rollout: Rollout, stage: RolloutStage, now: datetime) -> None:
+    if stage.requires_approval and stage.approved_at is None:
+        if stage.state != RolloutStage.WAITING_APPROVAL:
+            stage.state = RolloutStage.WAITING_APPROVAL
+            stage.save(update_fields=["state"])
+        return
+    entries = list(
+        rollout.devices.filter(stage_index=stage.index, state=RolloutDevice.PENDING).select_related("device")
+    )
+    for entry in entries:
+        try:
+            entry.generation = fleet.assign_model(
+                entry.device, rollout.version, actor=_actor(rollout), target=entry.target
+            )
+            entry.state = RolloutDevice.ASSIGNED
+        except ServiceError as exc:
+            # Refused before sending (agent too old, bundle expired): an install that failed.
+            entry.state, entry.error = RolloutDevice.FAILED, exc.detail
+    RolloutDevice.objects.bulk_update(entries, ["state", "generation", "error", "updated_at"])
+    stage.state, stage.started_at = RolloutStage.INSTALLING, now
+    stage.save(update_fields=["state", "started_at"])
+    AuditLog.record(
+        actor=_actor(rollout), action="rollout.stage_start", target=rollout, stage=stage.index, devices=len(entries)
+    )
+
+
+def _watch(rollout: Rollout, stage: RolloutStage, now: datetime) -> None:
+    """Mark each stage device active or failed from what it reports; then soak, or fail on a timeout."""
+    settings = rollout.gates()
+    entries = list(rollout.devices.filter(stage_index=stage.index).select_related("device"))
+    version = rollout.version
+    changed = []
+    for entry in entries:
+        if entry.state != RolloutDevice.ASSIGNED:
+            continue
+        reported = entry.device.reported if isinstance(entry.device.reported, dict) else {}
+        if reported.get("generation", 0) < (entry.generation or 0):
+            continue  # still on an older desired document
+        runs = reported.get("model_name") == version.model.name and reported.get("model_version") == version.version
+        if reported.get("phase") == "active" and runs:
+            entry.state = RolloutDevice.ACTIVE
+        elif reported.get("phase") in FAILED_PHASES:
+            entry.state, entry.error = RolloutDevice.FAILED, str(reported.get("error") or reported.get("phase"))[:2000]
+        else:
+            continue
+        changed.append(entry)
+    timed_out = now >= (stage.started_at or now) + timedelta(seconds=int(settings["activation_timeout_s"]))
+    waiting = [e for e in entries if e.state == RolloutDevice.ASSIGNED]
+    if waiting and timed_out:
+        for entry in waiting:
+            entry.state = RolloutDevice.SILENT
+            changed.append(entry)
+    RolloutDevice.objects.bulk_update(changed, ["state", "error", "updated_at"])
+    if waiting and not timed_out:
+        return
+    names = [e.device.device_id for e in entries]
+    failed = [e.device.device_id for e in entries if e.state == RolloutDevice.FAILED]
+    silent = [e.device.device_id for e in entries if e.state == RolloutDevice.SILENT]
+    reached = len(entries) - len(silent)
+    activation = gates.Outcome(
+        "activation",
+        float(reached),
+        float(len(entries)),
+        gates.FAIL if silent else gates.PASS,
+        {"silent": silent[:50], "timeout_s": settings["activation_timeout_s"]},
+    )
+    installs = gates.failed_installs(names, failed, float(settings["max_failed_installs_pct"]))
+    _store(stage, [activation, installs], now)
+    if gates.FAIL in (activation.verdict, installs.verdict):
+        _fail(
+            rollout, stage, now, f"gate {'activation' if silent else 'failed_installs'} failed at stage {stage.index}"
+        )
+        return
+    stage.state, stage.all_active_at = RolloutStage.SOAKING, now
+    stage.soak_until = now + timedelta(seconds=int(settings["soak_s"]))
+    stage.save(update_fields=["state", "all_active_at", "soak_until"])
+
+
+def _judge(rollout: Rollout, stage: RolloutStage, now: datetime) -> None:
+    settings = rollout.gates()
+    entries = list(rollout.devices.filter(stage_index=stage.index).select_related("device"))
+    active = [e.device.device_id for e in entries if e.state == RolloutDevice.ACTIVE]
+    data = gates.StageData(
+        devices=[e.device.device_id for e in entries],
+        active=active,
+        comparison=compare_to_baseline(active, stage.all_active_at or now, now=now),
+        settings=settings,
+    )
+    outcomes = [gate(data) for gate in gates.SOAK_GATES]
+    _store(stage, outcomes, now)
+    verdict = gates.verdict(outcomes)
+    if verdict == gates.MARGINAL and stage.soak_extensions < int(settings["max_soak_extensions"]):
+        stage.soak_extensions += 1
+        stage.soak_until = now + timedelta(seconds=int(settings["soak_s"]))
+        stage.verdict = gates.MARGINAL
+        stage.save(update_fields=["soak_extensions", "soak_until", "verdict"])
+        return
+    if verdict != gates.PASS:
+        # Still marginal after every extension: not proven good, so not sent further.
+        failing = [o.gate for o in outcomes if o.verdict != gates.PASS]
+        _fail(rollout, stage, now, f"gates {', '.join(failing)} did not pass at stage {stage.index}")
+        return
+    stage.state, stage.verdict, stage.finished_at = RolloutStage.PASSED, gates.PASS, now
+    stage.save(update_fields=["state", "verdict", "finished_at"])
+    AuditLog.record(actor=_actor(rollout), action="rollout.stage_passed", target=rollout, stage=stage.index)
+    if stage.index + 1 >= rollout.stages.count():
+        rollout.advance_state(Rollout.COMPLETED, at=now)
+        rollout.save(update_fields=["state", "finished_at", "updated_at"])
+        AuditLog.record(actor=_actor(rollout), action="rollout.complete", target=rollout)
+        return
+    rollout.current_stage = stage.index + 1
+    rollout.save(update_fields=["current_stage", "updated_at"])
+
+
+def _store(stage: RolloutStage, outcomes: list[gates.Outcome], now: datetime) -> None:
+    GateResult.objects.bulk_create(
+        GateResult(
+            stage=stage,
+            gate=o.gate,
+            value=o.value,
+            threshold=o.threshold,
+            verdict=o.verdict,
+            details=o.details,
+            evaluated_at=now,
+        )
+        for o in outcomes
+    )
+
+
+def _fail(rollout: Rollout, stage: RolloutStage, now: datetime, why: str) -> None:
+    """Halt; by the ``on_failure`` policy, send the stage's devices back to what they ran before."""
+    stage.state, stage.verdict, stage.finished_at = RolloutStage.FAILED, gates.FAIL, now
+    stage.save(update_fields=["state", "verdict", "finished_at"])
+    rollout.halt_reason = why
+    if rollout.gates()["on_failure"] != "revert":
+        rollout.advance_state(Rollout.HALTED, at=now)
+        rollout.save(update_fields=["state", "halt_reason", "updated_at"])
+        AuditLog.record(actor=_actor(rollout), action="rollout.halt", target=rollout, reason=why)
+        return
+    entries = list(
+        rollout.devices.filter(stage_index=stage.index)
+        .exclude(state=RolloutDevice.PENDING)
+        .select_related("device", "from_version__model")
+    )
+    reverted, kept = [], []
+    for entry in entries:
+        if entry.from_version is None:
+            kept.append(entry.device.device_id)
+            continue
+        try:
+            entry.generation = fleet.assign_model(
+                entry.device,
+                entry.from_version,
+                actor=_actor(rollout),
+                target=entry.from_target or None,
+                rollback=True,
+            )
+        except ServiceError as exc:
+            entry.error = f"revert refused: {exc.detail}"[:2000]
+            kept.append(entry.device.device_id)
+            continue
+        entry.state = RolloutDevice.REVERTED
+        reverted.append(entry)
+    RolloutDevice.objects.bulk_update(entries, ["state", "generation", "error", "updated_at"])
+    rollout.advance_state(Rollout.REVERTED, at=now)
+    rollout.save(update_fields=["state", "halt_reason", "finished_at", "updated_at"])
+    AuditLog.record(
+        actor=_actor(rollout),
+        action="rollout.revert",
+        target=rollout,
+        reason=why,
+        stage=stage.index,
+        reverted=len(reverted),
+        without_previous_version=kept[:50],
+    )
+    log.warning("rollout reverted", extra={"rollout": rollout.pk, "reason": why, "reverted": len(reverted)})

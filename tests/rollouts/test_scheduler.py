@@ -1,0 +1,241 @@
+"""The tick drives a rollout through its stages, halts and reverts a bad version, and is safe to run twice at once."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+from unittest import mock
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from core.models import AuditLog
+from fleet import services as fleet
+from fleet.models import Device
+from registry.models import ModelVersion
+from rollouts import scheduler, services
+from rollouts.models import GateResult, Rollout, RolloutDevice, RolloutStage
+from tests.rollouts.conftest import alive, report, sent_to, window
+
+PLAN = {"stages": [{"kind": "count", "value": 1}, {"kind": "percent", "value": 10}, {"kind": "percent", "value": 100}]}
+GATES = {"soak_s": 60, "activation_timeout_s": 600}
+
+
+def start_rollout(version: ModelVersion, **extra: Any) -> Rollout:
+    return services.create(
+        version=version,
+        target={"running_model": "parts"},
+        plan=extra.pop("plan", PLAN),
+        gates={**GATES, **extra.pop("gates", {})},
+        actor="ci",
+        reason="release 2.0.0",
+    )
+
+
+def drive(
+    rollout: Rollout,
+    v1: ModelVersion,
+    v2: ModelVersion,
+    *,
+    phase: str = "active",
+    latency_ms: float = 20.0,
+    ticker: Callable[[datetime], None] | None = None,
+    ticks: int = 30,
+) -> datetime:
+    """Tick every two minutes; each device sent the version answers with ``phase`` and sends telemetry."""
+    now = timezone.now().replace(second=0, microsecond=0)
+    ticker = ticker or (lambda at: scheduler.tick(now=at))
+    for _ in range(ticks):
+        alive(Device.objects.all(), now)
+        ticker(now)
+        rollout.refresh_from_db()
+        if rollout.state not in Rollout.ACTIVE:
+            break
+        for entry in sent_to(rollout.pk, RolloutDevice.ASSIGNED):
+            if phase == "active":
+                report(entry.device, v2)
+            else:
+                report(entry.device, v1, phase, error="reference outputs differ")
+            # Their own baseline on 1.0.0 half an hour ago, then the new version from the next soak on.
+            window(entry.device, now - timedelta(minutes=30), v1, seed=1)
+            for m in range(3, 9):
+                window(entry.device, now + timedelta(minutes=m), v2, latency_ms=latency_ms, seed=m)
+        now += timedelta(minutes=2)
+    return now
+
+
+def running_v2(devices: list[Device]) -> list[str]:
+    return [
+        d.device_id
+        for d in Device.objects.filter(pk__in=[d.pk for d in devices])
+        if d.desired["model"]["version"] == "2.0.0"
+    ]
+
+
+@pytest.mark.django_db
+def test_a_good_version_passes_canary_then_ten_percent_then_everyone(versions, fleet_on_v1):
+    v1, v2 = versions
+    rollout = start_rollout(v2)
+
+    drive(rollout, v1, v2)
+
+    rollout.refresh_from_db()
+    assert rollout.state == Rollout.COMPLETED, rollout.halt_reason
+    sizes = [RolloutDevice.objects.filter(rollout=rollout, stage_index=i).count() for i in range(3)]
+    assert sizes == [1, 1, 8]
+    assert {e.state for e in sent_to(rollout.pk)} == {RolloutDevice.ACTIVE}
+    assert sorted(running_v2(fleet_on_v1)) == sorted(d.device_id for d in fleet_on_v1)
+    assert list(rollout.stages.values_list("state", "verdict")) == [(RolloutStage.PASSED, "pass")] * 3
+    latency = GateResult.objects.filter(stage__rollout=rollout, gate="latency_p95_ms_regression")
+    assert latency.count() == 3 and all(g.verdict == "pass" and g.threshold == 0.2 for g in latency)
+    actions = set(AuditLog.objects.filter(target_type="rollouts.rollout").values_list("action", flat=True))
+    assert {"rollout.create", "rollout.start", "rollout.stage_passed", "rollout.complete"} <= actions
+
+
+@pytest.mark.django_db
+def test_a_version_failing_validation_is_halted_at_the_canary_and_the_canary_reverted(versions, fleet_on_v1):
+    v1, v2 = versions
+    rollout = start_rollout(v2)
+
+    drive(rollout, v1, v2, phase="failed")
+
+    rollout.refresh_from_db()
+    assert rollout.state == Rollout.REVERTED and "failed_installs" in rollout.halt_reason
+    (canary,) = sent_to(rollout.pk, RolloutDevice.REVERTED)
+    canary.device.refresh_from_db()
+    assert canary.device.desired["rollback_to"] == "1.0.0"
+    assert canary.device.desired["model"]["version"] == "1.0.0"
+    assert running_v2(fleet_on_v1) == [], "no device outside the canary ever received 2.0.0"
+    assert AuditLog.objects.filter(action="device.assign_model", data__version="2.0.0").count() == 1
+    gate = GateResult.objects.get(stage__rollout=rollout, gate="failed_installs")
+    assert (gate.value, gate.threshold, gate.verdict) == (100.0, 0.0, "fail")
+
+
+@pytest.mark.django_db
+def test_a_too_slow_version_is_halted_at_the_canary_on_its_p95_latency(versions, fleet_on_v1):
+    v1, v2 = versions
+    rollout = start_rollout(v2)
+
+    drive(rollout, v1, v2, latency_ms=30.0)
+
+    rollout.refresh_from_db()
+    assert rollout.state == Rollout.REVERTED
+    gate = GateResult.objects.get(stage__rollout=rollout, gate="latency_p95_ms_regression")
+    assert gate.verdict == "fail" and gate.value == pytest.approx(0.5, abs=0.1)
+    assert len(sent_to(rollout.pk, RolloutDevice.REVERTED)) == 1
+    assert running_v2(fleet_on_v1) == []
+
+
+@pytest.mark.django_db
+def test_the_pause_policy_halts_without_sending_anything_back(versions, fleet_on_v1):
+    v1, v2 = versions
+    rollout = start_rollout(v2, gates={"on_failure": "pause"})
+
+    drive(rollout, v1, v2, latency_ms=30.0)
+
+    rollout.refresh_from_db()
+    assert rollout.state == Rollout.HALTED
+    assert len(running_v2(fleet_on_v1)) == 1
+
+
+@pytest.mark.django_db
+def test_a_stage_that_requires_approval_waits_for_it(versions, fleet_on_v1):
+    v1, v2 = versions
+    plan = {"stages": [{"kind": "count", "value": 1}, {"kind": "percent", "value": 100, "requires_approval": True}]}
+    rollout = start_rollout(v2, plan=plan)
+
+    drive(rollout, v1, v2, ticks=8)
+
+    rollout.refresh_from_db()
+    assert rollout.state == Rollout.RUNNING and rollout.current_stage == 1
+    assert rollout.stages.get(index=1).state == RolloutStage.WAITING_APPROVAL
+    assert len(running_v2(fleet_on_v1)) == 1
+    services.approve(rollout, actor="operator", reason="canary looks fine")
+    drive(rollout, v1, v2)
+    rollout.refresh_from_db()
+    assert rollout.state == Rollout.COMPLETED
+    assert len(running_v2(fleet_on_v1)) == 10
+
+
+@pytest.mark.django_db
+def test_a_paused_rollout_is_left_alone_until_resumed_and_an_aborted_one_for_good(versions, fleet_on_v1):
+    v1, v2 = versions
+    rollout = start_rollout(v2)
+    services.pause(rollout, actor="operator")
+
+    drive(rollout, v1, v2, ticks=3)
+    assert running_v2(fleet_on_v1) == []
+
+    services.resume(rollout, actor="operator")
+    scheduler.tick()
+    assert len(running_v2(fleet_on_v1)) == 1
+    services.abort(rollout, actor="operator", reason="wrong release")
+    drive(rollout, v1, v2, ticks=5)
+    rollout.refresh_from_db()
+    assert rollout.state == Rollout.ABORTED and len(running_v2(fleet_on_v1)) == 1
+    assert rollout.stages.get(index=0).state == RolloutStage.ABORTED
+    with pytest.raises(Exception, match="cannot become"):
+        services.pause(rollout, actor="operator")
+
+
+@pytest.mark.django_db
+def test_a_tick_that_dies_while_sending_a_stage_leaves_nothing_of_it(versions, fleet_on_v1):
+    _, v2 = versions
+    plan = {"stages": [{"kind": "count", "value": 3}, {"kind": "percent", "value": 100}]}
+    rollout = start_rollout(v2, plan=plan)
+    real = fleet.assign_model
+    calls = []
+
+    def dies_on_the_third(*args: Any, **kwargs: Any) -> int:
+        calls.append(args[0].device_id)
+        if len(calls) == 3:
+            raise SystemExit("worker killed")
+        return real(*args, **kwargs)
+
+    with mock.patch("rollouts.scheduler.fleet.assign_model", autospec=True, side_effect=dies_on_the_third):
+        with pytest.raises(SystemExit):
+            scheduler.tick()
+
+    rollout.refresh_from_db()
+    assert calls and rollout.state == Rollout.PENDING
+    assert rollout.stages.get(index=0).state == RolloutStage.PENDING
+    assert running_v2(fleet_on_v1) == [] and {e.state for e in sent_to(rollout.pk)} == {RolloutDevice.PENDING}
+    scheduler.tick()
+    assert len(running_v2(fleet_on_v1)) == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_ticks_at_once_give_the_result_of_one(versions, fleet_on_v1):
+    v1, v2 = versions
+    rollout = start_rollout(v2)
+    errors: list[BaseException] = []
+
+    def tick_twice(at: datetime) -> None:
+        barrier = threading.Barrier(2)
+
+        def worker() -> None:
+            try:
+                barrier.wait(timeout=10)
+                scheduler.tick(now=at)
+            except BaseException as exc:  # reported by the test, not swallowed
+                errors.append(exc)
+            finally:
+                connection.close()
+
+        threads = [threading.Thread(target=worker) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+
+    drive(rollout, v1, v2, ticker=tick_twice)
+
+    assert errors == []
+    rollout.refresh_from_db()
+    assert rollout.state == Rollout.COMPLETED
+    assert AuditLog.objects.filter(action="device.assign_model", data__version="2.0.0").count() == 10
+    assert AuditLog.objects.filter(action="rollout.stage_passed").count() == 3
+    assert GateResult.objects.filter(stage__rollout=rollout, gate="activation").count() == 3
