@@ -1,14 +1,22 @@
-"""How a set of devices compares with its own baseline since a moment: what the rollout gates read.
+"""How a set of devices compares with a baseline: what the rollout gates read.
 
 ``compare_to_baseline(device_ids, since)`` merges the devices' windows from
 ``since`` to now and from an equally long stretch before ``since`` (at most a
 day, at least an hour), and returns one figure per gate metric with both
 values and the change. Percentiles come from the merged histograms.
+
+``window_samples(device_ids, since, until)`` keeps the device-minutes apart
+instead: one sample per device and minute for each gate metric, which is what
+a canary analysis (``rollouts.analysis``) tests a canary group against a
+control group with. ``matched_control`` picks that control group from the
+devices the caller says are still on the old version.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -17,9 +25,13 @@ from django.utils import timezone
 
 from fleet.models import Device
 from telemetry.metrics import Summary
-from telemetry.models import Resolution, Scope, WindowRollup
+from telemetry.models import Quarantine, Resolution, Scope, WindowRollup
+
+log = logging.getLogger(__name__)
 
 FAILED_PHASES = ("failed", "rolled_back")
+# The gate metrics, in the order reports list them.
+METRICS = ("latency_p95_ms", "mean_confidence", "escalation_rate", "error_rate", "dropped_rate")
 
 
 @dataclass(frozen=True)
@@ -77,8 +89,8 @@ def compare_to_baseline(
     device_ids: Sequence[str], since: datetime, *, now: datetime | None = None
 ) -> BaselineComparison:
     now = now or timezone.now()
-    span = min(max(now - since, timedelta(hours=1)), timedelta(days=1))
-    baseline_start = since - span
+    baseline_start = baseline_window_start(since, now)
+    span = since - baseline_start
     devices = list(Device.objects.filter(device_id__in=device_ids))
     keys = [d.device_id for d in devices]
     # Minute rows give exact edges for short spans; hour rows keep long ones cheap.
@@ -90,7 +102,6 @@ def compare_to_baseline(
     for row in rows:
         (after if row.bucket >= since else before).add_totals(row)
     silent_after = now - timedelta(seconds=settings.DEVICE_OFFLINE_AFTER_S)
-    metrics = ("latency_p95_ms", "mean_confidence", "escalation_rate", "error_rate", "dropped_rate")
     old, new = before.figures(), after.figures()
     return BaselineComparison(
         since=since,
@@ -98,7 +109,7 @@ def compare_to_baseline(
         devices=len(devices),
         frames_baseline=before.frames,
         frames_current=after.frames,
-        figures={m: Figure(_num(old[m]), _num(new[m])) for m in metrics},
+        figures={m: Figure(_num(old[m]), _num(new[m])) for m in METRICS},
         failed_installs=sorted(
             d.device_id for d in devices if isinstance(d.reported, dict) and d.reported.get("phase") in FAILED_PHASES
         ),
@@ -107,6 +118,94 @@ def compare_to_baseline(
         ),
         unknown_devices=sorted(set(device_ids) - set(keys)),
     )
+
+
+def baseline_window_start(since: datetime, now: datetime) -> datetime:
+    """Where the stretch before ``since`` that ``compare_to_baseline`` compares with begins.
+
+    As long as ``since`` to ``now``, but at least an hour and at most a day.
+    A canary analysis with no control devices left (the last stage) can take
+    the same devices' samples from here to ``since`` as its control.
+    """
+    return since - min(max(now - since, timedelta(hours=1)), timedelta(days=1))
+
+
+def window_samples(
+    device_ids: Iterable[str],
+    since: datetime,
+    until: datetime,
+    *,
+    model_name: str | None = None,
+    model_version: str | None = None,
+) -> dict[str, list[float]]:
+    """One sample per device-minute in ``[since, until)`` for each gate metric (``METRICS``).
+
+    Read from the device-minute rollups in one query. A minute in which a
+    device ran two versions (an install) is one sample of both; pass
+    ``model_name`` and ``model_version`` to count only the minutes (and rows)
+    of one version, e.g. the candidate on the canary. A metric a minute
+    cannot give (no frames) is left out for that minute, so the lists can
+    differ in length. Each list is in (device id, minute) order.
+    """
+    rows = WindowRollup.objects.filter(
+        resolution=Resolution.MINUTE,
+        scope=Scope.DEVICE,
+        key__in=list(device_ids),
+        bucket__gte=since,
+        bucket__lt=until,
+    )
+    if model_name is not None:
+        rows = rows.filter(model_name=model_name)
+    if model_version is not None:
+        rows = rows.filter(model_version=model_version)
+    minutes: dict[tuple[str, datetime], Summary] = defaultdict(Summary)
+    for row in rows.order_by("key", "bucket", "pk"):
+        try:
+            minutes[(row.key, row.bucket)].add_totals(row)
+        except Exception as exc:
+            # One unreadable row costs the analysis one device-minute, not the gate.
+            log.warning("canary samples quarantined a rollup row", extra={"row": row.pk, "error": str(exc)})
+            Quarantine.note("canary", f"window_rollup:{row.pk}", type(exc).__name__, f"{row.key} {row.bucket}: {exc}")
+    out: dict[str, list[float]] = {m: [] for m in METRICS}
+    for summary in minutes.values():
+        figures = summary.figures()
+        for metric in METRICS:
+            value = figures[metric]
+            if value is not None:
+                out[metric].append(float(value))
+    return out
+
+
+def matched_control(
+    canary_device_ids: Iterable[str], candidate_device_ids: Iterable[str], *, limit: int | None = None
+) -> list[str]:
+    """The candidates that make a fair control group for these canary devices.
+
+    ``candidate_device_ids`` are the devices the caller knows to be still on
+    the old version (a rollout knows; telemetry does not). Kept: those with a
+    hardware profile some canary device has (a faster board would hide a
+    regression), those at the canary's sites first (same lighting, load and
+    uplink), then the rest, each part in device id order; canary devices are
+    never their own control. ``limit`` caps the count, taking the matched
+    sites first. Two queries.
+    """
+    canary = set(canary_device_ids)
+    profiles: set[str] = set()
+    sites: set[int] = set()
+    for profile, site_id in Device.objects.filter(device_id__in=canary).values_list("hardware_profile", "site_id"):
+        profiles.add(profile)
+        sites.add(site_id)
+    candidates = (
+        Device.objects.filter(device_id__in=set(candidate_device_ids) - canary, hardware_profile__in=profiles)
+        .order_by("device_id")
+        .values_list("device_id", "site_id")
+    )
+    same_site: list[str] = []
+    elsewhere: list[str] = []
+    for device_id, site_id in candidates:
+        (same_site if site_id in sites else elsewhere).append(device_id)
+    chosen = same_site + elsewhere
+    return chosen if limit is None else chosen[:limit]
 
 
 def _num(value: float | int | None) -> float | None:
