@@ -168,6 +168,8 @@ class InferenceSettings(_Section):
     intra_op_threads: int = Field(default=0, ge=0, le=256)
     """Threads for one operator; 0 lets onnxruntime use every core."""
     inter_op_threads: int = Field(default=1, ge=0, le=256)
+    shadow_budget: float = Field(default=0.25, gt=0, le=4)
+    """A candidate in shadow may take this share of the serving model's time; frames over it go unshadowed."""
 
 
 class Rule(_Section):

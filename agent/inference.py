@@ -179,8 +179,24 @@ class SessionHolder:
     def __init__(self, session: Inferer, *, fallback: bool = False) -> None:
         self._session = session
         self._fallback = fallback
+        self._shadow: Inferer | None = None
         self._lock = threading.Lock()
         self.swaps = 0
+
+    @property
+    def shadow(self) -> Inferer | None:
+        """A candidate run beside the model in service on the same frames, never acted on."""
+        return self._shadow
+
+    def set_shadow(self, session: Inferer | None) -> Inferer | None:
+        """Start (or stop, with None) shadowing from the next frame; returns the candidate it replaces."""
+        with self._lock:
+            old, self._shadow = self._shadow, session
+        if session is not None:
+            log.info("shadow started", extra={"model": session.name, "version": session.version})
+        elif old is not None:
+            log.info("shadow stopped", extra={"model": old.name, "version": old.version})
+        return old
 
     @property
     def session(self) -> Inferer:

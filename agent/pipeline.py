@@ -33,6 +33,7 @@ from agent.config import AgentConfig, InferenceSettings
 from agent.escalation import EscalationClient
 from agent.inference import ModelSession, SessionHolder
 from agent.kernel import protocol
+from agent.kernel.agreement import agreement
 from agent.kernel.decode import Result
 from agent.kernel.spec import Thresholds
 from agent.window import WindowAggregator
@@ -60,7 +61,10 @@ class Pipeline:
         escalation: EscalationClient | None = None,
         telemetry: bool = True,
         on_result: ResultCallback | None = None,
+        shadow_budget: float = 0.25,
     ) -> None:
+        if shadow_budget <= 0:
+            raise ValueError("shadow_budget must be > 0")
         self.holder = holder
         self.queue = FrameQueue(queue_size, lossless=lossless)
         self.capture = Capture(source, self.queue, max_fps=max_fps, every_nth=every_nth)
@@ -77,6 +81,11 @@ class Pipeline:
         self._dropped_seen = 0
         self._last_error_log = -_ERROR_LOG_INTERVAL_S
         self._thread: threading.Thread | None = None
+        self.shadow_budget = shadow_budget
+        """The candidate in shadow may take this share of the time the model in service takes."""
+        self._shadow_of: object | None = None
+        self._active_s = 0.0
+        self._shadow_s = 0.0
 
     def start(self) -> Pipeline:
         if self.actions is not None:
@@ -142,6 +151,7 @@ class Pipeline:
 
     def process(self, frame: Frame) -> Result | None:
         """Decide one frame and hand the result on; runs on the inference thread."""
+        started = time.perf_counter()
         try:
             result = self.holder.infer(frame.image)
         except Exception as exc:  # any failure of the model must cost one frame, not the agent
@@ -160,6 +170,7 @@ class Pipeline:
         result.ts = frame.ts
         if self.window is not None:
             self.window.add(result, fallback=self.holder.fallback)
+            self._shadow(frame, result, time.perf_counter() - started)
         if self.actions is not None:
             self.actions.submit(result)
         if self.escalation is not None:
@@ -171,6 +182,38 @@ class Pipeline:
         if self.on_result is not None:
             self.on_result(frame, result)
         return result
+
+    def _shadow(self, frame: Frame, result: Result, active_s: float) -> None:
+        """Run the shadow candidate on this frame too, within its time budget, and count agreement.
+
+        The candidate may spend ``shadow_budget`` times what the model in service
+        spent since shadowing began: a frame over budget goes unshadowed, so the
+        frame rate keeps at least ``1 / (1 + shadow_budget)`` of itself (80 % at
+        the default 0.25) whatever the candidate costs. Its result is counted in
+        the window and never acted on; its failure costs nothing but a count.
+        """
+        shadow = self.holder.shadow
+        if shadow is None or self.holder.fallback or self.window is None:
+            return
+        if shadow is not self._shadow_of:
+            self._shadow_of, self._active_s, self._shadow_s = shadow, 0.0, 0.0
+        self._active_s += active_s
+        if self._shadow_s > self.shadow_budget * self._active_s:
+            return
+        started = time.perf_counter()
+        try:
+            other = shadow.infer(frame.image)
+        except Exception as exc:  # a failing candidate must never cost the model in service a frame
+            self.window.add_shadow(None)
+            now = time.monotonic()
+            if now - self._last_error_log >= _ERROR_LOG_INTERVAL_S:
+                self._last_error_log = now
+                log.warning("shadow inference failed", extra={"frame": frame.name, "error": str(exc)})
+        else:
+            compared, agreed = agreement(result, other)
+            self.window.add_shadow(other, compared=compared, agreed=agreed)
+        finally:
+            self._shadow_s += time.perf_counter() - started
 
 
 # --- the run loop's side ----------------------------------------------------
@@ -261,6 +304,7 @@ class PipelineComponent:
             every_nth=capture.every_nth,
             actions=ActionDispatcher.from_settings(config.actions) if config.actions.rules else None,
             escalation=escalation,
+            shadow_budget=config.inference.shadow_budget,
         )
         return cls(pipeline, interval_s=config.vision.window_interval_s)
 

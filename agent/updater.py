@@ -351,6 +351,7 @@ class Updater:
         self._watched: _Watched | None = None
         self._retry: protocol.Desired | None = None
         self._pending_events: list[tuple[str, dict[str, Any]]] = []
+        self._shadow_digest: str | None = None
         self.converged = threading.Event()
         """Set each time a desired document has been handled (tests and benchmarks wait on it)."""
         self._load_current()
@@ -465,7 +466,14 @@ class Updater:
     # --- converging ---------------------------------------------------------------------------
 
     def converge(self, desired: protocol.Desired) -> None:
-        """Bring the device to a verified ``desired``; raises UpdateError (already reported) when it cannot."""
+        """Bring the device to a verified ``desired``; raises UpdateError (already reported) when it cannot.
+
+        The model in service first, then the candidate to shadow (``desired.shadow``).
+        """
+        self._converge_model(desired)
+        self._converge_shadow(desired.shadow)
+
+    def _converge_model(self, desired: protocol.Desired) -> None:
         if desired.model is None:
             self._publish_state(phase="active" if self.active else "idle", error=None)
             return
@@ -483,23 +491,30 @@ class Updater:
             return
         self._update(wanted, rollback_to=desired.rollback_to)
 
-    def _update(self, wanted: protocol.BundleRef, *, rollback_to: str | None) -> None:
-        self._publish_state(phase="downloading", error=None)
+    def _download(self, wanted: protocol.BundleRef) -> Path:
+        """The bundle ``wanted`` names, downloaded (resumed where a part exists) and its digest checked."""
         url = wanted.bundle_url
         if not url.startswith(("http://", "https://")):
             url = self.config.server.url + "/" + url.lstrip("/")
-        part = self.store.downloads / f"{wanted.sha256 or wanted.manifest_sha256}.part"
+        return download(
+            url,
+            self._part(wanted),
+            authorization=authorization(self.config),
+            sha256=wanted.sha256,
+            size=wanted.size,
+            max_bytes=self.settings.max_bundle_bytes,
+            timeout=self.settings.download_timeout_s,
+            stop=self._stopping,
+        )
+
+    def _part(self, wanted: protocol.BundleRef) -> Path:
+        return self.store.downloads / f"{wanted.sha256 or wanted.manifest_sha256}.part"
+
+    def _update(self, wanted: protocol.BundleRef, *, rollback_to: str | None) -> None:
+        self._publish_state(phase="downloading", error=None)
+        part = self._part(wanted)
         try:
-            archive = download(
-                url,
-                part,
-                authorization=authorization(self.config),
-                sha256=wanted.sha256,
-                size=wanted.size,
-                max_bytes=self.settings.max_bundle_bytes,
-                timeout=self.settings.download_timeout_s,
-                stop=self._stopping,
-            )
+            archive = self._download(wanted)
         except UpdateError as exc:
             self._fail(exc.reason, str(exc), retry=exc.retry)
         self._publish_state(phase="verifying")
@@ -534,11 +549,63 @@ class Updater:
         )
         part.unlink(missing_ok=True)
 
+    def _converge_shadow(self, wanted: protocol.BundleRef | None) -> None:
+        """Run ``wanted`` beside the model in service (or stop shadowing): verified as an install is, never acted on.
+
+        A candidate that fails verification or does not load is reported
+        (event ``shadow_failed``) and not run; the model in service is untouched
+        either way. A failed download is retried like an update's.
+        """
+        if wanted is None:
+            if self.holder.set_shadow(None) is not None:
+                self._shadow_digest = None
+                self._publish_state(shadow_version=None)
+            return
+        if wanted.manifest_sha256 == self._shadow_digest:
+            return
+        try:
+            session = self._load_candidate(wanted)
+        except UpdateError as exc:
+            self._event("shadow_failed", version=wanted.version, reason=exc.reason, detail=str(exc)[:300])
+            if exc.retry:
+                raise
+            return
+        except verify.VerificationError as exc:
+            self._event("shadow_failed", version=wanted.version, reason=exc.reason, detail=exc.detail[:300])
+            return
+        except (ModelLoadError, ValueError) as exc:
+            self._event("shadow_failed", version=wanted.version, reason="model_load_failed", detail=str(exc)[:300])
+            return
+        self.holder.set_shadow(session)
+        self._shadow_digest = wanted.manifest_sha256
+        self._event("shadow_started", name=wanted.name, version=wanted.version)
+        self._publish_state(shadow_version=wanted.version)
+
+    def _load_candidate(self, wanted: protocol.BundleRef) -> ModelSession:
+        """Download, verify and load a bundle without installing it: its files go once it is loaded."""
+        archive = self._download(wanted)
+        unpacked = self.store.unpack_dir()
+        try:
+            bundle = self._verify_bundle(archive, unpacked, wanted, rollback_to=None, candidate=True)
+            verify.check_references(bundle, threads=max(1, self.config.inference.intra_op_threads))
+            return ModelSession.from_bundle(unpacked, settings=self.config.inference)
+        finally:
+            shutil.rmtree(unpacked, ignore_errors=True)
+            archive.unlink(missing_ok=True)
+
     def _verify_bundle(
-        self, archive: Path, unpacked: Path, wanted: protocol.BundleRef, *, rollback_to: str | None
+        self,
+        archive: Path,
+        unpacked: Path,
+        wanted: protocol.BundleRef,
+        *,
+        rollback_to: str | None,
+        candidate: bool = False,
     ) -> verify.VerifiedBundle:
         installed = self.active.bundle.manifest if self.active else None
-        installed_sequence = installed.sequence if installed and installed.model == wanted.name else None
+        # A shadow candidate never serves, so its sequence is not held against the installed one.
+        same_model = installed is not None and installed.model == wanted.name and not candidate
+        installed_sequence = installed.sequence if installed is not None and same_model else None
 
         def attempt(keyring: verify.Keyring) -> verify.VerifiedBundle:
             shutil.rmtree(unpacked, ignore_errors=True)

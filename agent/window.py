@@ -10,6 +10,7 @@ percentiles off the sum.
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -47,6 +48,7 @@ class WindowAggregator:
         self._latency = histogram.LatencyHistogram()
         self._confidence = [0] * histogram.CONFIDENCE_BINS
         self._classes: dict[str, int] = {}
+        self._shadow: _Shadow | None = None
 
     def add(self, result: Result, *, fallback: bool = False) -> None:
         with self._lock:
@@ -61,6 +63,13 @@ class WindowAggregator:
                 self._model_name = result.model_name
                 self._model_version = result.model_version
             self._fallback = fallback
+
+    def add_shadow(self, result: Result | None, *, compared: int = 0, agreed: int = 0) -> None:
+        """One frame the shadow candidate decided (``result``), or failed on (None)."""
+        with self._lock:
+            if self._shadow is None:
+                self._shadow = _Shadow()
+            self._shadow.add(result, compared, agreed)
 
     def add_dropped(self, count: int = 1) -> None:
         with self._lock:
@@ -91,6 +100,48 @@ class WindowAggregator:
                 latency_ms=self._latency.to_wire(),
                 confidence=list(self._confidence),
                 classes=dict(self._classes),
+                shadow=self._shadow_summary(),
             )
             self._reset(window.end)
         return window.model_dump(mode="json", exclude_none=True)
+
+    def _shadow_summary(self) -> protocol.ShadowSummary | None:
+        return None if self._shadow is None else self._shadow.summary()
+
+
+@dataclass
+class _Shadow:
+    """One window's figures of the shadow candidate."""
+
+    frames: int = 0
+    errors: int = 0
+    compared: int = 0
+    agreed: int = 0
+    latency: histogram.LatencyHistogram = field(default_factory=histogram.LatencyHistogram)
+    confidence: list[int] = field(default_factory=lambda: [0] * histogram.CONFIDENCE_BINS)
+    model_name: str | None = None
+    model_version: str | None = None
+
+    def add(self, result: Result | None, compared: int, agreed: int) -> None:
+        if result is None:
+            self.errors += 1
+            return
+        self.frames += 1
+        self.compared += compared
+        self.agreed += agreed
+        self.latency.add(result.latency_ms)
+        self.confidence[histogram.confidence_bin(result.confidence)] += 1
+        if result.model_name is not None:
+            self.model_name, self.model_version = result.model_name, result.model_version
+
+    def summary(self) -> protocol.ShadowSummary:
+        return protocol.ShadowSummary(
+            model_name=self.model_name,
+            model_version=self.model_version,
+            frames=self.frames,
+            errors=self.errors,
+            compared=self.compared,
+            agreed=self.agreed,
+            latency_ms=self.latency.to_wire(),
+            confidence=list(self.confidence),
+        )

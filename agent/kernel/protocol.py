@@ -134,6 +134,8 @@ class Reported(_Message):
     error: LongText | None = None
     agent_version: VersionText
     fallback: StrictBool = False
+    shadow_version: VersionText | None = None
+    """The candidate running in shadow (``Desired.shadow``), once verified and loaded."""
     desired_expired: StrictBool = False
     """The newest desired document the device holds has expired and none newer came (a freeze)."""
     ts: datetime = Field(default_factory=utcnow)
@@ -156,6 +158,40 @@ class Heartbeat(BaseModel):
     cpu_freq_max_mhz: StrictFloat | None = Field(default=None, ge=0, le=1e6)
     model_version: VersionText | None = None
     outbox_depth: BigCount = 0
+
+
+class ShadowSummary(BaseModel):
+    """The ``shadow`` of a window: a candidate model run beside the one in service, on the same frames.
+
+    ``frames`` is how many frames the candidate decided (as many as the frame
+    budget for shadowing allowed), ``compared``/``agreed`` the agreement slots
+    of ``agent.kernel.agreement`` over them; latency and confidence use the
+    window's histograms.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_name: ShortText | None = None
+    model_version: VersionText | None = None
+    frames: Count = 0
+    errors: Count = 0
+    compared: Count = 0
+    agreed: Count = 0
+    latency_ms: dict[Annotated[str, Field(pattern=r"^[0-9]{1,3}$")], Count] = Field(
+        default_factory=dict, max_length=histogram.MAX_INDEX + 1
+    )
+    confidence: Annotated[list[Count], Field(max_length=histogram.CONFIDENCE_BINS)] = Field(
+        default_factory=lambda: [0] * histogram.CONFIDENCE_BINS
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ShadowSummary:
+        if self.agreed > self.compared:
+            raise ValueError("agreed exceeds compared")
+        if any(int(k) > histogram.MAX_INDEX for k in self.latency_ms):
+            raise ValueError(f"latency bucket above {histogram.MAX_INDEX}")
+        if len(self.confidence) not in (0, histogram.CONFIDENCE_BINS):
+            raise ValueError(f"confidence needs {histogram.CONFIDENCE_BINS} bins")
+        return self
 
 
 class Window(BaseModel):
@@ -183,6 +219,7 @@ class Window(BaseModel):
         default_factory=lambda: [0] * histogram.CONFIDENCE_BINS
     )
     classes: dict[ShortText, Count] = Field(default_factory=dict, max_length=1000)
+    shadow: ShadowSummary | None = None
 
     @model_validator(mode="after")
     def _consistent(self, info: ValidationInfo) -> Window:
@@ -310,6 +347,8 @@ class Desired(_Message):
     model: BundleRef | None = None
     rollback_to: VersionText | None = None
     """The older version ``model`` names, when this document is an explicit rollback to it."""
+    shadow: BundleRef | None = None
+    """A candidate the device runs beside ``model`` on the same frames, without acting on it."""
     config: RuntimeConfig = Field(default_factory=RuntimeConfig)
     issued_at: AwareDatetime = Field(default_factory=utcnow)
     expires: AwareDatetime

@@ -360,3 +360,43 @@ def test_a_disk_failure_while_installing_keeps_the_old_model_and_is_retried(
     assert installed.holder.session.version == "1.2.0"
     assert installed._retry is not None, "the update is tried again later"
     assert not [p for p in installed.store.root.iterdir() if p.name.startswith(".unpack")]
+
+
+def test_a_candidate_runs_in_shadow_beside_the_model_in_service_without_being_installed(
+    installed, runtime, crafted, classifier_onnx, signer, bundle_server, tmp_path
+):
+    serving = publish(crafted, signer, bundle_server, tmp_path, 3).model
+    candidate = publish(newer(classifier_onnx), signer, bundle_server, tmp_path, 4).model
+    assert serving is not None and candidate is not None
+
+    installed.converge(sign(desired_doc(5, model=serving.model_dump(), shadow=candidate.model_dump()), signer))
+
+    assert installed.holder.session.version == "1.2.0" and installed.store.pointer(CURRENT).name.startswith(
+        "parts-1.2.0"
+    )
+    assert installed.holder.shadow is not None and installed.holder.shadow.version == "1.3.0"
+    assert runtime.last["shadow_version"] == "1.3.0" and runtime.last["model_version"] == "1.2.0"
+    assert "shadow_started" in runtime.event_kinds()
+    assert installed.store.find(candidate.manifest_sha256) is None, "a candidate is never installed"
+    assert not list(installed.store.downloads.iterdir())
+
+    installed.converge(sign(desired_doc(6, model=serving.model_dump()), signer))
+    assert installed.holder.shadow is None and runtime.last["shadow_version"] is None
+
+
+@pytest.mark.parametrize("kind", ["tampered_model", "untrusted_key", "reference_mismatch"])
+def test_a_candidate_that_fails_verification_is_reported_and_not_run(
+    kind, installed, runtime, crafted, classifier_onnx, signer, bundle_server, tmp_path
+):
+    serving = publish(crafted, signer, bundle_server, tmp_path, 3).model
+    bundle, archive = _attack(kind, classifier_onnx, signer, tmp_path)
+    url = serve(bundle_server, f"{kind}.tar.gz", archive)
+    candidate = desired_for(bundle, archive, url, signer, 4).model
+    assert serving is not None and candidate is not None
+
+    installed.converge(sign(desired_doc(5, model=serving.model_dump(), shadow=candidate.model_dump()), signer))
+
+    assert installed.holder.shadow is None
+    assert ("shadow_failed", ATTACKS[kind]) in [(k, d.get("reason")) for k, d in runtime.events]
+    assert runtime.last["phase"] == "active" and runtime.last["model_version"] == "1.2.0"
+    assert not list(installed.store.downloads.iterdir()), "a refused candidate is not kept"
