@@ -191,7 +191,7 @@ def judge(
         verdict, detail = "fail", f"critical metric failed: {', '.join(critical_failed)}"
     elif critical_short or not judged:
         verdict = "insufficient"
-        detail = f"fewer than {min_samples} samples on a side for: {', '.join(critical_short or short)}"
+        detail = f"fewer than {min_samples} samples on a side for: {', '.join(short)}"
     elif critical_marginal:
         verdict, detail = "marginal", f"score {score:g}, critical metric marginal: {', '.join(critical_marginal)}"
     elif score >= pass_score:
