@@ -107,6 +107,7 @@ def _sign(row: Device, now: datetime, *, strict: bool) -> bool:
                 "generation": row.desired_generation,
                 "model": document.get("model"),
                 "rollback_to": document.get("rollback_to"),
+                "shadow": document.get("shadow"),
                 "config": document.get("config") or {},
                 "issued_at": now,
                 "expires": now + lifetime(),

@@ -186,6 +186,40 @@ def assign_model(
     return generation
 
 
+def assign_shadow(device: Device, version: Any | None, *, actor: Any, target: str | None = None) -> int:
+    """Have a device run ``version`` in shadow beside its model (None: stop); returns the new generation.
+
+    The candidate decides the same frames without acting, and the device
+    reports agreement with the model in service in its windows. Its bundle is
+    checked like an install's (expired, agent too old) before it is sent.
+    """
+    shadow: dict[str, Any] | None = None
+    if version is not None:
+        wanted = target or "cpu-fp32"
+        bundle = Bundle.objects.select_related("version__model").filter(version=version, target=wanted).first()
+        if bundle is None:
+            message = f"{version} has no bundle for target {wanted}."
+            raise ServiceError("no_bundle", message, 400, fields={"target": [message]})
+        _check_installable(device, bundle)
+        shadow = bundle.desired_model().model_dump(mode="json", exclude_none=True)
+    with transaction.atomic():
+        document = dict(Device.objects.select_for_update().get(pk=device.pk).desired or {})
+        if shadow is None:
+            document.pop("shadow", None)
+        else:
+            document["shadow"] = shadow
+        generation = desired.issue(device, document)
+        AuditLog.record(
+            actor=actor,
+            action="device.shadow" if shadow else "device.shadow_stop",
+            target=device,
+            model=shadow["name"] if shadow else None,
+            version=shadow["version"] if shadow else None,
+            generation=generation,
+        )
+    return generation
+
+
 def _check_not_older(device: Device, version: Any) -> None:
     """Refuse to send a device back to an older version of the model it runs without saying so."""
     reported = device.reported if isinstance(device.reported, dict) else {}

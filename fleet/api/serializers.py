@@ -113,6 +113,12 @@ class AssignModelSerializer(StrictInput, serializers.Serializer):
             ) from None
 
 
+class ShadowSerializer(StrictInput, serializers.Serializer):
+    model = serializers.CharField(max_length=63, help_text="Registry model name.")
+    version = serializers.CharField(max_length=64, help_text="The candidate version to run in shadow.")
+    target = serializers.CharField(max_length=32, required=False, help_text="Bundle target; default cpu-fp32.")
+
+
 class EnrollmentTokenRequestSerializer(StrictInput, serializers.Serializer):
     ttl_hours = serializers.IntegerField(min_value=1, max_value=24 * 30, required=False)
     note = serializers.CharField(max_length=200, required=False, allow_blank=True)

@@ -34,6 +34,7 @@ from fleet.api.serializers import (
     EnrollRequestSerializer,
     RevokedDeviceSerializer,
     RevokeSerializer,
+    ShadowSerializer,
     SiteSerializer,
 )
 from fleet.broker import BrokerUnavailable
@@ -136,19 +137,43 @@ class DeviceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Upd
         body = AssignModelSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        version = ModelVersion.objects.filter(model__name=data["model"], version=data["version"]).first()
-        if version is None:
-            message = f"{data['model']} {data['version']} is not published."
-            raise ServiceError("unknown_version", message, 400, fields={"version": [message]})
         services.assign_model(
             device,
-            version,
+            published(data),
             actor=request.user,
             target=data.get("target"),
             config=data.get("config"),
             rollback=data["rollback"],
         )
         return Response(DeviceSerializer(device).data)
+
+    @extend_schema(methods=["POST"], request=ShadowSerializer, responses={200: DeviceSerializer, 400: ErrorSerializer})
+    @extend_schema(methods=["DELETE"], request=None, responses={200: DeviceSerializer})
+    @action(detail=True, methods=["post", "delete"])
+    def shadow(self, request: Request, device_id: str | None = None) -> Response:
+        """Run a candidate version beside the device's model on the same frames, never acting on it (DELETE stops).
+
+        The device reports how often the candidate agrees with the model in
+        service, with its latency and confidence, in each telemetry window.
+        """
+        device = self.get_object()
+        if request.method == "DELETE":
+            services.assign_shadow(device, None, actor=request.user)
+            return Response(DeviceSerializer(device).data)
+        body = ShadowSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        services.assign_shadow(device, published(data), actor=request.user, target=data.get("target"))
+        return Response(DeviceSerializer(device).data)
+
+
+def published(data: dict[str, Any]) -> ModelVersion:
+    """The published version a request names by ``model`` and ``version``, or a 400 naming the field."""
+    version = ModelVersion.objects.filter(model__name=data["model"], version=data["version"]).first()
+    if version is None:
+        message = f"{data['model']} {data['version']} is not published."
+        raise ServiceError("unknown_version", message, 400, fields={"version": [message]})
+    return version
 
 
 class EnrollView(APIView):

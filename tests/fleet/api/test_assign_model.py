@@ -12,26 +12,11 @@ from core.models import AuditLog
 from fleet import desired
 from fleet.models import Device
 from registry.models import ModelVersion
+from tests.fleet.api.conftest import TINY_METADATA
 from tests.registry.conftest import make_classifier, make_png_images
 from tests.registry.helpers import publish
 
 pytestmark = pytest.mark.django_db
-
-# Publish metadata of the small built classifier (tests/registry/conftest.py make_classifier).
-TINY_METADATA = {
-    "version": "1.0.0",
-    "task": "classification",
-    "labels": ["ok", "scratch", "dent"],
-    "input": {"name": "input", "shape": [1, 3, 32, 32], "mean": [0.5], "std": [0.25]},
-    "output": {"kind": "classification", "output": "logits"},
-    "reference_count": 3,
-}
-
-
-@pytest.fixture
-def published(token_client: Any) -> None:
-    response = publish(token_client("publish"), make_classifier(), TINY_METADATA, images=make_png_images())
-    assert response.status_code == 201, response.content
 
 
 @pytest.fixture
