@@ -6,17 +6,18 @@ judge (a matched-control canary analysis) is one more entry. Every figure
 comes from ``telemetry.baseline.compare_to_baseline``: the stage's active
 devices since they all became active, against their own stretch before.
 
-The site latency budget gate of DESIGN.md is not here: ``fleet.Site`` has no
-latency budget field yet.
+A gate that has nothing to judge (no site of the stage has a latency
+budget) returns None and is not recorded.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from telemetry.baseline import BaselineComparison
+from telemetry.baseline import BaselineComparison, compare_to_baseline
 
 PASS, MARGINAL, FAIL, PENDING = "pass", "marginal", "fail", "pending"
 
@@ -27,6 +28,10 @@ class StageData:
     active: list[str]  # those that reported the version active
     comparison: BaselineComparison  # of the active ones
     settings: dict[str, Any]
+    since: datetime  # when the last of them became active
+    now: datetime
+    active_by_site: dict[str, list[str]] = field(default_factory=dict)  # site slug -> its active stage devices
+    budgets: dict[str, int] = field(default_factory=dict)  # site slug -> p95 latency budget (ms), where set
 
 
 @dataclass(frozen=True)
@@ -80,7 +85,41 @@ def _figure_gate(name: str, setting: str, measure: Callable[[BaselineComparison]
     return gate
 
 
-Gate = Callable[[StageData], Outcome]
+# The share of a site's latency budget a new version may use: 20 % is kept as headroom.
+BUDGET_SHARE = 0.8
+
+
+def site_latency_budget(data: StageData) -> Outcome | None:
+    """Each site's stage devices, together, keep their p95 latency under 80 % of the site's budget.
+
+    The worst site (by p95 over its allowance) gives the value and threshold; every site is in the details.
+    """
+    sites = {}
+    worst: tuple[float, float, float] | None = None  # (ratio, p95, allowed)
+    for slug, budget in sorted(data.budgets.items()):
+        devices = data.active_by_site.get(slug)
+        if not devices:
+            continue
+        p95 = compare_to_baseline(devices, data.since, now=data.now).figures["latency_p95_ms"].current
+        allowed = budget * BUDGET_SHARE
+        sites[slug] = {"p95_ms": p95, "budget_ms": budget, "allowed_ms": allowed}
+        if p95 is not None and (worst is None or p95 / allowed > worst[0]):
+            worst = (p95 / allowed, p95, allowed)
+    if not sites:
+        return None
+    if worst is None:
+        return Outcome("site_latency_budget", None, None, PENDING, {"sites": sites})
+    _, p95, allowed = worst
+    return Outcome(
+        "site_latency_budget",
+        p95,
+        allowed,
+        judge(p95, allowed, float(data.settings["marginal_band"])),
+        {"sites": sites},
+    )
+
+
+Gate = Callable[[StageData], Outcome | None]
 
 SOAK_GATES: list[Gate] = [
     silent_devices,
@@ -88,6 +127,7 @@ SOAK_GATES: list[Gate] = [
     _figure_gate("latency_p95_ms_regression", "max_p95_latency_regression", lambda c: c.p95_latency_regression),
     _figure_gate("mean_confidence_drop", "max_confidence_drop", lambda c: c.mean_confidence_drop),
     _figure_gate("escalation_rate_rise", "max_escalation_rate_rise", lambda c: c.escalation_rate_rise),
+    site_latency_budget,
 ]
 
 

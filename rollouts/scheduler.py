@@ -145,15 +145,28 @@ def _watch(rollout: Rollout, stage: RolloutStage, now: datetime) -> None:
 
 def _judge(rollout: Rollout, stage: RolloutStage, now: datetime) -> None:
     settings = rollout.gates()
-    entries = list(rollout.devices.filter(stage_index=stage.index).select_related("device"))
-    active = [e.device.device_id for e in entries if e.state == RolloutDevice.ACTIVE]
+    entries = list(rollout.devices.filter(stage_index=stage.index).select_related("device__site"))
+    active = [e for e in entries if e.state == RolloutDevice.ACTIVE]
+    since = stage.all_active_at or now
+    by_site: dict[str, list[str]] = {}
+    budgets: dict[str, int] = {}
+    for entry in active:
+        site = entry.device.site
+        by_site.setdefault(site.slug, []).append(entry.device.device_id)
+        if site.latency_budget_ms:
+            budgets[site.slug] = site.latency_budget_ms
+    names = [e.device.device_id for e in active]
     data = gates.StageData(
         devices=[e.device.device_id for e in entries],
-        active=active,
-        comparison=compare_to_baseline(active, stage.all_active_at or now, now=now),
+        active=names,
+        comparison=compare_to_baseline(names, since, now=now),
         settings=settings,
+        since=since,
+        now=now,
+        active_by_site=by_site,
+        budgets=budgets,
     )
-    outcomes = [gate(data) for gate in gates.SOAK_GATES]
+    outcomes = [o for o in (gate(data) for gate in gates.SOAK_GATES) if o is not None]
     _store(stage, outcomes, now)
     verdict = gates.verdict(outcomes)
     if verdict == gates.MARGINAL and stage.soak_extensions < int(settings["max_soak_extensions"]):

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from core.models import AuditLog
 from fleet import services as fleet
-from fleet.models import Device
+from fleet.models import Device, Site
 from registry.models import ModelVersion
 from rollouts import scheduler, services
 from rollouts.models import GateResult, Rollout, RolloutDevice, RolloutStage
@@ -239,3 +239,34 @@ def test_two_ticks_at_once_give_the_result_of_one(versions, fleet_on_v1):
     assert AuditLog.objects.filter(action="device.assign_model", data__version="2.0.0").count() == 10
     assert AuditLog.objects.filter(action="rollout.stage_passed").count() == 3
     assert GateResult.objects.filter(stage__rollout=rollout, gate="activation").count() == 3
+
+
+@pytest.mark.django_db
+def test_a_version_within_its_regression_limit_but_over_the_site_latency_budget_is_halted(versions, fleet_on_v1):
+    v1, v2 = versions
+    # p95 about 24.7 ms against a 20 ms budget: 80 % of it (16 ms) is what a new version may use.
+    Site.objects.update(latency_budget_ms=20)
+    rollout = start_rollout(v2)
+
+    drive(rollout, v1, v2, latency_ms=21.0)
+
+    rollout.refresh_from_db()
+    assert rollout.state == Rollout.REVERTED
+    results = {g.gate: g for g in GateResult.objects.filter(stage__rollout=rollout)}
+    assert results["latency_p95_ms_regression"].verdict == "pass"
+    budget = results["site_latency_budget"]
+    assert (budget.verdict, budget.threshold) == ("fail", 16.0) and budget.value == pytest.approx(24.7, abs=1.5)
+
+
+@pytest.mark.django_db
+def test_a_site_budget_with_room_passes_and_is_recorded(versions, fleet_on_v1):
+    v1, v2 = versions
+    Site.objects.update(latency_budget_ms=100)
+    rollout = start_rollout(v2)
+
+    drive(rollout, v1, v2)
+
+    rollout.refresh_from_db()
+    assert rollout.state == Rollout.COMPLETED
+    budgets = GateResult.objects.filter(stage__rollout=rollout, gate="site_latency_budget")
+    assert budgets.count() == 3 and {g.verdict for g in budgets} == {"pass"}
