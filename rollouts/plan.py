@@ -62,6 +62,11 @@ def _refuse(code: str, field: str, message: str) -> ServiceError:
     return ServiceError(code, message, 400, fields={field: [message]})
 
 
+def _text(value: Any, *, blank: bool = False) -> bool:
+    # PostgreSQL text cannot hold NUL: refused here, before a lookup or a write meets it.
+    return isinstance(value, str) and (blank or len(value) > 0) and len(value) <= MAX_TEXT and "\x00" not in value
+
+
 def _integer(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -154,23 +159,20 @@ def parse_target(target: Any, field: str = "target") -> dict[str, Any]:
         if key in target:
             items = target[key]
             ok = isinstance(items, list) and 1 <= len(items) <= MAX_TARGET_ITEMS
-            if not ok or not all(isinstance(s, str) and 0 < len(s) <= MAX_TEXT for s in items):
+            if not ok or not all(_text(s) for s in items):
                 message = f"{key} is a list of 1 to {MAX_TARGET_ITEMS} names of at most {MAX_TEXT} characters."
                 raise _refuse("invalid_target", f"{field}.{key}", message)
             out[key] = sorted(set(items))
     if "labels" in target:
         labels = target["labels"]
         ok = isinstance(labels, dict) and 1 <= len(labels) <= MAX_TARGET_ITEMS
-        if not ok or not all(
-            isinstance(k, str) and isinstance(v, str) and 0 < len(k) <= MAX_TEXT and len(v) <= MAX_TEXT
-            for k, v in labels.items()
-        ):
+        if not ok or not all(_text(k) and _text(v, blank=True) for k, v in labels.items()):
             message = f"labels is an object of 1 to {MAX_TARGET_ITEMS} text labels of at most {MAX_TEXT} characters."
             raise _refuse("invalid_target", f"{field}.labels", message)
         out["labels"] = dict(sorted(labels.items()))
     if "running_model" in target:
         name = target["running_model"]
-        if not isinstance(name, str) or not 0 < len(name) <= MAX_TEXT:
+        if not _text(name):
             raise _refuse("invalid_target", f"{field}.running_model", "running_model is a model name.")
         out["running_model"] = name
     return out

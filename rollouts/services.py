@@ -114,7 +114,8 @@ def create(
         raise ServiceError("version_deprecated", f"{version} is deprecated and cannot be rolled out.", 409)
     bundles = set(Bundle.objects.filter(version=version).values_list("target", flat=True))
     if FP32 not in bundles:
-        raise ServiceError("no_bundle", f"{version} has no {FP32} bundle.", 409)
+        message = f"{version} has no {FP32} bundle."
+        raise ServiceError("no_bundle", message, 400, fields={"version": [message]})
     with transaction.atomic():
         devices = list(target_devices(target))
         if not devices:

@@ -63,6 +63,13 @@ BUSINESS_RULES = {
     "POST /api/v1/tokens/": "unknown user",
     # end before start, or a range longer than the resolution allows.
     "GET /api/v1/telemetry/": "bad range",
+    # A plan, target or gate settings the schema states only as JSON (percents rising to 100, a target
+    # matching enrolled devices, gate bounds: docs/rollouts.md), an unpublished version, an unknown template.
+    "POST /api/v1/rollouts/": "plan rules",
+    # The plan and gate rules as above; a name another template already has.
+    "POST /api/v1/rollout-templates/": "plan rules",
+    "PUT /api/v1/rollout-templates/{name}/": "plan rules",
+    "PATCH /api/v1/rollout-templates/{name}/": "plan rules",
     # Publishing needs a real ONNX graph and metadata JSON that describes it (not_onnx, bad_metadata,
     # shape_mismatch, ...): a generated multipart body never is one. tests/registry/test_publish.py
     # covers valid publishes; here the other checks still run on every generated upload.

@@ -1,0 +1,189 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.validators import RegexValidator
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from core.api.serializers import StrictInput
+from core.errors import ServiceError
+from rollouts import plan as plans
+from rollouts.models import GateResult, Rollout, RolloutDevice, RolloutStage, RolloutTemplate
+
+TEMPLATE_NAME = r"[a-z0-9][a-z0-9_.-]{0,62}"
+PLAN_HELP = (
+    'Ordered stages: {"stages": [{"kind": "count"|"percent"|"sites", "value": int, "requires_approval": bool}]};'
+    " the last stage is percent 100 (docs/rollouts.md)."
+)
+GATES_HELP = 'Gate settings over the defaults, e.g. {"soak_s": 900, "on_failure": "pause"} (docs/rollouts.md).'
+TARGET_HELP = (
+    'Which devices: {"sites": [slug], "labels": {key: value}, "hardware_profiles": [name], "running_model": name};'
+    " every key given narrows it."
+)
+
+
+def _checked(parse: Any, value: Any, field: str) -> Any:
+    try:
+        return parse(value, field)
+    except ServiceError as exc:
+        raise serializers.ValidationError(exc.detail) from None
+
+
+class RolloutTemplateSerializer(StrictInput, serializers.ModelSerializer):
+    name = serializers.CharField(
+        max_length=63,
+        validators=[RegexValidator(f"^{TEMPLATE_NAME}$", "Use lowercase letters, digits, '.', '_', '-'.")],
+    )
+    plan = serializers.JSONField(help_text=PLAN_HELP)
+    gate_defaults = serializers.JSONField(required=False, help_text=GATES_HELP)
+    created_by = serializers.CharField(source="created_by.username", read_only=True, allow_null=True, default=None)
+
+    class Meta:
+        model = RolloutTemplate
+        fields = ["id", "name", "description", "plan", "gate_defaults", "created_by", "created_at", "updated_at"]
+        read_only_fields = ["id", "created_by", "created_at", "updated_at"]
+
+    def validate_name(self, value: str) -> str:
+        taken = RolloutTemplate.objects.filter(name=value)
+        if self.instance is not None:
+            taken = taken.exclude(pk=self.instance.pk)
+        if taken.exists():
+            raise serializers.ValidationError("A template with this name exists.")
+        return value
+
+    def validate_plan(self, value: Any) -> Any:
+        _checked(plans.parse_plan, value, "plan")
+        return value
+
+    def validate_gate_defaults(self, value: Any) -> Any:
+        return _checked(plans.parse_gates, value, "gate_defaults")
+
+
+class RolloutCreateSerializer(StrictInput, serializers.Serializer):
+    model = serializers.CharField(max_length=63)
+    version = serializers.CharField(max_length=64)
+    template = serializers.CharField(
+        max_length=63, required=False, help_text="A template's name, for its plan and gates."
+    )
+    plan = serializers.JSONField(required=False, help_text=f"{PLAN_HELP} Replaces the template's plan.")
+    target = serializers.JSONField(help_text=TARGET_HELP)
+    gates = serializers.JSONField(required=False, help_text=f"{GATES_HELP} Over the template's gate defaults.")
+    reason = serializers.CharField(max_length=2000, required=False, allow_blank=True)
+
+
+class ActionSerializer(StrictInput, serializers.Serializer):
+    reason = serializers.CharField(max_length=2000, required=False, allow_blank=True)
+
+
+class GateResultSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = GateResult
+        fields = ["gate", "value", "threshold", "verdict", "details", "evaluated_at"]
+        read_only_fields = fields
+
+
+class RolloutStageSerializer(serializers.ModelSerializer):
+    gate_results = GateResultSerializer(many=True, read_only=True)
+    devices = serializers.SerializerMethodField()
+    approved_by = serializers.CharField(source="approved_by.username", read_only=True, allow_null=True, default=None)
+
+    class Meta:
+        model = RolloutStage
+        fields = [
+            "index",
+            "kind",
+            "value",
+            "requires_approval",
+            "approved_by",
+            "approved_at",
+            "state",
+            "verdict",
+            "devices",
+            "started_at",
+            "all_active_at",
+            "soak_until",
+            "soak_extensions",
+            "finished_at",
+            "gate_results",
+        ]
+        read_only_fields = fields
+
+    def get_devices(self, stage: RolloutStage) -> int:
+        counts: dict[int, int] = self.context.get("stage_sizes", {})
+        return counts.get(stage.index, 0)
+
+
+class RolloutDeviceSerializer(serializers.ModelSerializer):
+    device_id = serializers.CharField(source="device.device_id", read_only=True)
+    site = serializers.CharField(source="device.site.slug", read_only=True)
+    from_version = serializers.CharField(source="from_version.version", read_only=True, allow_null=True, default=None)
+    phase = serializers.SerializerMethodField(help_text="The update phase the device last reported.")
+
+    class Meta:
+        model = RolloutDevice
+        fields = ["device_id", "site", "stage_index", "state", "target", "from_version", "generation", "phase", "error"]
+        read_only_fields = fields
+
+    def get_phase(self, entry: RolloutDevice) -> str | None:
+        reported = entry.device.reported
+        phase = reported.get("phase") if isinstance(reported, dict) else None
+        return phase if isinstance(phase, str) else None
+
+
+class RolloutSerializer(serializers.ModelSerializer):
+    model = serializers.CharField(source="version.model.name", read_only=True)
+    version = serializers.CharField(source="version.version", read_only=True)
+    template = serializers.CharField(source="template.name", read_only=True, allow_null=True, default=None)
+    created_by = serializers.CharField(source="created_by.username", read_only=True, allow_null=True, default=None)
+    gates = serializers.SerializerMethodField(help_text="The gate settings in force: defaults, template, overrides.")
+
+    class Meta:
+        model = Rollout
+        fields = [
+            "id",
+            "model",
+            "version",
+            "template",
+            "target",
+            "plan",
+            "gate_overrides",
+            "gates",
+            "state",
+            "current_stage",
+            "created_by",
+            "reason",
+            "halt_reason",
+            "created_at",
+            "started_at",
+            "finished_at",
+        ]
+        read_only_fields = fields
+
+    @extend_schema_field({"type": "object", "additionalProperties": True})
+    def get_gates(self, rollout: Rollout) -> dict[str, Any]:
+        return rollout.gates()
+
+
+class RolloutDetailSerializer(RolloutSerializer):
+    stages = serializers.SerializerMethodField()
+    devices = serializers.SerializerMethodField()
+
+    class Meta(RolloutSerializer.Meta):
+        fields = [*RolloutSerializer.Meta.fields, "stages", "devices"]
+        read_only_fields = fields
+
+    @extend_schema_field(RolloutStageSerializer(many=True))
+    def get_stages(self, rollout: Rollout) -> Any:
+        entries = list(rollout.devices.select_related("device__site", "from_version"))
+        sizes: dict[int, int] = {}
+        for entry in entries:
+            sizes[entry.stage_index] = sizes.get(entry.stage_index, 0) + 1
+        self.context["entries"] = entries
+        stages = rollout.stages.prefetch_related("gate_results").select_related("approved_by")
+        return RolloutStageSerializer(stages, many=True, context={"stage_sizes": sizes}).data
+
+    @extend_schema_field(RolloutDeviceSerializer(many=True))
+    def get_devices(self, rollout: Rollout) -> Any:
+        entries = self.context.get("entries") or rollout.devices.select_related("device__site", "from_version")
+        return RolloutDeviceSerializer(entries, many=True).data

@@ -1,0 +1,149 @@
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import extend_schema, extend_schema_view
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.parsers import JSONParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from core.api.authentication import HasScope
+from core.api.pagination import LimitOffsetPagination
+from core.api.serializers import ErrorSerializer
+from core.errors import ServiceError
+from core.models import AuditLog
+from registry.models import ModelVersion
+from rollouts import services
+from rollouts.api.serializers import (
+    TEMPLATE_NAME,
+    ActionSerializer,
+    RolloutCreateSerializer,
+    RolloutDetailSerializer,
+    RolloutSerializer,
+    RolloutTemplateSerializer,
+)
+from rollouts.models import Rollout, RolloutTemplate
+
+ACTION_ANSWERS = {200: RolloutDetailSerializer, 409: ErrorSerializer}
+
+
+class RolloutTemplateViewSet(viewsets.ModelViewSet):
+    """Named plans with gate defaults; a rollout is started from one by name."""
+
+    serializer_class = RolloutTemplateSerializer
+    permission_classes = [HasScope]
+    required_scopes = ("rollout",)
+    parser_classes = [JSONParser]
+    pagination_class = LimitOffsetPagination
+    lookup_field = "name"
+    lookup_value_regex = TEMPLATE_NAME
+    ordering_fields = ["name", "created_at"]
+    queryset = RolloutTemplate.objects.select_related("created_by")
+
+    def perform_create(self, serializer: Any) -> None:
+        user = self.request.user if self.request.user.is_authenticated else None
+        template = serializer.save(created_by=user if hasattr(user, "pk") else None)
+        AuditLog.record(actor=self.request.user, action="rollout_template.create", target=template)
+
+    def perform_update(self, serializer: Any) -> None:
+        template = serializer.save()
+        AuditLog.record(actor=self.request.user, action="rollout_template.update", target=template)
+
+    def perform_destroy(self, instance: RolloutTemplate) -> None:
+        AuditLog.record(actor=self.request.user, action="rollout_template.delete", target=instance, name=instance.name)
+        # Rollouts keep their own copy of the plan; theirs only loses the name (SET_NULL).
+        instance.delete()
+
+
+@extend_schema_view(
+    create=extend_schema(
+        request=RolloutCreateSerializer,
+        responses={201: RolloutDetailSerializer, 400: ErrorSerializer, 409: ErrorSerializer},
+    ),
+    retrieve=extend_schema(responses={200: RolloutDetailSerializer}),
+)
+class RolloutViewSet(
+    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet
+):
+    """Staged rollouts of a model version; the scheduler's tick moves them (docs/rollouts.md)."""
+
+    permission_classes = [HasScope]
+    required_scopes = ("rollout",)
+    parser_classes = [JSONParser]
+    pagination_class = LimitOffsetPagination
+    lookup_value_regex = "[0-9]{1,18}"
+    ordering_fields = ["created_at", "state"]
+    queryset = Rollout.objects.select_related("version__model", "template", "created_by")
+
+    def get_serializer_class(self) -> Any:
+        if self.action == "list":
+            return RolloutSerializer
+        if self.action == "create":
+            return RolloutCreateSerializer
+        if self.action in ("pause", "resume", "abort", "approve"):
+            return ActionSerializer
+        return RolloutDetailSerializer
+
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        body = RolloutCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        version = (
+            ModelVersion.objects.select_related("model")
+            .filter(model__name=data["model"], version=data["version"])
+            .first()
+        )
+        if version is None:
+            message = f"{data['model']} {data['version']} is not published."
+            raise ServiceError("unknown_version", message, 400, fields={"version": [message]})
+        template = None
+        if "template" in data:
+            template = RolloutTemplate.objects.filter(name=data["template"]).first()
+            if template is None:
+                message = f"No rollout template is named {data['template']!r}."
+                raise ServiceError("unknown_template", message, 400, fields={"template": [message]})
+        rollout = services.create(
+            version=version,
+            target=data["target"],
+            plan=data.get("plan"),
+            template=template,
+            gates=data.get("gates"),
+            actor=request.user,
+            reason=data.get("reason", ""),
+        )
+        return Response(
+            RolloutDetailSerializer(self.get_queryset().get(pk=rollout.pk)).data, status=status.HTTP_201_CREATED
+        )
+
+    def _act(self, request: Request, verb: Any) -> Response:
+        rollout = self.get_object()
+        body = ActionSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        verb(rollout, actor=request.user, reason=body.validated_data.get("reason", ""))
+        return Response(RolloutDetailSerializer(self.get_queryset().get(pk=rollout.pk)).data)
+
+    @extend_schema(request=ActionSerializer, responses=ACTION_ANSWERS)
+    @action(detail=True, methods=["post"])
+    def pause(self, request: Request, pk: str | None = None) -> Response:
+        """Hold the rollout where it is; nothing more is sent until it is resumed."""
+        return self._act(request, services.pause)
+
+    @extend_schema(request=ActionSerializer, responses=ACTION_ANSWERS)
+    @action(detail=True, methods=["post"])
+    def resume(self, request: Request, pk: str | None = None) -> Response:
+        """Let a paused rollout go on from where it was."""
+        return self._act(request, services.resume)
+
+    @extend_schema(request=ActionSerializer, responses=ACTION_ANSWERS)
+    @action(detail=True, methods=["post"])
+    def abort(self, request: Request, pk: str | None = None) -> Response:
+        """Stop for good; devices keep what they were sent. Aborting an aborted rollout changes nothing."""
+        return self._act(request, services.abort)
+
+    @extend_schema(request=ActionSerializer, responses=ACTION_ANSWERS)
+    @action(detail=True, methods=["post"])
+    def approve(self, request: Request, pk: str | None = None) -> Response:
+        """Let the stage that waits for a person go ahead."""
+        return self._act(request, services.approve)
