@@ -16,7 +16,18 @@ from agent.kernel import histogram
 from agent.kernel.protocol import Window
 
 _BIN_WIDTH = 1.0 / histogram.CONFIDENCE_BINS
-_COUNTS = ("windows", "fallback_windows", "frames", "dropped_frames", "errors", "escalations")
+_COUNTS = (
+    "windows",
+    "fallback_windows",
+    "frames",
+    "dropped_frames",
+    "errors",
+    "escalations",
+    "shadow_frames",
+    "shadow_errors",
+    "shadow_compared",
+    "shadow_agreed",
+)
 
 
 @dataclass
@@ -32,6 +43,12 @@ class Summary:
     latency: histogram.LatencyHistogram = field(default_factory=histogram.LatencyHistogram)
     confidence: list[int] = field(default_factory=lambda: [0] * histogram.CONFIDENCE_BINS)
     classes: Counter[str] = field(default_factory=Counter)
+    # A candidate run in shadow on the same frames (``Window.shadow``): agreement slots and its latency.
+    shadow_frames: int = 0
+    shadow_errors: int = 0
+    shadow_compared: int = 0
+    shadow_agreed: int = 0
+    shadow_latency: histogram.LatencyHistogram = field(default_factory=histogram.LatencyHistogram)
 
     def add_window(self, window: Window) -> None:
         self.windows += 1
@@ -43,6 +60,13 @@ class Summary:
         self.latency.merge(window.latency())
         self._add_confidence(window.confidence)
         self.classes.update(window.classes)
+        shadow = window.shadow
+        if shadow is not None:
+            self.shadow_frames += shadow.frames
+            self.shadow_errors += shadow.errors
+            self.shadow_compared += shadow.compared
+            self.shadow_agreed += shadow.agreed
+            self.shadow_latency.merge(histogram.LatencyHistogram.from_wire(shadow.latency_ms))
 
     def add_totals(self, row: Any) -> None:
         """Add a rollup row (anything with the rollup's fields).
@@ -51,12 +75,14 @@ class Summary:
         that cannot be read (raising) leaves the summary as it was.
         """
         latency = histogram.LatencyHistogram.from_wire(row.latency)
+        shadow_latency = histogram.LatencyHistogram.from_wire(row.shadow_latency or {})
         confidence = [int(c) for c in row.confidence[: histogram.CONFIDENCE_BINS]]
         classes = Counter({str(k): int(v) for k, v in dict(row.classes).items()})
         counts = [int(getattr(row, name)) for name in _COUNTS]
         for name, count in zip(_COUNTS, counts, strict=True):
             setattr(self, name, getattr(self, name) + count)
         self.latency.merge(latency)
+        self.shadow_latency.merge(shadow_latency)
         self._add_confidence(confidence)
         self.classes.update(classes)
 
@@ -94,6 +120,11 @@ class Summary:
         offered = self.frames + self.dropped_frames
         return self.dropped_frames / offered if offered else None
 
+    @property
+    def shadow_agreement(self) -> float | None:
+        """The share of agreement slots where the shadow candidate agreed with the model in service."""
+        return self.shadow_agreed / self.shadow_compared if self.shadow_compared else None
+
     def class_mix(self) -> dict[str, float]:
         total = sum(self.classes.values())
         return {name: count / total for name, count in self.classes.most_common()} if total else {}
@@ -118,6 +149,9 @@ class Summary:
             "error_rate": self.error_rate,
             "dropped_rate": self.dropped_rate,
             "fallback_windows": self.fallback_windows,
+            "shadow_frames": self.shadow_frames,
+            "shadow_agreement": self.shadow_agreement,
+            "shadow_latency_p95_ms": self.shadow_latency.quantile(0.95),
         }
 
     def totals(self) -> dict[str, Any]:
@@ -132,6 +166,11 @@ class Summary:
             "latency": self.latency.to_wire(),
             "confidence": list(self.confidence),
             "classes": dict(self.classes),
+            "shadow_frames": self.shadow_frames,
+            "shadow_errors": self.shadow_errors,
+            "shadow_compared": self.shadow_compared,
+            "shadow_agreed": self.shadow_agreed,
+            "shadow_latency": self.shadow_latency.to_wire(),
         }
 
 
@@ -146,6 +185,11 @@ class _Totals:
     latency: Mapping[str, int]
     confidence: list[int]
     classes: Mapping[str, int]
+    shadow_frames: int
+    shadow_errors: int
+    shadow_compared: int
+    shadow_agreed: int
+    shadow_latency: Mapping[str, int]
 
     @classmethod
     def of(cls, summary: Summary) -> _Totals:

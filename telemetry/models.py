@@ -183,6 +183,12 @@ class WindowRollup(models.Model):
     latency = models.JSONField(default=dict)  # sparse {"bucket index": count}
     confidence = models.JSONField(default=list)  # dense CONFIDENCE_BINS counts
     classes = models.JSONField(default=dict)
+    # A candidate run in shadow beside the model (Window.shadow): agreement slots and its latency.
+    shadow_frames = models.PositiveBigIntegerField(default=0)
+    shadow_errors = models.PositiveBigIntegerField(default=0)
+    shadow_compared = models.PositiveBigIntegerField(default=0)
+    shadow_agreed = models.PositiveBigIntegerField(default=0)
+    shadow_latency = models.JSONField(default=dict)  # sparse {"bucket index": count}
 
     class Meta:
         constraints = [

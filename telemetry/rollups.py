@@ -79,6 +79,11 @@ _WINDOW_FIELDS = [
     "latency",
     "confidence",
     "classes",
+    "shadow_frames",
+    "shadow_errors",
+    "shadow_compared",
+    "shadow_agreed",
+    "shadow_latency",
 ]
 _WINDOW_KEY = ["resolution", "scope", "key", "model_name", "model_version", "bucket"]
 _HEARTBEAT_FIELDS = [

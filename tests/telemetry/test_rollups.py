@@ -127,3 +127,36 @@ def test_a_batch_floor_is_honoured_by_the_batched_path(devices: list[Device]) ->
     feed.seq = 9
     assert feed.store([feed.heartbeat(HOUR_START)]) == 0
     assert store(devices[0], batch(feed.heartbeat(HOUR_START), floor=10)) == 11
+
+
+def shadow(compared: int, agreed: int, latencies_ms: list[float]) -> dict[str, Any]:
+    return {
+        "model_name": "detector",
+        "model_version": "1.1.0",
+        "frames": len(latencies_ms),
+        "compared": compared,
+        "agreed": agreed,
+        "latency_ms": histogram.LatencyHistogram.of(latencies_ms).to_wire(),
+    }
+
+
+def test_shadow_agreement_and_latency_add_up_per_device_site_and_fleet(devices: list[Device]) -> None:
+    def window(seq: int, at: datetime, shadow_summary: dict[str, Any]) -> Any:
+        data = window_data(at, [10.0] * 4, shadow=shadow_summary)
+        return record(seq, "window", at + timedelta(seconds=10), data)
+
+    store(devices[0], batch(window(1, HOUR_START, shadow(4, 3, [20.0] * 4))))
+    store(devices[0], batch(window(2, HOUR_START + timedelta(seconds=10), shadow(6, 6, [30.0] * 2))))
+    store(devices[1], batch(window(1, HOUR_START, shadow(10, 1, [40.0] * 4))))
+    roll_up_everything()
+
+    minute = WindowRollup.objects.get(resolution=Resolution.MINUTE, scope=Scope.DEVICE, key=devices[0].device_id)
+    assert (minute.shadow_frames, minute.shadow_compared, minute.shadow_agreed) == (6, 10, 9)
+    site = Summary()
+    site.add_totals(WindowRollup.objects.get(resolution=Resolution.HOUR, scope=Scope.SITE))
+    figures = site.figures()
+    assert figures["shadow_frames"] == 10 and figures["shadow_agreement"] == pytest.approx(10 / 20)
+    assert figures["shadow_latency_p95_ms"] is not None and figures["shadow_latency_p95_ms"] >= 30.0
+    plain = Summary()
+    plain.add_totals(WindowRollup.objects.filter(scope=Scope.FLEET).first())
+    assert plain.shadow_compared == 20
