@@ -90,10 +90,11 @@ def parse_plan(plan: Any, field: str = "plan") -> list[Stage]:
         if not isinstance(stage, dict) or set(stage) - {"kind", "value", "requires_approval"}:
             raise _refuse("invalid_plan", where, "A stage is an object with kind, value and requires_approval.")
         kind, value = stage.get("kind"), stage.get("value")
+        value = value if _integer(value) else None
         approval = stage.get("requires_approval", False)
         if kind not in STAGE_KINDS:
             raise _refuse("invalid_plan", f"{where}.kind", f"kind is one of {', '.join(STAGE_KINDS)}.")
-        if not _integer(value):
+        if value is None:
             raise _refuse("invalid_plan", f"{where}.value", "value is an integer.")
         if kind == "percent" and not (1 <= value <= 100 and value > last_percent):
             raise _refuse(

@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.validators import RegexValidator
+from django.db.models import Count
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -175,15 +176,11 @@ class RolloutDetailSerializer(RolloutSerializer):
 
     @extend_schema_field(RolloutStageSerializer(many=True))
     def get_stages(self, rollout: Rollout) -> Any:
-        entries = list(rollout.devices.select_related("device__site", "from_version"))
-        sizes: dict[int, int] = {}
-        for entry in entries:
-            sizes[entry.stage_index] = sizes.get(entry.stage_index, 0) + 1
-        self.context["entries"] = entries
+        sizes = dict(rollout.devices.values("stage_index").annotate(n=Count("pk")).values_list("stage_index", "n"))
         stages = rollout.stages.prefetch_related("gate_results").select_related("approved_by")
         return RolloutStageSerializer(stages, many=True, context={"stage_sizes": sizes}).data
 
     @extend_schema_field(RolloutDeviceSerializer(many=True))
     def get_devices(self, rollout: Rollout) -> Any:
-        entries = self.context.get("entries") or rollout.devices.select_related("device__site", "from_version")
+        entries = rollout.devices.select_related("device__site", "from_version")
         return RolloutDeviceSerializer(entries, many=True).data
