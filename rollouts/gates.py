@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from telemetry.baseline import BaselineComparison, compare_to_baseline
+from rollouts import analysis
+from telemetry.baseline import BaselineComparison, baseline_window_start, compare_to_baseline, matched_control
 
 PASS, MARGINAL, FAIL, PENDING = "pass", "marginal", "fail", "pending"
 
@@ -32,6 +33,8 @@ class StageData:
     now: datetime
     active_by_site: dict[str, list[str]] = field(default_factory=dict)  # site slug -> its active stage devices
     budgets: dict[str, int] = field(default_factory=dict)  # site slug -> p95 latency budget (ms), where set
+    model: tuple[str, str] = ("", "")  # the version rolled out: (model name, version)
+    control_candidates: list[str] = field(default_factory=list)  # rollout devices not sent the version yet
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,9 @@ class Outcome:
     threshold: float | None
     verdict: str
     details: dict[str, Any] = field(default_factory=dict)
+    # A pending outcome that stops counting once the soak cannot be extended any more: the gate
+    # abstains (too few samples to judge) and leaves the verdict to the others.
+    abstains: bool = False
 
 
 def judge(value: float | None, threshold: float, band: float) -> str:
@@ -72,7 +78,7 @@ def _figure_gate(name: str, setting: str, measure: Callable[[BaselineComparison]
         value = measure(data.comparison)
         threshold = float(data.settings[setting])
         figure = name.removesuffix("_rise").removesuffix("_regression").removesuffix("_drop")
-        details = {
+        details: dict[str, Any] = {
             "frames_baseline": data.comparison.frames_baseline,
             "frames_current": data.comparison.frames_current,
         }
@@ -119,6 +125,55 @@ def site_latency_budget(data: StageData) -> Outcome | None:
     )
 
 
+# At most this many control devices: past it the test gains little and the query grows.
+MAX_CONTROL = 50
+
+
+def canary_analysis(data: StageData) -> Outcome | None:
+    """The stage's devices against a matched control group still on the old version (``rollouts.analysis``).
+
+    The control is the rollout's devices not yet sent the version, matched by
+    hardware profile and sites (``matched_control``), over the same minutes;
+    with none left (the last stage) the stage devices' own minutes before
+    they became active. The value is the analysis's score (0-100), the
+    threshold its pass score; too few samples to judge is ``pending`` and
+    abstains once the soak cannot be extended.
+    """
+    if not data.active:
+        return None
+    name, version = data.model
+    canary = analysis.samples(data.active, data.since, data.now, model_name=name, model_version=version)
+    control_ids = matched_control(data.active, data.control_candidates, limit=MAX_CONTROL)
+    if control_ids:
+        control = analysis.samples(control_ids, data.since, data.now, model_name=name)
+        kind = "matched"
+    else:
+        control = analysis.samples(data.active, baseline_window_start(data.since, data.now), data.since)
+        kind = "own_baseline"
+    judged = analysis.judge(canary, control)
+    verdict = {"pass": PASS, "marginal": MARGINAL, "fail": FAIL}.get(judged.verdict, PENDING)
+    details = {
+        "analysis": judged.verdict,
+        "detail": judged.detail,
+        "control": kind,
+        "control_devices": len(control_ids),
+        "metrics": [
+            {
+                "name": m.name,
+                "verdict": m.verdict,
+                "canary_n": m.canary_n,
+                "control_n": m.control_n,
+                "canary_median": m.canary_median,
+                "control_median": m.control_median,
+                "effect": m.effect,
+                "p_value": m.p_value,
+            }
+            for m in judged.metrics
+        ],
+    }
+    return Outcome("canary_analysis", judged.score, analysis.PASS_SCORE, verdict, details, abstains=verdict == PENDING)
+
+
 Gate = Callable[[StageData], Outcome | None]
 
 SOAK_GATES: list[Gate] = [
@@ -128,12 +183,16 @@ SOAK_GATES: list[Gate] = [
     _figure_gate("mean_confidence_drop", "max_confidence_drop", lambda c: c.mean_confidence_drop),
     _figure_gate("escalation_rate_rise", "max_escalation_rate_rise", lambda c: c.escalation_rate_rise),
     site_latency_budget,
+    canary_analysis,
 ]
 
 
-def verdict(outcomes: list[Outcome]) -> str:
-    """fail if any gate fails; marginal if any is marginal or lacks data; pass otherwise."""
-    verdicts = {o.verdict for o in outcomes}
+def verdict(outcomes: list[Outcome], *, final: bool = False) -> str:
+    """fail if any gate fails; marginal if any is marginal or lacks data; pass otherwise.
+
+    ``final`` (the soak cannot be extended again): gates that abstain no longer count.
+    """
+    verdicts = {o.verdict for o in outcomes if not (final and o.abstains)}
     if FAIL in verdicts:
         return FAIL
     if verdicts & {MARGINAL, PENDING}:

@@ -165,11 +165,16 @@ def _judge(rollout: Rollout, stage: RolloutStage, now: datetime) -> None:
         now=now,
         active_by_site=by_site,
         budgets=budgets,
+        model=(rollout.version.model.name, rollout.version.version),
+        control_candidates=list(
+            rollout.devices.filter(state=RolloutDevice.PENDING).values_list("device__device_id", flat=True)
+        ),
     )
     outcomes = [o for o in (gate(data) for gate in gates.SOAK_GATES) if o is not None]
     _store(stage, outcomes, now)
-    verdict = gates.verdict(outcomes)
-    if verdict == gates.MARGINAL and stage.soak_extensions < int(settings["max_soak_extensions"]):
+    can_extend = stage.soak_extensions < int(settings["max_soak_extensions"])
+    verdict = gates.verdict(outcomes, final=not can_extend)
+    if verdict == gates.MARGINAL and can_extend:
         stage.soak_extensions += 1
         stage.soak_until = now + timedelta(seconds=int(settings["soak_s"]))
         stage.verdict = gates.MARGINAL
@@ -177,7 +182,7 @@ def _judge(rollout: Rollout, stage: RolloutStage, now: datetime) -> None:
         return
     if verdict != gates.PASS:
         # Still marginal after every extension: not proven good, so not sent further.
-        failing = [o.gate for o in outcomes if o.verdict != gates.PASS]
+        failing = [o.gate for o in outcomes if o.verdict != gates.PASS and not o.abstains]
         _fail(rollout, stage, now, f"gates {', '.join(failing)} did not pass at stage {stage.index}")
         return
     stage.state, stage.verdict, stage.finished_at = RolloutStage.PASSED, gates.PASS, now

@@ -90,7 +90,12 @@ def test_a_good_version_passes_canary_then_ten_percent_then_everyone(versions, f
     assert sorted(running_v2(fleet_on_v1)) == sorted(d.device_id for d in fleet_on_v1)
     assert list(rollout.stages.values_list("state", "verdict")) == [(RolloutStage.PASSED, "pass")] * 3
     latency = GateResult.objects.filter(stage__rollout=rollout, gate="latency_p95_ms_regression")
-    assert latency.count() == 3 and all(g.verdict == "pass" and g.threshold == 0.2 for g in latency)
+    # Judged twice a stage: a canary of a few minutes is too little for the canary analysis, which
+    # extends the soak once and then abstains, leaving the verdict to the threshold gates.
+    assert latency.count() == 6 and all(g.verdict == "pass" and g.threshold == 0.2 for g in latency)
+    analysis = GateResult.objects.filter(stage__rollout=rollout, gate="canary_analysis")
+    assert [g.details["analysis"] for g in analysis] == ["insufficient"] * 6
+    assert {g.verdict for g in analysis} == {"pending"}
     actions = set(AuditLog.objects.filter(target_type="rollouts.rollout").values_list("action", flat=True))
     assert {"rollout.create", "rollout.start", "rollout.stage_passed", "rollout.complete"} <= actions
 
@@ -269,4 +274,43 @@ def test_a_site_budget_with_room_passes_and_is_recorded(versions, fleet_on_v1):
     rollout.refresh_from_db()
     assert rollout.state == Rollout.COMPLETED
     budgets = GateResult.objects.filter(stage__rollout=rollout, gate="site_latency_budget")
-    assert budgets.count() == 3 and {g.verdict for g in budgets} == {"pass"}
+    assert budgets.count() == 6 and {g.verdict for g in budgets} == {"pass"}  # two judgements a stage
+
+
+@pytest.mark.django_db
+def test_a_fifteen_percent_slower_canary_is_caught_by_the_canary_analysis_against_its_control(versions, fleet_on_v1):
+    v1, v2 = versions
+    plan = {"stages": [{"kind": "count", "value": 5}, {"kind": "percent", "value": 100}]}
+    rollout = start_rollout(v2, plan=plan, gates={"soak_s": 12 * 60})
+    now = timezone.now().replace(second=0, microsecond=0)
+    alive(Device.objects.all(), now)
+    scheduler.tick(now=now)
+    canary = [e.device for e in sent_to(rollout.pk, RolloutDevice.ASSIGNED)]
+    control = [e.device for e in sent_to(rollout.pk, RolloutDevice.PENDING)]
+    for device in canary:
+        report(device, v2)
+    now += timedelta(minutes=1)
+    alive(Device.objects.all(), now)
+    scheduler.tick(now=now)  # all active: the soak starts now
+    # Twelve minutes of the same scenes: the canary 15 % slower than its control on 1.0.0, which
+    # a fixed 20 % threshold on the p95 passes.
+    for m in range(12):
+        at = now + timedelta(minutes=m)
+        for i, device in enumerate(canary):
+            window(device, at - timedelta(minutes=30), v1, seed=1000 + m * 10 + i)
+            window(device, at, v2, latency_ms=23.0, seed=m * 10 + i)
+        for i, device in enumerate(control):
+            window(device, at, v1, latency_ms=20.0, seed=500 + m * 10 + i)
+    now += timedelta(minutes=12)
+    alive(Device.objects.all(), now)
+    scheduler.tick(now=now)
+
+    rollout.refresh_from_db()
+    assert rollout.state == Rollout.REVERTED, rollout.halt_reason
+    results = {g.gate: g for g in GateResult.objects.filter(stage__rollout=rollout)}
+    assert results["latency_p95_ms_regression"].verdict == "pass"
+    judged = results["canary_analysis"]
+    assert (judged.verdict, judged.details["control"], judged.details["control_devices"]) == ("fail", "matched", 5)
+    latency = next(m for m in judged.details["metrics"] if m["name"] == "latency_p95_ms")
+    assert latency["verdict"] == "fail" and latency["effect"] == pytest.approx(0.15, abs=0.03)
+    assert len(running_v2(fleet_on_v1)) == 0
