@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 ResultCallback = Callable[[Frame, Result], None]
 # At most one error log line per this many seconds: a model failing on every frame must not flood the journal.
 _ERROR_LOG_INTERVAL_S = 10.0
+# The most shadow time a quiet spell (a camera slower than the models) can bank for a burst of frames.
+_SHADOW_CREDIT_S = 0.1
 
 
 class Pipeline:
@@ -84,8 +86,12 @@ class Pipeline:
         self.shadow_budget = shadow_budget
         """The candidate in shadow may take this share of the time the model in service takes."""
         self._shadow_of: object | None = None
+        self._shadow_mark = 0.0
+        self._shadow_credit = 0.0
         self._active_s = 0.0
+        """The inference thread's time outside the candidate since shadowing began (what earns it credit)."""
         self._shadow_s = 0.0
+        """The candidate's time since shadowing began."""
 
     def start(self) -> Pipeline:
         if self.actions is not None:
@@ -151,7 +157,6 @@ class Pipeline:
 
     def process(self, frame: Frame) -> Result | None:
         """Decide one frame and hand the result on; runs on the inference thread."""
-        started = time.perf_counter()
         try:
             result = self.holder.infer(frame.image)
         except Exception as exc:  # any failure of the model must cost one frame, not the agent
@@ -170,7 +175,7 @@ class Pipeline:
         result.ts = frame.ts
         if self.window is not None:
             self.window.add(result, fallback=self.holder.fallback)
-            self._shadow(frame, result, time.perf_counter() - started)
+            self._shadow(frame, result)
         if self.actions is not None:
             self.actions.submit(result)
         if self.escalation is not None:
@@ -183,37 +188,47 @@ class Pipeline:
             self.on_result(frame, result)
         return result
 
-    def _shadow(self, frame: Frame, result: Result, active_s: float) -> None:
+    def _shadow(self, frame: Frame, result: Result) -> None:
         """Run the shadow candidate on this frame too, within its time budget, and count agreement.
 
-        The candidate may spend ``shadow_budget`` times what the model in service
-        spent since shadowing began: a frame over budget goes unshadowed, so the
-        frame rate keeps at least ``1 / (1 + shadow_budget)`` of itself (80 % at
-        the default 0.25) whatever the candidate costs. Its result is counted in
-        the window and never acted on; its failure costs nothing but a count.
+        The inference thread's time not spent on the candidate earns it
+        ``shadow_budget`` times as much (unused credit is capped at
+        ``_SHADOW_CREDIT_S``); a frame that finds no credit goes unshadowed. So
+        the frame rate keeps at least ``1 / (1 + shadow_budget)`` of itself
+        (80 % at the default 0.25) whatever the candidate costs, and a camera
+        slower than the models leaves the candidate every frame. Its result is
+        counted in the window and never acted on; its failure costs nothing but
+        a count.
         """
         shadow = self.holder.shadow
         if shadow is None or self.holder.fallback or self.window is None:
             return
+        now = time.perf_counter()
         if shadow is not self._shadow_of:
-            self._shadow_of, self._active_s, self._shadow_s = shadow, 0.0, 0.0
-        self._active_s += active_s
-        if self._shadow_s > self.shadow_budget * self._active_s:
+            self._shadow_of, self._shadow_mark, self._shadow_credit = shadow, now, 0.0
+        self._active_s += now - self._shadow_mark
+        self._shadow_credit = min(
+            self._shadow_credit + self.shadow_budget * (now - self._shadow_mark), _SHADOW_CREDIT_S
+        )
+        self._shadow_mark = now
+        if self._shadow_credit < 0:
             return
-        started = time.perf_counter()
         try:
             other = shadow.infer(frame.image)
         except Exception as exc:  # a failing candidate must never cost the model in service a frame
             self.window.add_shadow(None)
-            now = time.monotonic()
-            if now - self._last_error_log >= _ERROR_LOG_INTERVAL_S:
-                self._last_error_log = now
+            logged_at = time.monotonic()
+            if logged_at - self._last_error_log >= _ERROR_LOG_INTERVAL_S:
+                self._last_error_log = logged_at
                 log.warning("shadow inference failed", extra={"frame": frame.name, "error": str(exc)})
         else:
             compared, agreed = agreement(result, other)
             self.window.add_shadow(other, compared=compared, agreed=agreed)
         finally:
-            self._shadow_s += time.perf_counter() - started
+            self._shadow_mark = time.perf_counter()
+            spent = self._shadow_mark - now
+            self._shadow_s += spent
+            self._shadow_credit -= spent
 
 
 # --- the run loop's side ----------------------------------------------------
