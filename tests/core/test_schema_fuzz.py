@@ -57,6 +57,7 @@ BUSINESS_RULES = {
     "PATCH /api/v1/devices/{device_id}/": "name taken",
     # unknown_version, no_bundle, bundle_expired, agent_too_old: what is published and what the device runs.
     "POST /api/v1/devices/{device_id}/assign-model/": "unpublished version",
+    "POST /api/v1/devices/{device_id}/shadow/": "unpublished version",
     # unknown_version, invalid_alias: only a published, not deprecated version of this model.
     "PUT /api/v1/models/{name}/aliases/{alias}/": "unpublished version",
     # A user that does not exist; expires_at and expires_in_days together.
