@@ -74,6 +74,10 @@ def _send(rollout: Rollout, stage: RolloutStage, now: datetime) -> None:
     entries = list(
         rollout.devices.filter(stage_index=stage.index, state=RolloutDevice.PENDING).select_related("device")
     )
+    if not entries and not rollout.devices.filter(stage_index=stage.index).exists():
+        # Earlier stages took every device (a small target): nothing to send or judge.
+        _pass(rollout, stage, now)
+        return
     for entry in entries:
         try:
             entry.generation = fleet.assign_model(
@@ -185,6 +189,10 @@ def _judge(rollout: Rollout, stage: RolloutStage, now: datetime) -> None:
         failing = [o.gate for o in outcomes if o.verdict != gates.PASS and not o.abstains]
         _fail(rollout, stage, now, f"gates {', '.join(failing)} did not pass at stage {stage.index}")
         return
+    _pass(rollout, stage, now)
+
+
+def _pass(rollout: Rollout, stage: RolloutStage, now: datetime) -> None:
     stage.state, stage.verdict, stage.finished_at = RolloutStage.PASSED, gates.PASS, now
     stage.save(update_fields=["state", "verdict", "finished_at"])
     AuditLog.record(actor=_actor(rollout), action="rollout.stage_passed", target=rollout, stage=stage.index)

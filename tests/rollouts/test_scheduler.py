@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 from unittest import mock
@@ -15,56 +14,10 @@ from django.utils import timezone
 from core.models import AuditLog
 from fleet import services as fleet
 from fleet.models import Device, Site
-from registry.models import ModelVersion
 from rollouts import scheduler, services
 from rollouts.models import GateResult, Rollout, RolloutDevice, RolloutStage
 from tests.rollouts.conftest import alive, report, sent_to, window
-
-PLAN = {"stages": [{"kind": "count", "value": 1}, {"kind": "percent", "value": 10}, {"kind": "percent", "value": 100}]}
-GATES = {"soak_s": 60, "activation_timeout_s": 600}
-
-
-def start_rollout(version: ModelVersion, **extra: Any) -> Rollout:
-    return services.create(
-        version=version,
-        target={"running_model": "parts"},
-        plan=extra.pop("plan", PLAN),
-        gates={**GATES, **extra.pop("gates", {})},
-        actor="ci",
-        reason="release 2.0.0",
-    )
-
-
-def drive(
-    rollout: Rollout,
-    v1: ModelVersion,
-    v2: ModelVersion,
-    *,
-    phase: str = "active",
-    latency_ms: float = 20.0,
-    ticker: Callable[[datetime], None] | None = None,
-    ticks: int = 30,
-) -> datetime:
-    """Tick every two minutes; each device sent the version answers with ``phase`` and sends telemetry."""
-    now = timezone.now().replace(second=0, microsecond=0)
-    ticker = ticker or (lambda at: scheduler.tick(now=at))
-    for _ in range(ticks):
-        alive(Device.objects.all(), now)
-        ticker(now)
-        rollout.refresh_from_db()
-        if rollout.state not in Rollout.ACTIVE:
-            break
-        for entry in sent_to(rollout.pk, RolloutDevice.ASSIGNED):
-            if phase == "active":
-                report(entry.device, v2)
-            else:
-                report(entry.device, v1, phase, error="reference outputs differ")
-            # Their own baseline on 1.0.0 half an hour ago, then the new version from the next soak on.
-            window(entry.device, now - timedelta(minutes=30), v1, seed=1)
-            for m in range(3, 9):
-                window(entry.device, now + timedelta(minutes=m), v2, latency_ms=latency_ms, seed=m)
-        now += timedelta(minutes=2)
-    return now
+from tests.rollouts.helpers import drive, start_rollout
 
 
 def running_v2(devices: list[Device]) -> list[str]:
@@ -314,3 +267,26 @@ def test_a_fifteen_percent_slower_canary_is_caught_by_the_canary_analysis_agains
     latency = next(m for m in judged.details["metrics"] if m["name"] == "latency_p95_ms")
     assert latency["verdict"] == "fail" and latency["effect"] == pytest.approx(0.15, abs=0.03)
     assert len(running_v2(fleet_on_v1)) == 0
+
+
+@pytest.mark.django_db
+def test_a_stage_left_without_devices_by_a_small_target_passes_through(versions, fleet_on_v1, site):
+    v1, v2 = versions
+    two = fleet_on_v1[:2]
+    rollout = services.create(
+        version=v2,
+        target={"sites": [site.slug]},
+        plan={
+            "stages": [{"kind": "count", "value": 1}, {"kind": "count", "value": 10}, {"kind": "percent", "value": 100}]
+        },
+        gates={"soak_s": 60},
+        actor="ci",
+    )
+    assert [rollout.devices.filter(stage_index=i).count() for i in range(3)] == [1, 5, 0]
+
+    drive(rollout, v1, v2)
+
+    rollout.refresh_from_db()
+    assert rollout.state == Rollout.COMPLETED, rollout.halt_reason
+    assert rollout.stages.get(index=2).state == RolloutStage.PASSED
+    assert len(running_v2(two)) == 2
