@@ -16,7 +16,7 @@ from django.db import models
 from django.utils import timezone
 
 from core.errors import ServiceError
-from fleet.models import Device
+from fleet.models import Device, Site
 from registry.models import ModelVersion
 from rollouts import plan as plans
 
@@ -192,3 +192,27 @@ class GateResult(models.Model):
 
     def __str__(self) -> str:
         return f"{self.stage}: {self.gate} {self.verdict}"
+
+
+class SiteRollback(models.Model):
+    """A site sent back to its last known-good version of a model: who, why, from what, to what.
+
+    A version a site was rolled back from is never its known-good version again.
+    """
+
+    site = models.ForeignKey(Site, on_delete=models.CASCADE, related_name="rollbacks")
+    model_name = models.CharField(max_length=63)
+    from_versions = models.JSONField(default=list)
+    to_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="+")
+    devices = models.PositiveIntegerField()
+    stopped_rollouts = models.JSONField(default=list)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    actor_label = models.CharField(max_length=200)
+    reason = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"{self.site} back to {self.to_version}"

@@ -184,3 +184,26 @@ class RolloutDetailSerializer(RolloutSerializer):
     def get_devices(self, rollout: Rollout) -> Any:
         entries = rollout.devices.select_related("device__site", "from_version")
         return RolloutDeviceSerializer(entries, many=True).data
+
+
+class SiteRollbackRequestSerializer(StrictInput, serializers.Serializer):
+    reason = serializers.CharField(max_length=2000, help_text="Why: kept in the audit log.")
+    dry_run = serializers.BooleanField(required=False, default=False, help_text="Answer the plan and change nothing.")
+
+
+class SiteRollbackModelSerializer(serializers.Serializer):
+    model = serializers.CharField()
+    version = serializers.CharField(help_text="The site's last known-good version, which its devices are sent.")
+    devices = serializers.IntegerField(help_text="Devices that change (those on another version).")
+    offline_devices = serializers.IntegerField(help_text="Of those, offline now: they converge when they return.")
+    from_versions = serializers.ListField(child=serializers.CharField())
+
+
+class SiteRollbackSerializer(serializers.Serializer):
+    site = serializers.CharField()
+    done = serializers.BooleanField(help_text="false for a preview or a dry run.")
+    models = SiteRollbackModelSerializer(many=True)
+    stops_rollouts = serializers.ListField(child=serializers.IntegerField(), help_text="Rollouts touching the site.")
+    without_known_good = serializers.ListField(
+        child=serializers.CharField(), help_text="Models run at the site that no completed rollout brought there."
+    )

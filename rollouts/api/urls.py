@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.urls import path
 from rest_framework.routers import DefaultRouter
 
 from rollouts.api import views
@@ -8,4 +9,8 @@ router = DefaultRouter(trailing_slash=True)
 router.register("rollouts", views.RolloutViewSet, basename="rollout")
 router.register("rollout-templates", views.RolloutTemplateViewSet, basename="rollout-template")
 
-urlpatterns = [*router.urls]
+urlpatterns = [
+    # Beside the fleet app's /sites/{slug}/ (fleet sits below rollouts and cannot reach this view).
+    path("sites/<slug:slug>/rollback/", views.SiteRollbackView.as_view(), name="site-rollback"),
+    *router.urls,
+]

@@ -2,20 +2,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
 from core.api.authentication import HasScope
 from core.api.pagination import LimitOffsetPagination
 from core.api.serializers import ErrorSerializer
 from core.errors import ServiceError
 from core.models import AuditLog
+from fleet.models import Site
 from registry.models import ModelVersion
-from rollouts import services
+from rollouts import rollback, services
 from rollouts.api.serializers import (
     TEMPLATE_NAME,
     ActionSerializer,
@@ -23,6 +26,8 @@ from rollouts.api.serializers import (
     RolloutDetailSerializer,
     RolloutSerializer,
     RolloutTemplateSerializer,
+    SiteRollbackRequestSerializer,
+    SiteRollbackSerializer,
 )
 from rollouts.models import Rollout, RolloutTemplate
 
@@ -147,3 +152,29 @@ class RolloutViewSet(
     def approve(self, request: Request, pk: str | None = None) -> Response:
         """Let the stage that waits for a person go ahead."""
         return self._act(request, services.approve)
+
+
+class SiteRollbackView(APIView):
+    """Return every device of a site to the site's last known-good version (docs/rollouts.md, "Site rollback")."""
+
+    permission_classes = [HasScope]
+    required_scopes = ("rollout",)
+    parser_classes = [JSONParser]
+
+    def _site(self, slug: str) -> Site:
+        return get_object_or_404(Site, slug=slug)
+
+    @extend_schema(responses={200: SiteRollbackSerializer})
+    def get(self, request: Request, slug: str) -> Response:
+        """The preview: the version each model returns to, how many devices change, which rollouts stop."""
+        return Response(rollback.plan(self._site(slug)).answer(done=False))
+
+    @extend_schema(request=SiteRollbackRequestSerializer, responses={200: SiteRollbackSerializer, 409: ErrorSerializer})
+    def post(self, request: Request, slug: str) -> Response:
+        site = self._site(slug)
+        body = SiteRollbackRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        if body.validated_data["dry_run"]:
+            return Response(rollback.plan(site).answer(done=False))
+        done = rollback.roll_back(site, actor=request.user, reason=body.validated_data["reason"])
+        return Response(done.answer(done=True))

@@ -1,0 +1,167 @@
+"""Per-site rollback: every device of a site back to the site's last known-good version, in one action.
+
+A version is known-good at a site once a rollout that sent it there completed
+(every stage passed) and no site rollback has taken the site away from it
+since. A rollout that is still running, halted, reverted or aborted proves
+nothing yet, and the rollback stops every rollout touching the site anyway.
+
+The action is idempotent: devices already sent the known-good version are left
+alone, and a second call with nothing to change changes nothing. Offline
+devices are included: their desired document is retained and signed, and they
+converge when they return.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from core.errors import ServiceError
+from core.models import AuditLog
+from fleet import services as fleet
+from fleet.models import Device, Site
+from registry.models import Bundle, ModelVersion
+from rollouts.models import Rollout, RolloutDevice, RolloutStage, SiteRollback
+
+FP32 = "cpu-fp32"
+
+
+@dataclass
+class ModelPlan:
+    model: str
+    version: ModelVersion
+    devices: list[Device] = field(default_factory=list)  # those to be sent it
+    from_versions: list[str] = field(default_factory=list)
+    offline: int = 0
+
+
+@dataclass
+class SitePlan:
+    site: Site
+    models: list[ModelPlan]
+    rollouts: list[int]  # rollouts the action stops
+    unknown: list[str]  # models run at the site with no known-good version there
+
+    def answer(self, *, done: bool) -> dict[str, Any]:
+        return {
+            "site": self.site.slug,
+            "done": done,
+            "models": [
+                {
+                    "model": m.model,
+                    "version": m.version.version,
+                    "devices": len(m.devices),
+                    "offline_devices": m.offline,
+                    "from_versions": m.from_versions,
+                }
+                for m in self.models
+            ],
+            "stops_rollouts": self.rollouts,
+            "without_known_good": self.unknown,
+        }
+
+
+def known_good(site: Site, model_name: str) -> ModelVersion | None:
+    """The newest version of the model a completed rollout sent to this site and no site rollback left."""
+    left = set()
+    for row in SiteRollback.objects.filter(site=site, model_name=model_name).values_list("from_versions", flat=True):
+        left.update(row)
+    passed = (
+        RolloutDevice.objects.filter(
+            device__site=site,
+            state=RolloutDevice.ACTIVE,
+            rollout__state=Rollout.COMPLETED,
+            rollout__version__model__name=model_name,
+        )
+        .exclude(rollout__version__version__in=left)
+        .select_related("rollout__version__model")
+        .order_by("-rollout__finished_at", "-rollout__pk")
+        .first()
+    )
+    return passed.rollout.version if passed else None
+
+
+def plan(site: Site) -> SitePlan:
+    """What a rollback of the site would do now (the preview, and the action's own plan)."""
+    devices = list(Device.objects.filter(site=site, revoked_at__isnull=True).order_by("device_id"))
+    by_model: dict[str, list[Device]] = {}
+    for device in devices:
+        name = ((device.desired or {}).get("model") or {}).get("name")
+        if isinstance(name, str):
+            by_model.setdefault(name, []).append(device)
+    models, unknown = [], []
+    for name, members in sorted(by_model.items()):
+        good = known_good(site, name)
+        if good is None:
+            unknown.append(name)
+            continue
+        move = [d for d in members if d.desired["model"].get("version") != good.version]
+        models.append(
+            ModelPlan(
+                model=name,
+                version=good,
+                devices=move,
+                from_versions=sorted({d.desired["model"].get("version") for d in move}),
+                offline=sum(1 for d in move if not d.online),
+            )
+        )
+    touching = (
+        Rollout.objects.filter(state__in=(*Rollout.ACTIVE, Rollout.HALTED), devices__device__site=site)
+        .distinct()
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+    return SitePlan(site=site, models=models, rollouts=list(touching), unknown=unknown)
+
+
+def roll_back(site: Site, *, actor: Any, reason: str) -> SitePlan:
+    """Stop every rollout touching the site, then send its devices their known-good version; all or nothing."""
+    if not reason.strip():
+        raise ServiceError(
+            "invalid", "Say why the site is rolled back.", 400, fields={"reason": ["This field is required."]}
+        )
+    now = timezone.now()
+    with transaction.atomic():
+        # The site row is the lock: two rollbacks of one site run one after the other.
+        Site.objects.select_for_update().get(pk=site.pk)
+        todo = plan(site)
+        if not todo.models and todo.unknown:
+            raise ServiceError(
+                "no_known_good",
+                f"No version of {', '.join(todo.unknown)} completed a rollout at {site.slug}; nothing to return to.",
+                409,
+            )
+        for rollout in Rollout.objects.select_for_update().filter(pk__in=todo.rollouts).order_by("pk"):
+            rollout.advance_state(Rollout.ABORTED, at=now)
+            rollout.halt_reason = f"site {site.slug} rolled back: {reason}"[:2000]
+            rollout.save(update_fields=["state", "finished_at", "halt_reason", "updated_at"])
+            rollout.stages.exclude(state__in=(RolloutStage.PASSED, RolloutStage.FAILED)).update(
+                state=RolloutStage.ABORTED, finished_at=now
+            )
+            AuditLog.record(actor=actor, action="rollout.abort", target=rollout, reason=rollout.halt_reason)
+        for model in todo.models:
+            if not model.devices:
+                continue
+            targets = set(Bundle.objects.filter(version=model.version).values_list("target", flat=True))
+            for device in model.devices:
+                sent = device.desired["model"]
+                older = model.version.sequence < int(sent.get("sequence") or 0)
+                target = sent.get("target") if sent.get("target") in targets else FP32
+                fleet.assign_model(device, model.version, actor=actor, target=target, rollback=older)
+            user = actor if getattr(actor, "is_authenticated", False) and hasattr(actor, "pk") else None
+            SiteRollback.objects.create(
+                site=site,
+                model_name=model.model,
+                from_versions=model.from_versions,
+                to_version=model.version,
+                devices=len(model.devices),
+                stopped_rollouts=todo.rollouts,
+                actor=user,
+                actor_label=getattr(actor, "username", None) or str(actor),
+                reason=reason,
+            )
+        AuditLog.record(actor=actor, action="site.rollback", target=site, reason=reason, **todo.answer(done=True))
+    return todo
