@@ -1,18 +1,8 @@
-"""``edgefleet``: the command CI runs to publish a model version, and to fetch and check a bundle.
+"""``edgefleet``: the command CI runs to publish a model version, roll it out, and fetch and check a bundle.
 
 Django-free on purpose: a CI runner installs the light package and talks to
 the control plane over HTTPS with an API token (``--token`` or
-``EDGEFLEET_TOKEN``). Exit codes are for CI:
-
-==  =========================================================
-0   published (201), or identical content already there (200)
-2   wrong command-line usage
-3   authentication or permission refused (401, 403)
-4   refused as invalid: not ONNX, shape mismatch, too large, bad metadata (400, 413, 415, 422)
-5   conflict: this version exists with different content (409)
-6   network failure or server error (connection, timeout, 5xx)
-7   bundle verification failed
-==  =========================================================
+``EDGEFLEET_TOKEN``). Exit codes are for CI (``registry.client``).
 """
 
 from __future__ import annotations
@@ -31,17 +21,25 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from agent.kernel import verify
+from registry import rollout_cli
+from registry.client import (
+    EXIT_INVALID,
+    EXIT_NETWORK,
+    EXIT_VERIFY,
+    err,
+    exit_for,
+    out,
+    reason,
+    send,
+)
 from registry.metadata import parse_metadata
 
-EXIT_OK, EXIT_USAGE, EXIT_AUTH, EXIT_INVALID, EXIT_CONFLICT, EXIT_NETWORK, EXIT_VERIFY = 0, 2, 3, 4, 5, 6, 7
-
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="edgefleet control-plane client for CI.")
-err = Console(stderr=True)
-out = Console()
+app.add_typer(rollout_cli.rollout, name="rollout")
+app.add_typer(rollout_cli.rollback, name="rollback")
 
 
 class _Multipart:
@@ -89,26 +87,6 @@ def _progress() -> Progress:
     )
 
 
-def _exit_for(status: int) -> int:
-    if status in (401, 403):
-        return EXIT_AUTH
-    if status == 409:
-        return EXIT_CONFLICT
-    if 400 <= status < 500:
-        return EXIT_INVALID
-    return EXIT_NETWORK
-
-
-def _reason(error: urllib.error.HTTPError) -> str:
-    try:
-        body = json.loads(error.read() or b"{}")
-    except ValueError:
-        return f"HTTP {error.code}"
-    if isinstance(body, dict):
-        return f"HTTP {error.code} {body.get('code', '')}: {body.get('detail', body)}".strip()
-    return f"HTTP {error.code}: {body}"
-
-
 @app.command()
 def publish(
     model: Annotated[str, typer.Option(help="Model name, e.g. parts-inspector.")],
@@ -127,8 +105,12 @@ def publish(
     ] = None,
     quantize: Annotated[bool, typer.Option(help="Also build the cpu-int8 bundle.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the server's answer.")] = 600.0,
+    rollout: Annotated[
+        str | None,
+        typer.Option(help="Then roll it out with this template to the devices running MODEL (rollout scope)."),
+    ] = None,
 ) -> None:
-    """Publish a model version; prints the version as JSON on success."""
+    """Publish a model version; prints the version (and the rollout it started) as JSON on success."""
     try:
         document = json.loads(metadata.read_text(encoding="utf-8"))
         if not isinstance(document, dict):
@@ -159,26 +141,14 @@ def publish(
                 "Accept": "application/json",
             },
         )
-        status, answer = _send(request, timeout)
+        status, answer = send(request, timeout)
     verb = "published" if status == 201 else "already published (identical content)"
     bundles = ", ".join(f"{b['target']} {b['size']} B" for b in answer.get("bundles", []))
     err.print(f"[green]{model} {answer.get('version')} {verb}[/green]: sequence {answer.get('sequence')}; {bundles}")
+    if rollout:
+        target = {"running_model": model}
+        answer["rollout"] = rollout_cli.start_rollout(server, token, model, str(answer.get("version")), rollout, target)
     out.print_json(data=answer)
-
-
-def _send(request: urllib.request.Request, timeout: float) -> tuple[int, dict[str, Any]]:
-    if not request.full_url.startswith(("http://", "https://")):
-        err.print(f"[red]server URL must be http(s):[/red] {request.full_url}")
-        raise typer.Exit(EXIT_USAGE)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
-            return response.status, json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        err.print(f"[red]refused:[/red] {_reason(exc)}")
-        raise typer.Exit(_exit_for(exc.code)) from None
-    except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as exc:
-        err.print(f"[red]network failure:[/red] {exc}")
-        raise typer.Exit(EXIT_NETWORK) from None
 
 
 @app.command()
@@ -212,8 +182,8 @@ def download(
             if exc.code == 416 and have:
                 partial.unlink()
                 continue
-            err.print(f"[red]refused:[/red] {_reason(exc)}")
-            raise typer.Exit(_exit_for(exc.code)) from None
+            err.print(f"[red]refused:[/red] {reason(exc)}")
+            raise typer.Exit(exit_for(exc.code)) from None
         except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as exc:
             err.print(f"[yellow]attempt {attempt + 1} failed:[/yellow] {exc}")
     raise typer.Exit(EXIT_NETWORK)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from registry import cli
+from registry import cli, client
 from registry.models import Bundle
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
@@ -62,13 +62,13 @@ def test_publish_exit_codes_follow_the_servers_answer(live_server, token_client,
     invalid = publish(url, token, files, "--version", "v1.5.0", model="junk")
     unreachable = publish("http://127.0.0.1:9", token, files)
 
-    assert first.exit_code == cli.EXIT_OK, first.output
+    assert first.exit_code == client.EXIT_OK, first.output
     assert json.loads(first.stdout)["version"] == "1.4.0"
-    assert again.exit_code == cli.EXIT_OK and "already published" in again.output
-    assert conflict.exit_code == cli.EXIT_CONFLICT
-    assert forbidden.exit_code == cli.EXIT_AUTH
-    assert invalid.exit_code == cli.EXIT_INVALID and "not_onnx" in invalid.output
-    assert unreachable.exit_code == cli.EXIT_NETWORK
+    assert again.exit_code == client.EXIT_OK and "already published" in again.output
+    assert conflict.exit_code == client.EXIT_CONFLICT
+    assert forbidden.exit_code == client.EXIT_AUTH
+    assert invalid.exit_code == client.EXIT_INVALID and "not_onnx" in invalid.output
+    assert unreachable.exit_code == client.EXIT_NETWORK
 
 
 def test_a_device_resumes_a_download_and_verifies_the_bundle(
@@ -109,7 +109,7 @@ def test_a_device_resumes_a_download_and_verifies_the_bundle(
     damaged = bytearray(output.read_bytes())
     damaged[len(damaged) // 2] ^= 0xFF
     output.write_bytes(bytes(damaged))
-    assert runner.invoke(cli.app, ["verify", str(output), "--trust-store", str(trust)]).exit_code == cli.EXIT_VERIFY
+    assert runner.invoke(cli.app, ["verify", str(output), "--trust-store", str(trust)]).exit_code == client.EXIT_VERIFY
 
 
 def test_the_cli_does_not_import_django():
