@@ -225,7 +225,11 @@ def approve(rollout: Rollout, *, actor: Any, reason: str = "") -> Rollout:
         if row.state not in (Rollout.RUNNING, Rollout.PAUSED):
             raise ServiceError("invalid_state", f"A {row.state} rollout has no stage to approve.", 409)
         stage = row.stages.select_for_update().get(index=row.current_stage)
-        if stage.state != RolloutStage.WAITING_APPROVAL:
+        # A stage that requires approval may be approved ahead, before the tick reaches it.
+        waits = stage.state == RolloutStage.WAITING_APPROVAL or (
+            stage.state == RolloutStage.PENDING and stage.requires_approval and stage.approved_at is None
+        )
+        if not waits:
             raise ServiceError(
                 "nothing_to_approve", f"Stage {stage.index} is {stage.state}, not waiting for approval.", 409
             )

@@ -59,8 +59,11 @@ def test_pause_resume_approve_and_abort_are_actions_each_audited(versions, fleet
     early = ci.post(f"{url}/approve/", {}, format="json")
     assert early.status_code == 409 and early.json()["code"] == "nothing_to_approve"
     Rollout.objects.filter(pk=rollout_id).update(current_stage=1)
+    assert ci.post(f"{url}/approve/", {"reason": "canary fine"}, format="json").status_code == 200, "ahead of the tick"
+    twice = ci.post(f"{url}/approve/", {}, format="json")
+    assert twice.status_code == 409 and twice.json()["code"] == "nothing_to_approve"
     scheduler.tick()
-    assert ci.post(f"{url}/approve/", {"reason": "canary fine"}, format="json").status_code == 200
+    assert Rollout.objects.get(pk=rollout_id).stages.get(index=1).state == "installing"
     assert ci.post(f"{url}/abort/", {"reason": "wrong build"}, format="json").json()["state"] == "aborted"
     assert ci.post(f"{url}/abort/", {}, format="json").json()["state"] == "aborted", "idempotent"
     actions = list(
@@ -71,6 +74,7 @@ def test_pause_resume_approve_and_abort_are_actions_each_audited(versions, fleet
         ("rollout.pause", "lunch"),
         ("rollout.resume", ""),
         ("rollout.approve", "canary fine"),
+        ("rollout.stage_start", ""),
         ("rollout.abort", "wrong build"),
     ]
 
