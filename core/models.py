@@ -80,9 +80,16 @@ class AuditLog(models.Model):
 
     @classmethod
     def record(cls, *, actor: Any, action: str, target: models.Model, reason: str = "", **data: Any) -> AuditLog:
+        entry = cls.entry(actor=actor, action=action, target=target, reason=reason, **data)
+        entry.save()
+        return entry
+
+    @classmethod
+    def entry(cls, *, actor: Any, action: str, target: models.Model, reason: str = "", **data: Any) -> AuditLog:
+        """An unsaved entry, for ``bulk_create`` when one action touches many rows."""
         user = actor if getattr(actor, "is_authenticated", False) else None
         label = getattr(actor, "username", None) or (str(actor) if actor else "system")
-        return cls.objects.create(
+        return cls(
             actor=user,
             actor_label=label,
             action=action,

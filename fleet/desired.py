@@ -49,6 +49,21 @@ def issue(device: Device, document: dict[str, Any], *, now: datetime | None = No
     return row.desired_generation
 
 
+def issue_many(documents: dict[int, dict[str, Any]], *, now: datetime | None = None) -> dict[int, int]:
+    """``issue`` for many devices (pk -> document) in a constant number of queries; returns pk -> generation.
+
+    The caller holds the transaction: rows are locked, signed and written together.
+    """
+    now = now or timezone.now()
+    rows = list(Device.objects.select_for_update().select_related("site").filter(pk__in=documents).order_by("pk"))
+    for row in rows:
+        row.desired = documents[row.pk]
+        row.desired_generation += 1
+        _sign(row, now, strict=True)
+    Device.objects.bulk_update(rows, _FIELDS, batch_size=1000)
+    return {row.pk: row.desired_generation for row in rows}
+
+
 def reissue_expiring(*, now: datetime | None = None, chunk: int = 500) -> int:
     """Re-sign, as a new generation, every desired document that expires within ``DESIRED_RENEW_HOURS``.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,6 +138,15 @@ def _queue_broker_removal(device: Device) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class Assignment:
+    """One device to point at a version: the bundle target it gets, and whether going back is meant."""
+
+    device: Device
+    target: str = "cpu-fp32"
+    rollback: bool = False
+
+
 def assign_model(
     device: Device,
     version: Any,
@@ -155,35 +165,77 @@ def assign_model(
     reports running is refused unless ``rollback``: the signed document then
     names it as an explicit rollback, the only way a device goes back.
     """
-    wanted = target or "cpu-fp32"
-    bundle = Bundle.objects.select_related("version__model").filter(version=version, target=wanted).first()
-    if bundle is None:
-        message = f"{version} has no bundle for target {wanted}."
-        raise ServiceError("no_bundle", message, 400, fields={"target": [message]})
-    _check_installable(device, bundle)
-    if not rollback:
-        _check_not_older(device, bundle.version)
+    (outcome,) = assign_models(
+        [Assignment(device, target or "cpu-fp32", rollback)], version, actor=actor, config=config
+    ).values()
+    if isinstance(outcome, ServiceError):
+        raise outcome
+    return outcome
+
+
+def assign_models(
+    assignments: Sequence[Assignment], version: Any, *, actor: Any, config: dict[str, Any] | None = None
+) -> dict[int, int | ServiceError]:
+    """``assign_model`` for many devices in a constant number of queries (a rollout stage at once).
+
+    Returns, per device pk, its new desired generation or the ServiceError
+    that refused it (no bundle for its target, expired, agent too old, an
+    older version without ``rollback``); the refused ones change nothing.
+    """
+    bundles = {b.target: b for b in Bundle.objects.select_related("version__model").filter(version=version)}
+    sequences = dict(ModelVersion.objects.filter(model_id=version.model_id).values_list("version", "sequence"))
+    outcome: dict[int, int | ServiceError] = {}
+    chosen: dict[int, tuple[Assignment, Bundle]] = {}
+    for assignment in assignments:
+        device = assignment.device
+        bundle = bundles.get(assignment.target)
+        try:
+            if bundle is None:
+                message = f"{version} has no bundle for target {assignment.target}."
+                raise ServiceError("no_bundle", message, 400, fields={"target": [message]})
+            _check_installable(device, bundle)
+            if not assignment.rollback:
+                _check_not_older(device, version, sequences)
+        except ServiceError as exc:
+            outcome[device.pk] = exc
+            continue
+        chosen[device.pk] = (assignment, bundle)
+    if not chosen:
+        return outcome
     with transaction.atomic():
-        current = Device.objects.select_for_update().get(pk=device.pk).desired or {}
-        # Built with the device kernel's models, so what is stored is what can be signed.
-        runtime_config = protocol.RuntimeConfig.model_validate({**(current.get("config") or {}), **(config or {})})
-        document: dict[str, Any] = {
-            "model": bundle.desired_model().model_dump(mode="json", exclude_none=True),
-            "config": runtime_config.model_dump(mode="json", exclude_none=True),
-        }
-        if rollback:
-            document["rollback_to"] = bundle.version.version
-        generation = desired.issue(device, document)
-        AuditLog.record(
-            actor=actor,
-            action="device.rollback" if rollback else "device.assign_model",
-            target=device,
-            model=bundle.version.model.name,
-            version=bundle.version.version,
-            bundle_target=bundle.target,
-            generation=generation,
-        )
-    return generation
+        current = dict(Device.objects.select_for_update().filter(pk__in=chosen).values_list("pk", "desired"))
+        documents = {}
+        for pk, (assignment, bundle) in chosen.items():
+            previous = current.get(pk) or {}
+            # Built with the device kernel's models, so what is stored is what can be signed.
+            merged = {**(previous.get("config") or {}), **(config or {})}
+            runtime_config = protocol.RuntimeConfig.model_validate(merged)
+            document: dict[str, Any] = {
+                "model": bundle.desired_model().model_dump(mode="json", exclude_none=True),
+                "config": runtime_config.model_dump(mode="json", exclude_none=True),
+            }
+            if assignment.rollback:
+                document["rollback_to"] = version.version
+            documents[pk] = document
+        generations = desired.issue_many(documents)
+        entries = []
+        for pk, (assignment, bundle) in chosen.items():
+            device = assignment.device
+            device.desired, device.desired_generation = documents[pk], generations[pk]
+            outcome[pk] = generations[pk]
+            entries.append(
+                AuditLog.entry(
+                    actor=actor,
+                    action="device.rollback" if assignment.rollback else "device.assign_model",
+                    target=device,
+                    model=version.model.name,
+                    version=version.version,
+                    bundle_target=bundle.target,
+                    generation=generations[pk],
+                )
+            )
+        AuditLog.objects.bulk_create(entries, batch_size=1000)
+    return outcome
 
 
 def assign_shadow(device: Device, version: Any | None, *, actor: Any, target: str | None = None) -> int:
@@ -220,16 +272,20 @@ def assign_shadow(device: Device, version: Any | None, *, actor: Any, target: st
     return generation
 
 
-def _check_not_older(device: Device, version: Any) -> None:
-    """Refuse to send a device back to an older version of the model it runs without saying so."""
+def _check_not_older(device: Device, version: Any, sequences: dict[str, int]) -> None:
+    """Refuse to send a device back to an older version of the model it runs without saying so.
+
+    ``sequences``: every version of the model, name -> sequence (read once for many devices).
+    """
     reported = device.reported if isinstance(device.reported, dict) else {}
     if reported.get("model_name") != version.model.name or not reported.get("model_version"):
         return
-    running = ModelVersion.objects.filter(model=version.model, version=reported["model_version"]).first()
-    if running is not None and version.sequence < running.sequence:
+    running = sequences.get(str(reported["model_version"]))
+    if running is not None and version.sequence < running:
         raise ServiceError(
             "rollback_required",
-            f"Device {device.device_id} runs {running}; {version} is older. Send it back with rollback=true.",
+            f"Device {device.device_id} runs {version.model.name} {reported['model_version']}; {version} is older. "
+            "Send it back with rollback=true.",
             409,
         )
 
