@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from agent.kernel import protocol
 from fleet.models import Device
-from registry.signing import sign_desired
+from registry.signing import DesiredSigner, desired_signer
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def issue(device: Device, document: dict[str, Any], *, now: datetime | None = No
         row = Device.objects.select_for_update().select_related("site").get(pk=device.pk)
         row.desired = document
         row.desired_generation += 1
-        _sign(row, now or timezone.now(), strict=True)
+        _sign(row, now or timezone.now(), desired_signer(), strict=True)
         row.save(update_fields=_FIELDS)
     for field in _FIELDS:
         setattr(device, field, getattr(row, field))
@@ -56,10 +56,11 @@ def issue_many(documents: dict[int, dict[str, Any]], *, now: datetime | None = N
     """
     now = now or timezone.now()
     rows = list(Device.objects.select_for_update().select_related("site").filter(pk__in=documents).order_by("pk"))
+    sign = desired_signer()
     for row in rows:
         row.desired = documents[row.pk]
         row.desired_generation += 1
-        _sign(row, now, strict=True)
+        _sign(row, now, sign, strict=True)
     Device.objects.bulk_update(rows, _FIELDS, batch_size=1000)
     return {row.pk: row.desired_generation for row in rows}
 
@@ -90,9 +91,10 @@ def reissue_expiring(*, now: datetime | None = None, chunk: int = 500) -> int:
                 return issued
             last_pk = rows[-1].pk
             signed = []
+            sign = desired_signer()
             for row in rows:
                 row.desired_generation += 1
-                if _sign(row, now, strict=False):
+                if _sign(row, now, sign, strict=False):
                     signed.append(row)
             Device.objects.bulk_update(signed, _FIELDS)
         issued += len(signed)
@@ -106,7 +108,7 @@ def renew_before() -> timedelta:
     return timedelta(hours=settings.DESIRED_RENEW_HOURS)
 
 
-def _sign(row: Device, now: datetime, *, strict: bool) -> bool:
+def _sign(row: Device, now: datetime, sign: DesiredSigner, *, strict: bool) -> bool:
     """Build and sign ``row``'s document for its current generation into ``row``; False if it cannot be.
 
     Without a signing key the document is left unsigned and unpublished (the
@@ -133,7 +135,7 @@ def _sign(row: Device, now: datetime, *, strict: bool) -> bool:
             raise
         log.error("desired state not signable", extra={"device": row.device_id, "error": str(exc)[:300]})
         return False
-    message = sign_desired(message)
+    message = sign(message)
     if message.signature is None:
         row.desired_document, row.desired_expires_at = {}, None
         return strict

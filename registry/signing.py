@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -13,15 +14,18 @@ from registry.models import SigningKey
 log = logging.getLogger(__name__)
 
 
-def sign_desired(message: protocol.Desired) -> protocol.Desired:
-    """Return ``message`` with its signature, so a broker cannot forge or alter one.
+DesiredSigner = Callable[[protocol.Desired], protocol.Desired]
 
-    Without a usable key the message goes out unsigned and devices refuse it:
-    the safe failure. The log says how to fix it.
+
+def desired_signer() -> DesiredSigner:
+    """What signs desired documents with the current key, loaded once for any number of them.
+
+    Without a usable key it returns documents unsigned, and devices refuse
+    them: the safe failure. The log says how to fix it, once.
     """
     try:
         signer = SigningKey.current().signer()
     except ImproperlyConfigured as exc:
-        log.error("desired state not signed", extra={"generation": message.generation, "error": str(exc)})
-        return message
-    return signed_desired(message, signer.sign)
+        log.error("desired state not signed", extra={"error": str(exc)})
+        return lambda message: message
+    return lambda message: signed_desired(message, signer.sign)

@@ -24,9 +24,8 @@ from core.models import AuditLog
 from fleet import services as fleet
 from fleet.models import Device, Site
 from registry.models import Bundle, ModelVersion
+from registry.variants import FP32
 from rollouts.models import Rollout, RolloutDevice, RolloutStage, SiteRollback
-
-FP32 = "cpu-fp32"
 
 
 @dataclass
@@ -146,11 +145,16 @@ def roll_back(site: Site, *, actor: Any, reason: str) -> SitePlan:
             if not model.devices:
                 continue
             targets = set(Bundle.objects.filter(version=model.version).values_list("target", flat=True))
+            assignments = []
             for device in model.devices:
                 sent = device.desired["model"]
                 older = model.version.sequence < int(sent.get("sequence") or 0)
                 target = sent.get("target") if sent.get("target") in targets else FP32
-                fleet.assign_model(device, model.version, actor=actor, target=target, rollback=older)
+                assignments.append(fleet.Assignment(device, target, rollback=older))
+            outcome = fleet.assign_models(assignments, model.version, actor=actor)
+            refused = [result for result in outcome.values() if not isinstance(result, int)]
+            if refused:
+                raise refused[0]
             user = actor if getattr(actor, "is_authenticated", False) and hasattr(actor, "pk") else None
             SiteRollback.objects.create(
                 site=site,

@@ -19,6 +19,7 @@ from django.utils import timezone
 from core.errors import ServiceError
 from core.models import AuditLog
 from fleet import services as fleet
+from registry.variants import FP32
 from rollouts import gates
 from rollouts.models import GateResult, Rollout, RolloutDevice, RolloutStage
 from telemetry.baseline import FAILED_PHASES, compare_to_baseline
@@ -78,15 +79,17 @@ def _send(rollout: Rollout, stage: RolloutStage, now: datetime) -> None:
         # Earlier stages took every device (a small target): nothing to send or judge.
         _pass(rollout, stage, now)
         return
+    # One signed document per device, in a constant number of queries whatever the stage's size.
+    outcome = fleet.assign_models(
+        [fleet.Assignment(entry.device, entry.target) for entry in entries], rollout.version, actor=_actor(rollout)
+    )
     for entry in entries:
-        try:
-            entry.generation = fleet.assign_model(
-                entry.device, rollout.version, actor=_actor(rollout), target=entry.target
-            )
-            entry.state = RolloutDevice.ASSIGNED
-        except ServiceError as exc:
+        result = outcome[entry.device.pk]
+        if isinstance(result, ServiceError):
             # Refused before sending (agent too old, bundle expired): an install that failed.
-            entry.state, entry.error = RolloutDevice.FAILED, exc.detail
+            entry.state, entry.error = RolloutDevice.FAILED, result.detail
+        else:
+            entry.generation, entry.state = result, RolloutDevice.ASSIGNED
     RolloutDevice.objects.bulk_update(entries, ["state", "generation", "error", "updated_at"])
     stage.state, stage.started_at = RolloutStage.INSTALLING, now
     stage.save(update_fields=["state", "started_at"])
@@ -236,24 +239,26 @@ def _fail(rollout: Rollout, stage: RolloutStage, now: datetime, why: str) -> Non
         .select_related("device", "from_version__model")
     )
     reverted, kept = [], []
+    by_version: dict[int, list[RolloutDevice]] = {}
     for entry in entries:
         if entry.from_version is None:
             kept.append(entry.device.device_id)
-            continue
-        try:
-            entry.generation = fleet.assign_model(
-                entry.device,
-                entry.from_version,
-                actor=_actor(rollout),
-                target=entry.from_target or None,
-                rollback=True,
-            )
-        except ServiceError as exc:
-            entry.error = f"revert refused: {exc.detail}"[:2000]
-            kept.append(entry.device.device_id)
-            continue
-        entry.state = RolloutDevice.REVERTED
-        reverted.append(entry)
+        else:
+            by_version.setdefault(entry.from_version.pk, []).append(entry)
+    for group in by_version.values():
+        outcome = fleet.assign_models(
+            [fleet.Assignment(e.device, e.from_target or FP32, rollback=True) for e in group],
+            group[0].from_version,
+            actor=_actor(rollout),
+        )
+        for entry in group:
+            result = outcome[entry.device.pk]
+            if isinstance(result, ServiceError):
+                entry.error = f"revert refused: {result.detail}"[:2000]
+                kept.append(entry.device.device_id)
+                continue
+            entry.generation, entry.state = result, RolloutDevice.REVERTED
+            reverted.append(entry)
     RolloutDevice.objects.bulk_update(entries, ["state", "generation", "error", "updated_at"])
     rollout.advance_state(Rollout.REVERTED, at=now)
     rollout.save(update_fields=["state", "halt_reason", "finished_at", "updated_at"])

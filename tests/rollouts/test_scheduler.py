@@ -144,16 +144,16 @@ def test_a_tick_that_dies_while_sending_a_stage_leaves_nothing_of_it(versions, f
     _, v2 = versions
     plan = {"stages": [{"kind": "count", "value": 3}, {"kind": "percent", "value": 100}]}
     rollout = start_rollout(v2, plan=plan)
-    real = fleet.assign_model
+    real = fleet.assign_models
     calls = []
 
-    def dies_on_the_third(*args: Any, **kwargs: Any) -> int:
-        calls.append(args[0].device_id)
-        if len(calls) == 3:
-            raise SystemExit("worker killed")
-        return real(*args, **kwargs)
+    def dies_once_the_documents_are_written(*args: Any, **kwargs: Any) -> Any:
+        calls.append(real(*args, **kwargs))
+        raise SystemExit("worker killed")
 
-    with mock.patch("rollouts.scheduler.fleet.assign_model", autospec=True, side_effect=dies_on_the_third):
+    with mock.patch(
+        "rollouts.scheduler.fleet.assign_models", autospec=True, side_effect=dies_once_the_documents_are_written
+    ):
         with pytest.raises(SystemExit):
             scheduler.tick()
 
