@@ -245,31 +245,63 @@ def assign_shadow(device: Device, version: Any | None, *, actor: Any, target: st
     reports agreement with the model in service in its windows. Its bundle is
     checked like an install's (expired, agent too old) before it is sent.
     """
-    shadow: dict[str, Any] | None = None
+    (outcome,) = assign_shadows([Assignment(device, target or "cpu-fp32")], version, actor=actor).values()
+    if isinstance(outcome, ServiceError):
+        raise outcome
+    return outcome
+
+
+def assign_shadows(
+    assignments: Sequence[Assignment], version: Any | None, *, actor: Any
+) -> dict[int, int | ServiceError]:
+    """``assign_shadow`` for many devices in a constant number of queries (a rollout's shadow stage)."""
+    bundles = {}
     if version is not None:
-        wanted = target or "cpu-fp32"
-        bundle = Bundle.objects.select_related("version__model").filter(version=version, target=wanted).first()
-        if bundle is None:
-            message = f"{version} has no bundle for target {wanted}."
-            raise ServiceError("no_bundle", message, 400, fields={"target": [message]})
-        _check_installable(device, bundle)
-        shadow = bundle.desired_model().model_dump(mode="json", exclude_none=True)
+        bundles = {b.target: b for b in Bundle.objects.select_related("version__model").filter(version=version)}
+    outcome: dict[int, int | ServiceError] = {}
+    chosen: dict[int, tuple[Assignment, Bundle | None]] = {}
+    for assignment in assignments:
+        bundle = bundles.get(assignment.target)
+        try:
+            if version is not None:
+                if bundle is None:
+                    message = f"{version} has no bundle for target {assignment.target}."
+                    raise ServiceError("no_bundle", message, 400, fields={"target": [message]})
+                _check_installable(assignment.device, bundle)
+        except ServiceError as exc:
+            outcome[assignment.device.pk] = exc
+            continue
+        chosen[assignment.device.pk] = (assignment, bundle)
+    if not chosen:
+        return outcome
     with transaction.atomic():
-        document = dict(Device.objects.select_for_update().get(pk=device.pk).desired or {})
-        if shadow is None:
-            document.pop("shadow", None)
-        else:
-            document["shadow"] = shadow
-        generation = desired.issue(device, document)
-        AuditLog.record(
-            actor=actor,
-            action="device.shadow" if shadow else "device.shadow_stop",
-            target=device,
-            model=shadow["name"] if shadow else None,
-            version=shadow["version"] if shadow else None,
-            generation=generation,
-        )
-    return generation
+        current = dict(Device.objects.select_for_update().filter(pk__in=chosen).values_list("pk", "desired"))
+        documents = {}
+        for pk, (_, bundle) in chosen.items():
+            document = dict(current.get(pk) or {})
+            if bundle is None:
+                document.pop("shadow", None)
+            else:
+                document["shadow"] = bundle.desired_model().model_dump(mode="json", exclude_none=True)
+            documents[pk] = document
+        generations = desired.issue_many(documents)
+        entries = []
+        for pk, (assignment, bundle) in chosen.items():
+            device = assignment.device
+            device.desired, device.desired_generation = documents[pk], generations[pk]
+            outcome[pk] = generations[pk]
+            entries.append(
+                AuditLog.entry(
+                    actor=actor,
+                    action="device.shadow" if bundle else "device.shadow_stop",
+                    target=device,
+                    model=bundle.version.model.name if bundle else None,
+                    version=bundle.version.version if bundle else None,
+                    generation=generations[pk],
+                )
+            )
+        AuditLog.objects.bulk_create(entries, batch_size=1000)
+    return outcome
 
 
 def _check_not_older(device: Device, version: Any, sequences: dict[str, int]) -> None:

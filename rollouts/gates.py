@@ -19,6 +19,7 @@ from typing import Any
 
 from rollouts import analysis
 from telemetry.baseline import BaselineComparison, baseline_window_start, compare_to_baseline, matched_control
+from telemetry.metrics import Summary
 
 PASS, MARGINAL, FAIL, PENDING = "pass", "marginal", "fail", "pending"
 
@@ -64,6 +65,28 @@ def failed_installs(devices: list[str], failed: list[str], max_pct: float) -> Ou
     pct = 100.0 * len(failed) / len(devices) if devices else 0.0
     verdict = PASS if pct <= max_pct else FAIL
     return Outcome("failed_installs", pct, max_pct, verdict, {"failed": sorted(failed)[:50]})
+
+
+def shadow_agreement(summary: Summary, settings: dict[str, Any]) -> list[Outcome]:
+    """A shadow stage's gates: enough frames decided by the candidate, and enough of them agreed.
+
+    Too few frames is pending (the shadow runs longer, then fails); agreement
+    below ``min_shadow_agreement`` fails at once: the candidate never acted.
+    """
+    frames, wanted = summary.shadow_frames, int(settings["min_shadow_frames"])
+    enough = Outcome("shadow_frames", float(frames), float(wanted), PASS if frames >= wanted else PENDING)
+    agreement, floor = summary.shadow_agreement, float(settings["min_shadow_agreement"])
+    if agreement is None or frames < wanted:
+        verdict = PENDING
+    else:
+        verdict = PASS if agreement >= floor else FAIL
+    details = {
+        "compared": summary.shadow_compared,
+        "agreed": summary.shadow_agreed,
+        "errors": summary.shadow_errors,
+        "candidate_p95_ms": summary.shadow_latency.quantile(0.95),
+    }
+    return [enough, Outcome("shadow_agreement", agreement, floor, verdict, details)]
 
 
 def silent_devices(data: StageData) -> Outcome:

@@ -108,16 +108,17 @@ class Rollout(models.Model):
 
 
 class RolloutStage(models.Model):
-    PENDING, WAITING_APPROVAL, INSTALLING, SOAKING, PASSED, FAILED, ABORTED = (
+    PENDING, WAITING_APPROVAL, SHADOWING, INSTALLING, SOAKING, PASSED, FAILED, ABORTED = (
         "pending",
         "waiting_approval",
+        "shadowing",
         "installing",
         "soaking",
         "passed",
         "failed",
         "aborted",
     )
-    STATES = [(s, s) for s in (PENDING, WAITING_APPROVAL, INSTALLING, SOAKING, PASSED, FAILED, ABORTED)]
+    STATES = [(s, s) for s in (PENDING, WAITING_APPROVAL, SHADOWING, INSTALLING, SOAKING, PASSED, FAILED, ABORTED)]
     KINDS = [(k, k) for k in plans.STAGE_KINDS]
     VERDICTS = [("pass", "pass"), ("marginal", "marginal"), ("fail", "fail")]
 
@@ -126,6 +127,12 @@ class RolloutStage(models.Model):
     kind = models.CharField(max_length=8, choices=KINDS)
     value = models.PositiveIntegerField()
     requires_approval = models.BooleanField(default=False)
+    # A shadow stage runs the candidate beside the model on its devices first, and installs it only
+    # once its agreement passed (shadow_passed_at).
+    shadow = models.BooleanField(default=False)
+    shadow_started_at = models.DateTimeField(null=True, blank=True)
+    shadow_until = models.DateTimeField(null=True, blank=True)
+    shadow_passed_at = models.DateTimeField(null=True, blank=True)
     approved_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     approved_at = models.DateTimeField(null=True, blank=True)
     state = models.CharField(max_length=16, choices=STATES, default=PENDING)

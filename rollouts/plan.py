@@ -32,6 +32,9 @@ GATE_DEFAULTS: dict[str, float | int | str] = {
     "max_confidence_drop": 0.05,  # mean confidence, absolute drop
     "max_escalation_rate_rise": 0.05,  # escalation rate, absolute rise
     "marginal_band": 0.25,  # up to threshold x (1 + band) over the threshold is marginal, past it fails
+    "shadow_s": 600,  # a shadow stage runs the candidate beside the model this long before judging it
+    "min_shadow_frames": 200,  # frames the candidate must have decided across the stage before it is judged
+    "min_shadow_agreement": 0.95,  # share of agreement slots where candidate and model in service agree
     "on_failure": "revert",  # revert the stage's devices to their previous version, or only pause
 }
 GATE_BOUNDS: dict[str, tuple[float, float]] = {
@@ -45,8 +48,11 @@ GATE_BOUNDS: dict[str, tuple[float, float]] = {
     "max_confidence_drop": (0, 1),
     "max_escalation_rate_rise": (0, 1),
     "marginal_band": (0, 1),
+    "shadow_s": (0, 7 * 86400),
+    "min_shadow_frames": (1, 10_000_000),
+    "min_shadow_agreement": (0, 1),
 }
-INTEGER_GATES = ("activation_timeout_s", "soak_s", "max_soak_extensions")
+INTEGER_GATES = ("activation_timeout_s", "soak_s", "max_soak_extensions", "shadow_s", "min_shadow_frames")
 ON_FAILURE = ("revert", "pause")
 TARGET_KEYS = ("sites", "labels", "hardware_profiles", "running_model")
 
@@ -56,6 +62,8 @@ class Stage:
     kind: str
     value: int
     requires_approval: bool = False
+    shadow: bool = False
+    """Run the candidate in shadow on the stage's devices, and judge its agreement, before installing it."""
 
 
 def _refuse(code: str, field: str, message: str) -> ServiceError:
@@ -72,7 +80,7 @@ def _integer(value: Any) -> bool:
 
 
 def parse_plan(plan: Any, field: str = "plan") -> list[Stage]:
-    """The stages of a plan ``{"stages": [{"kind", "value", "requires_approval"?}, ...]}``.
+    """The stages of a plan ``{"stages": [{"kind", "value", "requires_approval"?, "shadow"?}, ...]}``.
 
     ``count`` adds that many devices, ``percent`` brings the rollout to that
     share of its target (cumulative), ``sites`` adds the devices of that many
@@ -87,8 +95,8 @@ def parse_plan(plan: Any, field: str = "plan") -> list[Stage]:
     last_percent = 0
     for i, stage in enumerate(stages):
         where = f"{field}.stages[{i}]"
-        if not isinstance(stage, dict) or set(stage) - {"kind", "value", "requires_approval"}:
-            raise _refuse("invalid_plan", where, "A stage is an object with kind, value and requires_approval.")
+        if not isinstance(stage, dict) or set(stage) - {"kind", "value", "requires_approval", "shadow"}:
+            raise _refuse("invalid_plan", where, "A stage is an object with kind, value, requires_approval and shadow.")
         kind, value = stage.get("kind"), stage.get("value")
         value = value if _integer(value) else None
         approval = stage.get("requires_approval", False)
@@ -106,10 +114,13 @@ def parse_plan(plan: Any, field: str = "plan") -> list[Stage]:
             raise _refuse("invalid_plan", f"{where}.value", f"A site wave is 1 to {MAX_SITES} sites.")
         if not isinstance(approval, bool):
             raise _refuse("invalid_plan", f"{where}.requires_approval", "requires_approval is true or false.")
+        shadow = stage.get("shadow", False)
+        if not isinstance(shadow, bool):
+            raise _refuse("invalid_plan", f"{where}.shadow", "shadow is true or false.")
         if kind == "percent":
             last_percent = value
-        parsed.append(Stage(kind, value, approval))
-    if parsed[-1] != Stage("percent", 100, parsed[-1].requires_approval):
+        parsed.append(Stage(kind, value, approval, shadow))
+    if (parsed[-1].kind, parsed[-1].value) != ("percent", 100):
         raise _refuse("invalid_plan", f"{field}.stages", "The last stage must cover everyone: percent 100.")
     return parsed
 

@@ -26,6 +26,7 @@ from fleet.models import Device, Site
 from registry.models import Bundle, ModelVersion
 from registry.variants import FP32
 from rollouts.models import Rollout, RolloutDevice, RolloutStage, SiteRollback
+from rollouts.services import stop_shadows
 
 
 @dataclass
@@ -137,6 +138,8 @@ def roll_back(site: Site, *, actor: Any, reason: str) -> SitePlan:
             rollout.advance_state(Rollout.ABORTED, at=now)
             rollout.halt_reason = f"site {site.slug} rolled back: {reason}"[:2000]
             rollout.save(update_fields=["state", "finished_at", "halt_reason", "updated_at"])
+            for stage in rollout.stages.filter(state=RolloutStage.SHADOWING):
+                stop_shadows(rollout, stage)
             rollout.stages.exclude(state__in=(RolloutStage.PASSED, RolloutStage.FAILED)).update(
                 state=RolloutStage.ABORTED, finished_at=now
             )

@@ -22,7 +22,8 @@ from fleet import services as fleet
 from registry.variants import FP32
 from rollouts import gates
 from rollouts.models import GateResult, Rollout, RolloutDevice, RolloutStage
-from telemetry.baseline import FAILED_PHASES, compare_to_baseline
+from rollouts.services import stop_shadows
+from telemetry.baseline import FAILED_PHASES, compare_to_baseline, shadow_summary
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ def step(rollout: Rollout, now: datetime) -> None:
     stage = rollout.stages.select_for_update().get(index=rollout.current_stage)
     if stage.state in (RolloutStage.PENDING, RolloutStage.WAITING_APPROVAL):
         _send(rollout, stage, now)
+    elif stage.state == RolloutStage.SHADOWING and now >= (stage.shadow_until or now):
+        _judge_shadow(rollout, stage, now)
     elif stage.state == RolloutStage.INSTALLING:
         _watch(rollout, stage, now)
     elif stage.state == RolloutStage.SOAKING and now >= (stage.soak_until or now):
@@ -79,6 +82,9 @@ def _send(rollout: Rollout, stage: RolloutStage, now: datetime) -> None:
         # Earlier stages took every device (a small target): nothing to send or judge.
         _pass(rollout, stage, now)
         return
+    if stage.shadow and stage.shadow_passed_at is None:
+        _start_shadow(rollout, stage, entries, now)
+        return
     # One signed document per device, in a constant number of queries whatever the stage's size.
     outcome = fleet.assign_models(
         [fleet.Assignment(entry.device, entry.target) for entry in entries], rollout.version, actor=_actor(rollout)
@@ -96,6 +102,50 @@ def _send(rollout: Rollout, stage: RolloutStage, now: datetime) -> None:
     AuditLog.record(
         actor=_actor(rollout), action="rollout.stage_start", target=rollout, stage=stage.index, devices=len(entries)
     )
+
+
+def _start_shadow(rollout: Rollout, stage: RolloutStage, entries: list[RolloutDevice], now: datetime) -> None:
+    """Run the candidate beside the model on the stage's devices; nothing acts on it, nothing is installed."""
+    assignments = [fleet.Assignment(entry.device, entry.target) for entry in entries]
+    outcome = fleet.assign_shadows(assignments, rollout.version, actor=_actor(rollout))
+    refused = {pk: r for pk, r in outcome.items() if isinstance(r, ServiceError)}
+    stage.state, stage.started_at, stage.shadow_started_at = RolloutStage.SHADOWING, now, now
+    stage.shadow_until = now + timedelta(seconds=int(rollout.gates()["shadow_s"]))
+    stage.save(update_fields=["state", "started_at", "shadow_started_at", "shadow_until"])
+    AuditLog.record(
+        actor=_actor(rollout),
+        action="rollout.shadow_start",
+        target=rollout,
+        stage=stage.index,
+        devices=len(entries) - len(refused),
+        refused=len(refused),
+    )
+
+
+def _judge_shadow(rollout: Rollout, stage: RolloutStage, now: datetime) -> None:
+    """Judge the candidate's agreement on the stage's devices; install it (next tick) or halt before it acts."""
+    settings = rollout.gates()
+    entries = list(rollout.devices.filter(stage_index=stage.index).select_related("device"))
+    names = [entry.device.device_id for entry in entries]
+    summary = shadow_summary(names, stage.shadow_started_at or now, now)
+    outcomes = gates.shadow_agreement(summary, settings)
+    _store(stage, outcomes, now)
+    verdicts = {o.verdict for o in outcomes}
+    if gates.FAIL not in verdicts and gates.PENDING in verdicts:
+        if stage.soak_extensions < int(settings["max_soak_extensions"]):
+            stage.soak_extensions += 1
+            stage.shadow_until = now + timedelta(seconds=int(settings["shadow_s"]))
+            stage.save(update_fields=["soak_extensions", "shadow_until"])
+            return
+    stop_shadows(rollout, stage)
+    if verdicts != {gates.PASS}:
+        failing = ", ".join(o.gate for o in outcomes if o.verdict != gates.PASS)
+        _fail(rollout, stage, now, f"shadow gates {failing} did not pass at stage {stage.index}", revert=False)
+        return
+    # Proven in shadow: the next tick installs it on these devices, as any stage.
+    stage.state, stage.shadow_passed_at, stage.soak_extensions = RolloutStage.PENDING, now, 0
+    stage.save(update_fields=["state", "shadow_passed_at", "soak_extensions"])
+    AuditLog.record(actor=_actor(rollout), action="rollout.shadow_passed", target=rollout, stage=stage.index)
 
 
 def _watch(rollout: Rollout, stage: RolloutStage, now: datetime) -> None:
@@ -223,12 +273,15 @@ def _store(stage: RolloutStage, outcomes: list[gates.Outcome], now: datetime) ->
     )
 
 
-def _fail(rollout: Rollout, stage: RolloutStage, now: datetime, why: str) -> None:
-    """Halt; by the ``on_failure`` policy, send the stage's devices back to what they ran before."""
+def _fail(rollout: Rollout, stage: RolloutStage, now: datetime, why: str, *, revert: bool = True) -> None:
+    """Halt; by the ``on_failure`` policy, send the stage's devices back to what they ran before.
+
+    ``revert=False``: nothing was installed (a shadow stage), so halting is all there is to do.
+    """
     stage.state, stage.verdict, stage.finished_at = RolloutStage.FAILED, gates.FAIL, now
     stage.save(update_fields=["state", "verdict", "finished_at"])
     rollout.halt_reason = why
-    if rollout.gates()["on_failure"] != "revert":
+    if not revert or rollout.gates()["on_failure"] != "revert":
         rollout.advance_state(Rollout.HALTED, at=now)
         rollout.save(update_fields=["state", "halt_reason", "updated_at"])
         AuditLog.record(actor=_actor(rollout), action="rollout.halt", target=rollout, reason=why)

@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from core.errors import ServiceError
 from core.models import AuditLog
+from fleet import services as fleet
 from fleet.models import Device
 from registry.models import Bundle, ModelVersion
 from rollouts import plan as plans
@@ -156,7 +157,14 @@ def create(
                 )
         RolloutDevice.objects.bulk_create(rows)
         RolloutStage.objects.bulk_create(
-            RolloutStage(rollout=rollout, index=i, kind=s.kind, value=s.value, requires_approval=s.requires_approval)
+            RolloutStage(
+                rollout=rollout,
+                index=i,
+                kind=s.kind,
+                value=s.value,
+                requires_approval=s.requires_approval,
+                shadow=s.shadow,
+            )
             for i, s in enumerate(stages)
         )
         AuditLog.record(
@@ -197,6 +205,13 @@ def resume(rollout: Rollout, *, actor: Any, reason: str = "") -> Rollout:
     return row
 
 
+def stop_shadows(rollout: Rollout, stage: RolloutStage) -> None:
+    """End the candidate's shadow on a stage's devices (judged, aborted, or its site rolled back)."""
+    entries = rollout.devices.filter(stage_index=stage.index).select_related("device")
+    actor = f"rollout:{rollout.pk}"
+    fleet.assign_shadows([fleet.Assignment(entry.device) for entry in entries], None, actor=actor)
+
+
 def abort(rollout: Rollout, *, actor: Any, reason: str = "") -> Rollout:
     """Stop for good; devices keep what they were sent (a site rollback or a new rollout moves them)."""
     now = timezone.now()
@@ -206,10 +221,13 @@ def abort(rollout: Rollout, *, actor: Any, reason: str = "") -> Rollout:
             return row
         row.advance_state(Rollout.ABORTED, at=now)
         row.save(update_fields=["state", "finished_at", "updated_at"])
+        for stage in row.stages.filter(state=RolloutStage.SHADOWING):
+            stop_shadows(row, stage)
         row.stages.filter(
             state__in=(
                 RolloutStage.PENDING,
                 RolloutStage.WAITING_APPROVAL,
+                RolloutStage.SHADOWING,
                 RolloutStage.INSTALLING,
                 RolloutStage.SOAKING,
             )

@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.utils import timezone
 
+from agent.kernel.histogram import LatencyHistogram
 from fleet.models import Device
 from telemetry.metrics import Summary
 from telemetry.models import Quarantine, Resolution, Scope, WindowRollup
@@ -118,6 +119,30 @@ def compare_to_baseline(
         ),
         unknown_devices=sorted(set(device_ids) - set(keys)),
     )
+
+
+def shadow_summary(device_ids: Sequence[str], since: datetime, until: datetime) -> Summary:
+    """What the devices' shadow candidates did from ``since`` to ``until``: frames, errors, agreement, latency.
+
+    One query over the minute rows; the figures are ``Summary.shadow_agreement``
+    and ``shadow_latency`` (a candidate runs beside whichever version serves).
+    """
+    total = Summary()
+    rows = WindowRollup.objects.filter(
+        resolution=Resolution.MINUTE,
+        scope=Scope.DEVICE,
+        key__in=list(device_ids),
+        bucket__gte=since,
+        bucket__lt=until,
+        shadow_frames__gt=0,
+    ).only("shadow_frames", "shadow_errors", "shadow_compared", "shadow_agreed", "shadow_latency")
+    for row in rows:
+        total.shadow_frames += row.shadow_frames
+        total.shadow_errors += row.shadow_errors
+        total.shadow_compared += row.shadow_compared
+        total.shadow_agreed += row.shadow_agreed
+        total.shadow_latency.merge(LatencyHistogram.from_wire(row.shadow_latency or {}))
+    return total
 
 
 def baseline_window_start(since: datetime, now: datetime) -> datetime:

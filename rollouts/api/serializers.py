@@ -14,7 +14,8 @@ from rollouts.models import GateResult, Rollout, RolloutDevice, RolloutStage, Ro
 
 TEMPLATE_NAME = r"[a-z0-9][a-z0-9_.-]{0,62}"
 PLAN_HELP = (
-    'Ordered stages: {"stages": [{"kind": "count"|"percent"|"sites", "value": int, "requires_approval": bool}]};'
+    'Ordered stages: {"stages": [{"kind": "count"|"percent"|"sites", "value": int, "requires_approval": bool,'
+    ' "shadow": bool}]};'
     " the last stage is percent 100 (docs/rollouts.md)."
 )
 GATES_HELP = 'Gate settings over the defaults, e.g. {"soak_s": 900, "on_failure": "pause"} (docs/rollouts.md).'
@@ -96,6 +97,10 @@ class RolloutStageSerializer(serializers.ModelSerializer):
             "kind",
             "value",
             "requires_approval",
+            "shadow",
+            "shadow_started_at",
+            "shadow_until",
+            "shadow_passed_at",
             "approved_by",
             "approved_at",
             "state",
