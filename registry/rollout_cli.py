@@ -161,3 +161,30 @@ def rollback_site(
     if not yes and not typer.confirm(f"Roll back site {slug}?", err=True):
         raise typer.Exit(EXIT_USAGE)
     out.print_json(data=call(server, token, "POST", path, {"reason": reason}))
+
+
+@rollback.command("version")
+def rollback_version(
+    model: Annotated[str, typer.Argument(help="Registry model name.")],
+    version: Annotated[str, typer.Argument(help="The version to take back fleet-wide.")],
+    reason: Annotated[str, typer.Option(help="Why; kept in the audit log.")],
+    server: Server,
+    token: Token,
+    yes: Annotated[bool, typer.Option("--yes", help="Do it without asking after the preview.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Show what it would do, change nothing.")] = False,
+) -> None:
+    """Emergency: every device sent VERSION goes back to the version before it; its rollouts stop; it is deprecated."""
+    path = f"/api/v1/models/{model}/versions/{version}/rollback/"
+    preview: dict[str, Any] = call(server, token, "GET", path)
+    err.print(
+        f"{model} {version}: back to {preview.get('to_version')} on {preview.get('devices')} devices "
+        f"({preview.get('offline_devices')} offline, converging when they return)"
+    )
+    if preview.get("stops_rollouts"):
+        err.print(f"stops rollouts {', '.join(str(r) for r in preview['stops_rollouts'])}")
+    if dry_run:
+        out.print_json(data=preview)
+        return
+    if not yes and not typer.confirm(f"Roll back {model} {version} across the fleet?", err=True):
+        raise typer.Exit(EXIT_USAGE)
+    out.print_json(data=call(server, token, "POST", path, {"reason": reason}))

@@ -1,4 +1,4 @@
-"""Per-site rollback: every device of a site back to the site's last known-good version, in one action.
+"""Rollbacks in one action: a site back to its last known-good version, or a version fleet-wide to the one before.
 
 A version is known-good at a site once a rollout that sent it there completed
 (every stage passed) and no site rollback has taken the site away from it
@@ -9,6 +9,11 @@ The action is idempotent: devices already sent the known-good version are left
 alone, and a second call with nothing to change changes nothing. Offline
 devices are included: their desired document is retained and signed, and they
 converge when they return.
+
+A fleet-wide rollback of a version (an emergency: it misbehaves everywhere)
+sends every device that was sent it back to the newest older version a
+rollout completed, stops its rollouts and deprecates it, so nothing sends it
+again; the same guarantees hold.
 """
 
 from __future__ import annotations
@@ -134,30 +139,11 @@ def roll_back(site: Site, *, actor: Any, reason: str) -> SitePlan:
                 f"No version of {', '.join(todo.unknown)} completed a rollout at {site.slug}; nothing to return to.",
                 409,
             )
-        for rollout in Rollout.objects.select_for_update().filter(pk__in=todo.rollouts).order_by("pk"):
-            rollout.advance_state(Rollout.ABORTED, at=now)
-            rollout.halt_reason = f"site {site.slug} rolled back: {reason}"[:2000]
-            rollout.save(update_fields=["state", "finished_at", "halt_reason", "updated_at"])
-            for stage in rollout.stages.filter(state=RolloutStage.SHADOWING):
-                stop_shadows(rollout, stage)
-            rollout.stages.exclude(state__in=(RolloutStage.PASSED, RolloutStage.FAILED)).update(
-                state=RolloutStage.ABORTED, finished_at=now
-            )
-            AuditLog.record(actor=actor, action="rollout.abort", target=rollout, reason=rollout.halt_reason)
+        _stop_rollouts(todo.rollouts, f"site {site.slug} rolled back: {reason}", actor=actor, now=now)
         for model in todo.models:
             if not model.devices:
                 continue
-            targets = set(Bundle.objects.filter(version=model.version).values_list("target", flat=True))
-            assignments = []
-            for device in model.devices:
-                sent = device.desired["model"]
-                older = model.version.sequence < int(sent.get("sequence") or 0)
-                target = sent.get("target") if sent.get("target") in targets else FP32
-                assignments.append(fleet.Assignment(device, target, rollback=older))
-            outcome = fleet.assign_models(assignments, model.version, actor=actor)
-            refused = [result for result in outcome.values() if not isinstance(result, int)]
-            if refused:
-                raise refused[0]
+            _send_back(model.devices, model.version, actor=actor)
             user = actor if getattr(actor, "is_authenticated", False) and hasattr(actor, "pk") else None
             SiteRollback.objects.create(
                 site=site,
@@ -171,4 +157,107 @@ def roll_back(site: Site, *, actor: Any, reason: str) -> SitePlan:
                 reason=reason,
             )
         AuditLog.record(actor=actor, action="site.rollback", target=site, reason=reason, **todo.answer(done=True))
+    return todo
+
+
+def _stop_rollouts(pks: list[int], why: str, *, actor: Any, now: Any) -> None:
+    """Abort these rollouts (and any shadow they run): the rollback's version must not be sent on."""
+    for rollout in Rollout.objects.select_for_update().filter(pk__in=pks).order_by("pk"):
+        rollout.advance_state(Rollout.ABORTED, at=now)
+        rollout.halt_reason = why[:2000]
+        rollout.save(update_fields=["state", "finished_at", "halt_reason", "updated_at"])
+        for stage in rollout.stages.filter(state=RolloutStage.SHADOWING):
+            stop_shadows(rollout, stage)
+        rollout.stages.exclude(state__in=(RolloutStage.PASSED, RolloutStage.FAILED)).update(
+            state=RolloutStage.ABORTED, finished_at=now
+        )
+        AuditLog.record(actor=actor, action="rollout.abort", target=rollout, reason=rollout.halt_reason)
+
+
+def _send_back(devices: list[Device], version: ModelVersion, *, actor: Any) -> None:
+    """Send ``devices`` ``version`` (an explicit rollback where it is older than what each was sent), all or none."""
+    targets = set(Bundle.objects.filter(version=version).values_list("target", flat=True))
+    assignments = []
+    for device in devices:
+        sent = device.desired["model"]
+        older = version.sequence < int(sent.get("sequence") or 0)
+        target = sent.get("target") if sent.get("target") in targets else FP32
+        assignments.append(fleet.Assignment(device, target, rollback=older))
+    outcome = fleet.assign_models(assignments, version, actor=actor)
+    refused = [result for result in outcome.values() if not isinstance(result, int)]
+    if refused:
+        raise refused[0]
+
+
+# --- a version, fleet-wide ---------------------------------------------------------------------
+
+
+@dataclass
+class VersionPlan:
+    version: ModelVersion
+    to: ModelVersion | None
+    devices: list[Device]
+    rollouts: list[int]  # rollouts of the version the action stops
+
+    def answer(self, *, done: bool) -> dict[str, Any]:
+        return {
+            "model": self.version.model.name,
+            "version": self.version.version,
+            "to_version": self.to.version if self.to else None,
+            "done": done,
+            "devices": len(self.devices),
+            "offline_devices": sum(1 for d in self.devices if not d.online),
+            "stops_rollouts": self.rollouts,
+        }
+
+
+def previous_good(version: ModelVersion) -> ModelVersion | None:
+    """What a version goes back to: the newest older version a rollout completed, else the newest older one.
+
+    Deprecated versions (one a fleet-wide rollback left, say) are never chosen.
+    """
+    older = ModelVersion.objects.filter(
+        model_id=version.model_id, sequence__lt=version.sequence, deprecated_at__isnull=True
+    ).select_related("model")
+    proven = older.filter(rollouts__state=Rollout.COMPLETED).order_by("-sequence").first()
+    return proven or older.order_by("-sequence").first()
+
+
+def version_plan(version: ModelVersion) -> VersionPlan:
+    """What a fleet-wide rollback of ``version`` would do now (the preview, and the action's own plan)."""
+    devices = list(
+        Device.objects.filter(
+            revoked_at__isnull=True,
+            desired__model__name=version.model.name,
+            desired__model__version=version.version,
+        ).order_by("device_id")
+    )
+    rollouts = Rollout.objects.filter(version=version, state__in=(*Rollout.ACTIVE, Rollout.HALTED)).order_by("pk")
+    return VersionPlan(version, previous_good(version), devices, list(rollouts.values_list("pk", flat=True)))
+
+
+def roll_back_version(version: ModelVersion, *, actor: Any, reason: str) -> VersionPlan:
+    """Every device sent ``version`` goes back to the previous good one; its rollouts stop; it is deprecated.
+
+    All or nothing, idempotent (a second call finds no device on it), offline
+    devices included: their signed desired document waits for them.
+    """
+    if not reason.strip():
+        raise ServiceError(
+            "invalid", "Say why the version is rolled back.", 400, fields={"reason": ["This field is required."]}
+        )
+    now = timezone.now()
+    with transaction.atomic():
+        # The version row is the lock: two rollbacks of one version run one after the other.
+        ModelVersion.objects.select_for_update().get(pk=version.pk)
+        todo = version_plan(version)
+        if todo.to is None:
+            raise ServiceError("no_previous_version", f"{version} has no older version to return to.", 409)
+        _stop_rollouts(todo.rollouts, f"{version} rolled back fleet-wide: {reason}", actor=actor, now=now)
+        if todo.devices:
+            _send_back(todo.devices, todo.to, actor=actor)
+        version.deprecate(f"rolled back fleet-wide: {reason}"[:2000])
+        AuditLog.record(
+            actor=actor, action="model_version.rollback", target=version, reason=reason, **todo.answer(done=True)
+        )
     return todo

@@ -212,3 +212,15 @@ class SiteRollbackSerializer(serializers.Serializer):
     without_known_good = serializers.ListField(
         child=serializers.CharField(), help_text="Models run at the site that no completed rollout brought there."
     )
+
+
+class VersionRollbackSerializer(serializers.Serializer):
+    model = serializers.CharField()
+    version = serializers.CharField()
+    to_version = serializers.CharField(
+        allow_null=True, help_text="The newest older version a rollout completed (else the newest older one)."
+    )
+    done = serializers.BooleanField(help_text="false for a preview or a dry run.")
+    devices = serializers.IntegerField(help_text="Devices sent the version, which go back.")
+    offline_devices = serializers.IntegerField(help_text="Of those, offline now: they converge when they return.")
+    stops_rollouts = serializers.ListField(child=serializers.IntegerField(), help_text="Rollouts of the version.")

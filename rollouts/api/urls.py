@@ -12,5 +12,10 @@ router.register("rollout-templates", views.RolloutTemplateViewSet, basename="rol
 urlpatterns = [
     # Beside the fleet app's /sites/{slug}/ (fleet sits below rollouts and cannot reach this view).
     path("sites/<slug:slug>/rollback/", views.SiteRollbackView.as_view(), name="site-rollback"),
+    path(
+        "models/<str:name>/versions/<str:version>/rollback/",
+        views.VersionRollbackView.as_view(),
+        name="version-rollback",
+    ),
     *router.urls,
 ]

@@ -28,6 +28,7 @@ from rollouts.api.serializers import (
     RolloutTemplateSerializer,
     SiteRollbackRequestSerializer,
     SiteRollbackSerializer,
+    VersionRollbackSerializer,
 )
 from rollouts.models import Rollout, RolloutTemplate
 
@@ -177,4 +178,32 @@ class SiteRollbackView(APIView):
         if body.validated_data["dry_run"]:
             return Response(rollback.plan(site).answer(done=False))
         done = rollback.roll_back(site, actor=request.user, reason=body.validated_data["reason"])
+        return Response(done.answer(done=True))
+
+
+class VersionRollbackView(APIView):
+    """Take a version back fleet-wide: every device sent it returns to the one before (docs/rollouts.md)."""
+
+    permission_classes = [HasScope]
+    required_scopes = ("rollout",)
+    parser_classes = [JSONParser]
+
+    def _version(self, name: str, version: str) -> ModelVersion:
+        return get_object_or_404(ModelVersion.objects.select_related("model"), model__name=name, version=version)
+
+    @extend_schema(responses={200: VersionRollbackSerializer})
+    def get(self, request: Request, name: str, version: str) -> Response:
+        """The preview: the version it returns to, how many devices go back, which rollouts stop."""
+        return Response(rollback.version_plan(self._version(name, version)).answer(done=False))
+
+    @extend_schema(
+        request=SiteRollbackRequestSerializer, responses={200: VersionRollbackSerializer, 409: ErrorSerializer}
+    )
+    def post(self, request: Request, name: str, version: str) -> Response:
+        row = self._version(name, version)
+        body = SiteRollbackRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        if body.validated_data["dry_run"]:
+            return Response(rollback.version_plan(row).answer(done=False))
+        done = rollback.roll_back_version(row, actor=request.user, reason=body.validated_data["reason"])
         return Response(done.answer(done=True))
