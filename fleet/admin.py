@@ -5,7 +5,7 @@ from fleet.models import Device, EnrollmentToken, Site
 
 @admin.register(Site)
 class SiteAdmin(admin.ModelAdmin):
-    list_display = ("slug", "name", "created_at")
+    list_display = ("slug", "name", "timezone", "maintenance_window_start", "maintenance_window_end", "created_at")
     search_fields = ("slug", "name")
 
 

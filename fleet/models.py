@@ -4,7 +4,9 @@ import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
+from functools import cache
 from typing import Any, NamedTuple
+from zoneinfo import ZoneInfo, available_timezones
 
 import orjson
 import psycopg
@@ -20,6 +22,15 @@ from core import tokens
 slug_validator = RegexValidator(r"^[a-z0-9][a-z0-9-]{0,62}$", "Use lowercase letters, digits and dashes.")
 
 
+@cache
+def zone_names() -> frozenset[str]:
+    """The IANA time zone names this machine knows.
+
+    Not ``localtime`` (the server's own zone, which some systems list) nor a file path, which ZoneInfo also opens.
+    """
+    return frozenset(available_timezones()) - {"localtime", "posixrules", "Factory"}
+
+
 class Site(models.Model):
     slug = models.CharField(max_length=63, unique=True, validators=[slug_validator])
     name = models.CharField(max_length=200)
@@ -30,13 +41,51 @@ class Site(models.Model):
         validators=[MinValueValidator(1), MaxValueValidator(600_000)],
         help_text="The p95 inference latency this site's use needs; rollout gates keep 20 % headroom below it.",
     )
+    timezone = models.CharField(
+        max_length=64, default="UTC", help_text="The site's IANA time zone: its maintenance window is in local time."
+    )
+    # Local wall-clock times; both empty: always open. An end before the start crosses midnight.
+    maintenance_window_start = models.TimeField(null=True, blank=True)
+    maintenance_window_end = models.TimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["slug"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(
+                    models.Q(maintenance_window_start__isnull=True, maintenance_window_end__isnull=True)
+                    | (
+                        models.Q(maintenance_window_start__isnull=False, maintenance_window_end__isnull=False)
+                        & ~models.Q(maintenance_window_start=models.F("maintenance_window_end"))
+                    )
+                ),
+                name="site_maintenance_window_whole",
+            )
+        ]
 
     def __str__(self) -> str:
         return self.name or self.slug
+
+    def clean(self) -> None:
+        errors: dict[str, str] = {}
+        if self.timezone not in zone_names():
+            errors["timezone"] = "An IANA time zone name, e.g. Europe/Berlin or UTC."
+        start, end = self.maintenance_window_start, self.maintenance_window_end
+        if (start is None) != (end is None) or (start is not None and start == end):
+            errors["maintenance_window"] = "A start and an end that differ, or neither (always open)."
+        if errors:
+            raise ValidationError(errors)
+
+    def window_open(self, at: datetime) -> bool:
+        """Whether the site's maintenance window is open at ``at`` (an aware time), in the site's local time."""
+        start, end = self.maintenance_window_start, self.maintenance_window_end
+        if start is None or end is None:
+            return True
+        local = at.astimezone(ZoneInfo(self.timezone)).time().replace(tzinfo=None)
+        if start < end:
+            return start <= local < end
+        return local >= start or local < end  # crosses midnight
 
 
 def new_device_id() -> str:

@@ -1,18 +1,68 @@
 from __future__ import annotations
 
+import re
+from datetime import time
+from typing import Any
+
+from drf_spectacular.utils import extend_schema_field
 from pydantic import ValidationError
 from rest_framework import serializers
 
 from agent.kernel import protocol
 from core.api.serializers import StrictInput
-from fleet.models import Device, EnrollmentToken, Site
+from fleet.models import Device, EnrollmentToken, Site, zone_names
 
 NAME_TAKEN = "Another device of this site already has this name."
+
+
+HH_MM = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+WINDOW_MESSAGE = 'A window is {"start": "HH:MM", "end": "HH:MM"} in local time, start and end differing, or null.'
+
+
+@extend_schema_field(
+    {
+        "type": "object",
+        "nullable": True,
+        "properties": {"start": {"type": "string", "pattern": HH_MM}, "end": {"type": "string", "pattern": HH_MM}},
+        "required": ["start", "end"],
+        "additionalProperties": False,
+        "description": "Local times (the site's timezone) when rollouts may send installs; an end before the "
+        "start crosses midnight; null: always open.",
+    }
+)
+class MaintenanceWindowField(serializers.Field):
+    """The site's two window columns as one ``{"start", "end"}`` object, or null for none."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(source="*", allow_null=True, required=False, **kwargs)
+
+    def to_representation(self, site: Site) -> dict[str, str] | None:
+        start, end = site.maintenance_window_start, site.maintenance_window_end
+        if start is None or end is None:
+            return None
+        return {"start": start.strftime("%H:%M"), "end": end.strftime("%H:%M")}
+
+    def to_internal_value(self, data: Any) -> dict[str, time | None]:
+        if data is None:
+            return {"maintenance_window_start": None, "maintenance_window_end": None}
+        ok = isinstance(data, dict) and set(data) == {"start", "end"}
+        if not ok or not all(isinstance(v, str) and re.fullmatch(HH_MM, v) for v in data.values()):
+            raise serializers.ValidationError(WINDOW_MESSAGE)
+        start, end = (time.fromisoformat(data[key]) for key in ("start", "end"))
+        if start == end:
+            raise serializers.ValidationError(WINDOW_MESSAGE)
+        return {"maintenance_window_start": start, "maintenance_window_end": end}
 
 
 class SiteSerializer(StrictInput, serializers.ModelSerializer):
     device_count = serializers.IntegerField(read_only=True)
     online_count = serializers.IntegerField(read_only=True)
+    maintenance_window = MaintenanceWindowField()
+
+    def validate_timezone(self, value: str) -> str:
+        if value not in zone_names():
+            raise serializers.ValidationError("An IANA time zone name, e.g. Europe/Berlin or UTC.")
+        return value
 
     class Meta:
         model = Site
@@ -22,6 +72,8 @@ class SiteSerializer(StrictInput, serializers.ModelSerializer):
             "name",
             "description",
             "latency_budget_ms",
+            "timezone",
+            "maintenance_window",
             "created_at",
             "device_count",
             "online_count",
