@@ -171,6 +171,9 @@ class RolloutDevice(models.Model):
     target = models.CharField(max_length=32)
     state = models.CharField(max_length=16, choices=STATES, default=PENDING)
     generation = models.PositiveBigIntegerField(null=True, blank=True)
+    # When it was sent the version: its activation timeout counts from here, as a closed maintenance
+    # window or a download cap may hold a device well after its stage started.
+    sent_at = models.DateTimeField(null=True, blank=True)
     error = models.TextField(blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -35,6 +35,7 @@ GATE_DEFAULTS: dict[str, float | int | str] = {
     "shadow_s": 600,  # a shadow stage runs the candidate beside the model this long before judging it
     "min_shadow_frames": 200,  # frames the candidate must have decided across the stage before it is judged
     "min_shadow_agreement": 0.95,  # share of agreement slots where candidate and model in service agree
+    "max_concurrent_downloads_per_site": 0,  # devices of one site sent the version and not yet active or failed; 0: any
     "on_failure": "revert",  # revert the stage's devices to their previous version, or only pause
 }
 GATE_BOUNDS: dict[str, tuple[float, float]] = {
@@ -51,8 +52,16 @@ GATE_BOUNDS: dict[str, tuple[float, float]] = {
     "shadow_s": (0, 7 * 86400),
     "min_shadow_frames": (1, 10_000_000),
     "min_shadow_agreement": (0, 1),
+    "max_concurrent_downloads_per_site": (0, 10_000),
 }
-INTEGER_GATES = ("activation_timeout_s", "soak_s", "max_soak_extensions", "shadow_s", "min_shadow_frames")
+INTEGER_GATES = (
+    "activation_timeout_s",
+    "soak_s",
+    "max_soak_extensions",
+    "shadow_s",
+    "min_shadow_frames",
+    "max_concurrent_downloads_per_site",
+)
 ON_FAILURE = ("revert", "pause")
 TARGET_KEYS = ("sites", "labels", "hardware_profiles", "running_model")
 

@@ -76,7 +76,7 @@ def _send(rollout: Rollout, stage: RolloutStage, now: datetime) -> None:
             stage.save(update_fields=["state"])
         return
     entries = list(
-        rollout.devices.filter(stage_index=stage.index, state=RolloutDevice.PENDING).select_related("device")
+        rollout.devices.filter(stage_index=stage.index, state=RolloutDevice.PENDING).select_related("device__site")
     )
     if not entries and not rollout.devices.filter(stage_index=stage.index).exists():
         # Earlier stages took every device (a small target): nothing to send or judge.
@@ -85,23 +85,60 @@ def _send(rollout: Rollout, stage: RolloutStage, now: datetime) -> None:
     if stage.shadow and stage.shadow_passed_at is None:
         _start_shadow(rollout, stage, entries, now)
         return
+    sent = _release(rollout, entries, {}, now)
+    if entries and not sent:
+        return  # every site of the stage is outside its maintenance window: the stage waits, pending
+    stage.state, stage.started_at = RolloutStage.INSTALLING, now
+    stage.save(update_fields=["state", "started_at"])
+    AuditLog.record(
+        actor=_actor(rollout),
+        action="rollout.stage_start",
+        target=rollout,
+        stage=stage.index,
+        devices=len(sent),
+        held=len(entries) - len(sent),
+    )
+
+
+def _release(
+    rollout: Rollout, pending: list[RolloutDevice], downloading: dict[int, int], now: datetime
+) -> list[RolloutDevice]:
+    """Send the version to those of ``pending`` the sites let through now; returns them.
+
+    A device waits (stays pending) while its site's maintenance window is
+    closed at ``now``, or while ``max_concurrent_downloads_per_site`` of the
+    site's devices (``downloading``: site pk -> devices sent and not yet active
+    or failed) are still installing; a later tick sends it. The devices let
+    through are sent together, in a constant number of queries.
+    """
+    cap = int(rollout.gates()["max_concurrent_downloads_per_site"])
+    in_flight = dict(downloading)
+    open_sites: dict[int, bool] = {}
+    chosen = []
+    for entry in pending:
+        site = entry.device.site
+        if site.pk not in open_sites:
+            open_sites[site.pk] = site.window_open(now)
+        if not open_sites[site.pk] or (cap and in_flight.get(site.pk, 0) >= cap):
+            continue
+        in_flight[site.pk] = in_flight.get(site.pk, 0) + 1
+        chosen.append(entry)
+    if not chosen:
+        return []
     # One signed document per device, in a constant number of queries whatever the stage's size.
     outcome = fleet.assign_models(
-        [fleet.Assignment(entry.device, entry.target) for entry in entries], rollout.version, actor=_actor(rollout)
+        [fleet.Assignment(entry.device, entry.target) for entry in chosen], rollout.version, actor=_actor(rollout)
     )
-    for entry in entries:
+    for entry in chosen:
         result = outcome[entry.device.pk]
+        entry.sent_at = now
         if isinstance(result, ServiceError):
             # Refused before sending (agent too old, bundle expired): an install that failed.
             entry.state, entry.error = RolloutDevice.FAILED, result.detail
         else:
             entry.generation, entry.state = result, RolloutDevice.ASSIGNED
-    RolloutDevice.objects.bulk_update(entries, ["state", "generation", "error", "updated_at"])
-    stage.state, stage.started_at = RolloutStage.INSTALLING, now
-    stage.save(update_fields=["state", "started_at"])
-    AuditLog.record(
-        actor=_actor(rollout), action="rollout.stage_start", target=rollout, stage=stage.index, devices=len(entries)
-    )
+    RolloutDevice.objects.bulk_update(chosen, ["state", "generation", "sent_at", "error", "updated_at"])
+    return chosen
 
 
 def _start_shadow(rollout: Rollout, stage: RolloutStage, entries: list[RolloutDevice], now: datetime) -> None:
@@ -149,9 +186,12 @@ def _judge_shadow(rollout: Rollout, stage: RolloutStage, now: datetime) -> None:
 
 
 def _watch(rollout: Rollout, stage: RolloutStage, now: datetime) -> None:
-    """Mark each stage device active or failed from what it reports; then soak, or fail on a timeout."""
+    """Mark each stage device active or failed from what it reports and send those held back that may go now.
+
+    Once every device of the stage was sent and is active, failed or silent: soak, or fail the stage.
+    """
     settings = rollout.gates()
-    entries = list(rollout.devices.filter(stage_index=stage.index).select_related("device"))
+    entries = list(rollout.devices.filter(stage_index=stage.index).select_related("device__site"))
     version = rollout.version
     changed = []
     for entry in entries:
@@ -168,15 +208,31 @@ def _watch(rollout: Rollout, stage: RolloutStage, now: datetime) -> None:
         else:
             continue
         changed.append(entry)
-    timed_out = now >= (stage.started_at or now) + timedelta(seconds=int(settings["activation_timeout_s"]))
-    waiting = [e for e in entries if e.state == RolloutDevice.ASSIGNED]
-    if waiting and timed_out:
-        for entry in waiting:
+    # Each device has the timeout from when it was sent: a window or a cap may have held it long after the stage began.
+    timeout = timedelta(seconds=int(settings["activation_timeout_s"]))
+    for entry in entries:
+        if entry.state == RolloutDevice.ASSIGNED and now >= (entry.sent_at or stage.started_at or now) + timeout:
             entry.state = RolloutDevice.SILENT
             changed.append(entry)
     RolloutDevice.objects.bulk_update(changed, ["state", "error", "updated_at"])
-    if waiting and not timed_out:
-        return
+    held = [e for e in entries if e.state == RolloutDevice.PENDING]
+    if held:
+        downloading: dict[int, int] = {}
+        for entry in entries:
+            if entry.state == RolloutDevice.ASSIGNED:
+                downloading[entry.device.site_id] = downloading.get(entry.device.site_id, 0) + 1
+        sent = _release(rollout, held, downloading, now)
+        if sent:
+            AuditLog.record(
+                actor=_actor(rollout),
+                action="rollout.stage_send",
+                target=rollout,
+                stage=stage.index,
+                devices=len(sent),
+                held=len(held) - len(sent),
+            )
+    if any(e.state in (RolloutDevice.PENDING, RolloutDevice.ASSIGNED) for e in entries):
+        return  # some devices still installing, or not sent yet
     names = [e.device.device_id for e in entries]
     failed = [e.device.device_id for e in entries if e.state == RolloutDevice.FAILED]
     silent = [e.device.device_id for e in entries if e.state == RolloutDevice.SILENT]
