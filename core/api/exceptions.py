@@ -38,10 +38,19 @@ security_log = logging.getLogger("django.security.RequestDataTooBig")
 
 
 def error_body(code: str, detail: str, fields: Mapping[str, list[str]] | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {"code": code, "detail": detail}
+    body: dict[str, Any] = {"code": code, "detail": _printable(detail)}
     if fields:
-        body["fields"] = dict(fields)
+        body["fields"] = {_printable(name): [_printable(m) for m in messages] for name, messages in fields.items()}
     return body
+
+
+def _printable(text: str) -> str:
+    """A message may quote what the caller sent (a key, a value): a NUL in it is shown as U+FFFD.
+
+    JSON can carry a NUL, but no text column or log line takes one, and the
+    schema promises error text without it.
+    """
+    return text.replace("\x00", "\ufffd")
 
 
 def exception_handler(exc: Exception, context: Mapping[str, Any]) -> Response | None:

@@ -150,6 +150,21 @@ def test_a_typed_body_field_is_not_read_from_a_string(token_client: Callable[...
     assert client.post(url, {"ttl_hours": 2}, format="json").status_code == 201
 
 
+def test_a_message_quoting_a_nul_the_caller_sent_shows_it_replaced(
+    token_client: Callable[..., APIClient], enroll_device: Callable[..., Any], site: Site
+) -> None:
+    """As found by the schema fuzz: an unknown config key with a NUL came back inside the field's message."""
+    device = enroll_device(site).device
+    url = f"/api/v1/devices/{device.device_id}/assign-model/"
+    body = {"model": "parts", "version": "1.0.0", "config": {"a\u0000b": 1}}
+
+    answer = refusal(token_client("fleet").post(url, body, format="json"), 400, "invalid")
+
+    messages = [m for ms in answer["fields"].values() for m in ms]
+    assert messages and all("\x00" not in m for m in messages) and "\x00" not in answer["detail"]
+    assert any("a\ufffdb" in m for m in messages)
+
+
 @pytest.mark.parametrize("value", ["true", "false", "TRUE", "1", "0", ""])
 def test_it_still_reads_every_spelling_of_a_boolean_filter(viewer_client: APIClient, value: str) -> None:
     assert viewer_client.get("/api/v1/devices/", {"online": value}).status_code == 200
