@@ -49,11 +49,13 @@ def shadow_of(window: dict[str, object]) -> protocol.ShadowSummary:
 
 
 def test_the_candidate_decides_the_same_frames_and_its_agreement_is_counted_but_never_acted_on() -> None:
-    active = Scripted("parts", lambda i: "ok")
+    # The serving model costs a millisecond, the candidate nothing, and the budget is ample:
+    # every frame is shadowed whatever else the machine is doing.
+    active = Scripted("parts", lambda i: "ok", cost_s=0.001)
     candidate = Scripted("parts", lambda i: "ok" if i % 2 == 0 else "dent", version="1.1.0")
     holder = SessionHolder(active)
     holder.set_shadow(candidate)
-    run = pipeline(holder, shadow_budget=4.0)
+    run = pipeline(holder, shadow_budget=1000.0)
     decided = [run.process(frame) for frame in frames(20)]
 
     assert all(result is not None and result.label == "ok" for result in decided), "only the active model acts"
