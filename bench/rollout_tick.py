@@ -26,22 +26,15 @@ from typing import Any
 from bench.ingest import setup_django
 
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/edgefleet_bench_rollouts"
-METADATA = {
-    "task": "classification",
-    "labels": ["ok", "scratch", "dent"],
-    "input": {"name": "input", "shape": [1, 3, 32, 32], "mean": [0.5], "std": [0.25]},
-    "output": {"kind": "classification", "output": "logits"},
-    "reference_count": 3,
-}
 
 
 def publish(version: str, seed: int) -> Any:
     from registry.metadata import parse_metadata
     from registry.models import ModelVersion
     from registry.services import publish_version
-    from tests.registry.conftest import make_classifier, make_png_images
+    from tests.registry.conftest import make_classifier, make_png_images, metadata_for
 
-    metadata = parse_metadata(json.dumps({**METADATA, "version": version}))
+    metadata = parse_metadata(json.dumps(metadata_for(version)))
     publish_version(
         model_name="parts",
         model_bytes=make_classifier(seed=seed),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -217,24 +217,19 @@ def assign_models(
             if assignment.rollback:
                 document["rollback_to"] = version.version
             documents[pk] = document
-        generations = desired.issue_many(documents)
-        entries = []
-        for pk, (assignment, bundle) in chosen.items():
-            device = assignment.device
-            device.desired, device.desired_generation = documents[pk], generations[pk]
-            outcome[pk] = generations[pk]
-            entries.append(
-                AuditLog.entry(
-                    actor=actor,
-                    action="device.rollback" if assignment.rollback else "device.assign_model",
-                    target=device,
-                    model=version.model.name,
-                    version=version.version,
-                    bundle_target=bundle.target,
-                    generation=generations[pk],
-                )
+        outcome.update(
+            _issue_audited(
+                {pk: assignment.device for pk, (assignment, _) in chosen.items()},
+                documents,
+                actor=actor,
+                audit=lambda pk: {
+                    "action": "device.rollback" if chosen[pk][0].rollback else "device.assign_model",
+                    "model": version.model.name,
+                    "version": version.version,
+                    "bundle_target": chosen[pk][1].target,
+                },
             )
-        AuditLog.objects.bulk_create(entries, batch_size=1000)
+        )
     return outcome
 
 
@@ -284,24 +279,39 @@ def assign_shadows(
             else:
                 document["shadow"] = bundle.desired_model().model_dump(mode="json", exclude_none=True)
             documents[pk] = document
-        generations = desired.issue_many(documents)
-        entries = []
-        for pk, (assignment, bundle) in chosen.items():
-            device = assignment.device
-            device.desired, device.desired_generation = documents[pk], generations[pk]
-            outcome[pk] = generations[pk]
-            entries.append(
-                AuditLog.entry(
-                    actor=actor,
-                    action="device.shadow" if bundle else "device.shadow_stop",
-                    target=device,
-                    model=bundle.version.model.name if bundle else None,
-                    version=bundle.version.version if bundle else None,
-                    generation=generations[pk],
-                )
+        outcome.update(
+            _issue_audited(
+                {pk: assignment.device for pk, (assignment, _) in chosen.items()},
+                documents,
+                actor=actor,
+                audit=lambda pk: {
+                    "action": "device.shadow" if version is not None else "device.shadow_stop",
+                    "model": version.model.name if version is not None else None,
+                    "version": version.version if version is not None else None,
+                },
             )
-        AuditLog.objects.bulk_create(entries, batch_size=1000)
+        )
     return outcome
+
+
+def _issue_audited(
+    devices: dict[int, Device],
+    documents: dict[int, dict[str, Any]],
+    *,
+    actor: Any,
+    audit: Callable[[int], dict[str, Any]],
+) -> dict[int, int]:
+    """Sign and store each device's new document, with one audit entry each (``audit(pk)``: action and data).
+
+    Returns pk -> new generation; the ``Device`` objects carry it too. The caller holds the transaction.
+    """
+    generations = desired.issue_many(documents)
+    entries = []
+    for pk, device in devices.items():
+        device.desired, device.desired_generation = documents[pk], generations[pk]
+        entries.append(AuditLog.entry(actor=actor, target=device, generation=generations[pk], **audit(pk)))
+    AuditLog.objects.bulk_create(entries, batch_size=1000)
+    return generations
 
 
 def _check_not_older(device: Device, version: Any, sequences: dict[str, int]) -> None:

@@ -9,6 +9,7 @@ what happened, so a CI job can gate on it (``registry.client``'s codes).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -136,31 +137,62 @@ def status(
     raise typer.Exit(code)
 
 
+Yes = Annotated[bool, typer.Option("--yes", help="Do it without asking after the preview.")]
+DryRun = Annotated[bool, typer.Option(help="Show what it would do, change nothing.")]
+
+
+def _moves(what: str, to: Any, devices: Any, offline: Any) -> str:
+    return f"{what}: back to {to} on {devices} devices ({offline} offline, converging when they return)"
+
+
+def _preview_then_roll_back(
+    server: str,
+    token: str,
+    path: str,
+    lines: Callable[[dict[str, Any]], list[str]],
+    question: str,
+    *,
+    reason: str,
+    yes: bool,
+    dry_run: bool,
+) -> None:
+    """Show the plan the API previews (GET), then, unless a dry run or declined, do it (POST)."""
+    preview: dict[str, Any] = call(server, token, "GET", path)
+    for line in lines(preview):
+        err.print(line)
+    if preview.get("stops_rollouts"):
+        err.print(f"stops rollouts {', '.join(str(r) for r in preview['stops_rollouts'])}")
+    if dry_run:
+        out.print_json(data=preview)
+        return
+    if not yes and not typer.confirm(question, err=True):
+        raise typer.Exit(EXIT_USAGE)
+    out.print_json(data=call(server, token, "POST", path, {"reason": reason}))
+
+
 @rollback.command("site")
 def rollback_site(
     slug: Annotated[str, typer.Argument(help="The site's slug.")],
     reason: Annotated[str, typer.Option(help="Why; kept in the audit log.")],
     server: Server,
     token: Token,
-    yes: Annotated[bool, typer.Option("--yes", help="Do it without asking after the preview.")] = False,
-    dry_run: Annotated[bool, typer.Option(help="Show what it would do, change nothing.")] = False,
+    yes: Yes = False,
+    dry_run: DryRun = False,
 ) -> None:
     """Return every device of a site to the site's last known-good version; shows the plan first."""
-    path = f"/api/v1/sites/{slug}/rollback/"
-    preview: dict[str, Any] = call(server, token, "GET", path)
-    for entry in preview.get("models") or []:
-        err.print(
-            f"{entry.get('model')}: back to {entry.get('version')} on {entry.get('devices')} devices "
-            f"({entry.get('offline_devices')} offline, converging when they return)"
-        )
-    if preview.get("stops_rollouts"):
-        err.print(f"stops rollouts {', '.join(str(r) for r in preview['stops_rollouts'])}")
-    if dry_run:
-        out.print_json(data=preview)
-        return
-    if not yes and not typer.confirm(f"Roll back site {slug}?", err=True):
-        raise typer.Exit(EXIT_USAGE)
-    out.print_json(data=call(server, token, "POST", path, {"reason": reason}))
+    _preview_then_roll_back(
+        server,
+        token,
+        f"/api/v1/sites/{slug}/rollback/",
+        lambda plan: [
+            _moves(m.get("model"), m.get("version"), m.get("devices"), m.get("offline_devices"))
+            for m in plan.get("models") or []
+        ],
+        f"Roll back site {slug}?",
+        reason=reason,
+        yes=yes,
+        dry_run=dry_run,
+    )
 
 
 @rollback.command("version")
@@ -170,21 +202,19 @@ def rollback_version(
     reason: Annotated[str, typer.Option(help="Why; kept in the audit log.")],
     server: Server,
     token: Token,
-    yes: Annotated[bool, typer.Option("--yes", help="Do it without asking after the preview.")] = False,
-    dry_run: Annotated[bool, typer.Option(help="Show what it would do, change nothing.")] = False,
+    yes: Yes = False,
+    dry_run: DryRun = False,
 ) -> None:
     """Emergency: every device sent VERSION goes back to the version before it; its rollouts stop; it is deprecated."""
-    path = f"/api/v1/models/{model}/versions/{version}/rollback/"
-    preview: dict[str, Any] = call(server, token, "GET", path)
-    err.print(
-        f"{model} {version}: back to {preview.get('to_version')} on {preview.get('devices')} devices "
-        f"({preview.get('offline_devices')} offline, converging when they return)"
+    _preview_then_roll_back(
+        server,
+        token,
+        f"/api/v1/models/{model}/versions/{version}/rollback/",
+        lambda plan: [
+            _moves(f"{model} {version}", plan.get("to_version"), plan.get("devices"), plan.get("offline_devices"))
+        ],
+        f"Roll back {model} {version} across the fleet?",
+        reason=reason,
+        yes=yes,
+        dry_run=dry_run,
     )
-    if preview.get("stops_rollouts"):
-        err.print(f"stops rollouts {', '.join(str(r) for r in preview['stops_rollouts'])}")
-    if dry_run:
-        out.print_json(data=preview)
-        return
-    if not yes and not typer.confirm(f"Roll back {model} {version} across the fleet?", err=True):
-        raise typer.Exit(EXIT_USAGE)
-    out.print_json(data=call(server, token, "POST", path, {"reason": reason}))

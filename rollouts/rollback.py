@@ -124,10 +124,7 @@ def plan(site: Site) -> SitePlan:
 
 def roll_back(site: Site, *, actor: Any, reason: str) -> SitePlan:
     """Stop every rollout touching the site, then send its devices their known-good version; all or nothing."""
-    if not reason.strip():
-        raise ServiceError(
-            "invalid", "Say why the site is rolled back.", 400, fields={"reason": ["This field is required."]}
-        )
+    _require_reason(reason, "site")
     now = timezone.now()
     with transaction.atomic():
         # The site row is the lock: two rollbacks of one site run one after the other.
@@ -242,10 +239,7 @@ def roll_back_version(version: ModelVersion, *, actor: Any, reason: str) -> Vers
     All or nothing, idempotent (a second call finds no device on it), offline
     devices included: their signed desired document waits for them.
     """
-    if not reason.strip():
-        raise ServiceError(
-            "invalid", "Say why the version is rolled back.", 400, fields={"reason": ["This field is required."]}
-        )
+    _require_reason(reason, "version")
     now = timezone.now()
     with transaction.atomic():
         # The version row is the lock: two rollbacks of one version run one after the other.
@@ -261,3 +255,10 @@ def roll_back_version(version: ModelVersion, *, actor: Any, reason: str) -> Vers
             actor=actor, action="model_version.rollback", target=version, reason=reason, **todo.answer(done=True)
         )
     return todo
+
+
+def _require_reason(reason: str, what: str) -> None:
+    if not reason.strip():
+        raise ServiceError(
+            "invalid", f"Say why the {what} is rolled back.", 400, fields={"reason": ["This field is required."]}
+        )

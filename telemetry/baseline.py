@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from agent.kernel.histogram import LatencyHistogram
@@ -128,14 +129,11 @@ def shadow_summary(device_ids: Sequence[str], since: datetime, until: datetime) 
     and ``shadow_latency`` (a candidate runs beside whichever version serves).
     """
     total = Summary()
-    rows = WindowRollup.objects.filter(
-        resolution=Resolution.MINUTE,
-        scope=Scope.DEVICE,
-        key__in=list(device_ids),
-        bucket__gte=since,
-        bucket__lt=until,
-        shadow_frames__gt=0,
-    ).only("shadow_frames", "shadow_errors", "shadow_compared", "shadow_agreed", "shadow_latency")
+    rows = (
+        _device_minutes(device_ids, since, until)
+        .filter(shadow_frames__gt=0)
+        .only("shadow_frames", "shadow_errors", "shadow_compared", "shadow_agreed", "shadow_latency")
+    )
     for row in rows:
         total.shadow_frames += row.shadow_frames
         total.shadow_errors += row.shadow_errors
@@ -172,13 +170,7 @@ def window_samples(
     cannot give (no frames) is left out for that minute, so the lists can
     differ in length. Each list is in (device id, minute) order.
     """
-    rows = WindowRollup.objects.filter(
-        resolution=Resolution.MINUTE,
-        scope=Scope.DEVICE,
-        key__in=list(device_ids),
-        bucket__gte=since,
-        bucket__lt=until,
-    )
+    rows = _device_minutes(device_ids, since, until)
     if model_name is not None:
         rows = rows.filter(model_name=model_name)
     if model_version is not None:
@@ -235,3 +227,14 @@ def matched_control(
 
 def _num(value: float | int | None) -> float | None:
     return None if value is None else float(value)
+
+
+def _device_minutes(device_ids: Iterable[str], since: datetime, until: datetime) -> QuerySet[WindowRollup]:
+    """The devices' minute rows from ``since`` up to ``until``."""
+    return WindowRollup.objects.filter(
+        resolution=Resolution.MINUTE,
+        scope=Scope.DEVICE,
+        key__in=list(device_ids),
+        bucket__gte=since,
+        bucket__lt=until,
+    )

@@ -24,7 +24,7 @@ from schemathesis.engine import Status, events, from_schema
 from core import services as core_services
 from core.models import ApiToken
 from fleet.models import Site
-from tests.registry.conftest import make_classifier, make_png_images
+from tests.registry.conftest import make_classifier, make_png_images, metadata_for
 from tests.registry.helpers import publish
 
 # The server runs in another thread and the fuzz in more: their data must be committed.
@@ -34,15 +34,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 # change the seed, to search harder; CI keeps both fixed so a run fails the same way every time.
 EXAMPLES = int(os.environ.get("EDGEFLEET_FUZZ_EXAMPLES", "25"))
 SEED = int(os.environ.get("EDGEFLEET_FUZZ_SEED", "20261205"))
-
-TINY_METADATA = {
-    "version": "1.0.0",
-    "task": "classification",
-    "labels": ["ok", "scratch", "dent"],
-    "input": {"name": "input", "shape": [1, 3, 32, 32], "mean": [0.5], "std": [0.25]},
-    "output": {"kind": "classification", "output": "logits"},
-    "reference_count": 3,
-}
 
 # positive_data_acceptance expects any request the schema calls valid to succeed (or answer 401, 403, 404,
 # 409, 429). These operations also refuse a valid-looking request with a documented 400 for a reason
@@ -88,7 +79,7 @@ def seed_data(user: Any) -> str:
     token = client.post(f"/api/v1/sites/{site.slug}/enrollment-tokens/", {}, format="json").json()["token"]
     enrolled = client.post("/api/v1/enroll", {"token": token, "name": "cam-1", "site": site.slug}, format="json")
     assert enrolled.status_code == 201, enrolled.content
-    published = publish(client, make_classifier(), TINY_METADATA, images=make_png_images())
+    published = publish(client, make_classifier(), metadata_for(), images=make_png_images())
     assert published.status_code == 201, published.content
     return key
 

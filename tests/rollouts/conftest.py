@@ -17,25 +17,15 @@ from rollouts.models import RolloutDevice
 from telemetry.metrics import Summary
 from telemetry.models import Resolution, Scope, WindowRollup
 from tests.payloads import window_data
-from tests.registry.conftest import make_classifier, make_png_images
+from tests.registry.conftest import make_classifier, make_png_images, metadata_for
 from tests.registry.helpers import publish
-
-METADATA = {
-    "task": "classification",
-    "labels": ["ok", "scratch", "dent"],
-    "input": {"name": "input", "shape": [1, 3, 32, 32], "mean": [0.5], "std": [0.25]},
-    "output": {"kind": "classification", "output": "logits"},
-    "reference_count": 3,
-}
 
 
 @pytest.fixture
 def versions(token_client: Any) -> tuple[ModelVersion, ModelVersion]:
     client = token_client("publish")
     for seed, version in ((7, "1.0.0"), (8, "2.0.0")):
-        response = publish(
-            client, make_classifier(seed=seed), {**METADATA, "version": version}, images=make_png_images()
-        )
+        response = publish(client, make_classifier(seed=seed), metadata_for(version), images=make_png_images())
         assert response.status_code == 201, response.content
     v1, v2 = ModelVersion.objects.filter(model__name="parts").order_by("sequence")
     return v1, v2

@@ -11,9 +11,8 @@ from fleet.models import Device, Site
 from registry.models import ModelVersion
 from rollouts import scheduler
 from rollouts.models import Rollout, SiteRollback
-from tests.registry.conftest import make_classifier, make_png_images
+from tests.registry.conftest import make_classifier, make_png_images, metadata_for
 from tests.registry.helpers import publish
-from tests.rollouts.conftest import METADATA
 from tests.rollouts.helpers import drive, start_rollout
 
 pytestmark = pytest.mark.django_db
@@ -22,7 +21,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def v3(versions: Any, token_client: Any) -> ModelVersion:
     response = publish(
-        token_client("publish"), make_classifier(seed=9), {**METADATA, "version": "3.0.0"}, images=make_png_images()
+        token_client("publish"), make_classifier(seed=9), metadata_for("3.0.0"), images=make_png_images()
     )
     assert response.status_code == 201, response.content
     return ModelVersion.objects.get(version="3.0.0")

@@ -12,8 +12,7 @@ from core.models import AuditLog
 from fleet import desired
 from fleet.models import Device
 from registry.models import ModelVersion
-from tests.fleet.api.conftest import TINY_METADATA
-from tests.registry.conftest import make_classifier, make_png_images
+from tests.registry.conftest import make_classifier, make_png_images, metadata_for
 from tests.registry.helpers import publish
 
 pytestmark = pytest.mark.django_db
@@ -99,7 +98,7 @@ def test_a_recent_enough_or_unreported_agent_is_assigned(published, device, toke
 
 def test_an_older_version_than_the_device_runs_needs_an_explicit_rollback(published, device, token_client):
     client = token_client("publish")
-    newer = publish(client, make_classifier(), {**TINY_METADATA, "version": "1.1.0"}, images=make_png_images())
+    newer = publish(client, make_classifier(), metadata_for("1.1.0"), images=make_png_images())
     assert newer.status_code == 201, newer.content
     Device.objects.filter(pk=device.pk).update(reported={"model_name": "parts", "model_version": "1.1.0"})
     device.refresh_from_db()

@@ -9,8 +9,7 @@ import pytest
 from agent.kernel import protocol
 from core.models import AuditLog
 from fleet.models import Device
-from tests.fleet.api.conftest import TINY_METADATA
-from tests.registry.conftest import make_classifier, make_png_images
+from tests.registry.conftest import make_classifier, make_png_images, metadata_for
 from tests.registry.helpers import publish
 
 pytestmark = pytest.mark.django_db
@@ -23,9 +22,7 @@ def device(enroll_device: Any, site: Any, published: None, token_client: Any) ->
         f"/api/v1/devices/{device.device_id}/assign-model/", {"model": "parts", "version": "1.0.0"}, format="json"
     )
     assert answer.status_code == 200, answer.content
-    newer = publish(
-        token_client("publish"), make_classifier(), {**TINY_METADATA, "version": "1.1.0"}, images=make_png_images()
-    )
+    newer = publish(token_client("publish"), make_classifier(), metadata_for("1.1.0"), images=make_png_images())
     assert newer.status_code == 201, newer.content
     device.refresh_from_db()
     return device

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from bridge.process import Bridge, BridgeConfig
 from fleet.broker import provisioner
 from fleet.broker.dynsec import DynsecProvisioner
 from tests.brokers import RunningBroker, embedded_broker, mosquitto_with_dynsec
@@ -67,3 +68,22 @@ def probes() -> Iterator[list[Probe]]:
     yield opened
     for probe in opened:
         probe.close()
+
+
+@pytest.fixture
+def running_bridge(broker: BrokerUnderTest) -> Iterator[Bridge]:
+    """The real bridge on the broker under test, with the bridge account."""
+    running = Bridge(
+        BridgeConfig(
+            url=broker.url,
+            username=broker.bridge_username,
+            password=broker.bridge_password,
+            # Mosquitto: the shared subscription production uses; amqtt has none.
+            shared_group="edgefleet-bridge" if broker.kind == "mosquitto" else None,
+            desired_poll_s=0.1,
+        )
+    )
+    running.start()
+    assert running.wait_connected(10), "the bridge account was refused"
+    yield running
+    running.stop()

@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from agent.kernel import protocol
 from agent.runtime import Runtime
-from bridge.process import Bridge, BridgeConfig
+from bridge.process import Bridge
 from fleet import desired, services
 from fleet.models import Device, Site
 from telemetry import alerts
@@ -31,23 +31,6 @@ from tests.fleet.broker.conftest import BrokerUnderTest
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 TIMEOUT = 20
-
-
-@pytest.fixture
-def bridge(broker: BrokerUnderTest) -> Iterator[Bridge]:
-    running = Bridge(
-        BridgeConfig(
-            url=broker.url,
-            username=broker.bridge_username,
-            password=broker.bridge_password,
-            shared_group="edgefleet-bridge" if broker.kind == "mosquitto" else None,
-            desired_poll_s=0.1,
-        )
-    )
-    running.start()
-    assert running.wait_connected(10), "the bridge account was refused"
-    yield running
-    running.stop()
 
 
 @pytest.fixture
@@ -92,25 +75,25 @@ def replay(probe: Probe, device: Device, document: dict[str, Any]) -> None:
     probe.client.publish(protocol.topic(device.device_id, "desired"), payload, qos=1, retain=True).wait_for_publish(5)
 
 
-def reports(device: Device, bridge: Bridge, predicate: Callable[[dict[str, Any]], bool]) -> bool:
+def reports(device: Device, running_bridge: Bridge, predicate: Callable[[dict[str, Any]], bool]) -> bool:
     """Wait until what the control plane stored of ``device``'s reported state satisfies ``predicate``."""
 
     def check(_bridge: Bridge) -> bool:
         return predicate(Device.objects.get(pk=device.pk).reported or {})
 
-    return check(bridge) or bridge.wait_for(check, TIMEOUT)
+    return check(running_bridge) or running_bridge.wait_for(check, TIMEOUT)
 
 
-def refusal(device: Device, bridge: Bridge, reason: str) -> bool:
+def refusal(device: Device, running_bridge: Bridge, reason: str) -> bool:
     def check(_bridge: Bridge) -> bool:
         return DeviceEvent.objects.filter(device=device, kind="desired_rejected", data__reason=reason).exists()
 
-    return check(bridge) or bridge.wait_for(check, TIMEOUT)
+    return check(running_bridge) or running_bridge.wait_for(check, TIMEOUT)
 
 
 def test_a_document_replayed_on_another_device_or_from_the_past_is_refused_and_reported(
     broker: BrokerUnderTest,
-    bridge: Bridge,
+    running_bridge: Bridge,
     site: Site,
     enroll_device: Callable[..., services.Enrollment],
     start_agent: Callable[[services.Enrollment], Runtime],
@@ -123,18 +106,18 @@ def test_a_document_replayed_on_another_device_or_from_the_past_is_refused_and_r
     desired.issue(victim, {"config": {"telemetry_interval_s": 40}})
     agent = start_agent(two)
     start_agent(one)
-    assert reports(victim, bridge, lambda r: r.get("generation") == 2)
+    assert reports(victim, running_bridge, lambda r: r.get("generation") == 2)
     first = Device.objects.get(pk=one.device.pk).desired_document
     stale = {**Device.objects.get(pk=victim.pk).desired_document}
 
     evil = attacker(broker, probes)
     replay(evil, victim, first)  # another device's genuine document, generation 1
-    assert refusal(victim, bridge, "wrong_device")
+    assert refusal(victim, running_bridge, "wrong_device")
 
     desired.issue(victim, {"config": {"telemetry_interval_s": 50}})
-    assert reports(victim, bridge, lambda r: r.get("generation") == 3)
+    assert reports(victim, running_bridge, lambda r: r.get("generation") == 3)
     replay(evil, victim, stale)  # the device's own older document
-    assert refusal(victim, bridge, "stale")
+    assert refusal(victim, running_bridge, "stale")
 
     # Nothing the attacker sent moved the device or what the control plane shows of it.
     assert Device.objects.get(pk=victim.pk).reported["generation"] == 3
@@ -143,12 +126,12 @@ def test_a_document_replayed_on_another_device_or_from_the_past_is_refused_and_r
 
     # No freeze: the genuine next document still goes through.
     desired.issue(victim, {"config": {"telemetry_interval_s": 60}})
-    assert reports(victim, bridge, lambda r: r.get("generation") == 4)
+    assert reports(victim, running_bridge, lambda r: r.get("generation") == 4)
 
 
 def test_a_frozen_device_keeps_serving_says_so_and_an_alert_opens_until_a_fresh_document_arrives(
     broker: BrokerUnderTest,
-    bridge: Bridge,
+    running_bridge: Bridge,
     site: Site,
     enroll_device: Callable[..., services.Enrollment],
     start_agent: Callable[[services.Enrollment], Runtime],
@@ -159,9 +142,9 @@ def test_a_frozen_device_keeps_serving_says_so_and_an_alert_opens_until_a_fresh_
     issued = timezone.now() - desired.lifetime() + timedelta(seconds=2)
     desired.issue(device, {"config": {"telemetry_interval_s": 15}}, now=issued)
     agent = start_agent(enrollment)
-    assert reports(device, bridge, lambda r: r.get("generation") == 1)
+    assert reports(device, running_bridge, lambda r: r.get("generation") == 1)
 
-    assert reports(device, bridge, lambda r: r.get("desired_expired") is True)
+    assert reports(device, running_bridge, lambda r: r.get("desired_expired") is True)
     assert DeviceEvent.objects.filter(device=device, kind="desired_expired").count() == 1
     current = agent.desired_state.current
     assert current is not None and current.generation == 1, "the device keeps serving with what it has"
@@ -169,6 +152,6 @@ def test_a_frozen_device_keeps_serving_says_so_and_an_alert_opens_until_a_fresh_
     assert Alert.objects.filter(device=device, rule__kind="desired_expired", resolved_at__isnull=True).exists()
 
     assert desired.reissue_expiring() == 1
-    assert reports(device, bridge, lambda r: r.get("generation") == 2 and r.get("desired_expired") is False)
+    assert reports(device, running_bridge, lambda r: r.get("generation") == 2 and r.get("desired_expired") is False)
     alerts.evaluate()
     assert not Alert.objects.filter(device=device, rule__kind="desired_expired", resolved_at__isnull=True).exists()

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from agent.config import MqttSettings
 from agent.mqtt import Link
-from bridge.process import Bridge, BridgeConfig
+from bridge.process import Bridge
 from fleet import services
 from fleet.models import Device, Site
 from tests.fleet.broker.clients import Probe
@@ -19,30 +19,12 @@ from tests.fleet.broker.conftest import BrokerUnderTest
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 
-@pytest.fixture
-def bridge(broker: BrokerUnderTest) -> Iterator[Bridge]:
-    running = Bridge(
-        BridgeConfig(
-            url=broker.url,
-            username=broker.bridge_username,
-            password=broker.bridge_password,
-            # Mosquitto: the shared subscription production uses; amqtt has none.
-            shared_group="edgefleet-bridge" if broker.kind == "mosquitto" else None,
-            desired_poll_s=0.2,
-        )
-    )
-    running.start()
-    assert running.wait_connected(10), "the bridge account was refused"
-    yield running
-    running.stop()
-
-
 def online(device_pk: int) -> Callable[[Bridge], bool]:
     return lambda _bridge: Device.objects.filter(pk=device_pk, online=True).exists()
 
 
 def test_an_enrolled_agent_shows_online_through_the_bridge_and_a_revoked_one_is_cut_off(
-    broker: BrokerUnderTest, bridge: Bridge, site: Site, enroll_device: Callable[..., services.Enrollment]
+    broker: BrokerUnderTest, running_bridge: Bridge, site: Site, enroll_device: Callable[..., services.Enrollment]
 ) -> None:
     enrollment = enroll_device(site, "cam-e2e")
     link = Link(
@@ -62,7 +44,9 @@ def test_an_enrolled_agent_shows_online_through_the_bridge_and_a_revoked_one_is_
     link.start()
     try:
         assert link.connected.wait(10), "the agent was refused"
-        assert bridge.wait_for(online(enrollment.device.pk), timeout=20), "the bridge never saw the agent's status"
+        assert running_bridge.wait_for(online(enrollment.device.pk), timeout=20), (
+            "the bridge never saw the agent's status"
+        )
 
         services.revoke_device(Device.objects.get(pk=enrollment.device.pk), actor=None, reason="decommissioned")
 
@@ -73,7 +57,7 @@ def test_an_enrolled_agent_shows_online_through_the_bridge_and_a_revoked_one_is_
 
 
 def test_an_agent_stays_online_while_another_device_tries_its_client_id(
-    broker: BrokerUnderTest, bridge: Bridge, site: Site, enroll_device: Callable[..., services.Enrollment]
+    broker: BrokerUnderTest, running_bridge: Bridge, site: Site, enroll_device: Callable[..., services.Enrollment]
 ) -> None:
     victim, other = enroll_device(site, "cam-victim"), enroll_device(site, "cam-other")
     links = {
@@ -97,7 +81,7 @@ def test_an_agent_stays_online_while_another_device_tries_its_client_id(
     victim_link.start()
     try:
         assert victim_link.connected.wait(10), "the agent was refused"
-        assert bridge.wait_for(online(victim.device.pk), timeout=20)
+        assert running_bridge.wait_for(online(victim.device.pk), timeout=20)
 
         # The other device's credentials under the victim's client id, five times.
         for _ in range(5):
@@ -110,7 +94,7 @@ def test_an_agent_stays_online_while_another_device_tries_its_client_id(
         # The other agent's own status goes through the same bridge after any
         # will of the victim's would have: once it shows, the victim's would too.
         links[other.device.device_id].start()
-        assert bridge.wait_for(online(other.device.pk), timeout=20)
+        assert running_bridge.wait_for(online(other.device.pk), timeout=20)
         assert not dropped.is_set(), "the victim's agent was disconnected"
         assert Device.objects.get(pk=victim.device.pk).online
     finally:
