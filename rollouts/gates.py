@@ -129,7 +129,8 @@ def site_latency_budget(data: StageData) -> Outcome | None:
         devices = data.active_by_site.get(slug)
         if not devices:
             continue
-        p95 = compare_to_baseline(devices, data.since, now=data.now).figures["latency_p95_ms"].current
+        comparison = compare_to_baseline(devices, data.since, now=data.now, candidate=data.model)
+        p95 = comparison.figures["latency_p95_ms"].current
         allowed = budget * BUDGET_SHARE
         sites[slug] = {"p95_ms": p95, "budget_ms": budget, "allowed_ms": allowed}
         if p95 is not None and (worst is None or p95 / allowed > worst[0]):

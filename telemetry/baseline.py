@@ -28,6 +28,7 @@ from agent.kernel.histogram import LatencyHistogram
 from fleet.models import Device
 from telemetry.metrics import Summary
 from telemetry.models import Quarantine, Resolution, Scope, WindowRollup
+from telemetry.rollups import HOUR, MINUTE, floor_to
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +89,21 @@ class BaselineComparison:
 
 
 def compare_to_baseline(
-    device_ids: Sequence[str], since: datetime, *, now: datetime | None = None
+    device_ids: Sequence[str],
+    since: datetime,
+    *,
+    now: datetime | None = None,
+    candidate: tuple[str, str] | None = None,
 ) -> BaselineComparison:
+    """The devices' windows from ``since`` to ``now`` against the stretch before (``baseline_window_start``).
+
+    ``candidate`` (model name, version): the version the devices were sent.
+    Then only its windows count after ``since``, from the start of the bucket
+    ``since`` falls in, and only other versions' windows before ``since``.
+    Windows are kept per device, version and minute: the minute a device
+    installed in holds both versions, each counted on its own side, so no
+    frame of the candidate is ever part of the baseline it is judged against.
+    """
     now = now or timezone.now()
     baseline_start = baseline_window_start(since, now)
     span = since - baseline_start
@@ -101,8 +115,15 @@ def compare_to_baseline(
     rows = WindowRollup.objects.filter(
         resolution=resolution, scope=Scope.DEVICE, key__in=keys, bucket__gte=baseline_start, bucket__lte=now
     )
+    after_start = floor_to(since, MINUTE if resolution == Resolution.MINUTE else HOUR) if candidate else since
     for row in rows:
-        (after if row.bucket >= since else before).add_totals(row)
+        if candidate is None:
+            (after if row.bucket >= since else before).add_totals(row)
+        elif (row.model_name, row.model_version) == candidate:
+            if row.bucket >= after_start:
+                after.add_totals(row)
+        elif row.bucket < since:
+            before.add_totals(row)
     silent_after = now - timedelta(seconds=settings.DEVICE_OFFLINE_AFTER_S)
     old, new = before.figures(), after.figures()
     return BaselineComparison(

@@ -64,6 +64,31 @@ def test_without_telemetry_the_figures_are_none_not_zero(site: Site, enroll_devi
     assert report.p95_latency_regression is None and report.escalation_rate_rise is None
 
 
+def test_with_a_candidate_its_frames_never_count_in_the_baseline_even_in_the_minute_it_was_installed(
+    site: Site, enroll_device: Callable[..., Any]
+) -> None:
+    """Installed 20 s into a minute, all active 40 s into it: the minute holds both versions, each on its side."""
+    device = enroll_device(site).device
+    rng = random.Random(5)
+    feed = Feed(device)
+    old = feed.windows(SINCE - timedelta(minutes=30), 30, rng, confidence=(8.0, 1.0))
+    # Two old windows of the install minute (ending at +10 s and +20 s), then the candidate's.
+    old += feed.windows(SINCE, 1, rng, per_minute=6, confidence=(8.0, 1.0))[:2]
+    new = feed.windows(SINCE + timedelta(seconds=20), 10, rng, confidence=(1.0, 1.0), model="detector@2.0.0")
+    feed.store(old + new)
+    alive(device, NOW)
+    roll_up_everything()
+    since = SINCE + timedelta(seconds=40)
+    judged = compare_to_baseline([device.device_id], since, now=NOW, candidate=("detector", "2.0.0"))
+    assert judged.frames_baseline == 30 * 6 * 50 + 2 * 50
+    assert judged.frames_current == 10 * 6 * 50
+    assert judged.figures["mean_confidence"].baseline == pytest.approx(8 / 9, abs=0.01)
+    assert judged.mean_confidence_drop == pytest.approx(8 / 9 - 1 / 2, abs=0.02)
+    # Without naming the candidate its first minute would sit in the baseline, and its frames with it.
+    mixed = compare_to_baseline([device.device_id], since, now=NOW)
+    assert mixed.frames_baseline > judged.frames_baseline and mixed.frames_current < judged.frames_current
+
+
 # --- window_samples: one sample per device-minute, what the canary analysis tests --------
 
 
