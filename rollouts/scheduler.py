@@ -164,7 +164,9 @@ def _judge_shadow(rollout: Rollout, stage: RolloutStage, now: datetime) -> None:
     settings = rollout.gates()
     entries = list(rollout.devices.filter(stage_index=stage.index).select_related("device"))
     names = [entry.device.device_id for entry in entries]
-    summary = shadow_summary(names, stage.shadow_started_at or now, now)
+    # From the minute the shadow began in: only a candidate's frames count as shadow frames, so nothing before mixes in.
+    started = (stage.shadow_started_at or now).replace(second=0, microsecond=0)
+    summary = shadow_summary(names, started, now)
     outcomes = gates.shadow_agreement(summary, settings)
     _store(stage, outcomes, now)
     verdicts = {o.verdict for o in outcomes}
@@ -269,16 +271,17 @@ def _judge(rollout: Rollout, stage: RolloutStage, now: datetime) -> None:
         if site.latency_budget_ms:
             budgets[site.slug] = site.latency_budget_ms
     names = [e.device.device_id for e in active]
+    candidate = (rollout.version.model.name, rollout.version.version)
     data = gates.StageData(
         devices=[e.device.device_id for e in entries],
         active=names,
-        comparison=compare_to_baseline(names, since, now=now),
+        comparison=compare_to_baseline(names, since, now=now, candidate=candidate),
         settings=settings,
         since=since,
         now=now,
         active_by_site=by_site,
         budgets=budgets,
-        model=(rollout.version.model.name, rollout.version.version),
+        model=candidate,
         control_candidates=list(
             rollout.devices.filter(state=RolloutDevice.PENDING).values_list("device__device_id", flat=True)
         ),
