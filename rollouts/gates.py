@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from rollouts import analysis
+from telemetry import drift as drift_stats
 from telemetry.baseline import BaselineComparison, baseline_window_start, compare_to_baseline, matched_control
 from telemetry.metrics import Summary
 
@@ -149,6 +150,66 @@ def site_latency_budget(data: StageData) -> Outcome | None:
     )
 
 
+# Fewest frames on each side before a class-mix PSI is read. Sampling noise alone gives a PSI of about
+# (bins - 1) * (1/n1 + 1/n2): four classes at 100 frames come to about 0.03, an eighth of the threshold.
+# (Confidence has 20 bins and needs telemetry.drift's 1,000.)
+CLASS_MIX_MIN_FRAMES = 100
+
+
+def drift(data: StageData) -> Outcome | None:
+    """The candidate's confidence and class mix on the stage against its reference distribution from CI.
+
+    The worse of the two PSIs (``telemetry.drift``). Not recorded for a version
+    published without a reference distribution: its field baseline would be made
+    of this very stage. Too few frames to read a PSI abstains.
+    """
+    name, version = data.model
+    reference = drift_stats.reference_baseline(name, version) if data.active else None
+    if reference is None:
+        return None
+    current = data.comparison.current_summary
+    frames, threshold = sum(current.confidence), float(data.settings["max_drift_psi"])
+    details: dict[str, Any] = {"frames": frames, "reference_frames": reference.frames}
+    if min(frames, reference.frames) < drift_stats.MIN_FRAMES:
+        details["min_frames"] = drift_stats.MIN_FRAMES
+        return Outcome("drift", None, threshold, PENDING, details, abstains=True)
+    confidence = drift_stats.psi(reference.confidence, current.confidence)
+    classes = drift_stats.class_psi(reference.classes, current.classes)
+    value = max(confidence, classes if classes is not None else 0.0)
+    details.update(confidence_psi=confidence, class_psi=classes)
+    return Outcome("drift", value, threshold, judge(value, threshold, float(data.settings["marginal_band"])), details)
+
+
+def class_mix_shift(data: StageData) -> Outcome | None:
+    """Do the candidate's answers still look like production's? Its class mix against the version before.
+
+    The stage's devices on the candidate against the same devices on the
+    version they ran before, over the comparison's two stretches (PSI). A
+    release that is confidently wrong keeps its confidence and changes what it
+    answers: this gate sees it at a canary without a shadow stage. A release
+    meant to answer differently (a new class, a fixed bias) needs a higher
+    ``max_class_mix_psi`` for its rollout. Too few frames on a side abstains.
+    """
+    before = data.comparison.baseline_summary.classes
+    after = data.comparison.current_summary.classes
+    counts = (sum(before.values()), sum(after.values()))
+    if not data.active or not any(counts):
+        return None
+    threshold = float(data.settings["max_class_mix_psi"])
+    details: dict[str, Any] = {
+        "frames_baseline": counts[0],
+        "frames_current": counts[1],
+        "baseline": dict(before),
+        "current": dict(after),
+    }
+    value = drift_stats.class_psi(before, after) if min(counts) >= CLASS_MIX_MIN_FRAMES else None
+    if value is None:
+        details["min_frames"] = CLASS_MIX_MIN_FRAMES
+        return Outcome("class_mix_shift", None, threshold, PENDING, details, abstains=True)
+    band = float(data.settings["marginal_band"])
+    return Outcome("class_mix_shift", value, threshold, judge(value, threshold, band), details)
+
+
 # At most this many control devices: past it the test gains little and the query grows.
 MAX_CONTROL = 50
 
@@ -207,6 +268,8 @@ SOAK_GATES: list[Gate] = [
     _figure_gate("mean_confidence_drop", "max_confidence_drop", lambda c: c.mean_confidence_drop),
     _figure_gate("escalation_rate_rise", "max_escalation_rate_rise", lambda c: c.escalation_rate_rise),
     site_latency_budget,
+    drift,
+    class_mix_shift,
     canary_analysis,
 ]
 

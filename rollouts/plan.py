@@ -31,6 +31,8 @@ GATE_DEFAULTS: dict[str, float | int | str] = {
     "max_p95_latency_regression": 0.2,  # p95 latency, relative rise (0.2 = 20 % slower)
     "max_confidence_drop": 0.05,  # mean confidence, absolute drop
     "max_escalation_rate_rise": 0.05,  # escalation rate, absolute rise
+    "max_drift_psi": 0.25,  # confidence and class mix against the version's reference distribution from CI (PSI)
+    "max_class_mix_psi": 0.25,  # class mix against the same devices' previous version (PSI): answers production
     "marginal_band": 0.25,  # up to threshold x (1 + band) over the threshold is marginal, past it fails
     "shadow_s": 600,  # a shadow stage runs the candidate beside the model this long before judging it
     "min_shadow_frames": 200,  # frames the candidate must have decided across the stage before it is judged
@@ -48,6 +50,8 @@ GATE_BOUNDS: dict[str, tuple[float, float]] = {
     "max_p95_latency_regression": (0, 10),
     "max_confidence_drop": (0, 1),
     "max_escalation_rate_rise": (0, 1),
+    "max_drift_psi": (0, 10),
+    "max_class_mix_psi": (0, 10),
     "marginal_band": (0, 1),
     "shadow_s": (0, 7 * 86400),
     "min_shadow_frames": (1, 10_000_000),

@@ -69,6 +69,9 @@ class BaselineComparison:
     failed_installs: list[str] = field(default_factory=list)
     silent_devices: list[str] = field(default_factory=list)
     unknown_devices: list[str] = field(default_factory=list)
+    # The merged windows of each side: their confidence histograms and class mixes (the prediction gates).
+    baseline_summary: Summary = field(default_factory=Summary)
+    current_summary: Summary = field(default_factory=Summary)
 
     @property
     def p95_latency_regression(self) -> float | None:
@@ -140,6 +143,8 @@ def compare_to_baseline(
             d.device_id for d in devices if not d.online or d.last_seen is None or d.last_seen < silent_after
         ),
         unknown_devices=sorted(set(device_ids) - set(keys)),
+        baseline_summary=before,
+        current_summary=after,
     )
 
 

@@ -73,24 +73,32 @@ def level(value: float | None) -> str:
     return "alert" if value >= ALERT else "watch" if value >= WATCH else "ok"
 
 
-def baseline_for(model_name: str, model_version: str, now: datetime) -> Baseline | None:
-    """The version's reference distribution (published with it by CI), or else its field baseline
-    (computed once its first hours in the field are over)."""
+def reference_baseline(model_name: str, model_version: str) -> Baseline | None:
+    """The reference distribution CI published with the version (unsaved), or None without one."""
     reference = (
         ModelVersion.objects.filter(model__name=model_name, version=model_version)
         .values_list("reference_distribution", flat=True)
         .first()
     )
-    if reference:
-        confidence = list(reference["confidence"])
-        return Baseline(
-            model_name=model_name,
-            model_version=model_version,
-            source=Baseline.Source.REFERENCE,
-            confidence=confidence,
-            classes=dict(reference.get("classes", {})),
-            frames=sum(confidence),
-        )
+    if not reference:
+        return None
+    confidence = list(reference["confidence"])
+    return Baseline(
+        model_name=model_name,
+        model_version=model_version,
+        source=Baseline.Source.REFERENCE,
+        confidence=confidence,
+        classes=dict(reference.get("classes", {})),
+        frames=sum(confidence),
+    )
+
+
+def baseline_for(model_name: str, model_version: str, now: datetime) -> Baseline | None:
+    """The version's reference distribution (published with it by CI), or else its field baseline
+    (computed once its first hours in the field are over)."""
+    reference = reference_baseline(model_name, model_version)
+    if reference is not None:
+        return reference
     row = Baseline.objects.filter(model_name=model_name, model_version=model_version).first()
     if row is not None and row.until and row.until <= now:
         return row

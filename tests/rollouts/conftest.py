@@ -59,15 +59,19 @@ def window(
     escalation_rate: float = 0.05,
     frames: int = 600,
     seed: int = 0,
+    answers: tuple[str, str] = ("ok", "scratch"),
 ) -> None:
-    """One minute rollup of the device's windows, as the rollup task would have written it."""
+    """One minute rollup of the device's windows, as the rollup task would have written it.
+
+    ``answers``: the class answered on 90 % of frames, then the one on 10 %.
+    """
     rng = random.Random(seed)
     start = bucket.replace(second=0, microsecond=0)
     data = window_data(
         start,
         [rng.lognormvariate(0, 0.1) * latency_ms for _ in range(frames)],
         [rng.betavariate(*confidence) for _ in range(frames)],
-        rng.choices(["ok", "scratch"], weights=[0.9, 0.1], k=frames),
+        rng.choices(list(answers), weights=[0.9, 0.1], k=frames),
         model=f"{version.model.name}@{version.version}",
         escalations=int(frames * escalation_rate),
     )

@@ -36,6 +36,8 @@ def drive(
     *,
     phase: str = "active",
     latency_ms: float = 20.0,
+    confidence: tuple[float, float] = (6, 2),
+    answers: tuple[str, str] = ("ok", "scratch"),
     ticker: Callable[[datetime], None] | None = None,
     ticks: int = 30,
 ) -> datetime:
@@ -56,6 +58,7 @@ def drive(
             # Their own baseline on 1.0.0 half an hour ago, then the new version from the next soak on.
             window(entry.device, now - timedelta(minutes=30), v1, seed=1)
             for m in range(3, 9):
-                window(entry.device, now + timedelta(minutes=m), v2, latency_ms=latency_ms, seed=m)
+                at = now + timedelta(minutes=m)
+                window(entry.device, at, v2, latency_ms=latency_ms, confidence=confidence, answers=answers, seed=m)
         now += timedelta(minutes=2)
     return now
