@@ -212,18 +212,24 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ALWAYS_EAGER = env.boolean("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celery" / "beat-schedule")
+# How often the beat runs the telemetry rollups and the rollout scheduler's tick; the demo shortens both.
+TELEMETRY_ROLLUP_INTERVAL_S = env.integer("TELEMETRY_ROLLUP_INTERVAL_S", 60, minimum=5, maximum=3600)
+ROLLOUT_TICK_INTERVAL_S = env.integer("ROLLOUT_TICK_INTERVAL_S", 15, minimum=1, maximum=3600)
 CELERY_BEAT_SCHEDULE = {
     "mark-silent-devices-offline": {"task": "fleet.tasks.mark_silent_devices_offline", "schedule": 30.0},
     "reconcile-broker-credentials": {"task": "fleet.tasks.reconcile_broker", "schedule": 300.0},
     "reissue-desired-documents": {"task": "fleet.tasks.reissue_desired", "schedule": 900.0},
-    "telemetry-rollups": {"task": "telemetry.tasks.roll_up", "schedule": 60.0},
+    "telemetry-rollups": {"task": "telemetry.tasks.roll_up", "schedule": float(TELEMETRY_ROLLUP_INTERVAL_S)},
     "telemetry-alerts": {"task": "telemetry.tasks.evaluate_alerts", "schedule": 60.0},
     "telemetry-retention": {"task": "telemetry.tasks.apply_retention", "schedule": 3600.0},
-    "rollouts-tick": {"task": "rollouts.tasks.tick", "schedule": 15.0},
+    "rollouts-tick": {"task": "rollouts.tasks.tick", "schedule": float(ROLLOUT_TICK_INTERVAL_S)},
 }
 
 # Rollouts (docs/rollouts.md): hardware profiles sent the cpu-int8 bundle of a
 # version when it has one (cpu-fp32 otherwise).
+# The most devices one tick sends a stage (signs and stores their desired documents, in one transaction);
+# a larger stage goes out over the following ticks, so no tick holds a rollout's lock for long.
+ROLLOUT_SEND_CHUNK = env.integer("ROLLOUT_SEND_CHUNK", 1000, minimum=1, maximum=100_000)
 ROLLOUT_INT8_HARDWARE_PROFILES = env.string_list("ROLLOUT_INT8_HARDWARE_PROFILES", ["rpi4", "rpi5"])
 
 # Telemetry (docs/telemetry.md): raw records are kept briefly, rollups longer.

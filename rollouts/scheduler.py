@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -108,14 +109,17 @@ def _release(
     A device waits (stays pending) while its site's maintenance window is
     closed at ``now``, or while ``max_concurrent_downloads_per_site`` of the
     site's devices (``downloading``: site pk -> devices sent and not yet active
-    or failed) are still installing; a later tick sends it. The devices let
-    through are sent together, in a constant number of queries.
+    or failed) are still installing, or past the first ``ROLLOUT_SEND_CHUNK``
+    let through; a later tick sends it. The devices let through are sent
+    together, in a constant number of queries.
     """
     cap = int(rollout.gates()["max_concurrent_downloads_per_site"])
     in_flight = dict(downloading)
     open_sites: dict[int, bool] = {}
-    chosen = []
+    chosen: list[RolloutDevice] = []
     for entry in pending:
+        if len(chosen) >= settings.ROLLOUT_SEND_CHUNK:
+            break
         site = entry.device.site
         if site.pk not in open_sites:
             open_sites[site.pk] = site.window_open(now)

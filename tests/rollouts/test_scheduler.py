@@ -165,6 +165,30 @@ def test_a_tick_that_dies_while_sending_a_stage_leaves_nothing_of_it(versions, f
     assert len(running_v2(fleet_on_v1)) == 3
 
 
+@pytest.mark.django_db
+def test_a_stage_larger_than_one_send_goes_out_over_several_ticks_and_passes_as_one(versions, fleet_on_v1, settings):
+    v1, v2 = versions
+    settings.ROLLOUT_SEND_CHUNK = 4
+    rollout = start_rollout(v2, plan={"stages": [{"kind": "percent", "value": 100}]})
+    now = timezone.now()
+
+    sent = []
+    for seconds in range(0, 60, 15):
+        scheduler.tick(now=now + timedelta(seconds=seconds))
+        sent.append(len(sent_to(rollout.pk, RolloutDevice.ASSIGNED)))
+    # Four, then eight, then all ten: each tick's transaction signs at most a chunk of documents.
+    assert sent == [4, 8, 10, 10]
+    stage_audit = AuditLog.objects.filter(target_id=str(rollout.pk), action__startswith="rollout.stage_s")
+    assert [(a.action, a.data["devices"], a.data["held"]) for a in stage_audit.order_by("pk")] == [
+        ("rollout.stage_start", 4, 6),
+        ("rollout.stage_send", 4, 2),
+        ("rollout.stage_send", 2, 0),
+    ]
+    drive(rollout, v1, v2)
+    rollout.refresh_from_db()
+    assert rollout.state == Rollout.COMPLETED and len(running_v2(fleet_on_v1)) == 10
+
+
 @pytest.mark.django_db(transaction=True)
 def test_two_ticks_at_once_give_the_result_of_one(versions, fleet_on_v1):
     v1, v2 = versions
