@@ -17,6 +17,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
+from bridge.process import Bridge, BridgeConfig
 from core.models import ApiToken
 from fleet import services
 from fleet.models import EnrollmentToken, Site
@@ -80,6 +81,16 @@ def shared_subscriptions(mqtt_url: str) -> bool:
 def bridge_group(shared_subscriptions: bool) -> str | None:
     """A fresh shared-subscription group for a test's bridges, or None to subscribe directly."""
     return f"test-{uuid.uuid4().hex[:8]}" if shared_subscriptions else None
+
+
+@pytest.fixture
+def bridge(mqtt_url: str, bridge_group: str | None) -> Iterator[Bridge]:
+    """A real bridge on the test broker, polling for desired documents to publish five times a second."""
+    bridge = Bridge(BridgeConfig(url=mqtt_url, shared_group=bridge_group, desired_poll_s=0.2))
+    bridge.start()
+    assert bridge.wait_connected(10), "bridge did not connect"
+    yield bridge
+    bridge.stop()
 
 
 @pytest.fixture

@@ -7,9 +7,11 @@ one thing about its answers, in the ONNX graph itself, as a careless export,
 a bad training run or a costly architecture change would:
 
 * ``good``: the same network re-exported; new bytes, the same answers.
-* ``unreproducible``: noise in the logits. The registry records reference
-  outputs from one run; a device's run differs, so the bundle fails the
-  device's validation and is never installed.
+* ``unreproducible``: noise in the logits, drawn afresh on every run from a
+  generator each process seeds for itself (as a dropout layer left in
+  training mode would). The registry records reference outputs from its
+  runs; a device's differ, so the bundle fails the device's validation and
+  is never installed.
 * ``slow``: a chain of convolutions on the image beside the network whose
   result is added to the logits times zero: the same answers, many times the
   latency, too slow for a site's latency budget.
@@ -17,6 +19,8 @@ a bad training run or a costly architecture change would:
   their confidence collapsed.
 * ``mislabelled``: the classes rotated by one: as confident as the good
   network and wrong on every frame (its answers disagree with production).
+* ``blind``: one class's logit raised far above the rest: every part is
+  called ``ok``, confidently, and every defect is missed.
 
 Each returns the serialised model, ready for ``edgefleet publish --file``.
 Needs ``onnx`` (the server install), not torch.
@@ -137,10 +141,28 @@ def mislabelled(shift: int = 1, release: str = "mislabelled") -> bytes:
     return _finish(model, release)
 
 
+def blind(label: int = 0, margin: float = 50.0, release: str = "blind") -> bytes:
+    """Class ``label``'s logit raised by ``margin``: that answer on every frame, with high confidence."""
+    model = load()
+    classes = model.graph.output[0].type.tensor_type.shape.dim[-1].dim_value
+    if not 0 <= label < classes:
+        raise ValueError(f"label must be a class index below {classes}, got {label}")
+
+    def build(raw: str, image: str, out: str) -> list[onnx.NodeProto]:
+        return [helper.make_node("Add", [raw, "blind_bias"], [out])]
+
+    bias = np.zeros((1, classes), np.float32)
+    bias[0, label] = margin
+    model = _rewire(model, build)
+    model.graph.initializer.append(numpy_helper.from_array(bias, "blind_bias"))
+    return _finish(model, release)
+
+
 RELEASES: dict[str, Callable[[], bytes]] = {
     "good": good,
     "unreproducible": unreproducible,
     "slow": slow,
     "unsure": unsure,
     "mislabelled": mislabelled,
+    "blind": blind,
 }

@@ -29,7 +29,7 @@ from agent.kernel import protocol
 from agent.kernel.manifest import canonical_bytes
 from agent.kernel.spec import ClassificationOutput, DetectionOutput, InputSpec
 from agent.kernel.verify import signed_desired
-from bridge.process import Bridge, BridgeConfig
+from bridge.process import Bridge
 from fleet.models import Device, Site
 from registry.bundles import Signer
 from tests.agent.helpers import RecordingRuntime, desired_doc, make_agent_config  # noqa: F401 - the tests import them from here
@@ -57,15 +57,6 @@ class AgentProcess:
             self.proc.kill()
         self.proc.wait(timeout=30)
         self._log.close()
-
-
-@pytest.fixture
-def bridge(mqtt_url: str, bridge_group: str | None) -> Iterator[Bridge]:
-    bridge = Bridge(BridgeConfig(url=mqtt_url, shared_group=bridge_group, desired_poll_s=0.2))
-    bridge.start()
-    assert bridge.wait_connected(10), "bridge did not connect"
-    yield bridge
-    bridge.stop()
 
 
 @pytest.fixture
