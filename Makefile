@@ -27,7 +27,7 @@ $(NODE_STAMP): package.json package-lock.json
 install: $(STAMP) $(NODE_STAMP)
 
 demo: $(STAMP) $(NODE_STAMP)
-	$(BIN)/python -m demo
+	$(BIN)/python -m demo $(DEMO_FLAGS)
 
 test: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python -m pytest

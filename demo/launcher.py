@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from demo import rehearsal
 from demo import scene as demo_scene
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,6 +102,8 @@ class Demo:
     sites: dict[str, tuple[str, str, int]] = field(default_factory=lambda: dict(SITES))
     # Publish the model and run inference on rendered frames; without it the agents only connect.
     with_model: bool = True
+    # The version the demo published and assigned (set by start).
+    published_version: str | None = None
     # Children in the order they started, in stages: a stage (the agents) starts and stops together.
     stages: list[list[tuple[str, subprocess.Popen[bytes]]]] = field(default_factory=list)
 
@@ -126,6 +129,9 @@ class Demo:
             "BROKER_PROVISIONER": "embedded",
             "HEARTBEAT_INTERVAL_S": "5",
             "DEVICE_OFFLINE_AFTER_S": "30",
+            # Rollups and the rollout tick every few seconds: a demo's rollout moves in minutes.
+            "TELEMETRY_ROLLUP_INTERVAL_S": "10",
+            "ROLLOUT_TICK_INTERVAL_S": "5",
             "PYTHONUNBUFFERED": "1",
         }
         self.server = f"http://127.0.0.1:{self.web_port}"
@@ -209,6 +215,7 @@ class Demo:
                 f"publishing the {demo_scene.MODEL} model as CI would (edgefleet publish, with an INT8 variant) ..."
             )
             published = demo_scene.publish_model(BIN, self.server, seed["api_token"], self.data_dir / "publish")
+            self.published_version = str(published["version"])
         self.start_devices(seed["tokens"])
         if published is not None:
             ids = demo_scene.device_ids(self.server, seed["api_token"])
@@ -224,8 +231,17 @@ class Demo:
         self.say(f"  try       : curl -H 'Authorization: Bearer {seed['api_token']}' {self.server}/api/v1/devices/")
         self.say(f"  logs      : {self.logs}/")
         self.say("")
-        self.say("Press Ctrl-C to stop everything.")
         return dict(seed)
+
+    def rehearse_rollouts(self, token: str) -> None:
+        """Send a good and a bad release through staged rollouts (``demo.rehearsal``); keep the figures."""
+        if self.published_version is None:
+            raise SystemExit("--rollouts needs the demo's model; it was not published")
+        figures = rehearsal.Rehearsal(self.server, token, BIN, self.data_dir / "publish", self.say).run(
+            self.published_version
+        )
+        (self.logs / "rollouts.json").write_text(json.dumps(figures, indent=1))
+        self.say(f"  figures   : {self.logs / 'rollouts.json'}")
 
     def start_devices(self, tokens: dict[str, dict[str, str]]) -> None:
         devices = []
@@ -346,6 +362,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="continue the previous run's state (database, devices, alerts) instead of starting clean",
     )
+    parser.add_argument(
+        "--rollouts",
+        action="store_true",
+        help="once the devices run the model, publish a good and a bad release through staged rollouts and follow them",
+    )
     args = parser.parse_args(argv)
     data_dir = args.data_dir.resolve()
     if args.keep:
@@ -362,7 +383,14 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _interrupt)
     try:
-        demo.start()
+        seed = demo.start()
+        if args.rollouts:
+            demo.rehearse_rollouts(seed["api_token"])
+        else:
+            demo.say("  rollouts  : python -m demo --rollouts (make demo DEMO_FLAGS=--rollouts) sends a good and")
+            demo.say("              a bad release through staged rollouts and shows the gates stop the bad one")
+        demo.say("")
+        demo.say("Press Ctrl-C to stop everything.")
         demo.watch(args.stop_after)
     except KeyboardInterrupt:
         pass

@@ -16,6 +16,7 @@ import sys
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import zoo
 from zoo import render, samples
@@ -102,24 +103,22 @@ def agent_environment(frames: Path) -> dict[str, str]:
 def assign_model(server: str, token: str, version: str, device_ids: list[str]) -> None:
     """Point every device at the published version through the REST API, as an operator's script would."""
     for device_id in device_ids:
-        _post(f"{server}/api/v1/devices/{device_id}/assign-model/", token, {"model": MODEL, "version": version})
+        api(server, token, "POST", f"/api/v1/devices/{device_id}/assign-model/", {"model": MODEL, "version": version})
 
 
 def device_ids(server: str, token: str) -> Mapping[tuple[str, str], str]:
     """(site slug, device name) -> device id, from the REST API."""
-    request = urllib.request.Request(f"{server}/api/v1/devices/?limit=1000")  # noqa: S310 - the demo's own server
-    request.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
-        rows = json.load(response)["results"]
+    rows = api(server, token, "GET", "/api/v1/devices/?limit=1000")["results"]
     return {(row["site"], row["name"]): row["device_id"] for row in rows}
 
 
-def _post(url: str, token: str, body: dict[str, object]) -> None:
+def api(server: str, token: str, method: str, path: str, body: object = None) -> Any:
+    """One JSON request to the demo's own control plane with its API token; the answer's JSON."""
     request = urllib.request.Request(  # noqa: S310 - the demo's own server
-        url,
-        data=json.dumps(body).encode(),
-        method="POST",
+        f"{server}{path}",
+        data=None if body is None else json.dumps(body).encode(),
+        method=method,
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
     )
-    with urllib.request.urlopen(request, timeout=30):  # noqa: S310
-        pass
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+        return json.load(response)

@@ -1,0 +1,231 @@
+"""`python -m demo --rollouts`: a good release and a bad one sent through staged rollouts, as CI sends them.
+
+Once every demo device runs the classifier, this publishes two new versions of
+it with ``edgefleet publish --rollout demo-staged`` (what a CI job runs,
+docs/ci.md) and follows each rollout over the REST API, printing each stage
+as it moves and, once judged, every gate's measured value, threshold and
+verdict:
+
+* 1.1.0, the classifier re-exported (``zoo.faults.good``): canary, then 10 %,
+  then everyone, each stage soaked and judged;
+* 1.2.0, the classifier with its confidence collapsed (``zoo.faults.unsure``):
+  halted at the canary by the confidence gate, the canary sent back to 1.1.0,
+  which it still has on disk; no other device is sent 1.2.0.
+
+It measures what ``docs/benchmarks.md`` records (from the rollout's start to
+every device active on the good release, and from the failing verdict to the
+canary running its previous version again) and writes the figures to
+``logs/rollouts.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from demo import scene
+from zoo import faults
+
+TEMPLATE = "demo-staged"
+PLAN = {
+    "stages": [
+        {"kind": "count", "value": 1},
+        {"kind": "percent", "value": 10},
+        {"kind": "percent", "value": 100},
+    ]
+}
+# A demo's minutes, not a production soak. Twelve agents, a broker, a web server and a worker share this
+# machine, so a 1 ms model's per-frame latency varies by multiples: the latency regression gate is wide here.
+GATES = {"soak_s": 30, "max_soak_extensions": 1, "activation_timeout_s": 300, "max_p95_latency_regression": 1.0}
+GOOD, BAD = "1.1.0", "1.2.0"
+FINAL = ("completed", "halted", "reverted", "aborted")
+POLL_S = 1.0
+
+
+@dataclass
+class Rehearsal:
+    server: str
+    token: str
+    bin_dir: Path
+    work: Path  # where the demo published its model: the measured metadata and the reference images
+    say: Callable[[str], None]
+
+    def api(self, method: str, path: str, body: Any = None) -> Any:
+        return scene.api(self.server, self.token, method, path, body)
+
+    def run(self, versions_running: str, timeout: float = 1800) -> dict[str, Any]:
+        self.wait_for_fleet(versions_running, timeout)
+        self.ensure_template()
+        figures: dict[str, Any] = {}
+        good = self.publish(GOOD, faults.good(GOOD), same_answers=True)
+        answer = self.follow(good, timeout)
+        figures["good"] = {"rollout": good, "state": answer["state"], **time_to_all_active(answer)}
+        if "all_active_s" in figures["good"]:
+            seconds = figures["good"]["all_active_s"]
+            self.say(f"  -> {GOOD}: {answer['state']}; every device active on it {seconds:.0f} s after the start")
+        bad = self.publish(BAD, faults.unsure(release=BAD), same_answers=False)
+        answer = self.follow(bad, timeout)
+        figures["bad"] = {"rollout": bad, "state": answer["state"], "halt_reason": answer.get("halt_reason")}
+        if answer["state"] == "reverted":
+            figures["bad"]["canary_back_s"] = self.canary_back(answer, GOOD, timeout)
+            self.say(
+                f"  -> {BAD}: reverted at the canary; the canary ran {GOOD} again "
+                f"{figures['bad']['canary_back_s']:.1f} s after the failing verdict"
+            )
+        self.say("")
+        self.say("  the same from a terminal or a CI job:")
+        self.say(
+            f"    edgefleet publish --server {self.server} --token $EDGEFLEET_TOKEN --model {scene.MODEL} "
+            f"--file model.onnx --metadata model.json --rollout {TEMPLATE}"
+        )
+        self.say(f"    edgefleet rollout status {bad} --server {self.server} --token $EDGEFLEET_TOKEN --wait")
+        self.say(
+            f"    edgefleet rollback site plant-north --reason 'operator check' --server {self.server} "
+            "--token $EDGEFLEET_TOKEN"
+        )
+        return figures
+
+    def wait_for_fleet(self, version: str, timeout: float) -> None:
+        """Until every device runs ``version`` and has sent a few windows: the baseline the gates compare with."""
+        self.say(f"waiting for every device to run {scene.MODEL} {version} before the rollouts ...")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            rows = self.api("GET", "/api/v1/devices/?limit=1000")["results"]
+            running = [r for r in rows if (r.get("reported") or {}).get("model_version") == version]
+            if rows and len(running) == len(rows):
+                break
+            time.sleep(2)
+        else:
+            raise SystemExit(f"the devices did not all run {version} within {timeout:.0f} s")
+        # Four telemetry windows each, rolled up: the stretch before each stage's gates compare with.
+        time.sleep(4 * scene.WINDOW_S)
+
+    def ensure_template(self) -> None:
+        existing = self.api("GET", "/api/v1/rollout-templates/?limit=1000")
+        if any(t.get("name") == TEMPLATE for t in existing.get("results", [])):
+            return
+        self.api(
+            "POST",
+            "/api/v1/rollout-templates/",
+            {
+                "name": TEMPLATE,
+                "description": "The demo's staged plan: one canary, 10 %, everyone; short soaks.",
+                "plan": PLAN,
+                "gate_defaults": GATES,
+            },
+        )
+        self.say(f"created the rollout template {TEMPLATE}: canary -> 10 % -> everyone, each stage soaked and judged")
+
+    def publish(self, version: str, model: bytes, *, same_answers: bool) -> int:
+        """``edgefleet publish ... --rollout demo-staged``, as CI runs it; returns the rollout's id.
+
+        A release with the same answers as the demo's model keeps the reference distribution CI measured
+        for it (the drift gate's baseline); another is published without one, as a CI job that does not
+        measure one would.
+        """
+        folder = self.work / "releases"
+        folder.mkdir(parents=True, exist_ok=True)
+        model_file = folder / f"{scene.MODEL}-{version}.onnx"
+        model_file.write_bytes(model)
+        metadata = json.loads((self.work / f"{scene.MODEL}.json").read_text())
+        metadata["version"] = version
+        if not same_answers:
+            metadata.pop("reference_distribution", None)
+        metadata_file = folder / f"{scene.MODEL}-{version}.json"
+        metadata_file.write_text(json.dumps(metadata, indent=1))
+        references = sorted((self.work / "reference").glob("*.png"))
+        command = [
+            str(self.bin_dir / "edgefleet"),
+            "publish",
+            "--server",
+            self.server,
+            "--token",
+            self.token,
+            "--model",
+            scene.MODEL,
+            "--file",
+            str(model_file),
+            "--metadata",
+            str(metadata_file),
+            "--rollout",
+            TEMPLATE,
+            *[arg for path in references for arg in ("--reference", str(path))],
+        ]
+        self.say("")
+        self.say(f"publishing {scene.MODEL} {version} with a rollout (edgefleet publish --rollout {TEMPLATE}) ...")
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        if result.returncode != 0:
+            raise SystemExit(f"publishing {version} failed (exit {result.returncode}):\n{result.stderr[-2000:]}")
+        rollout = json.loads(result.stdout)["rollout"]
+        self.say(f"  rollout {rollout['id']} of {version} started: {self.server}/api/v1/rollouts/{rollout['id']}/")
+        return int(rollout["id"])
+
+    def follow(self, rollout_id: int, timeout: float) -> dict[str, Any]:
+        """Poll the rollout until it ends, printing each stage's moves and, once judged, its gates."""
+        deadline = time.monotonic() + timeout
+        seen: dict[int, str] = {}
+        judged: set[tuple[int, str]] = set()
+        while True:
+            answer: dict[str, Any] = self.api("GET", f"/api/v1/rollouts/{rollout_id}/")
+            stages = answer.get("stages") or []
+            for stage in stages:
+                index, state = stage["index"], stage["state"]
+                if seen.get(index) != state and state != "pending":
+                    seen[index] = state
+                    devices = f"{stage['devices']} device{'s' if stage['devices'] != 1 else ''}"
+                    self.say(f"  stage {index + 1}/{len(stages)} ({devices}): {state}")
+                latest = stage.get("gate_results") or []
+                stamp = max((g["evaluated_at"] for g in latest), default="")
+                if stamp and (index, stamp) not in judged:
+                    judged.add((index, stamp))
+                    for gate in (g for g in latest if g["evaluated_at"] == stamp):
+                        self.say(f"      {describe(gate)}")
+            if answer["state"] in FINAL:
+                if answer.get("halt_reason"):
+                    self.say(f"  {answer['state']}: {answer['halt_reason']}")
+                return answer
+            if time.monotonic() >= deadline:
+                raise SystemExit(f"rollout {rollout_id} did not end within {timeout:.0f} s")
+            time.sleep(POLL_S)
+
+    def canary_back(self, answer: dict[str, Any], version: str, timeout: float) -> float:
+        """Seconds from the failing verdict to the canary reporting ``version`` again."""
+        failed = next(s for s in answer["stages"] if s["state"] == "failed")
+        canary = next(d["device_id"] for d in answer["devices"] if d["stage_index"] == failed["index"])
+        verdict_at = parse(failed["finished_at"])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            reported = self.api("GET", f"/api/v1/devices/{canary}/").get("reported") or {}
+            if reported.get("model_version") == version and reported.get("phase") in ("active", "rolled_back"):
+                return time.time() - verdict_at.timestamp()
+            time.sleep(0.5)
+        raise SystemExit(f"the canary {canary} did not return to {version} within {timeout:.0f} s")
+
+
+def describe(gate: dict[str, Any]) -> str:
+    value, threshold = gate.get("value"), gate.get("threshold")
+    shown = "too little data yet" if value is None or gate["verdict"] == "pending" else f"{value:.4g}"
+    limit = "" if threshold is None else f" (threshold {threshold:.4g})"
+    return f"{gate['gate']:<28} {shown}{limit}: {gate['verdict']}"
+
+
+def parse(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+def time_to_all_active(answer: dict[str, Any]) -> dict[str, float]:
+    """From the rollout's start (its first tick) to its last stage's devices all active, and to completion."""
+    started = parse(answer["started_at"])
+    last = answer["stages"][-1]
+    figures = {}
+    if last.get("all_active_at"):
+        figures["all_active_s"] = (parse(last["all_active_at"]) - started).total_seconds()
+    if answer.get("finished_at"):
+        figures["completed_s"] = (parse(answer["finished_at"]) - started).total_seconds()
+    return figures
