@@ -65,7 +65,7 @@ class Rollout(models.Model):
         PENDING: (RUNNING, PAUSED, ABORTED),
         RUNNING: (PAUSED, HALTED, REVERTED, COMPLETED, ABORTED),
         PAUSED: (RUNNING, ABORTED),
-        HALTED: (ABORTED,),
+        HALTED: (RUNNING, ABORTED),
         REVERTED: (),
         COMPLETED: (),
         ABORTED: (),

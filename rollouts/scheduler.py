@@ -279,7 +279,11 @@ def _judge(rollout: Rollout, stage: RolloutStage, now: datetime) -> None:
     data = gates.StageData(
         devices=[e.device.device_id for e in entries],
         active=names,
-        comparison=compare_to_baseline(names, since, now=now, candidate=candidate),
+        # The stretch before the stage first sent the version: a stage judged again after a resume still
+        # compares with the time before its devices changed version.
+        comparison=compare_to_baseline(
+            names, since, now=now, candidate=candidate, baseline_until=stage.started_at or since
+        ),
         settings=settings,
         since=since,
         now=now,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -195,14 +196,46 @@ def pause(rollout: Rollout, *, actor: Any, reason: str = "") -> Rollout:
 
 
 def resume(rollout: Rollout, *, actor: Any, reason: str = "") -> Rollout:
+    """Take a paused rollout back to running; or give a halted one's failed stage a second judgement.
+
+    A rollout halted by its gates (policy ``pause``, or a shadow stage) kept
+    its stage's devices where they were. Resuming it judges that stage again
+    from now: a soaked stage soaks afresh (``soak_s``) and its gates are read
+    over the new stretch only; a shadow stage runs its shadow again. A stage
+    that failed before its soak (installs failed, devices silent) is not
+    judged twice: abort it, or roll its sites back.
+    """
+    now = timezone.now()
     with transaction.atomic():
         row = _locked(rollout)
-        if row.state != Rollout.PAUSED:
-            raise ServiceError("invalid_state", f"Only a paused rollout resumes; this one is {row.state}.", 409)
+        if row.state not in (Rollout.PAUSED, Rollout.HALTED):
+            raise ServiceError(
+                "invalid_state", f"Only a paused or halted rollout resumes; this one is {row.state}.", 409
+            )
+        data: dict[str, Any] = {}
+        if row.state == Rollout.HALTED:
+            stage = row.stages.select_for_update().get(index=row.current_stage)
+            data = {"from": "halted", "stage": stage.index}
+            _judge_again(row, stage, now)
         row.advance_state(Rollout.RUNNING)
-        row.save(update_fields=["state", "started_at", "updated_at"])
-        AuditLog.record(actor=actor, action="rollout.resume", target=row, reason=reason)
+        row.halt_reason = ""
+        row.save(update_fields=["state", "started_at", "halt_reason", "updated_at"])
+        AuditLog.record(actor=actor, action="rollout.resume", target=row, reason=reason, **data)
     return row
+
+
+def _judge_again(rollout: Rollout, stage: RolloutStage, now: datetime) -> None:
+    if stage.shadow and stage.shadow_passed_at is None:
+        # Halted in shadow: nothing was installed; the next tick runs the shadow again.
+        stage.state = RolloutStage.PENDING
+    elif stage.all_active_at is not None:
+        stage.state, stage.all_active_at = RolloutStage.SOAKING, now
+        stage.soak_until = now + timedelta(seconds=int(rollout.gates()["soak_s"]))
+    else:
+        message = f"Stage {stage.index} failed before its soak (installs failed or devices silent); abort it instead."
+        raise ServiceError("invalid_state", message, 409)
+    stage.verdict, stage.soak_extensions, stage.finished_at = "", 0, None
+    stage.save(update_fields=["state", "all_active_at", "soak_until", "verdict", "soak_extensions", "finished_at"])
 
 
 def stop_shadows(rollout: Rollout, stage: RolloutStage) -> None:

@@ -97,6 +97,7 @@ def compare_to_baseline(
     *,
     now: datetime | None = None,
     candidate: tuple[str, str] | None = None,
+    baseline_until: datetime | None = None,
 ) -> BaselineComparison:
     """The devices' windows from ``since`` to ``now`` against the stretch before (``baseline_window_start``).
 
@@ -106,10 +107,15 @@ def compare_to_baseline(
     Windows are kept per device, version and minute: the minute a device
     installed in holds both versions, each counted on its own side, so no
     frame of the candidate is ever part of the baseline it is judged against.
+
+    ``baseline_until`` (at or before ``since``) ends the stretch before there
+    instead: a stage judged again long after its devices changed version
+    compares with the time before they did.
     """
     now = now or timezone.now()
-    baseline_start = baseline_window_start(since, now)
-    span = since - baseline_start
+    until = min(baseline_until or since, since)
+    baseline_start = until - (since - baseline_window_start(since, now))
+    span = until - baseline_start
     devices = list(Device.objects.filter(device_id__in=device_ids))
     keys = [d.device_id for d in devices]
     # Minute rows give exact edges for short spans; hour rows keep long ones cheap.
@@ -120,12 +126,12 @@ def compare_to_baseline(
     )
     after_start = floor_to(since, MINUTE if resolution == Resolution.MINUTE else HOUR) if candidate else since
     for row in rows:
-        if candidate is None:
-            (after if row.bucket >= since else before).add_totals(row)
-        elif (row.model_name, row.model_version) == candidate:
+        if candidate is not None and (row.model_name, row.model_version) == candidate:
             if row.bucket >= after_start:
                 after.add_totals(row)
-        elif row.bucket < since:
+        elif candidate is None and row.bucket >= since:
+            after.add_totals(row)
+        elif row.bucket < until:
             before.add_totals(row)
     silent_after = now - timedelta(seconds=settings.DEVICE_OFFLINE_AFTER_S)
     old, new = before.figures(), after.figures()

@@ -11,6 +11,7 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
+from core.errors import ServiceError
 from core.models import AuditLog
 from fleet import services as fleet
 from fleet.models import Device, Site
@@ -97,6 +98,59 @@ def test_the_pause_policy_halts_without_sending_anything_back(versions, fleet_on
     rollout.refresh_from_db()
     assert rollout.state == Rollout.HALTED
     assert len(running_v2(fleet_on_v1)) == 1
+
+
+@pytest.mark.django_db
+def test_a_halted_rollout_resumed_is_judged_again_on_a_fresh_soak_against_the_time_before_its_stage(
+    versions, fleet_on_v1
+):
+    v1, v2 = versions
+    rollout = start_rollout(v2, gates={"on_failure": "pause"})
+    end = drive(rollout, v1, v2, latency_ms=30.0)
+    rollout.refresh_from_db()
+    assert rollout.state == Rollout.HALTED
+
+    # An hour later the operator has fixed what slowed the canary and asks for a second judgement.
+    resumed_at = end + timedelta(hours=1)
+    with mock.patch("rollouts.services.timezone.now", return_value=resumed_at):
+        services.resume(rollout, actor="operator", reason="enclosure fan replaced; judge the canary again")
+    rollout.refresh_from_db()
+    stage = rollout.stages.get(index=0)
+    assert (rollout.state, rollout.halt_reason) == (Rollout.RUNNING, "")
+    assert (stage.state, stage.soak_until, stage.verdict) == (
+        RolloutStage.SOAKING,
+        resumed_at + timedelta(minutes=1),
+        "",
+    )
+    canary = sent_to(rollout.pk, RolloutDevice.ACTIVE)[0].device
+    for minute in range(4):
+        window(canary, resumed_at + timedelta(minutes=minute), v2, seed=40 + minute)
+    alive([canary], resumed_at + timedelta(minutes=4))
+    for minute in (2, 4):
+        scheduler.tick(now=resumed_at + timedelta(minutes=minute))
+
+    rollout.refresh_from_db()
+    assert rollout.stages.get(index=0).state == RolloutStage.PASSED and rollout.current_stage == 1
+    latest = GateResult.objects.filter(stage__rollout=rollout, gate="latency_p95_ms_regression").order_by("pk")
+    # Both judgements are kept: the slow one that halted it, then the fast one, against the same baseline.
+    assert latest.first().verdict == "fail" and latest.last().verdict == "pass"
+    assert latest.first().details["baseline"] == pytest.approx(latest.last().details["baseline"])
+    assert AuditLog.objects.get(action="rollout.resume").data == {"from": "halted", "stage": 0}
+
+
+@pytest.mark.django_db
+def test_only_a_paused_or_a_gate_halted_rollout_resumes(versions, fleet_on_v1):
+    v1, v2 = versions
+    reverted = start_rollout(v2)
+    drive(reverted, v1, v2, latency_ms=30.0)
+    with pytest.raises(ServiceError, match="Only a paused or halted"):
+        services.resume(reverted, actor="operator")
+    failed_installs = start_rollout(v2, gates={"on_failure": "pause"})
+    drive(failed_installs, v1, v2, phase="failed")
+    failed_installs.refresh_from_db()
+    assert failed_installs.state == Rollout.HALTED
+    with pytest.raises(ServiceError, match="failed before its soak"):
+        services.resume(failed_installs, actor="operator")
 
 
 @pytest.mark.django_db
