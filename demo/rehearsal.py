@@ -40,9 +40,12 @@ PLAN = {
         {"kind": "percent", "value": 100},
     ]
 }
-# A demo's minutes, not a production soak. Twelve agents, a broker, a web server and a worker share this
-# machine, so a 1 ms model's per-frame latency varies by multiples: the latency regression gate is wide here.
-GATES = {"soak_s": 30, "max_soak_extensions": 1, "activation_timeout_s": 300, "max_p95_latency_regression": 1.0}
+# A demo's minutes, not a production soak. Twelve agents, a broker, a web server and a worker share two
+# cores, so a 1 ms model's p95 over half a minute swings by multiples from one soak to the next (2.6 times
+# its own baseline in one run of the good release): latency is judged here by each site's budget, an
+# absolute figure, and the relative regression gate is opened to its bound.
+GATES = {"soak_s": 30, "max_soak_extensions": 1, "activation_timeout_s": 300, "max_p95_latency_regression": 10.0}
+SITE_BUDGET_MS = 50
 GOOD, BAD = "1.1.0", "1.2.0"
 FINAL = ("completed", "halted", "reverted", "aborted")
 POLL_S = 1.0
@@ -61,6 +64,7 @@ class Rehearsal:
 
     def run(self, versions_running: str, timeout: float = 1800) -> dict[str, Any]:
         self.wait_for_fleet(versions_running, timeout)
+        self.set_latency_budgets()
         self.ensure_template()
         figures: dict[str, Any] = {}
         good = self.publish(GOOD, faults.good(GOOD), same_answers=True)
@@ -73,10 +77,11 @@ class Rehearsal:
         answer = self.follow(bad, timeout)
         figures["bad"] = {"rollout": bad, "state": answer["state"], "halt_reason": answer.get("halt_reason")}
         if answer["state"] == "reverted":
-            figures["bad"]["canary_back_s"] = self.canary_back(answer, GOOD, timeout)
+            previous, seconds = self.canary_back(answer, timeout)
+            figures["bad"]["canary_back_s"] = seconds
             self.say(
-                f"  -> {BAD}: reverted at the canary; the canary ran {GOOD} again "
-                f"{figures['bad']['canary_back_s']:.1f} s after the failing verdict"
+                f"  -> {BAD}: reverted at the canary; the canary ran {previous} again "
+                f"{seconds:.1f} s after the failing verdict"
             )
         self.say("")
         self.say("  the same from a terminal or a CI job:")
@@ -105,6 +110,13 @@ class Rehearsal:
             raise SystemExit(f"the devices did not all run {version} within {timeout:.0f} s")
         # Four telemetry windows each, rolled up: the stretch before each stage's gates compare with.
         time.sleep(4 * scene.WINDOW_S)
+
+    def set_latency_budgets(self) -> None:
+        """Each site's p95 inference budget, as an operator sets it: the absolute latency gate of every stage."""
+        for site in self.api("GET", "/api/v1/sites/?limit=1000")["results"]:
+            if site.get("latency_budget_ms") is None:
+                self.api("PATCH", f"/api/v1/sites/{site['slug']}/", {"latency_budget_ms": SITE_BUDGET_MS})
+        self.say(f"every site's p95 latency budget: {SITE_BUDGET_MS} ms (a stage may use 80 % of it)")
 
     def ensure_template(self) -> None:
         existing = self.api("GET", "/api/v1/rollout-templates/?limit=1000")
@@ -194,16 +206,17 @@ class Rehearsal:
                 raise SystemExit(f"rollout {rollout_id} did not end within {timeout:.0f} s")
             time.sleep(POLL_S)
 
-    def canary_back(self, answer: dict[str, Any], version: str, timeout: float) -> float:
-        """Seconds from the failing verdict to the canary reporting ``version`` again."""
+    def canary_back(self, answer: dict[str, Any], timeout: float) -> tuple[str, float]:
+        """The version the canary ran before, and seconds from the failing verdict to it reporting it again."""
         failed = next(s for s in answer["stages"] if s["state"] == "failed")
-        canary = next(d["device_id"] for d in answer["devices"] if d["stage_index"] == failed["index"])
+        entry = next(d for d in answer["devices"] if d["stage_index"] == failed["index"])
+        canary, version = entry["device_id"], entry["from_version"]
         verdict_at = parse(failed["finished_at"])
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             reported = self.api("GET", f"/api/v1/devices/{canary}/").get("reported") or {}
             if reported.get("model_version") == version and reported.get("phase") in ("active", "rolled_back"):
-                return time.time() - verdict_at.timestamp()
+                return version, time.time() - verdict_at.timestamp()
             time.sleep(0.5)
         raise SystemExit(f"the canary {canary} did not return to {version} within {timeout:.0f} s")
 

@@ -151,9 +151,13 @@ def site_latency_budget(data: StageData) -> Outcome | None:
 
 
 # Fewest frames on each side before a class-mix PSI is read. Sampling noise alone gives a PSI of about
-# (bins - 1) * (1/n1 + 1/n2): four classes at 100 frames come to about 0.03, an eighth of the threshold.
-# (Confidence has 20 bins and needs telemetry.drift's 1,000.)
-CLASS_MIX_MIN_FRAMES = 100
+# (classes - 1) * (1/n1 + 1/n2): five classes at 200 frames a side come to about 0.04, a sixth of the
+# threshold. (Confidence has 20 bins and needs telemetry.drift's 1,000.)
+CLASS_MIX_MIN_FRAMES = 200
+# Added to every class's count on both sides before the PSI (Jeffreys' half-count): a class seen on 4 of
+# 160 frames before and on none of 120 after is sampling, not a shift; with a floor of 1e-4 for the empty
+# side instead it alone would add 0.14 to the PSI.
+CLASS_MIX_PRIOR = 0.5
 
 
 def drift(data: StageData) -> Outcome | None:
@@ -202,10 +206,14 @@ def class_mix_shift(data: StageData) -> Outcome | None:
         "baseline": dict(before),
         "current": dict(after),
     }
-    value = drift_stats.class_psi(before, after) if min(counts) >= CLASS_MIX_MIN_FRAMES else None
-    if value is None:
+    if min(counts) < CLASS_MIX_MIN_FRAMES:
         details["min_frames"] = CLASS_MIX_MIN_FRAMES
         return Outcome("class_mix_shift", None, threshold, PENDING, details, abstains=True)
+    labels = sorted(set(before) | set(after))
+    value = drift_stats.psi(
+        [before.get(label, 0) + CLASS_MIX_PRIOR for label in labels],
+        [after.get(label, 0) + CLASS_MIX_PRIOR for label in labels],
+    )
     band = float(data.settings["marginal_band"])
     return Outcome("class_mix_shift", value, threshold, judge(value, threshold, band), details)
 

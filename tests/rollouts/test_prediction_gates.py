@@ -98,9 +98,17 @@ def stage(comparison: BaselineComparison) -> gates.StageData:
 
 
 def test_too_few_frames_for_a_class_mix_abstain_instead_of_judging_noise() -> None:
-    outcome = gates.class_mix_shift(stage(comparison({"ok": 900, "scratch": 100}, {"scratch": 80})))
+    outcome = gates.class_mix_shift(stage(comparison({"ok": 900, "scratch": 100}, {"scratch": 150})))
     assert outcome is not None and (outcome.verdict, outcome.value, outcome.abstains) == ("pending", None, True)
     # An abstaining gate leaves the final verdict to the others.
     assert gates.verdict([outcome], final=True) == gates.PASS
     assert gates.verdict([outcome], final=False) == gates.MARGINAL
     assert gates.class_mix_shift(stage(comparison({}, {}))) is None
+
+
+def test_a_rare_class_missing_from_a_short_stretch_is_not_read_as_a_shift() -> None:
+    """Four of 260 frames were 'dark' before, none of 220 after: sampling, as the rest of the mix shows."""
+    before = {"ok": 64, "crack": 64, "missing_hole": 64, "scratch": 64, "dark": 4}
+    after = {"ok": 55, "crack": 55, "missing_hole": 55, "scratch": 55}
+    outcome = gates.class_mix_shift(stage(comparison(before, after)))
+    assert outcome is not None and outcome.verdict == "pass" and outcome.value < 0.05
