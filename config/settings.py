@@ -43,6 +43,7 @@ INSTALLED_APPS = [
     "fleet",
     "telemetry",
     "rollouts",
+    "escalations",
     "bridge",
     "demo",
     "dashboard",
