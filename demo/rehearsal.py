@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -216,9 +217,25 @@ class Rehearsal:
         while time.monotonic() < deadline:
             reported = self.api("GET", f"/api/v1/devices/{canary}/").get("reported") or {}
             if reported.get("model_version") == version and reported.get("phase") in ("active", "rolled_back"):
-                return version, time.time() - verdict_at.timestamp()
+                return version, self.swapped_back(canary, verdict_at) - verdict_at.timestamp()
             time.sleep(0.5)
         raise SystemExit(f"the canary {canary} did not return to {version} within {timeout:.0f} s")
+
+    def swapped_back(self, device_id: str, after: datetime) -> float:
+        """When the device says it swapped models after ``after`` (its ``model_swap`` event), as a timestamp.
+
+        The event is stamped on the device as it swaps; it reaches the control plane with the next
+        telemetry flush, so it is waited for. Without it, now: when the swap was seen over the API.
+        """
+        since = urllib.parse.quote(after.isoformat())
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            events = self.api("GET", f"/api/v1/devices/{device_id}/events/?kind=model_swap&since={since}")
+            stamps = [parse(event["at"]) for event in events.get("results", [])]
+            if stamps:
+                return min(stamps).timestamp()
+            time.sleep(1)
+        return time.time()
 
 
 def describe(gate: dict[str, Any]) -> str:

@@ -161,27 +161,38 @@ CLASS_MIX_PRIOR = 0.5
 
 
 def drift(data: StageData) -> Outcome | None:
-    """The candidate's confidence and class mix on the stage against its reference distribution from CI.
+    """How much further the candidate drifts from its reference distribution than its devices did before it.
 
-    The worse of the two PSIs (``telemetry.drift``). Not recorded for a version
-    published without a reference distribution: its field baseline would be made
-    of this very stage. Too few frames to read a PSI abstains.
+    The drift of the stage's windows on the candidate from the reference
+    distribution CI published with it (PSI, the worse of confidence and class
+    mix, ``telemetry.drift``), less the drift of the same devices' windows
+    before the stage from that same reference: a camera whose lamp failed
+    drifts under every version, which is its site's problem, not this
+    release's. Not recorded for a version published without a reference
+    distribution (its field baseline would be made of this very stage). Too
+    few frames on either stretch abstains.
     """
     name, version = data.model
     reference = drift_stats.reference_baseline(name, version) if data.active else None
     if reference is None:
         return None
-    current = data.comparison.current_summary
-    frames, threshold = sum(current.confidence), float(data.settings["max_drift_psi"])
-    details: dict[str, Any] = {"frames": frames, "reference_frames": reference.frames}
-    if min(frames, reference.frames) < drift_stats.MIN_FRAMES:
+    current, before = data.comparison.current_summary, data.comparison.baseline_summary
+    frames, frames_before = sum(current.confidence), sum(before.confidence)
+    threshold = float(data.settings["max_drift_psi"])
+    details: dict[str, Any] = {"frames": frames, "frames_baseline": frames_before, "reference_frames": reference.frames}
+    if min(frames, frames_before, reference.frames) < drift_stats.MIN_FRAMES:
         details["min_frames"] = drift_stats.MIN_FRAMES
         return Outcome("drift", None, threshold, PENDING, details, abstains=True)
-    confidence = drift_stats.psi(reference.confidence, current.confidence)
-    classes = drift_stats.class_psi(reference.classes, current.classes)
-    value = max(confidence, classes if classes is not None else 0.0)
-    details.update(confidence_psi=confidence, class_psi=classes)
+    now, earlier = _worst_psi(reference, current), _worst_psi(reference, before)
+    value = max(0.0, now - earlier)
+    details.update(psi=now, psi_before=earlier)
     return Outcome("drift", value, threshold, judge(value, threshold, float(data.settings["marginal_band"])), details)
+
+
+def _worst_psi(reference: Any, summary: Summary) -> float:
+    """The worse of the confidence and class-mix PSIs of ``summary`` against a reference distribution."""
+    classes = drift_stats.class_psi(reference.classes, summary.classes)
+    return max(drift_stats.psi(reference.confidence, summary.confidence), classes if classes is not None else 0.0)
 
 
 def class_mix_shift(data: StageData) -> Outcome | None:

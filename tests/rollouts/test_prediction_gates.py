@@ -8,9 +8,10 @@ the other keeps its mean confidence and changes the shape of its distribution.
 from __future__ import annotations
 
 import random
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
+from django.utils import timezone as django_timezone
 
 from agent.kernel import histogram
 from registry.models import ModelVersion
@@ -18,7 +19,7 @@ from rollouts import gates
 from rollouts.models import GateResult, Rollout, RolloutDevice
 from telemetry.baseline import BaselineComparison
 from telemetry.metrics import Summary
-from tests.rollouts.conftest import sent_to
+from tests.rollouts.conftest import sent_to, window
 from tests.rollouts.helpers import drive, start_rollout
 
 pytestmark = pytest.mark.django_db
@@ -56,6 +57,11 @@ def test_a_canary_unlike_its_reference_distribution_is_halted_by_drift_though_it
         "classes": {"ok": 4500, "scratch": 500},
     }
     ModelVersion.objects.filter(pk=v2.pk).update(reference_distribution=reference)
+    # Ten minutes of the fleet on 1.0.0 before the release: the stretch the drift before it is read from.
+    start = django_timezone.now().replace(second=0, microsecond=0) - timedelta(minutes=40)
+    for device in fleet_on_v1:
+        for minute in range(10):
+            window(device, start + timedelta(minutes=minute), v1, seed=minute)
     rollout = start_rollout(v2)
 
     drive(rollout, v1, v2, confidence=(0.6, 0.2))
@@ -64,7 +70,7 @@ def test_a_canary_unlike_its_reference_distribution_is_halted_by_drift_though_it
     assert rollout.state == Rollout.REVERTED
     judged = results(rollout)
     assert judged["drift"].verdict == "fail" and judged["drift"].value > 0.25
-    assert judged["drift"].details["confidence_psi"] == judged["drift"].value
+    assert judged["drift"].details["psi_before"] < 0.05
     assert judged["mean_confidence_drop"].verdict == "pass"
 
 
@@ -104,6 +110,29 @@ def test_too_few_frames_for_a_class_mix_abstain_instead_of_judging_noise() -> No
     assert gates.verdict([outcome], final=True) == gates.PASS
     assert gates.verdict([outcome], final=False) == gates.MARGINAL
     assert gates.class_mix_shift(stage(comparison({}, {}))) is None
+
+
+def test_drift_the_devices_showed_before_the_release_is_not_blamed_on_it(versions) -> None:
+    """A site whose lamp failed drifts from the reference under the old version and the new one alike."""
+    _, v2 = versions
+    rng = random.Random(5)
+
+    def frames(a: float, b: float) -> Summary:
+        summary = Summary()
+        for i, count in enumerate(histogram.confidence_histogram([rng.betavariate(a, b) for _ in range(20_000)])):
+            summary.confidence[i] += count
+        summary.classes.update({"ok": 18_000, "scratch": 2_000})
+        return summary
+
+    reference = {"confidence": histogram.confidence_histogram([rng.betavariate(6, 2) for _ in range(5000)])}
+    ModelVersion.objects.filter(pk=v2.pk).update(
+        reference_distribution={**reference, "classes": {"ok": 9, "scratch": 1}}
+    )
+    at = datetime(2026, 12, 1, tzinfo=timezone.utc)
+    dark = BaselineComparison(at, at, 1, 0, 0, {}, baseline_summary=frames(2, 2), current_summary=frames(2, 2))
+    outcome = gates.drift(stage(dark))
+    assert outcome is not None and outcome.details["psi"] > 0.25 and outcome.details["psi_before"] > 0.25
+    assert outcome.verdict == "pass" and outcome.value < 0.1, outcome.details
 
 
 def test_a_rare_class_missing_from_a_short_stretch_is_not_read_as_a_shift() -> None:
