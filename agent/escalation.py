@@ -33,12 +33,16 @@ import numpy as np
 
 from agent.capture import Frame
 from agent.config import EscalationSettings
+from agent.kernel import protocol
 from agent.kernel.decode import Result
 
 log = logging.getLogger(__name__)
 
 ENDPOINT = "/api/v1/escalations/"
 SUFFIX = ".esc"
+# The cloud's answers, one JSON line each beside the queue; past this size the file moves to ``.1``.
+ANSWERS = "answers.jsonl"
+ANSWERS_MAX_BYTES = 1024 * 1024
 # Answers that will not change on a retry: the frame is dropped (and counted)
 # rather than blocking the queue forever. 408 and 429 mean "later".
 PERMANENT_STATUSES = frozenset(range(400, 500)) - {408, 429}
@@ -91,6 +95,10 @@ class EscalationCounters:
     rejected: int = 0
     """Frames the server refused for good (4xx)."""
     bytes_sent: int = 0
+    answered: int = 0
+    """Cloud answers received (``escalation_result`` commands)."""
+    agreed: int = 0
+    """Of those, the ones whose label is the device's own."""
 
 
 class DiskQueue:
@@ -198,6 +206,7 @@ class EscalationClient:
         self._override = settings.threshold
         self._handoff: deque[tuple[Frame, Result, float]] = deque()
         self._cond = threading.Condition()
+        self._answers_lock = threading.Lock()
         self._stopped = False
         self._threads: list[threading.Thread] = []
 
@@ -230,6 +239,36 @@ class EscalationClient:
             self._handoff.append((frame, result, self.threshold(model_default)))
             self._cond.notify_all()
         return True
+
+    # -- the cloud's answers --------------------------------------------------
+
+    def record_answer(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Keep the cloud's answer to an escalated frame beside the device's own decision; returns its summary.
+
+        One JSON line in ``answers.jsonl`` next to the queue (moved to
+        ``answers.jsonl.1`` past ``ANSWERS_MAX_BYTES``, so two files at most).
+        A malformed answer raises ValueError and records nothing.
+        """
+        answer = protocol.EscalationAnswer.model_validate(args)
+        agrees = answer.edge_label is not None and answer.edge_label == answer.label
+        line = answer.model_dump_json() + "\n"
+        path = self.queue.directory / ANSWERS
+        with self._answers_lock:
+            if path.exists() and path.stat().st_size + len(line) > ANSWERS_MAX_BYTES:
+                os.replace(path, path.with_name(ANSWERS + ".1"))
+            with path.open("a", encoding="utf-8") as journal:
+                journal.write(line)
+        with self._cond:
+            self.counters.answered += 1
+            self.counters.agreed += int(agrees)
+        return {
+            "frame": answer.frame,
+            "escalation": answer.escalation,
+            "edge_label": answer.edge_label,
+            "cloud_label": answer.label,
+            "cloud_confidence": answer.confidence,
+            "agrees": agrees,
+        }
 
     # -- threads -------------------------------------------------------------
 

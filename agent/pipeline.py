@@ -251,6 +251,10 @@ class _Runtime(Protocol):
 
     model_version: str | None
 
+    def register_command(self, name: str, handler: Callable[[protocol.Command], dict[str, Any]]) -> None: ...
+
+    def event(self, kind: str, **data: Any) -> None: ...
+
 
 class PipelineComponent:
     """Plugs a pipeline into ``agent.runtime.Runtime``: ``Runtime(config, components=[this])``.
@@ -274,6 +278,15 @@ class PipelineComponent:
     def start(self, runtime: _Runtime) -> None:
         runtime.model_version = self.pipeline.holder.session.version  # for heartbeats and ``reported``
         runtime.desired_state.subscribe(self.apply_desired)
+        escalation = self.pipeline.escalation
+        if escalation is not None:
+
+            def answered(command: protocol.Command) -> dict[str, Any]:
+                data = escalation.record_answer(command.args)
+                runtime.event("escalation_answered", command_id=command.id, **data)
+                return data
+
+            runtime.register_command("escalation_result", answered)
         self.pipeline.start()
         self._thread = threading.Thread(target=self._tick, args=(runtime.outbox,), name="windows", daemon=True)
         self._thread.start()

@@ -370,6 +370,23 @@ class Command(_Message):
     args: dict[str, Any] = Field(default_factory=dict)
 
 
+class EscalationAnswer(BaseModel):
+    """The cloud's answer to one escalated frame: the ``args`` of an ``escalation_result`` command."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    frame: ShortText
+    """The frame id the device sent with it."""
+    escalation: BigCount
+    """The control plane's id of the escalation."""
+    label: ShortText
+    confidence: UnitNumber
+    model_name: ShortText
+    model_version: VersionText
+    edge_label: ShortText | None = None
+    answered_at: AwareDatetime
+
+
 class Ack(_Message):
     """The highest contiguous telemetry sequence the control plane has stored."""
 

@@ -314,3 +314,64 @@ def test_uploads_go_over_https_verified_against_the_device_trust_store(tmp_path:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def answer(frame: str = "f1", label: str = "crack", edge: str | None = "scratch", **extra: Any) -> dict[str, Any]:
+    return {
+        "frame": frame,
+        "escalation": 41,
+        "label": label,
+        "confidence": 0.97,
+        "model_name": "parts-cloud",
+        "model_version": "3.1.0",
+        "edge_label": edge,
+        "answered_at": "2026-12-05T07:00:00+00:00",
+        **extra,
+    }
+
+
+def test_the_clouds_answer_is_kept_beside_the_devices_decision_and_counted(tmp_path: Path) -> None:
+    escalation = client(tmp_path, "http://127.0.0.1:9")
+    assert escalation.record_answer(answer()) == {
+        "frame": "f1",
+        "escalation": 41,
+        "edge_label": "scratch",
+        "cloud_label": "crack",
+        "cloud_confidence": 0.97,
+        "agrees": False,
+    }
+    assert escalation.record_answer(answer("f2", label="ok", edge="ok"))["agrees"] is True
+    lines = (tmp_path / "escalations" / "answers.jsonl").read_text().splitlines()
+    assert [json.loads(line)["frame"] for line in lines] == ["f1", "f2"]
+    assert (escalation.counters.answered, escalation.counters.agreed) == (2, 1)
+    # The journal is not a queued frame: the upload queue still holds nothing.
+    assert len(escalation.queue) == 0
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"confidence": float("nan")},
+        {"confidence": 1.5},
+        {"answered_at": "2026-12-05T07:00:00"},  # no time zone
+        {"frame": "x" * 201},
+        {"escalation": 2**64},
+        {"label": None},
+    ],
+)
+def test_a_malformed_answer_is_refused_and_records_nothing(tmp_path: Path, bad: dict[str, Any]) -> None:
+    escalation = client(tmp_path, "http://127.0.0.1:9")
+    with pytest.raises(ValueError):
+        escalation.record_answer(answer(**bad))
+    assert not (tmp_path / "escalations" / "answers.jsonl").exists() and escalation.counters.answered == 0
+
+
+def test_the_answer_journal_is_bounded_to_two_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("agent.escalation.ANSWERS_MAX_BYTES", 1000)
+    escalation = client(tmp_path, "http://127.0.0.1:9")
+    for i in range(40):
+        escalation.record_answer(answer(f"f{i}"))
+    folder = tmp_path / "escalations"
+    assert sorted(p.name for p in folder.glob("answers.jsonl*")) == ["answers.jsonl", "answers.jsonl.1"]
+    assert all(p.stat().st_size <= 1000 for p in folder.glob("answers.jsonl*"))
+    assert json.loads((folder / "answers.jsonl").read_text().splitlines()[-1])["frame"] == "f39"

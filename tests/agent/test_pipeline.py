@@ -241,3 +241,60 @@ def test_without_a_capture_source_there_is_no_pipeline_to_build(
     config = agent_config_factory()
     with pytest.raises(CaptureError, match=r"no \[capture\] source"):
         PipelineComponent.build(config, SessionHolder(colour_model))
+
+
+def test_the_component_takes_the_clouds_answers_when_it_escalates(tmp_path: Path, colour_model: ModelSession) -> None:
+    from agent.config import EscalationSettings
+    from agent.escalation import EscalationClient
+    from agent.outbox import Outbox
+
+    class Runtime:
+        def __init__(self) -> None:
+            self.outbox = Outbox(tmp_path / "outbox.db")
+            self.desired_state = mock.create_autospec(DesiredState, instance=True)
+            self.model_version: str | None = None
+            self.commands: dict[str, Any] = {}
+            self.events: list[tuple[str, dict[str, Any]]] = []
+
+        def register_command(self, name: str, handler: Any) -> None:
+            self.commands[name] = handler
+
+        def event(self, kind: str, **data: Any) -> None:
+            self.events.append((kind, data))
+
+    runtime = Runtime()
+    escalation = EscalationClient(
+        EscalationSettings(), server_url="http://127.0.0.1:9", device_id="dev-1", secret="s", queue_dir=tmp_path / "q"
+    )
+    pipeline = Pipeline(ListSource([solid(GREEN)]), SessionHolder(colour_model), lossless=True, escalation=escalation)
+    component = PipelineComponent(pipeline, interval_s=3600)
+    component.start(runtime)
+    try:
+        args = {
+            "frame": "f1",
+            "escalation": 7,
+            "label": "green",
+            "confidence": 0.99,
+            "model_name": "colours-cloud",
+            "model_version": "2.0.0",
+            "edge_label": "green",
+            "answered_at": "2026-12-05T07:00:00+00:00",
+        }
+        runtime.commands["escalation_result"](protocol.Command(id="c-1", name="escalation_result", args=args))
+    finally:
+        component.stop()
+        runtime.outbox.close()
+    assert runtime.events == [
+        (
+            "escalation_answered",
+            {
+                "command_id": "c-1",
+                "frame": "f1",
+                "escalation": 7,
+                "edge_label": "green",
+                "cloud_label": "green",
+                "cloud_confidence": 0.99,
+                "agrees": True,
+            },
+        )
+    ]
