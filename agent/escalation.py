@@ -321,7 +321,7 @@ class EscalationClient:
             "model_name": result.model_name,
             "model_version": result.model_version,
             "threshold": threshold,
-            "frame": frame.name,
+            "frame": frame_id(frame),
             "result": result.to_json(),
         }
         dropped = self.queue.put(metadata, encoded.tobytes())
@@ -400,6 +400,16 @@ class EscalationClient:
             return exc.code, exc.reason if isinstance(exc.reason, str) else ""
         except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
             return None, str(exc)[:200]
+
+
+def frame_id(frame: Frame) -> str:
+    """The id an escalated frame goes by: its source's name and capture time (ms), unique per capture.
+
+    A looping folder or a camera that names its frames by number repeats names;
+    the control plane keeps one escalation per (device, id), so the capture time
+    makes each capture its own.
+    """
+    return f"{frame.name[:160]}@{int(frame.ts * 1000)}"
 
 
 def _multipart(metadata: dict[str, Any], jpeg: bytes) -> tuple[bytes, str]:

@@ -100,7 +100,8 @@ def test_uploads_are_retried_while_the_server_fails_and_complete_when_it_recover
     escalation.stop()
 
     uploaded = [json.loads(parts_of(r.body, r.headers["Content-Type"])["metadata"]) for r in http_server.requests]
-    assert [m["frame"] for m in uploaded if m][-3:] == ["f0", "f1", "f2"]  # oldest first
+    # Oldest first, each by its name and capture time (ms): unique per capture.
+    assert [m["frame"] for m in uploaded if m][-3:] == [f"f{i}@{(1_700_000_000 + i) * 1000}" for i in range(3)]
 
 
 def test_an_unreachable_server_is_retried_and_the_frames_stay_queued(tmp_path: Path) -> None:
