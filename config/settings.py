@@ -224,6 +224,7 @@ CELERY_BEAT_SCHEDULE = {
     "telemetry-alerts": {"task": "telemetry.tasks.evaluate_alerts", "schedule": 60.0},
     "telemetry-retention": {"task": "telemetry.tasks.apply_retention", "schedule": 3600.0},
     "rollouts-tick": {"task": "rollouts.tasks.tick", "schedule": float(ROLLOUT_TICK_INTERVAL_S)},
+    "escalations-retention": {"task": "escalations.tasks.apply_retention", "schedule": 3600.0},
 }
 
 # Rollouts (docs/rollouts.md): hardware profiles sent the cpu-int8 bundle of a
@@ -232,6 +233,13 @@ CELERY_BEAT_SCHEDULE = {
 # a larger stage goes out over the following ticks, so no tick holds a rollout's lock for long.
 ROLLOUT_SEND_CHUNK = env.integer("ROLLOUT_SEND_CHUNK", 1000, minimum=1, maximum=100_000)
 ROLLOUT_INT8_HARDWARE_PROFILES = env.string_list("ROLLOUT_INT8_HARDWARE_PROFILES", ["rpi4", "rpi5"])
+
+# Escalations (docs/escalation.md): the most one upload may be (multipart body, frame and metadata together),
+# the largest frame side in pixels (checked from the header before decoding), and how many expired frames
+# one retention transaction removes.
+ESCALATION_MAX_BYTES = env.integer("ESCALATION_MAX_BYTES", 2 * 1024 * 1024, minimum=64 * 1024, maximum=64 * 1024 * 1024)
+ESCALATION_MAX_IMAGE_SIDE = env.integer("ESCALATION_MAX_IMAGE_SIDE", 4096, minimum=64, maximum=16384)
+ESCALATION_RETENTION_CHUNK = env.integer("ESCALATION_RETENTION_CHUNK", 500, minimum=1, maximum=100_000)
 
 # Telemetry (docs/telemetry.md): raw records are kept briefly, rollups longer.
 TELEMETRY_RAW_RETENTION_DAYS = env.integer("TELEMETRY_RAW_RETENTION_DAYS", 7, minimum=1, maximum=3650)

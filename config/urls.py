@@ -28,6 +28,7 @@ urlpatterns = [
     path("api/v1/", include("registry.api.urls")),
     path("api/v1/", include("telemetry.api.urls")),
     path("api/v1/", include("rollouts.api.urls")),
+    path("api/v1/", include("escalations.api.urls")),
     path("api/v1/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/v1/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("healthz", core_views.healthz, name="healthz"),

@@ -31,6 +31,14 @@ def zone_names() -> frozenset[str]:
     return frozenset(available_timezones()) - {"localtime", "posixrules", "Factory"}
 
 
+class EscalationPrivacy(models.TextChoices):
+    """What a site lets the cloud keep of an escalated frame (docs/escalation.md, "Privacy")."""
+
+    FULL = "full", "the whole frame"
+    CROP = "crop", "only a crop of the frame, with the box it was cut from"
+    METADATA = "metadata", "no pixels: the edge result and its metadata only"
+
+
 class Site(models.Model):
     slug = models.CharField(max_length=63, unique=True, validators=[slug_validator])
     name = models.CharField(max_length=200)
@@ -47,11 +55,30 @@ class Site(models.Model):
     # Local wall-clock times; both empty: always open. An end before the start crosses midnight.
     maintenance_window_start = models.TimeField(null=True, blank=True)
     maintenance_window_end = models.TimeField(null=True, blank=True)
+    escalation_privacy = models.CharField(
+        max_length=16,
+        choices=EscalationPrivacy.choices,
+        default=EscalationPrivacy.FULL,
+        help_text="What the control plane stores of this site's escalated frames: full, crop or metadata (no pixels).",
+    )
+    escalation_retention_days = models.PositiveIntegerField(
+        default=30,
+        validators=[MinValueValidator(1), MaxValueValidator(3650)],
+        help_text="Days an escalated frame's pixels are kept; the record itself stays.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["slug"]
         constraints = [
+            models.CheckConstraint(
+                condition=models.Q(escalation_privacy__in=EscalationPrivacy.values),
+                name="site_escalation_privacy_known",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(escalation_retention_days__gte=1, escalation_retention_days__lte=3650),
+                name="site_escalation_retention_bounded",
+            ),
             models.CheckConstraint(
                 condition=(
                     models.Q(maintenance_window_start__isnull=True, maintenance_window_end__isnull=True)
@@ -61,7 +88,7 @@ class Site(models.Model):
                     )
                 ),
                 name="site_maintenance_window_whole",
-            )
+            ),
         ]
 
     def __str__(self) -> str:

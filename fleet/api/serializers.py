@@ -74,6 +74,8 @@ class SiteSerializer(StrictInput, serializers.ModelSerializer):
             "latency_budget_ms",
             "timezone",
             "maintenance_window",
+            "escalation_privacy",
+            "escalation_retention_days",
             "created_at",
             "device_count",
             "online_count",

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from escalations.models import Escalation, EscalationState
+from fleet.models import Device, EscalationPrivacy, Site
+
+
+# Inline enums: a named component would take the name "state" from the rollouts' states (and rename
+# theirs) and give the sites' privacy choices a second name.
+@extend_schema_field({"type": "string", "enum": EscalationState.values})
+class StateField(serializers.CharField):
+    pass
+
+
+@extend_schema_field({"type": "string", "enum": EscalationPrivacy.values})
+class PrivacyField(serializers.CharField):
+    pass
+
+
+class EscalationSerializer(serializers.ModelSerializer):
+    """An escalated frame as operators (and the uploading device) see it; the pixels are at ``image/``."""
+
+    device: serializers.SlugRelatedField[Device] = serializers.SlugRelatedField(slug_field="device_id", read_only=True)
+    site: serializers.SlugRelatedField[Site] = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    has_image = serializers.BooleanField(read_only=True, help_text="Whether image/ serves the stored frame.")
+    crop = serializers.ListField(
+        child=serializers.IntegerField(), read_only=True, allow_null=True, help_text="[x, y, w, h] in the frame."
+    )
+    result = serializers.JSONField(read_only=True, help_text="The edge result as the device sent it.")
+    state = StateField(
+        read_only=True,
+        help_text="awaiting_cloud, then answered (the cloud agrees) or review (they disagree), then reviewed.",
+    )
+    privacy = PrivacyField(read_only=True, help_text="The site's privacy mode when the frame was received.")
+
+    class Meta:
+        model = Escalation
+        fields = [
+            "id",
+            "device",
+            "site",
+            "frame_id",
+            "captured_at",
+            "received_at",
+            "model_name",
+            "model_version",
+            "threshold",
+            "label",
+            "confidence",
+            "result",
+            "privacy",
+            "crop",
+            "state",
+            "has_image",
+            "content_type",
+            "image_sha256",
+            "image_bytes",
+            "image_width",
+            "image_height",
+            "image_deleted_at",
+            "cloud_label",
+            "cloud_confidence",
+            "cloud_model_version",
+            "answered_at",
+        ]
+        read_only_fields = fields
+
+
+class EscalationUploadSerializer(serializers.Serializer):
+    """The multipart body a device posts; only the schema reads this, ``escalations.metadata`` reads the body."""
+
+    metadata = serializers.CharField(
+        help_text="JSON: device_id, ts (ISO 8601 with offset), model_name, model_version, threshold, frame, "
+        "result (the edge result, with label and confidence), and crop [x, y, w, h] on crop sites "
+        "(docs/escalation.md)."
+    )
+    frame = serializers.FileField(required=False, help_text="The JPEG or PNG frame; left out on metadata-only sites.")
