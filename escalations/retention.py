@@ -13,16 +13,21 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from core.models import AuditLog
+from escalations import services
 from escalations.models import Escalation
 from fleet.models import Site
 
 log = logging.getLogger(__name__)
+
+# An upload writes its temporary file and renames it within a second or so; one this old was abandoned.
+TEMPORARY_MAX_AGE = timedelta(hours=1)
 
 
 def apply_retention(now: datetime | None = None, chunk: int | None = None) -> dict[str, int]:
@@ -39,6 +44,7 @@ def apply_retention(now: datetime | None = None, chunk: int | None = None) -> di
             deleted[site.slug] += removed
             if removed < chunk:
                 break
+    _sweep_temporary(now)
     counts = {slug: n for slug, n in sorted(deleted.items()) if n}
     if counts:
         _audit(counts, now)
@@ -58,6 +64,28 @@ def _remove_chunk(site: Site, cutoff: datetime, now: datetime, chunk: int) -> in
             row.image_file().unlink(missing_ok=True)
         Escalation.objects.filter(pk__in=[row.pk for row in rows]).update(image_deleted_at=now)
     return len(rows)
+
+
+def _sweep_temporary(now: datetime) -> None:
+    """Remove temporary files an upload left when its process died before it could (services.receive).
+
+    A temporary file lives in the folder of the month it was written, so this month's and last month's
+    folders of every site hold every one an hourly run can find.
+    """
+    root = Path(settings.MEDIA_ROOT) / services.UPLOAD_DIR
+    if not root.is_dir():
+        return
+    stale = (now - TEMPORARY_MAX_AGE).timestamp()
+    months = {f"{now:%Y}/{now:%m}", f"{now.replace(day=1) - timedelta(days=1):%Y/%m}"}
+    for site_dir in root.iterdir():
+        for month in months:
+            for path in (site_dir / month).glob(".*.tmp"):
+                try:
+                    if path.stat().st_mtime < stale:
+                        path.unlink(missing_ok=True)
+                        log.warning("stale escalation upload removed", extra={"path": str(path)})
+                except FileNotFoundError:
+                    continue  # its upload finished or failed meanwhile
 
 
 def _audit(counts: dict[str, int], now: datetime) -> None:

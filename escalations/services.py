@@ -9,9 +9,10 @@ stores it once per (device, frame). The file and the row go together:
 * inside the transaction the row is inserted and the file renamed into place;
 * if anything in between fails (the insert, the rename, the commit) both the
   temporary and the final file are removed, so a failure leaves neither a row
-  without its file nor a file without its row. Only a crash of the process
-  between the rename and the commit can leave a file behind: no row points at
-  it, and it is never served.
+  without its file nor a file without its row. A process killed before the
+  rename leaves a temporary file, which the hourly retention run removes once
+  it is an hour old; only a kill between the rename and the commit leaves a
+  final file behind, which no row points at and nothing serves.
 
 Two uploads of one frame racing each other meet at the unique constraint on
 (device, frame_id): the loser removes its file and answers the winner's row.

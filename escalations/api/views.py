@@ -67,6 +67,14 @@ class EscalationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
     )
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         """Upload one escalated frame (device credentials); idempotent per device and frame id."""
+        try:
+            return self._receive(request)
+        except ServiceError as exc:
+            device = getattr(request.auth, "device_id", None)
+            log.info("escalation refused", extra={"device": device, "code": exc.code, "detail": exc.detail[:200]})
+            raise
+
+    def _receive(self, request: Request) -> Response:
         # From the declared length, before Django reads (and spools to disk) the body.
         try:
             length = int(request.META.get("CONTENT_LENGTH") or 0)

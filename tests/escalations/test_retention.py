@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 import pytest
@@ -126,3 +127,16 @@ def test_the_beat_runs_the_task_hourly_and_the_task_applies_retention(frames):
     assert tasks.apply_retention.name == entry["task"]
 
     assert tasks.apply_retention.delay().get() == {"plant-a": 1, "plant-b": 1}
+
+
+def test_a_temporary_file_an_upload_abandoned_is_swept_after_an_hour(frames, media, site):
+    folder = (media / frames["a-fresh"].image_path).parent
+    abandoned, writing = folder / ".abandoned.jpg.tmp", folder / ".writing.jpg.tmp"
+    for path in (abandoned, writing):
+        path.write_bytes(b"partial")
+    hour_ago = (timezone.now() - timedelta(hours=2)).timestamp()
+    os.utime(abandoned, (hour_ago, hour_ago))
+
+    retention.apply_retention()
+
+    assert not abandoned.exists() and writing.exists()
