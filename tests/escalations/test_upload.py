@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import threading
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connection
 from PIL import Image
 
 from agent.escalation import _multipart
@@ -440,3 +442,36 @@ def test_services_receive_answers_the_stored_row_for_a_known_frame(upload, enrol
     )
 
     assert not again.created and again.escalation == Escalation.objects.get()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_uploads_of_one_frame_at_the_same_moment_store_it_once(enroll_device, site, media):
+    enrolled = enroll_device(site)
+    metadata = parse(json.dumps(metadata_for(enrolled.device.device_id)))
+    real_stored = services._stored
+    both_checked = threading.Barrier(2, timeout=10)
+
+    def stored_then_wait(*args: Any) -> Any:
+        found = real_stored(*args)
+        both_checked.wait()  # neither has inserted yet: both go on to write
+        return found
+
+    results: list[services.Received] = []
+
+    def post() -> None:
+        try:
+            results.append(services.receive(enrolled.device, metadata, check(image_bytes(), max_side=64)))
+        finally:
+            connection.close()
+
+    with mock.patch("escalations.services._stored", autospec=True, side_effect=stored_then_wait):
+        threads = [threading.Thread(target=post) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(20)
+
+    assert sorted(r.created for r in results) == [False, True]
+    assert results[0].escalation.pk == results[1].escalation.pk
+    assert Escalation.objects.count() == 1
+    assert stored_files(media) == [media / Escalation.objects.get().image_path]
