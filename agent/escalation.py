@@ -43,6 +43,8 @@ SUFFIX = ".esc"
 # The cloud's answers, one JSON line each beside the queue; past this size the file moves to ``.1``.
 ANSWERS = "answers.jsonl"
 ANSWERS_MAX_BYTES = 1024 * 1024
+# The newest answers' escalation ids, to keep a redelivered answer once.
+ANSWERS_REMEMBERED = 1000
 # Answers that will not change on a retry: the frame is dropped (and counted)
 # rather than blocking the queue forever. 408 and 429 mean "later".
 PERMANENT_STATUSES = frozenset(range(400, 500)) - {408, 429}
@@ -207,6 +209,7 @@ class EscalationClient:
         self._handoff: deque[tuple[Frame, Result, float]] = deque()
         self._cond = threading.Condition()
         self._answers_lock = threading.Lock()
+        self._answered: deque[int] = deque(maxlen=ANSWERS_REMEMBERED)
         self._stopped = False
         self._threads: list[threading.Thread] = []
 
@@ -251,6 +254,11 @@ class EscalationClient:
         """
         answer = protocol.EscalationAnswer.model_validate(args)
         agrees = answer.edge_label is not None and answer.edge_label == answer.label
+        with self._answers_lock:
+            # QoS 1 may deliver a command twice: an answer already kept is not kept again.
+            if answer.escalation in self._answered:
+                return {"frame": answer.frame, "escalation": answer.escalation, "duplicate": True}
+            self._answered.append(answer.escalation)
         line = answer.model_dump_json() + "\n"
         path = self.queue.directory / ANSWERS
         with self._answers_lock:

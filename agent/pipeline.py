@@ -283,7 +283,8 @@ class PipelineComponent:
 
             def answered(command: protocol.Command) -> dict[str, Any]:
                 data = escalation.record_answer(command.args)
-                runtime.event("escalation_answered", command_id=command.id, **data)
+                if not data.get("duplicate"):
+                    runtime.event("escalation_answered", command_id=command.id, **data)
                 return data
 
             runtime.register_command("escalation_result", answered)

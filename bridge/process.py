@@ -42,6 +42,7 @@ from django.utils import timezone
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.kernel import protocol
+from bridge.commands import CommandPublisher
 from bridge.desired import DesiredPublisher
 from fleet.models import Device
 from telemetry import services as telemetry
@@ -149,6 +150,8 @@ class Bridge:
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
         self.desired = DesiredPublisher(self._publish, poll_s=config.desired_poll_s)
+        # Commands are polled as often as desired documents: an escalation's answer is awaited on the device.
+        self.commands = CommandPublisher(self._publish, poll_s=config.desired_poll_s)
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -159,11 +162,12 @@ class Bridge:
         self.client.loop_start()
         for i, inbox in enumerate(self._inboxes):
             self._start_worker(f"bridge-worker-{i}", inbox)
-        thread = threading.Thread(
-            target=self.desired.run, args=(self._stopping, self._connected), name="bridge-desired", daemon=True
-        )
-        thread.start()
-        self._threads.append(thread)
+        for name, publisher in (("bridge-desired", self.desired), ("bridge-commands", self.commands)):
+            thread = threading.Thread(
+                target=publisher.run, args=(self._stopping, self._connected), name=name, daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
 
     def _start_worker(self, name: str, inbox: queue.Queue[tuple[str, bytes | bytearray] | None]) -> None:
         thread = threading.Thread(target=self._work, args=(inbox,), name=name, daemon=True)

@@ -212,6 +212,8 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ALWAYS_EAGER = env.boolean("CELERY_TASK_ALWAYS_EAGER", False)
+# The cloud model's work on its own queue, so it can run on separate (GPU) hosts: `celery worker -Q cloud`.
+CELERY_TASK_ROUTES = {"escalations.tasks.answer_escalations": {"queue": "cloud"}}
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celery" / "beat-schedule")
 # How often the beat runs the telemetry rollups and the rollout scheduler's tick; the demo shortens both.
 TELEMETRY_ROLLUP_INTERVAL_S = env.integer("TELEMETRY_ROLLUP_INTERVAL_S", 60, minimum=5, maximum=3600)
@@ -225,7 +227,18 @@ CELERY_BEAT_SCHEDULE = {
     "telemetry-retention": {"task": "telemetry.tasks.apply_retention", "schedule": 3600.0},
     "rollouts-tick": {"task": "rollouts.tasks.tick", "schedule": float(ROLLOUT_TICK_INTERVAL_S)},
     "escalations-retention": {"task": "escalations.tasks.apply_retention", "schedule": 3600.0},
+    "escalations-answer": {"task": "escalations.tasks.answer_escalations", "schedule": 10.0},
 }
+
+# Cloud escalation (docs/escalation.md): the model that answers escalated frames, and how a worker runs it.
+CLOUD_MODEL = env.string("CLOUD_MODEL", "cloud-classifier") or "cloud-classifier"
+CLOUD_EXECUTION_PROVIDERS = env.string_list("CLOUD_EXECUTION_PROVIDERS", ["CPUExecutionProvider"])
+CLOUD_INTRA_OP_THREADS = env.integer("CLOUD_INTRA_OP_THREADS", 0, minimum=0, maximum=256)
+# Triton's dynamic batcher: at most this many frames a batch, waiting at most this long for it to fill.
+CLOUD_MAX_BATCH = env.integer("CLOUD_MAX_BATCH", 16, minimum=1, maximum=1024)
+CLOUD_MAX_QUEUE_DELAY_MS = env.integer("CLOUD_MAX_QUEUE_DELAY_MS", 50, minimum=0, maximum=60_000)
+# A cloud answer below this confidence (percent) waits for a person even when it agrees with the edge.
+CLOUD_REVIEW_BELOW_PCT = env.integer("CLOUD_REVIEW_BELOW_PCT", 60, minimum=0, maximum=100)
 
 # Rollouts (docs/rollouts.md): hardware profiles sent the cpu-int8 bundle of a
 # version when it has one (cpu-fp32 otherwise).

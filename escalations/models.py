@@ -57,6 +57,16 @@ class Escalation(models.Model):
     cloud_confidence = models.FloatField(null=True, blank=True)
     cloud_model_version = models.CharField(max_length=64, null=True, blank=True)
     answered_at = models.DateTimeField(null=True, blank=True)
+    # Set while a cloud worker holds the frame in a batch (escalations.answering); a stale claim is taken again.
+    cloud_claimed_at = models.DateTimeField(null=True, blank=True)
+    # A person's decision (escalations.review): the label, boxes for a detector's frame, who, when and why.
+    review_label = models.CharField(max_length=LABEL_MAX, null=True, blank=True)
+    review_boxes = models.JSONField(null=True, blank=True, help_text="[{label, box: [x, y, w, h]}] for detection.")
+    review_note = models.TextField(blank=True)
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    reviewed_at = models.DateTimeField(null=True, blank=True)
     image_deleted_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

@@ -362,6 +362,32 @@ class DeviceCredential(models.Model):
         return credential.device
 
 
+class DeviceCommand(models.Model):
+    """A command queued for a device (``fleet.commands``); the bridge publishes it on the device's ``commands``."""
+
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="commands")
+    command_id = models.CharField(max_length=64, unique=True)
+    name = models.CharField(max_length=32)
+    args = models.JSONField(default=dict)
+    created_at = models.DateTimeField(auto_now_add=True)
+    published_at = models.DateTimeField(null=True, blank=True)
+    expired_at = models.DateTimeField(null=True, blank=True, help_text="Not sent: too old, or not sendable.")
+
+    class Meta:
+        ordering = ["created_at", "pk"]
+        indexes = [
+            # The bridge's poll: what is still to be sent, oldest first.
+            models.Index(
+                fields=["created_at"],
+                name="command_pending",
+                condition=models.Q(published_at__isnull=True, expired_at__isnull=True),
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.command_id} for {self.device_id}"
+
+
 class EnrollmentTokenQuerySet(models.QuerySet["EnrollmentToken"]):
     def usable(self) -> EnrollmentTokenQuerySet:
         return self.filter(used_at__isnull=True, revoked_at__isnull=True, expires_at__gt=timezone.now())

@@ -341,7 +341,9 @@ def test_the_clouds_answer_is_kept_beside_the_devices_decision_and_counted(tmp_p
         "cloud_confidence": 0.97,
         "agrees": False,
     }
-    assert escalation.record_answer(answer("f2", label="ok", edge="ok"))["agrees"] is True
+    assert escalation.record_answer(answer("f2", label="ok", edge="ok", escalation=42))["agrees"] is True
+    # Delivered again (QoS 1): kept once.
+    assert escalation.record_answer(answer("f2", label="ok", edge="ok", escalation=42))["duplicate"] is True
     lines = (tmp_path / "escalations" / "answers.jsonl").read_text().splitlines()
     assert [json.loads(line)["frame"] for line in lines] == ["f1", "f2"]
     assert (escalation.counters.answered, escalation.counters.agreed) == (2, 1)
@@ -371,7 +373,7 @@ def test_the_answer_journal_is_bounded_to_two_files(tmp_path: Path, monkeypatch:
     monkeypatch.setattr("agent.escalation.ANSWERS_MAX_BYTES", 1000)
     escalation = client(tmp_path, "http://127.0.0.1:9")
     for i in range(40):
-        escalation.record_answer(answer(f"f{i}"))
+        escalation.record_answer(answer(f"f{i}", escalation=i))
     folder = tmp_path / "escalations"
     assert sorted(p.name for p in folder.glob("answers.jsonl*")) == ["answers.jsonl", "answers.jsonl.1"]
     assert all(p.stat().st_size <= 1000 for p in folder.glob("answers.jsonl*"))
