@@ -94,7 +94,8 @@ class AuditLog(models.Model):
             actor_label=label,
             action=action,
             target_type=target._meta.label_lower,
-            target_id=str(getattr(target, "device_id", None) or target.pk),
+            # A device is known by its device id; anything else (an escalation that points at a device too) by its key.
+            target_id=str(target.device_id if target._meta.label_lower == "fleet.device" else target.pk),  # type: ignore[attr-defined]
             reason=reason,
             data=data,
         )

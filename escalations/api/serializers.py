@@ -3,6 +3,7 @@ from __future__ import annotations
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from core.api.serializers import StrictInput
 from escalations.models import Escalation, EscalationState
 from fleet.models import Device, EscalationPrivacy, Site
 
@@ -34,6 +35,8 @@ class EscalationSerializer(serializers.ModelSerializer):
         help_text="awaiting_cloud, then answered (the cloud agrees) or review (they disagree), then reviewed.",
     )
     privacy = PrivacyField(read_only=True, help_text="The site's privacy mode when the frame was received.")
+    reviewed_by = serializers.CharField(source="reviewed_by.username", read_only=True, allow_null=True, default=None)
+    review_boxes = serializers.JSONField(read_only=True, help_text="[{label, box: [x, y, w, h]}] a reviewer drew.")
 
     class Meta:
         model = Escalation
@@ -64,6 +67,11 @@ class EscalationSerializer(serializers.ModelSerializer):
             "cloud_confidence",
             "cloud_model_version",
             "answered_at",
+            "review_label",
+            "review_boxes",
+            "review_note",
+            "reviewed_by",
+            "reviewed_at",
         ]
         read_only_fields = fields
 
@@ -77,3 +85,32 @@ class EscalationUploadSerializer(serializers.Serializer):
         "(docs/escalation.md)."
     )
     frame = serializers.FileField(required=False, help_text="The JPEG or PNG frame; left out on metadata-only sites.")
+
+
+class ReviewBoxSerializer(StrictInput, serializers.Serializer):
+    label = serializers.CharField(max_length=200)  # type: ignore[assignment]  # a field named as DRF's label
+    box = serializers.ListField(child=serializers.FloatField(), min_length=4, max_length=4, help_text="[x, y, w, h]")
+
+
+class ReviewSerializer(StrictInput, serializers.Serializer):
+    """A person's decision on a frame: confirm an answer or correct it (boxes for a detector's frame)."""
+
+    label = serializers.CharField(  # type: ignore[assignment]  # a field named as DRF's label
+        max_length=200, help_text="One of the edge model version's labels."
+    )
+    note = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
+    boxes = serializers.ListField(child=ReviewBoxSerializer(), required=False, max_length=500)
+
+
+class ExportQuerySerializer(serializers.Serializer):
+    layout = serializers.ChoiceField(
+        choices=["imagefolder", "coco"], default="imagefolder", help_text="imagefolder (classification) or coco."
+    )
+    site = serializers.SlugField(max_length=64, required=False)
+    model_name = serializers.CharField(max_length=63, required=False)
+    model_version = serializers.CharField(max_length=64, required=False)
+    since = serializers.DateTimeField(required=False)
+    until = serializers.DateTimeField(required=False)
+    include_agreed = serializers.BooleanField(
+        default=False, help_text="Also frames the cloud answered as the edge did (label source: cloud)."
+    )

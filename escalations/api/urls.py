@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.urls import path
 from rest_framework.routers import DefaultRouter
 
 from escalations.api import views
@@ -7,4 +8,8 @@ from escalations.api import views
 router = DefaultRouter(trailing_slash=True)
 router.register("escalations", views.EscalationViewSet, basename="escalation")
 
-urlpatterns = router.urls
+urlpatterns = [
+    path("escalations/export/", views.ExportView.as_view(), name="escalation-export"),
+    path("escalations/<int:pk>/review/", views.ReviewView.as_view(), name="escalation-review"),
+    *router.urls,
+]

@@ -6,23 +6,31 @@ from typing import Any
 
 from django.conf import settings
 from django.http import FileResponse
+from django.shortcuts import get_object_or_404
+from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from kombu.exceptions import OperationalError
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.parsers import MultiPartParser
+from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
 from core.api.authentication import HasScope, IsDevice
 from core.api.exceptions import PAYLOAD_TOO_LARGE
 from core.api.pagination import LimitOffsetPagination
 from core.api.serializers import ErrorSerializer
 from core.errors import ServiceError
-from escalations import images, metadata, services, tasks
-from escalations.api.serializers import EscalationSerializer, EscalationUploadSerializer
+from escalations import export, images, metadata, review, services, tasks
+from escalations.api.serializers import (
+    EscalationSerializer,
+    EscalationUploadSerializer,
+    ExportQuerySerializer,
+    ReviewSerializer,
+)
 from escalations.filters import EscalationFilter
 from escalations.models import Escalation
 from fleet.models import Device
@@ -150,3 +158,47 @@ def _metadata_text(request: Request) -> bytes | str:
         message = "Send the metadata JSON in the multipart part 'metadata'."
         raise ServiceError("invalid", message, 400, fields={"metadata": [message]})
     return value
+
+
+class ReviewView(APIView):
+    """Confirm or correct an escalated frame's label (docs/escalation.md, "Review"); audited."""
+
+    permission_classes = [HasScope]
+    required_scopes = ("fleet",)
+    parser_classes = [JSONParser]
+
+    @extend_schema(
+        request=ReviewSerializer,
+        responses={200: EscalationSerializer, 400: ErrorSerializer, 404: ErrorSerializer, 409: ErrorSerializer},
+    )
+    def post(self, request: Request, pk: int) -> Response:
+        row = get_object_or_404(Escalation, pk=pk)
+        body = ReviewSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        done = review.review(row, label=data["label"], note=data["note"], boxes=data.get("boxes"), actor=request.user)
+        return Response(EscalationSerializer(Escalation.objects.select_related("device", "site").get(pk=done.pk)).data)
+
+
+class ExportView(APIView):
+    """Reviewed frames as a dataset zip: ImageFolder or COCO, with a manifest of each label's source."""
+
+    permission_classes = [HasScope]
+
+    @extend_schema(
+        parameters=[ExportQuerySerializer],
+        responses={(200, "application/zip"): OpenApiTypes.BINARY, 400: ErrorSerializer},
+    )
+    def get(self, request: Request) -> FileResponse:
+        query = ExportQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        options = dict(query.validated_data)
+        fmt = options.pop("layout")
+        made = export.build(export.ExportFilter(**options), fmt=fmt)
+        stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")
+        response = FileResponse(
+            made.file, content_type="application/zip", as_attachment=True, filename=f"escalations-{fmt}-{stamp}.zip"
+        )
+        response["X-Edgefleet-Frames"] = str(made.frames)
+        response["X-Edgefleet-Skipped"] = str(made.skipped)
+        return response

@@ -8,71 +8,14 @@ review, and is queued for the device as an `escalation_result` command.
 
 from __future__ import annotations
 
-import io
-import json
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
-
 import pytest
-from django.core.files.uploadedfile import SimpleUploadedFile
 
-import zoo
 from agent.kernel import protocol
 from escalations import answering, cloud
 from escalations.models import Escalation, EscalationState
-from fleet.models import DeviceCommand, Site
-from tests.escalations.conftest import URL, device_client, metadata_for
-from tests.registry.helpers import publish
-from zoo import samples
+from fleet.models import DeviceCommand
 
 pytestmark = pytest.mark.django_db
-
-
-def jpeg(image: Any) -> bytes:
-    buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
-
-
-@pytest.fixture
-def cloud_model(token_client: Callable[..., Any], settings: Any, tmp_path: Path) -> None:
-    settings.MEDIA_ROOT = tmp_path / "media"
-    metadata = json.loads(zoo.metadata_path("cloud-classifier").read_text())
-    references = [jpeg(s.image) for s in samples.reference_crops(count=4)]
-    client = token_client("publish")
-    model = zoo.onnx_path("cloud-classifier").read_bytes()
-    response = publish(client, model, metadata, name="cloud-classifier", images=references)
-    assert response.status_code == 201, response.content
-
-
-@pytest.fixture
-def uploaded(
-    cloud_model: None, site: Site, enroll_device: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
-) -> Callable[..., list[Escalation]]:
-    """Upload ``count`` rendered crops from one device; the edge said ``edge_label`` for each.
-
-    The upload's nudge to the cloud worker is held back (the suite runs tasks eagerly, inline), so the
-    frames wait for the test's own run of the worker loop.
-    """
-    monkeypatch.setattr("escalations.tasks.answer_escalations.delay", lambda: None)
-    enrolled = enroll_device(site, name="cam-esc")
-    client = device_client(enrolled)
-
-    def upload(count: int, edge_label: str = "ok", seed: int = 5) -> list[Escalation]:
-        crops = samples.calibration_crops(count, seed=seed, condition="normal")
-        for i, crop in enumerate(crops):
-            meta = metadata_for(enrolled.device.device_id, frame=f"frame-{seed}-{i}")
-            meta["result"] = {**meta["result"], "label": edge_label, "top": [[edge_label, 0.41]]}
-            data = {
-                "metadata": json.dumps(meta),
-                "frame": SimpleUploadedFile(f"{i}.jpg", jpeg(crop.image), content_type="image/jpeg"),
-            }
-            response = client.post(URL, data, format="multipart")
-            assert response.status_code == 201, response.content
-        return list(Escalation.objects.filter(frame_id__startswith=f"frame-{seed}-").order_by("pk"))
-
-    return upload
 
 
 def test_every_waiting_frame_is_answered_in_batches_no_larger_than_the_maximum(uploaded, settings) -> None:
