@@ -13,7 +13,7 @@ moment that falls outside years 1 to 9999 once in UTC.
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import django_filters
@@ -39,7 +39,7 @@ def datetime_problem(value: datetime) -> str | None:
     if abs(offset) > MAX_UTC_OFFSET:
         return OFFSET_MESSAGE
     try:
-        value.astimezone(UTC)
+        value.astimezone(timezone.utc)
     except OverflowError:
         return RANGE_MESSAGE
     return None

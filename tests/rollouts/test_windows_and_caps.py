@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, time, timedelta
+from datetime import datetime, time, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -18,7 +18,7 @@ from tests.rollouts.conftest import alive, report, sent_to
 from tests.rollouts.helpers import GATES, drive, start_rollout
 
 EVERYONE = {"stages": [{"kind": "percent", "value": 100}]}
-NOON = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+NOON = datetime(2026, 12, 7, 12, 0, tzinfo=timezone.utc)
 
 
 def window(site: Site, start: str, end: str, zone: str = "UTC") -> None:
