@@ -15,6 +15,7 @@ import base64
 import json
 import logging
 import os
+import random
 import ssl
 import threading
 import time
@@ -97,6 +98,8 @@ class EscalationCounters:
     rejected: int = 0
     """Frames the server refused for good (4xx)."""
     bytes_sent: int = 0
+    fallback: int = 0
+    """Confident frames taken as fallback samples (``fallback_share``)."""
     answered: int = 0
     """Cloud answers received (``escalation_result`` commands)."""
     agreed: int = 0
@@ -206,7 +209,8 @@ class EscalationClient:
         self._frames = TokenBucket(settings.max_frames_per_s, settings.burst, clock=clock)
         self._bandwidth = TokenBucket(settings.bandwidth_bytes_per_s, settings.bandwidth_bytes_per_s, clock=clock)
         self._override = settings.threshold
-        self._handoff: deque[tuple[Frame, Result, float]] = deque()
+        self._handoff: deque[tuple[Frame, Result, float, float]] = deque()
+        self._sampler = random.Random()  # noqa: S311 - sampling frames, not a secret
         self._cond = threading.Condition()
         self._answers_lock = threading.Lock()
         self._answered: deque[int] = deque(maxlen=ANSWERS_REMEMBERED)
@@ -225,13 +229,25 @@ class EscalationClient:
         return self._override if self._override is not None else model_default
 
     def offer(self, frame: Frame, result: Result, model_default: float) -> bool:
-        """Escalate ``frame`` if ``result`` is not confident enough; True when it was taken.
+        """Escalate ``frame`` if ``result`` is not confident enough, or as a fallback sample; True when taken.
 
-        Never blocks and never touches the disk: the frame is handed to the writer thread.
+        Below the threshold a frame is escalated (rate permitting) with
+        ``sample_rate`` 1. At or above it, a ``fallback_share`` of frames is
+        escalated too, with that ``sample_rate``: the cloud path stays in use,
+        its agreement on confident frames is measured, and the threshold
+        advisor sees what raising the threshold would send. Never blocks and
+        never touches the disk: the frame is handed to the writer thread.
         """
-        if not self.settings.enabled or result.confidence >= self.threshold(model_default):
+        if not self.settings.enabled:
             return False
+        share = 1.0
+        if result.confidence >= self.threshold(model_default):
+            share = self.settings.fallback_share
+            if share <= 0 or self._sampler.random() >= share:
+                return False
         with self._cond:
+            if share < 1.0:
+                self.counters.fallback += 1
             self.counters.offered += 1
             if not self._frames.try_take():
                 self.counters.rate_limited += 1
@@ -239,7 +255,7 @@ class EscalationClient:
             if len(self._handoff) >= self.settings.handoff_size:
                 self._handoff.popleft()
                 self.counters.dropped += 1
-            self._handoff.append((frame, result, self.threshold(model_default)))
+            self._handoff.append((frame, result, self.threshold(model_default), share))
             self._cond.notify_all()
         return True
 
@@ -304,16 +320,16 @@ class EscalationClient:
                 self._cond.wait_for(lambda: self._handoff or self._stopped)
                 if not self._handoff:
                     return
-                frame, result, threshold = self._handoff.popleft()
+                frame, result, threshold, share = self._handoff.popleft()
             try:
-                self._write(frame, result, threshold)
+                self._write(frame, result, threshold, share)
             except (OSError, ValueError, cv2.error):
                 log.exception("escalated frame not queued", extra={"frame": frame.name})
                 with self._cond:
                     self.counters.dropped += 1
                     self._cond.notify_all()
 
-    def _write(self, frame: Frame, result: Result, threshold: float) -> None:
+    def _write(self, frame: Frame, result: Result, threshold: float, sample_rate: float = 1.0) -> None:
         image = frame.image
         longest = max(image.shape[:2])
         if self.settings.max_side and longest > self.settings.max_side:
@@ -330,6 +346,9 @@ class EscalationClient:
             "model_version": result.model_version,
             "threshold": threshold,
             "frame": frame_id(frame),
+            # Why it was sent: unsure (below the threshold, all of them) or a fallback sample of confident frames.
+            "reason": "unsure" if sample_rate >= 1.0 else "fallback",
+            "sample_rate": sample_rate,
             "result": result.to_json(),
         }
         dropped = self.queue.put(metadata, encoded.tobytes())

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import UTC, datetime
-from typing import Annotated, Any, NoReturn
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal, NoReturn
 
 from pydantic import (
     BaseModel,
@@ -67,6 +67,10 @@ class Metadata(BaseModel):
     frame: Annotated[StrictStr, Field(min_length=1, max_length=200)]
     result: dict[str, Any]
     crop: tuple[StrictInt, StrictInt, StrictInt, StrictInt] | None = None
+    # Why the device sent it: unsure (below its threshold) or a fallback sample of its confident frames, taken
+    # with probability sample_rate (agents before fallback sampling send neither: unsure, 1).
+    reason: Literal["unsure", "fallback"] = "unsure"
+    sample_rate: Annotated[Number, Field(gt=0.0, le=1.0, allow_inf_nan=False)] = 1.0
 
     @field_validator("ts", mode="before")
     @classmethod
@@ -81,7 +85,7 @@ class Metadata(BaseModel):
         if offset is None:
             raise ValueError("the date-time needs a UTC offset (e.g. +00:00)")
         try:
-            utc = parsed.astimezone(UTC)
+            utc = parsed.astimezone(timezone.utc)
         except OverflowError:
             raise ValueError(f"the capture time must fall within the years {EARLIEST_YEAR} to {LATEST_YEAR}") from None
         if not EARLIEST_YEAR <= utc.year <= LATEST_YEAR:

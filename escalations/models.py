@@ -39,6 +39,12 @@ class Escalation(models.Model):
     result = models.JSONField(help_text="The edge result as the device sent it (bounded in size and depth).")
     label = models.CharField(max_length=LABEL_MAX, blank=True, help_text="The edge model's top-1 label.")
     confidence = models.FloatField(help_text="The edge model's top-1 confidence, 0 to 1.")
+    reason = models.CharField(
+        max_length=16,
+        choices=[("unsure", "below the device's threshold"), ("fallback", "a sample of confident frames")],
+        default="unsure",
+    )
+    sample_rate = models.FloatField(default=1.0, help_text="The chance a frame like it was sent: 1 when unsure.")
     privacy = models.CharField(
         max_length=16, choices=EscalationPrivacy.choices, help_text="The site's privacy mode when it was received."
     )
@@ -81,6 +87,9 @@ class Escalation(models.Model):
                 condition=models.Q(threshold__gte=0.0, threshold__lte=1.0), name="escalation_threshold_0_1"
             ),
             models.CheckConstraint(condition=models.Q(state__in=EscalationState.values), name="escalation_state_known"),
+            models.CheckConstraint(
+                condition=models.Q(sample_rate__gt=0.0, sample_rate__lte=1.0), name="escalation_sample_rate_0_1"
+            ),
             models.CheckConstraint(
                 condition=models.Q(privacy__in=EscalationPrivacy.values), name="escalation_privacy_known"
             ),

@@ -109,6 +109,8 @@ def receive(device: Device, metadata: Metadata, image: CheckedImage | None) -> R
         result=metadata.result,
         label=metadata.label,
         confidence=metadata.confidence,
+        reason=metadata.reason,
+        sample_rate=metadata.sample_rate,
         privacy=site.escalation_privacy,
         crop=list(metadata.crop) if metadata.crop is not None else None,
         received_at=now,

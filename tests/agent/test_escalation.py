@@ -378,3 +378,26 @@ def test_the_answer_journal_is_bounded_to_two_files(tmp_path: Path, monkeypatch:
     assert sorted(p.name for p in folder.glob("answers.jsonl*")) == ["answers.jsonl", "answers.jsonl.1"]
     assert all(p.stat().st_size <= 1000 for p in folder.glob("answers.jsonl*"))
     assert json.loads((folder / "answers.jsonl").read_text().splitlines()[-1])["frame"] == "f39"
+
+
+def test_a_share_of_confident_frames_goes_up_too_marked_as_fallback_samples(
+    tmp_path: Path, http_server: RecordingServer
+) -> None:
+    escalation = client(tmp_path, http_server, fallback_share=0.5, handoff_size=1000)
+    escalation.start()
+    confident = [escalation.offer(*uncertain(i, confidence=0.95), model_default=0.6) for i in range(200)]
+    unsure = escalation.offer(*uncertain(999, confidence=0.3), model_default=0.6)
+    taken = sum(confident)
+    assert 60 <= taken <= 140 and unsure  # about half: a sample, not every one
+    assert escalation.wait_for(lambda c: c.uploaded == taken + 1, 10)
+    escalation.stop()
+    sent = [json.loads(parts_of(r.body, r.headers["Content-Type"])["metadata"]) for r in http_server.requests]
+    reasons = {(m["reason"], m["sample_rate"]) for m in sent if m["frame"].startswith("f999@")}
+    assert reasons == {("unsure", 1.0)}
+    assert {(m["reason"], m["sample_rate"]) for m in sent if not m["frame"].startswith("f999@")} == {("fallback", 0.5)}
+    assert escalation.counters.fallback == taken
+
+
+def test_without_a_fallback_share_confident_frames_stay_on_the_device(tmp_path: Path) -> None:
+    escalation = client(tmp_path, "http://127.0.0.1:9", fallback_share=0)
+    assert not any(escalation.offer(*uncertain(i, confidence=0.95), model_default=0.6) for i in range(100))

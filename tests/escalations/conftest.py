@@ -6,7 +6,7 @@ import base64
 import io
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ def metadata_for(device_id: str, frame: str = "frame-000001", **overrides: Any) 
     """What agent/escalation.py ``_write`` puts in the metadata part."""
     document: dict[str, Any] = {
         "device_id": device_id,
-        "ts": datetime(2026, 12, 1, 10, 30, tzinfo=UTC).isoformat(),
+        "ts": datetime(2026, 12, 1, 10, 30, tzinfo=timezone.utc).isoformat(),
         "model_name": "parts",
         "model_version": "1.0.0",
         "threshold": 0.6,
