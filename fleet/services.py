@@ -294,6 +294,35 @@ def assign_shadows(
     return outcome
 
 
+def set_runtime_config(
+    devices: Sequence[Device], config: dict[str, Any], *, actor: Any, reason: str = ""
+) -> dict[int, int]:
+    """Merge ``config`` into each device's desired runtime config and issue its signed document.
+
+    The model and shadow the documents name are kept; the merged config is
+    checked as the wire protocol's ``RuntimeConfig`` (ValueError when it is
+    not). Returns device pk -> new generation; one audit entry per device.
+    """
+    with transaction.atomic():
+        current = dict(
+            Device.objects.select_for_update().filter(pk__in=[d.pk for d in devices]).values_list("pk", "desired")
+        )
+        documents = {}
+        for device in devices:
+            document = dict(current.get(device.pk) or {})
+            merged = {**(document.get("config") or {}), **config}
+            document["config"] = protocol.RuntimeConfig.model_validate(merged).model_dump(
+                mode="json", exclude_none=True
+            )
+            documents[device.pk] = document
+        return _issue_audited(
+            {d.pk: d for d in devices},
+            documents,
+            actor=actor,
+            audit=lambda pk: {"action": "device.config", "config": config, "reason": reason},
+        )
+
+
 def _issue_audited(
     devices: dict[int, Device],
     documents: dict[int, dict[str, Any]],

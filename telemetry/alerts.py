@@ -139,6 +139,13 @@ DEFAULT_RULES: dict[str, RuleDefault] = {
 }
 
 
+def register(kind: str, default: RuleDefault) -> None:
+    """Add a rule whose check lives in an app above telemetry (its ``AppConfig.ready``); once per kind."""
+    if kind in DEFAULT_RULES and DEFAULT_RULES[kind] is not default:
+        raise ValueError(f"an alert rule {kind!r} is registered already")
+    DEFAULT_RULES[kind] = default
+
+
 def ensure_rules() -> dict[str, AlertRule]:
     """Rule rows for every kind, created with the defaults when missing."""
     rules = {rule.kind: rule for rule in AlertRule.objects.all()}

@@ -114,3 +114,21 @@ class ExportQuerySerializer(serializers.Serializer):
     include_agreed = serializers.BooleanField(
         default=False, help_text="Also frames the cloud answered as the edge did (label source: cloud)."
     )
+
+
+class AdvisorQuerySerializer(serializers.Serializer):
+    model_name = serializers.CharField(max_length=63)
+    model_version = serializers.CharField(max_length=64)
+    site = serializers.SlugField(max_length=64, required=False)
+    max_escalation_rate = serializers.FloatField(
+        min_value=0.0, max_value=1.0, required=False, help_text="The upload budget: the share of frames."
+    )
+    min_accuracy = serializers.FloatField(min_value=0.0, max_value=1.0, required=False)
+
+
+class AdvisorApplySerializer(StrictInput, serializers.Serializer):
+    model_name = serializers.CharField(max_length=63)
+    model_version = serializers.CharField(max_length=64)
+    site = serializers.SlugField(max_length=64)
+    threshold = serializers.FloatField(min_value=0.0, max_value=1.0)
+    reason = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")

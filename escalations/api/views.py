@@ -24,8 +24,10 @@ from core.api.exceptions import PAYLOAD_TOO_LARGE
 from core.api.pagination import LimitOffsetPagination
 from core.api.serializers import ErrorSerializer
 from core.errors import ServiceError
-from escalations import export, images, metadata, review, services, tasks
+from escalations import advice, export, images, metadata, review, services, tasks
 from escalations.api.serializers import (
+    AdvisorApplySerializer,
+    AdvisorQuerySerializer,
     EscalationSerializer,
     EscalationUploadSerializer,
     ExportQuerySerializer,
@@ -33,7 +35,7 @@ from escalations.api.serializers import (
 )
 from escalations.filters import EscalationFilter
 from escalations.models import Escalation
-from fleet.models import Device
+from fleet.models import Device, Site
 
 log = logging.getLogger(__name__)
 
@@ -202,3 +204,51 @@ class ExportView(APIView):
         response["X-Edgefleet-Frames"] = str(made.frames)
         response["X-Edgefleet-Skipped"] = str(made.skipped)
         return response
+
+
+class AdvisorView(APIView):
+    """The threshold advisor: escalation rate against expected accuracy per threshold, and a pick."""
+
+    permission_classes = [HasScope]
+
+    @extend_schema(parameters=[AdvisorQuerySerializer], responses={200: OpenApiTypes.OBJECT, 400: ErrorSerializer})
+    def get(self, request: Request) -> Response:
+        query = AdvisorQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        data = query.validated_data
+        site = get_object_or_404(Site, slug=data["site"]) if data.get("site") else None
+        answer = advice.advise(
+            data["model_name"],
+            data["model_version"],
+            site=site,
+            max_escalation_rate=data.get("max_escalation_rate"),
+            min_accuracy=data.get("min_accuracy"),
+        )
+        return Response(answer)
+
+
+class AdvisorApplyView(APIView):
+    """Apply a threshold to a site's devices on a model version, through their signed desired state."""
+
+    permission_classes = [HasScope]
+    required_scopes = ("fleet",)
+    parser_classes = [JSONParser]
+
+    @extend_schema(
+        request=AdvisorApplySerializer,
+        responses={200: OpenApiTypes.OBJECT, 400: ErrorSerializer, 404: ErrorSerializer, 409: ErrorSerializer},
+    )
+    def post(self, request: Request) -> Response:
+        body = AdvisorApplySerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        site = get_object_or_404(Site, slug=data["site"])
+        done = advice.apply(
+            data["model_name"],
+            data["model_version"],
+            site=site,
+            threshold=data["threshold"],
+            actor=request.user,
+            reason=data["reason"],
+        )
+        return Response(done)
