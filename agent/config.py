@@ -268,6 +268,10 @@ class EscalationSettings(_Section):
     backoff_s: float = Field(default=1.0, gt=0, le=600)
     backoff_max_s: float = Field(default=300.0, gt=0, le=3600)
     handoff_size: int = Field(default=8, ge=1, le=1000)
+    privacy: Literal["full", "crop", "metadata"] = "metadata"
+    """What an escalation may carry until the desired state says: the frame, a crop around the detection
+    (a classifier's frame then goes without pixels), or no pixels. No pixels by default: none leave a
+    device before it knows its site's policy, which every signed desired document carries and which wins."""
     fallback_share: float = Field(default=0.01, ge=0, le=1)
     """The share of confident frames escalated too, so the cloud path is always in use and measured."""
 

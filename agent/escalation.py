@@ -209,6 +209,7 @@ class EscalationClient:
         self._frames = TokenBucket(settings.max_frames_per_s, settings.burst, clock=clock)
         self._bandwidth = TokenBucket(settings.bandwidth_bytes_per_s, settings.bandwidth_bytes_per_s, clock=clock)
         self._override = settings.threshold
+        self._privacy: str | None = None
         self._handoff: deque[tuple[Frame, Result, float, float]] = deque()
         self._sampler = random.Random()  # noqa: S311 - sampling frames, not a secret
         self._cond = threading.Condition()
@@ -224,6 +225,16 @@ class EscalationClient:
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise ValueError(f"escalation threshold {threshold} is outside [0, 1]")
         self._override = threshold
+
+    def set_privacy(self, privacy: str | None) -> None:
+        """Apply the site's policy from the desired state; None returns to the agent's configured one."""
+        if privacy is not None and privacy not in PRIVACY:
+            raise ValueError(f"escalation privacy {privacy!r} is not one of {', '.join(PRIVACY)}")
+        self._privacy = privacy
+
+    @property
+    def privacy(self) -> str:
+        return self._privacy or self.settings.privacy
 
     def threshold(self, model_default: float) -> float:
         return self._override if self._override is not None else model_default
@@ -330,16 +341,27 @@ class EscalationClient:
                     self._cond.notify_all()
 
     def _write(self, frame: Frame, result: Result, threshold: float, sample_rate: float = 1.0) -> None:
-        image = frame.image
-        longest = max(image.shape[:2])
-        if self.settings.max_side and longest > self.settings.max_side:
-            ratio = self.settings.max_side / longest
-            size = (max(1, round(image.shape[1] * ratio)), max(1, round(image.shape[0] * ratio)))
-            image = np.asarray(cv2.resize(image, size, interpolation=cv2.INTER_AREA), dtype=np.uint8)
-        ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.settings.jpeg_quality])
-        if not ok:
-            raise ValueError("JPEG encoding failed")
-        metadata = {
+        privacy = self.privacy
+        image: np.ndarray | None = frame.image
+        crop = crop_box(result, frame.image.shape[:2]) if privacy == "crop" else None
+        if privacy == "metadata" or (privacy == "crop" and crop is None):
+            image = None  # no pixels leave the site (a classifier's frame has no detection to crop around)
+        elif crop is not None:
+            x, y, w, h = crop
+            image = frame.image[y : y + h, x : x + w]
+        else:
+            longest = max(frame.image.shape[:2])
+            if self.settings.max_side and longest > self.settings.max_side:
+                ratio = self.settings.max_side / longest
+                size = (max(1, round(frame.image.shape[1] * ratio)), max(1, round(frame.image.shape[0] * ratio)))
+                image = np.asarray(cv2.resize(frame.image, size, interpolation=cv2.INTER_AREA), dtype=np.uint8)
+        jpeg = b""
+        if image is not None:
+            ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.settings.jpeg_quality])
+            if not ok:
+                raise ValueError("JPEG encoding failed")
+            jpeg = encoded.tobytes()
+        metadata: dict[str, Any] = {
             "device_id": self._device_id,
             "ts": datetime.fromtimestamp(frame.ts, timezone.utc).isoformat(),
             "model_name": result.model_name,
@@ -351,7 +373,9 @@ class EscalationClient:
             "sample_rate": sample_rate,
             "result": result.to_json(),
         }
-        dropped = self.queue.put(metadata, encoded.tobytes())
+        if crop is not None:
+            metadata["crop"] = list(crop)
+        dropped = self.queue.put(metadata, jpeg)
         with self._cond:
             if dropped < 0:
                 self.counters.dropped += 1
@@ -429,6 +453,28 @@ class EscalationClient:
             return None, str(exc)[:200]
 
 
+PRIVACY = ("full", "crop", "metadata")
+# A crop is the escalated detection's box enlarged by this factor (as the line camera cuts part crops), in the frame.
+CROP_MARGIN = 1.3
+
+
+def crop_box(result: Result, shape: tuple[int, ...]) -> tuple[int, int, int, int] | None:
+    """[x, y, w, h] around the least sure detection (the one the frame was escalated for), enlarged and kept
+    inside the frame; None without a detection."""
+    if not result.detections:
+        return None
+    best = min(result.detections, key=lambda d: d.score)
+    x1, y1, x2, y2 = best.box
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    half_w, half_h = (x2 - x1) * CROP_MARGIN / 2, (y2 - y1) * CROP_MARGIN / 2
+    height, width = int(shape[0]), int(shape[1])
+    left, top = max(0, int(cx - half_w)), max(0, int(cy - half_h))
+    right, bottom = min(width, round(cx + half_w)), min(height, round(cy + half_h))
+    if right - left < 1 or bottom - top < 1:
+        return None
+    return left, top, right - left, bottom - top
+
+
 def frame_id(frame: Frame) -> str:
     """The id an escalated frame goes by: its source's name and capture time (ms), unique per capture.
 
@@ -448,11 +494,14 @@ def _multipart(metadata: dict[str, Any], jpeg: bytes) -> tuple[bytes, str]:
         "Content-Type: application/json\r\n\r\n".encode()
         + json.dumps(metadata).encode()
         + b"\r\n",
-        f"--{boundary}\r\n"
-        f'Content-Disposition: form-data; name="frame"; filename="{name}.jpg"\r\n'
-        "Content-Type: image/jpeg\r\n\r\n".encode()
-        + jpeg
-        + b"\r\n",
-        f"--{boundary}--\r\n".encode(),
     ]
+    if jpeg:  # a frame without pixels (a metadata-only site) goes as metadata alone
+        parts.append(
+            f"--{boundary}\r\n"
+            f'Content-Disposition: form-data; name="frame"; filename="{name}.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n".encode()
+            + jpeg
+            + b"\r\n"
+        )
+    parts.append(f"--{boundary}--\r\n".encode())
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"

@@ -305,6 +305,7 @@ class PipelineComponent:
         self.interval_s = config.telemetry_interval_s or self.default_interval_s
         if self.pipeline.escalation is not None:
             self.pipeline.escalation.set_threshold(config.escalation_threshold)
+            self.pipeline.escalation.set_privacy(config.escalation_privacy)
 
     @classmethod
     def build(cls, config: AgentConfig, holder: SessionHolder) -> PipelineComponent:

@@ -24,7 +24,7 @@ from django.utils import timezone
 from pydantic import ValidationError
 
 from agent.kernel import protocol
-from fleet.models import Device
+from fleet.models import Device, Site
 from registry.signing import DesiredSigner, desired_signer
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,19 @@ def reissue_expiring(*, now: datetime | None = None, chunk: int = 500) -> int:
         issued += len(signed)
 
 
+def reissue_site(site: Site) -> int:
+    """Issue a new generation of every desired document at ``site`` (its policy changed); returns how many."""
+    with transaction.atomic():
+        documents = dict(
+            Device.objects.filter(site=site, revoked_at__isnull=True, desired_generation__gt=0).values_list(
+                "pk", "desired"
+            )
+        )
+        if not documents:
+            return 0
+        return len(issue_many({pk: document or {} for pk, document in documents.items()}))
+
+
 def lifetime() -> timedelta:
     return timedelta(hours=settings.DESIRED_TTL_HOURS)
 
@@ -125,7 +138,8 @@ def _sign(row: Device, now: datetime, sign: DesiredSigner, *, strict: bool) -> b
                 "model": document.get("model"),
                 "rollback_to": document.get("rollback_to"),
                 "shadow": document.get("shadow"),
-                "config": document.get("config") or {},
+                # The site's escalation privacy rides in every document, so the device enforces it too.
+                "config": {**(document.get("config") or {}), "escalation_privacy": row.site.escalation_privacy},
                 "issued_at": now,
                 "expires": now + lifetime(),
             }

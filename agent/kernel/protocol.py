@@ -328,6 +328,8 @@ class RuntimeConfig(BaseModel):
     """Escalate frames below this confidence; absent: the model manifest's ``escalate_below``."""
     telemetry_interval_s: IntervalS | None = None
     """How often the pipeline's window summary becomes a ``window`` record; absent: the agent's config."""
+    escalation_privacy: Literal["full", "crop", "metadata"] | None = None
+    """The site's privacy for escalated frames: the whole frame, a crop around the detection, or no pixels."""
 
 
 class Desired(_Message):

@@ -23,7 +23,7 @@ from core.api.pagination import LimitOffsetPagination
 from core.api.serializers import ErrorSerializer
 from core.errors import ServiceError
 from core.models import AuditLog
-from fleet import services
+from fleet import desired, services
 from fleet.api.authentication import DeviceAuthentication
 from fleet.api.serializers import (
     NAME_TAKEN,
@@ -66,6 +66,23 @@ class SiteViewSet(viewsets.ModelViewSet):
         site = serializer.save()
         AuditLog.record(actor=self.request.user, action="site.create", target=site)
         # Answer with the counts too, as every other answer about a site does.
+        serializer.instance = self.get_queryset().get(pk=site.pk)
+
+    def perform_update(self, serializer: Any) -> None:
+        before = serializer.instance.escalation_privacy
+        with transaction.atomic():
+            site = serializer.save()
+            if site.escalation_privacy != before:
+                # Devices enforce the policy too: each gets a new signed document that carries it.
+                reissued = desired.reissue_site(site)
+                AuditLog.record(
+                    actor=self.request.user,
+                    action="site.escalation_privacy",
+                    target=site,
+                    before=before,
+                    after=site.escalation_privacy,
+                    devices=reissued,
+                )
         serializer.instance = self.get_queryset().get(pk=site.pk)
 
     def perform_destroy(self, instance: Site) -> None:

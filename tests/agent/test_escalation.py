@@ -22,7 +22,15 @@ from agent.kernel.decode import Result
 from agent.pipeline import Pipeline
 from tests.agent.conftest import RED, ListSource, RecordingServer, solid
 
-FAST = {"backoff_s": 0.01, "backoff_max_s": 0.02, "max_frames_per_s": 1000, "burst": 1000, "timeout_s": 5}
+# A site that lets frames go whole (the agent's own default, before its desired state says, is no pixels).
+FAST = {
+    "privacy": "full",
+    "backoff_s": 0.01,
+    "backoff_max_s": 0.02,
+    "max_frames_per_s": 1000,
+    "burst": 1000,
+    "timeout_s": 5,
+}
 
 
 def client(tmp_path: Path, server: RecordingServer | str, **settings: Any) -> EscalationClient:
@@ -401,3 +409,39 @@ def test_a_share_of_confident_frames_goes_up_too_marked_as_fallback_samples(
 def test_without_a_fallback_share_confident_frames_stay_on_the_device(tmp_path: Path) -> None:
     escalation = client(tmp_path, "http://127.0.0.1:9", fallback_share=0)
     assert not any(escalation.offer(*uncertain(i, confidence=0.95), model_default=0.6) for i in range(100))
+
+
+def test_a_metadata_only_site_gets_no_pixels_and_a_crop_site_only_the_detection(
+    tmp_path: Path, http_server: RecordingServer
+) -> None:
+    from agent.kernel.decode import Detection
+
+    escalation = client(tmp_path, http_server, handoff_size=100)
+    escalation.start()
+    frame = Frame(image=np.zeros((240, 320, 3), np.uint8), index=1, ts=1_700_000_000.0, name="wide")
+    classified = Result(label="crack", confidence=0.3, model_name="parts", model_version="1.2.0")
+    detected = Result(
+        label="crack",
+        confidence=0.3,
+        detections=[Detection("crack", 1, 0.3, (100.0, 50.0, 140.0, 90.0)), Detection("ok", 0, 0.9, (0, 0, 10, 10))],
+    )
+    escalation.set_privacy("metadata")
+    escalation.offer(frame, classified, model_default=0.6)
+    assert escalation.wait_for(lambda c: c.uploaded == 1, 10)
+    escalation.set_privacy("crop")
+    escalation.offer(Frame(frame.image, 2, frame.ts + 1, "wide"), detected, model_default=0.6)
+    escalation.offer(Frame(frame.image, 3, frame.ts + 2, "wide"), classified, model_default=0.6)
+    assert escalation.wait_for(lambda c: c.uploaded == 3, 10)
+    escalation.stop()
+
+    sent = [parts_of(r.body, r.headers["Content-Type"]) for r in http_server.requests]
+    metadata_only, cropped, classifier_on_crop_site = sent[-3:]
+    assert set(metadata_only) == {"metadata"} and "crop" not in json.loads(metadata_only["metadata"])
+    # Around the least sure detection's box, enlarged by 1.3 about its centre: 52 px square at (94, 44).
+    assert json.loads(cropped["metadata"])["crop"] == [94, 44, 52, 52]
+    image = cv2.imdecode(np.frombuffer(cropped["frame"], dtype=np.uint8), cv2.IMREAD_COLOR)
+    assert image.shape[:2] == (52, 52)
+    # A classifier's frame has no detection to crop around: it goes without pixels.
+    assert set(classifier_on_crop_site) == {"metadata"}
+    with pytest.raises(ValueError):
+        escalation.set_privacy("blurred")

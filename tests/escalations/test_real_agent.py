@@ -117,3 +117,23 @@ def test_a_real_agent_escalates_gets_the_clouds_answer_and_keeps_it_beside_its_o
     journal = [json.loads(line) for line in (data / "escalations" / "answers.jsonl").read_text().splitlines()]
     assert {entry["escalation"] for entry in journal} >= {row.pk for row in answered}
     assert Device.objects.get(pk=device.pk).online
+
+
+def test_a_real_agent_at_a_metadata_only_site_sends_no_pixels(
+    bridge: Bridge, models: ModelVersion, agent: Any, token_client: Callable[..., Any]
+) -> None:
+    device, process, _ = agent
+    response = token_client("fleet").patch(
+        f"/api/v1/sites/{device.site.slug}/", {"escalation_privacy": "metadata"}, format="json"
+    )
+    assert response.status_code == 200, response.content
+    fleet.assign_model(device, models, actor=None)
+
+    def escalated() -> bool:
+        return Escalation.objects.filter(device=device).count() >= 3
+
+    assert wait_until(escalated, bridge, timeout=120), process.log()
+    rows = list(Escalation.objects.filter(device=device))
+    # The device followed its signed policy: no frame was even offered to the server (which would refuse it).
+    assert all(r.privacy == "metadata" and r.image_path is None and r.label for r in rows)
+    assert "escalated frame refused" not in process.log()
