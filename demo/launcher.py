@@ -208,6 +208,8 @@ class Demo:
             "--loglevel=INFO",
             "--concurrency=1",
             "--pool=solo",
+            # The default queue and the cloud model's (escalated frames); a GPU host would run its own worker on it.
+            "--queues=celery,cloud",
         )
         published = None
         if self.with_model:
@@ -216,19 +218,28 @@ class Demo:
             )
             published = demo_scene.publish_model(BIN, self.server, seed["api_token"], self.data_dir / "publish")
             self.published_version = str(published["version"])
+            self.say(f"publishing the {demo_scene.CLOUD_MODEL} model (role cloud): it answers escalated frames ...")
+            demo_scene.publish_cloud_model(BIN, self.server, seed["api_token"], self.data_dir / "publish")
         self.start_devices(seed["tokens"])
         if published is not None:
             ids = demo_scene.device_ids(self.server, seed["api_token"])
             demo_scene.assign_model(self.server, seed["api_token"], str(published["version"]), list(ids.values()))
             self.say(f"assigned {demo_scene.MODEL} {published['version']} to every device (download, verify, install)")
             dark = "/".join(demo_scene.DARK_CAMERA)
-            self.say(f"  {dark} has a failed lamp: its dark frames should raise a drift alert")
+            self.say(f"  {dark} has a failed lamp: its dark frames should raise a drift alert, and it escalates")
+            self.say("  unsure frames to the cloud model; disagreements wait for review")
         self.say("")
         self.say(f"  dashboard : {self.server}/")
         self.say(f"  API docs  : {self.server}/api/v1/docs/")
         self.say(f"  login     : {seed['username']} / {seed['password']}")
         self.say(f"  API token : {seed['api_token']}")
         self.say(f"  try       : curl -H 'Authorization: Bearer {seed['api_token']}' {self.server}/api/v1/devices/")
+        self.say(f"  review    : {self.server}/api/v1/escalations/?state=review (same header)")
+        self.say(
+            f"  advisor   : {self.server}/api/v1/escalations/advisor/?model_name={demo_scene.MODEL}"
+            f"&model_version=1.0.0&max_escalation_rate=0.1"
+        )
+        self.say(f"  export    : {self.server}/api/v1/escalations/export/?include_agreed=true (a zip)")
         self.say(f"  logs      : {self.logs}/")
         self.say("")
         return dict(seed)

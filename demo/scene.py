@@ -87,6 +87,33 @@ def publish_model(bin_dir: Path, server: str, token: str, work: Path) -> dict[st
     return dict(json.loads(result.stdout))
 
 
+CLOUD_MODEL = "cloud-classifier"
+
+
+def publish_cloud_model(bin_dir: Path, server: str, token: str, work: Path) -> dict[str, object]:
+    """Publish the cloud classifier (role ``cloud``) as CI would: the model the cloud worker answers with."""
+    references = samples.write_samples(work / "reference", samples.reference_crops(8))
+    command = [
+        str(bin_dir / "edgefleet"),
+        "publish",
+        "--server",
+        server,
+        "--token",
+        token,
+        "--model",
+        CLOUD_MODEL,
+        "--file",
+        str(zoo.onnx_path(CLOUD_MODEL)),
+        "--metadata",
+        str(zoo.metadata_path(CLOUD_MODEL)),
+    ]
+    command += [arg for path in references for arg in ("--reference", str(path))]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    if result.returncode != 0:
+        raise SystemExit(f"publishing {CLOUD_MODEL} failed (exit {result.returncode}):\n{result.stderr[-2000:]}")
+    return dict(json.loads(result.stdout))
+
+
 def agent_environment(frames: Path) -> dict[str, str]:
     """The demo's camera and faster telemetry window, as the environment overrides an installer would set
     (``EDGEFLEET_AGENT_<SECTION>_<KEY>``, docs/agent.md); the agent validates them like its config file."""
@@ -95,15 +122,24 @@ def agent_environment(frames: Path) -> dict[str, str]:
         "EDGEFLEET_AGENT_CAPTURE_LOOP": "true",
         "EDGEFLEET_AGENT_CAPTURE_MAX_FPS": str(CAMERA_FPS),
         "EDGEFLEET_AGENT_VISION_WINDOW_INTERVAL_S": str(WINDOW_S),
-        # The cloud side of escalation is not part of this demo yet; devices keep deciding locally.
-        "EDGEFLEET_AGENT_ESCALATION_ENABLED": "false",
+        # Frames the classifier is unsure of (below its escalate_below) go to the cloud model: the camera
+        # with the failed lamp often, the others rarely. Two a second at most per device.
+        "EDGEFLEET_AGENT_ESCALATION_ENABLED": "true",
+        "EDGEFLEET_AGENT_ESCALATION_MAX_FRAMES_PER_S": "2",
     }
+
+
+# Below the model's own escalate_below (0.6), at which these rendered crops leave a third of all frames
+# unsure: here the camera with the failed lamp escalates, the others rarely. The threshold advisor
+# (GET /api/v1/escalations/advisor/) shows the curve this choice sits on.
+ESCALATION_THRESHOLD = 0.35
 
 
 def assign_model(server: str, token: str, version: str, device_ids: list[str]) -> None:
     """Point every device at the published version through the REST API, as an operator's script would."""
+    body = {"model": MODEL, "version": version, "config": {"escalation_threshold": ESCALATION_THRESHOLD}}
     for device_id in device_ids:
-        api(server, token, "POST", f"/api/v1/devices/{device_id}/assign-model/", {"model": MODEL, "version": version})
+        api(server, token, "POST", f"/api/v1/devices/{device_id}/assign-model/", body)
 
 
 def device_ids(server: str, token: str) -> Mapping[tuple[str, str], str]:

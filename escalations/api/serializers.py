@@ -52,6 +52,8 @@ class EscalationSerializer(serializers.ModelSerializer):
             "threshold",
             "label",
             "confidence",
+            "reason",
+            "sample_rate",
             "result",
             "privacy",
             "crop",
