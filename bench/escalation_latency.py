@@ -22,17 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import urllib.request
 from datetime import datetime
 from typing import Any
 
 import numpy as np
 
-
-def get(server: str, token: str, path: str) -> Any:
-    request = urllib.request.Request(f"{server.rstrip('/')}{path}", headers={"Authorization": f"Bearer {token}"})
-    with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - an operator's own server
-        return json.load(response)
+from registry.client import call
 
 
 def pages(server: str, token: str, path: str, limit: int = 500) -> list[dict[str, Any]]:
@@ -40,7 +35,7 @@ def pages(server: str, token: str, path: str, limit: int = 500) -> list[dict[str
     offset = 0
     while True:
         sep = "&" if "?" in path else "?"
-        page = get(server, token, f"{path}{sep}limit={limit}&offset={offset}")
+        page = call(server, token, "GET", f"{path}{sep}limit={limit}&offset={offset}")
         rows.extend(page["results"])
         offset += limit
         if page.get("next") is None:
