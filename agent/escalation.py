@@ -232,6 +232,13 @@ class EscalationClient:
             raise ValueError(f"escalation privacy {privacy!r} is not one of {', '.join(PRIVACY)}")
         self._privacy = privacy
 
+    def set_budget(self, frames_per_s: float | None, bandwidth_bytes_per_s: float | None) -> None:
+        """Apply the desired state's per-device budget; None returns each to the agent's config."""
+        with self._cond:
+            self._frames.rate = frames_per_s or self.settings.max_frames_per_s
+            self._bandwidth.rate = bandwidth_bytes_per_s or self.settings.bandwidth_bytes_per_s
+            self._bandwidth.capacity = self._bandwidth.rate
+
     @property
     def privacy(self) -> str:
         return self._privacy or self.settings.privacy

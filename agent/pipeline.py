@@ -306,6 +306,9 @@ class PipelineComponent:
         if self.pipeline.escalation is not None:
             self.pipeline.escalation.set_threshold(config.escalation_threshold)
             self.pipeline.escalation.set_privacy(config.escalation_privacy)
+            self.pipeline.escalation.set_budget(
+                config.escalation_max_frames_per_s, config.escalation_bandwidth_bytes_per_s
+            )
 
     @classmethod
     def build(cls, config: AgentConfig, holder: SessionHolder) -> PipelineComponent:

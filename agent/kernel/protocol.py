@@ -317,6 +317,8 @@ def _number_between(low: float, high: float) -> Callable[[object], int | float]:
 # JSON of the document as parsed, and must be the very bytes the control plane signed.
 UnitNumber = Annotated[int | float, PlainValidator(_number_between(0, 1), json_schema_input_type=float)]
 IntervalS = Annotated[int | float, PlainValidator(_number_between(0.1, 3600), json_schema_input_type=float)]
+FramesPerS = Annotated[int | float, PlainValidator(_number_between(0.001, 1000), json_schema_input_type=float)]
+BytesPerS = Annotated[int | float, PlainValidator(_number_between(1024, 1e9), json_schema_input_type=float)]
 
 
 class RuntimeConfig(BaseModel):
@@ -330,6 +332,10 @@ class RuntimeConfig(BaseModel):
     """How often the pipeline's window summary becomes a ``window`` record; absent: the agent's config."""
     escalation_privacy: Literal["full", "crop", "metadata"] | None = None
     """The site's privacy for escalated frames: the whole frame, a crop around the detection, or no pixels."""
+    escalation_max_frames_per_s: FramesPerS | None = None
+    """This device's escalation budget in frames; absent: the agent's config."""
+    escalation_bandwidth_bytes_per_s: BytesPerS | None = None
+    """This device's escalation budget in upload bytes; absent: the agent's config."""
 
 
 class Desired(_Message):

@@ -445,3 +445,27 @@ def test_a_metadata_only_site_gets_no_pixels_and_a_crop_site_only_the_detection(
     assert set(classifier_on_crop_site) == {"metadata"}
     with pytest.raises(ValueError):
         escalation.set_privacy("blurred")
+
+
+def test_the_desired_state_sets_a_per_device_budget_and_its_bounds_hold(tmp_path: Path) -> None:
+    from agent.kernel import protocol
+
+    settings = EscalationSettings.model_validate({**FAST, "max_frames_per_s": 2, "bandwidth_bytes_per_s": 65536})
+    escalation = EscalationClient(
+        settings, server_url="http://127.0.0.1:9", device_id="d", secret="s", queue_dir=tmp_path / "q"
+    )
+    config = protocol.RuntimeConfig.model_validate(
+        {"escalation_max_frames_per_s": 0.2, "escalation_bandwidth_bytes_per_s": 8192}
+    )
+    escalation.set_budget(config.escalation_max_frames_per_s, config.escalation_bandwidth_bytes_per_s)
+    assert (escalation._frames.rate, escalation._bandwidth.rate) == (0.2, 8192)
+    escalation.set_budget(None, None)  # the desired state stopped saying: the agent's own config again
+    assert (escalation._frames.rate, escalation._bandwidth.rate) == (2, 65536)
+    for bad in (
+        {"escalation_max_frames_per_s": 0},
+        {"escalation_bandwidth_bytes_per_s": 2e9},
+        {"escalation_max_frames_per_s": float("nan")},
+        {"escalation_privacy": "blurred"},
+    ):
+        with pytest.raises(ValueError):
+            protocol.RuntimeConfig.model_validate(bad)
