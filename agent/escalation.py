@@ -216,6 +216,7 @@ class EscalationClient:
         self._answers_lock = threading.Lock()
         self._answered: deque[int] = deque(maxlen=ANSWERS_REMEMBERED)
         self._stopped = False
+        self._woken = False
         self._threads: list[threading.Thread] = []
 
     # -- the inference side --------------------------------------------------
@@ -395,9 +396,21 @@ class EscalationClient:
             self._cond.notify_all()
 
     def _sleep(self, seconds: float) -> bool:
-        """Wait out a backoff or the bandwidth budget; True when stopped meanwhile."""
+        """Wait out a backoff or the bandwidth budget (a ``wake`` ends it early); True when stopped meanwhile."""
         with self._cond:
-            return self._cond.wait_for(lambda: self._stopped, seconds)
+            self._cond.wait_for(lambda: self._stopped or self._woken, seconds)
+            self._woken = False
+            return self._stopped
+
+    def wake(self) -> None:
+        """The link is back: retry the queued frames now rather than at the end of a long backoff."""
+        with self._cond:
+            self._woken = True
+            self._cond.notify_all()
+
+    def has_backlog(self) -> bool:
+        """Frames wait to go up: the runtime holds the telemetry backlog behind them after a reconnect."""
+        return len(self.queue) > 0
 
     def _upload_loop(self) -> None:
         failures = 0

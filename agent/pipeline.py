@@ -255,6 +255,10 @@ class _Runtime(Protocol):
 
     def event(self, kind: str, **data: Any) -> None: ...
 
+    def on_reconnect(self, callback: Callable[[], None]) -> None: ...
+
+    def hold_backlog_while(self, pending: Callable[[], bool]) -> None: ...
+
 
 class PipelineComponent:
     """Plugs a pipeline into ``agent.runtime.Runtime``: ``Runtime(config, components=[this])``.
@@ -288,6 +292,9 @@ class PipelineComponent:
                 return data
 
             runtime.register_command("escalation_result", answered)
+            # After an outage: the reported state and events first, then escalations, then the telemetry backlog.
+            runtime.on_reconnect(escalation.wake)
+            runtime.hold_backlog_while(escalation.has_backlog)
         self.pipeline.start()
         self._thread = threading.Thread(target=self._tick, args=(runtime.outbox,), name="windows", daemon=True)
         self._thread.start()

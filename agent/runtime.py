@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 # The loop wakes at least this often to resend unacknowledged records and run tickers.
 _IDLE_WAKE_S = 1.0
+# After a (re)connect the telemetry backlog waits behind what components hold it for (escalations), this long
+# at most: the reported state and events go first, then escalations, then the bulk backlog.
+BACKLOG_HOLD_MAX_S = 60.0
 
 CommandHandler = Callable[[protocol.Command], dict[str, Any]]
 
@@ -110,6 +113,9 @@ class Runtime:
             on_commit=lambda: self.inbox.put(("wake", None)),
         )
         self._dropped_reported = self.outbox.stats().dropped_total
+        self._reconnect_callbacks: list[Callable[[], None]] = []
+        self._backlog_holds: list[Callable[[], bool]] = []
+        self._connected_at: float | None = None
         self.trust = trust or Trust(config)
         self.desired_state = DesiredState(config, self.trust, self)
         self.link = Link(
@@ -124,6 +130,14 @@ class Runtime:
 
     def register_command(self, name: str, handler: CommandHandler) -> None:
         self.commands[name] = handler
+
+    def on_reconnect(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (from the main loop) each time the link to the broker comes up."""
+        self._reconnect_callbacks.append(callback)
+
+    def hold_backlog_while(self, pending: Callable[[], bool]) -> None:
+        """Keep the telemetry backlog back after a (re)connect while ``pending()`` (at most BACKLOG_HOLD_MAX_S)."""
+        self._backlog_holds.append(pending)
 
     def set_reported(self, **fields: Any) -> None:
         """Change what every later ``reported`` says (phase, error, model, fallback) and publish it."""
@@ -219,7 +233,13 @@ class Runtime:
         if kind == "connected":
             # Whatever was in flight on the old connection may be lost: send it again.
             self.outbox.requeue()
+            self._connected_at = time.monotonic()
             self.report()
+            for callback in self._reconnect_callbacks:
+                try:
+                    callback()
+                except Exception:
+                    log.exception("reconnect callback failed")
         elif kind == "message":
             try:
                 self._dispatch(value)
@@ -268,9 +288,17 @@ class Runtime:
         log.debug("heartbeat", extra={"seq": seq, "outbox_depth": stats.depth})
         return seq
 
+    def backlog_held(self) -> bool:
+        """Whether the telemetry backlog waits now: just (re)connected and a component still has priority work."""
+        if self._connected_at is None or time.monotonic() - self._connected_at > BACKLOG_HOLD_MAX_S:
+            return False
+        return any(pending() for pending in self._backlog_holds)
+
     def pump(self) -> int:
-        """Publish committed telemetry while connected and the in-flight window has room."""
+        """Publish committed telemetry while connected and the in-flight window has room (and nothing holds it)."""
         sent = 0
+        if self.backlog_held():
+            return sent
         while self.link.connected.is_set():
             batch = self.outbox.next_batch()
             if batch is None:

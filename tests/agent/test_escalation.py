@@ -469,3 +469,17 @@ def test_the_desired_state_sets_a_per_device_budget_and_its_bounds_hold(tmp_path
     ):
         with pytest.raises(ValueError):
             protocol.RuntimeConfig.model_validate(bad)
+
+
+def test_a_reconnect_wakes_the_uploader_out_of_a_long_backoff(tmp_path: Path, http_server: RecordingServer) -> None:
+    http_server.status = 503
+    escalation = client(tmp_path, http_server, backoff_s=60, backoff_max_s=600)
+    escalation.start()
+    escalation.offer(*uncertain(1), model_default=0.6)
+    assert escalation.wait_for(lambda c: c.failed_attempts >= 1, 10)
+    assert escalation.has_backlog()
+    http_server.status = 201
+    escalation.wake()  # the link came back: no minute-long wait
+    assert escalation.wait_for(lambda c: c.uploaded == 1, 5)
+    assert not escalation.has_backlog()
+    escalation.stop()

@@ -262,6 +262,12 @@ def test_the_component_takes_the_clouds_answers_when_it_escalates(tmp_path: Path
         def event(self, kind: str, **data: Any) -> None:
             self.events.append((kind, data))
 
+        def on_reconnect(self, callback: Any) -> None:
+            self.reconnect = callback
+
+        def hold_backlog_while(self, pending: Any) -> None:
+            self.hold = pending
+
     runtime = Runtime()
     escalation = EscalationClient(
         EscalationSettings(), server_url="http://127.0.0.1:9", device_id="dev-1", secret="s", queue_dir=tmp_path / "q"
@@ -284,6 +290,8 @@ def test_the_component_takes_the_clouds_answers_when_it_escalates(tmp_path: Path
     finally:
         component.stop()
         runtime.outbox.close()
+    # After an outage the uploader is woken, and the telemetry backlog waits while frames do.
+    assert runtime.reconnect == escalation.wake and runtime.hold() is False
     assert runtime.events == [
         (
             "escalation_answered",

@@ -166,3 +166,25 @@ def test_flush_commits_and_sends_everything_unacknowledged_now(runtime: Runtime,
     (event,) = [m["data"] for m in cloud.of("events") if m["kind"] == "flushed"]
     # Nothing acknowledges here, so the startup heartbeat is resent along with the new record.
     assert event["command_id"] == "c-flush" and event["sent"] == 2 and event["outbox_depth"] == 2
+
+
+def test_after_a_reconnect_the_telemetry_backlog_waits_behind_escalations_but_not_for_long(
+    runtime: Runtime, cloud: Cloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    escalations_waiting = threading.Event()
+    escalations_waiting.set()
+    runtime.hold_backlog_while(escalations_waiting.is_set)
+    reported = len(cloud.of("reported"))
+    runtime.inbox.put(("connected", None))  # as the link says after an outage
+    # The reported state goes first, whatever waits.
+    assert cloud.wait_for(lambda got: sum(s == "reported" for s, _ in got) > reported)
+    runtime.outbox.append("window", {"i": 1})
+    runtime.outbox.commit()
+    assert runtime.backlog_held() and runtime.pump() == 0
+    assert runtime.outbox.stats().in_flight == 0
+
+    escalations_waiting.clear()  # the escalations went up: the backlog goes now
+    assert not runtime.backlog_held()
+    escalations_waiting.set()
+    monkeypatch.setattr("agent.runtime.BACKLOG_HOLD_MAX_S", 0.0)  # and never longer than the bound
+    assert not runtime.backlog_held()
