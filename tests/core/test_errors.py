@@ -456,7 +456,7 @@ def test_every_code_the_api_can_answer_is_documented() -> None:
     documented = dict(re.findall(r"^\| `([a-z_]+)` \| (\d{3}) \|", (ROOT / "docs" / "api.md").read_text(), re.M))
     raised = {
         code
-        for app in ("core", "registry", "fleet", "telemetry", "rollouts")
+        for app in ("core", "registry", "fleet", "telemetry", "rollouts", "escalations")
         for path in Path(ROOT / app).rglob("*.py")
         for code in RAISED.findall(path.read_text())
     }
