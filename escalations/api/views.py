@@ -189,10 +189,12 @@ class ExportView(APIView):
 
     @extend_schema(
         parameters=[ExportQuerySerializer],
-        responses={(200, "application/zip"): OpenApiTypes.BINARY, 400: ErrorSerializer},
+        responses={(200, "application/zip"): OpenApiTypes.BINARY, 400: ErrorSerializer, 404: ErrorSerializer},
     )
     def get(self, request: Request) -> FileResponse:
-        query = ExportQuerySerializer(data=request.query_params)
+        # A plain dict: a query string's empty value is then a value to check (``until=`` is not a date-time),
+        # not "left out" as DRF reads an HTML form.
+        query = ExportQuerySerializer(data=dict(request.query_params.items()))
         query.is_valid(raise_exception=True)
         options = dict(query.validated_data)
         fmt = options.pop("layout")
@@ -211,9 +213,12 @@ class AdvisorView(APIView):
 
     permission_classes = [HasScope]
 
-    @extend_schema(parameters=[AdvisorQuerySerializer], responses={200: OpenApiTypes.OBJECT, 400: ErrorSerializer})
+    @extend_schema(
+        parameters=[AdvisorQuerySerializer],
+        responses={200: OpenApiTypes.OBJECT, 400: ErrorSerializer, 404: ErrorSerializer},
+    )
     def get(self, request: Request) -> Response:
-        query = AdvisorQuerySerializer(data=request.query_params)
+        query = AdvisorQuerySerializer(data=dict(request.query_params.items()))
         query.is_valid(raise_exception=True)
         data = query.validated_data
         site = get_object_or_404(Site, slug=data["site"]) if data.get("site") else None

@@ -133,3 +133,6 @@ def test_the_coco_export_carries_the_boxes_a_reviewer_drew(answered, token_clien
     assert [a["bbox"] for a in coco["annotations"]] == [[4.0, 6.0, 20.0, 10.0]]
     assert coco["images"][0]["file_name"] == f"images/{row.pk}.jpg"
     assert token_client("read").get("/api/v1/escalations/export/?layout=voc").status_code == 400
+    # An empty value is a value, and not a date-time.
+    empty = token_client("read").get("/api/v1/escalations/export/?until=")
+    assert empty.status_code == 400 and empty.json()["code"] == "invalid"
