@@ -148,7 +148,9 @@ def test_desired_state_reaches_the_device_retained(
         desired.issue(device, {"config": {"telemetry_interval_s": 15}})
         assert device_client.wait_for(lambda got: any(s == "desired" for s, _ in got))
         (document,) = [m for s, m in device_client.received if s == "desired"]
-        assert document["generation"] == 1 and document["config"] == {"telemetry_interval_s": 15}
+        # The site's escalation privacy rides in every signed document (fleet.desired).
+        assert document["generation"] == 1
+        assert document["config"] == {"telemetry_interval_s": 15, "escalation_privacy": "full"}
     finally:
         bridge.stop()
         # Clear the retained message so the shared broker is left as found.
