@@ -129,8 +129,8 @@ def agent_environment(frames: Path) -> dict[str, str]:
     }
 
 
-# Below the model's own escalate_below (0.6), at which these rendered crops leave a third of all frames
-# unsure: here the camera with the failed lamp escalates, the others rarely. The threshold advisor
+# Below the model's own escalate_below (0.6), at which about one frame in ten of a normal camera is unsure:
+# here the camera with the failed lamp escalates, the others rarely. The threshold advisor
 # (GET /api/v1/escalations/advisor/) shows the curve this choice sits on.
 ESCALATION_THRESHOLD = 0.35
 
