@@ -1,4 +1,4 @@
-"""Dashboard pages of the fleet: the overview and one device.
+"""Dashboard pages of the fleet: the overview of sites, the device list and one device.
 
 Pages render what the database holds now; charts fetch their series from
 /api/v1/telemetry/ in the browser with the same session, so the figures on a
@@ -8,16 +8,19 @@ page are the API's figures and nothing here recomputes them.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import get_object_or_404, render
 from django.utils import timezone
 
+from dashboard.overview import overview, tiles
 from fleet.filters import DeviceFilter
-from fleet.models import Device, Site
+from fleet.models import Device
 from telemetry.models import Alert, DeviceClock, Quarantine
 from telemetry.rollups import READABLE
 
@@ -29,30 +32,72 @@ RANGES: dict[str, tuple[timedelta, int]] = {
     "7d": (timedelta(days=7), 168),
 }
 OVERVIEW_RANGE = "24h"
+DEVICES_PER_PAGE = 100
+SORT_COLUMNS = [
+    ("site", "Site"),
+    ("devices", "Devices"),
+    ("online", "Online"),
+    ("offline", "Offline"),
+    ("alerts", "Open alerts"),
+    ("versions", "Model versions"),
+]
 RECENT_EVENTS = 20
 RECENT_QUARANTINE = 10
 
 
 @login_required
 def dashboard(request: HttpRequest) -> HttpResponse:
-    devices = DeviceFilter(request.GET, queryset=Device.objects.select_related("site").filter(revoked_at__isnull=True))
-    rows = list(devices.qs) if devices.is_valid() else []
-    sites: dict[int, dict[str, Any]] = {site.pk: {"site": site, "devices": []} for site in Site.objects.all()}
-    for device in rows:
-        sites[device.site_id]["devices"].append(device)
-    span, points = RANGES[OVERVIEW_RANGE]
-    end = timezone.now()
+    """Sites as a sortable, filterable, paginated table; devices are one search away."""
+    found = overview(request.GET)
+    valid = found.page is not None
     context = {
-        "sites": list(sites.values()),
-        "filter": devices,
-        "total": len(rows),
-        "online": sum(1 for d in rows if d.online),
-        "open_alerts": Alert.objects.filter(state=Alert.State.OPEN).count(),
-        "series_start": (end - span).isoformat(),
-        "series_end": end.isoformat(),
-        "series_points": points,
+        **tiles(),
+        "overview": found,
+        "form": found.form,
+        "rows": [(site, found.versions.get(site.pk, [])) for site in found.page or []],
+        "query": _without(request.GET, "page", "sort"),
+        "page_query": _without(request.GET, "page"),
+        "sort_columns": SORT_COLUMNS,
+        "sort": (found.form.cleaned_data.get("sort") or "site") if valid else "site",
     }
-    return render(request, "dashboard/fleet.html", context, status=200 if devices.is_valid() else 400)
+    return render(request, "dashboard/fleet.html", context, status=200 if valid else 400)
+
+
+@login_required
+def device_list(request: HttpRequest) -> HttpResponse:
+    """Devices matching the API's device filter, a page at a time, each marked with its open alerts."""
+    devices = DeviceFilter(request.GET, queryset=Device.objects.select_related("site").filter(revoked_at__isnull=True))
+    valid = devices.is_valid()
+    page = (
+        Paginator(devices.qs.order_by("site__slug", "name", "pk"), DEVICES_PER_PAGE).get_page(request.GET.get("page"))
+        if valid
+        else None
+    )
+    context = {
+        "filter": devices,
+        "page": page,
+        "rows": with_alert_rules(page),
+        "query": _without(request.GET, "page"),
+    }
+    return render(request, "dashboard/devices.html", context, status=200 if valid else 400)
+
+
+def with_alert_rules(devices: Iterable[Device] | None) -> list[tuple[Device, list[str]]]:
+    """Each device with the rules of its open alerts, in one query for all of them."""
+    listed = list(devices or [])
+    found: dict[int, list[str]] = {}
+    rows = Alert.objects.filter(device__in=[d.pk for d in listed], state=Alert.State.OPEN)
+    for device, rule in rows.values_list("device_id", "rule__kind").order_by("rule__kind"):
+        found.setdefault(device, []).append(rule)
+    return [(device, found.get(device.pk, [])) for device in listed]
+
+
+def _without(params: QueryDict, *names: str) -> str:
+    """The query string less ``names``, to append page and sort links to."""
+    kept = params.copy()
+    for name in names:
+        kept.pop(name, None)
+    return kept.urlencode()
 
 
 @login_required

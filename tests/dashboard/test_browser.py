@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fleet.models import Device, Site
+from rollouts.models import Rollout, RolloutDevice
 from telemetry.models import Alert
 from tests.dashboard.conftest import require_browser, sign_in
 from tests.dashboard.fixtures import (
@@ -19,7 +21,8 @@ from tests.dashboard.fixtures import (
     with_telemetry,
 )
 
-pytestmark = pytest.mark.browser
+# config/urls.py routes the overview and device pages; this adds the device list and site pages.
+pytestmark = [pytest.mark.browser, pytest.mark.urls("tests.dashboard.urls")]
 
 expect = require_browser().expect
 
@@ -44,20 +47,43 @@ def chart_points(page: Any, chart: str) -> list[int]:
     )
 
 
-def test_signing_in_leads_to_the_overview_with_every_devices_online_state(
+def test_signing_in_leads_to_the_overview_and_a_site_row_to_its_devices(
     page: Any, fleet: list[Device], admin_user: Any, screenshot: Callable[[str], None]
 ) -> None:
     online, offline = fleet
     sign_in(page, "alice", "pw-alice-123")
     expect(page.get_by_test_id("online-count")).to_have_text("1")
     expect(page.get_by_test_id("device-count")).to_have_text("3")
+    plant_a = page.locator('tr[data-site="plant-a"]')
+    expect(plant_a.get_by_test_id("devices")).to_have_text("2")
+    expect(plant_a.get_by_test_id("online")).to_have_text("1")
+    expect(page.locator('tr[data-site="plant-b"]').get_by_test_id("offline")).to_have_text("1")
+    screenshot("overview")
+    plant_a.get_by_role("link", name="Plant A").click()
+    page.wait_for_url("**/sites/plant-a/")
     expect(page.locator(f'tr[data-device="{online.device_id}"] [data-testid=state]')).to_have_text("online")
     expect(page.locator(f'tr[data-device="{offline.device_id}"] [data-testid=state]')).to_have_text("offline")
-    # The site with telemetry draws its chart; the other says it has none yet.
-    expect(page.get_by_test_id("site-chart-plant-a")).to_have_attribute("data-state", "ready")
-    expect(page.get_by_test_id("site-chart-plant-b")).to_have_attribute("data-state", "empty")
-    assert min(chart_points(page, "site-overview")) > 0
-    screenshot("overview")
+
+
+def test_staff_roll_a_site_back_from_its_page(page: Any, fleet: list[Device], admin_user: Any, tmp_path: Path) -> None:
+    version = registry_model("detector").versions.get()
+    rollout = Rollout.objects.create(version=version, target={}, plan={}, state=Rollout.RUNNING)
+    RolloutDevice.objects.create(rollout=rollout, device=fleet[0], stage_index=0, target="cpu-fp32")
+    sign_in(page, "alice", "pw-alice-123")
+    page.get_by_role("textbox", name="Site").fill("plant-a")
+    page.get_by_role("button", name="Filter", exact=True).click()
+    expect(page.locator("tr[data-site]")).to_have_count(1)
+    expect(page.locator('tr[data-site="plant-a"]').get_by_test_id("rollouts")).to_have_text("1 running")
+    page.screenshot(path=str(tmp_path / "overview.png"), full_page=True)
+    page.get_by_role("link", name="Plant A").click()
+    expect(page.get_by_test_id("rollback-stops")).to_contain_text(f"#{rollout.pk}")
+    page.get_by_label("Reason (required)").fill("false rejects on line 3")
+    page.get_by_role("button", name="Roll back plant-a").click()
+    expect(page.get_by_test_id("messages")).to_contain_text("Plant A rolled back")
+    page.screenshot(path=str(tmp_path / "site.png"), full_page=True)
+    rollout.refresh_from_db()
+    assert rollout.state == Rollout.ABORTED
+    assert (tmp_path / "overview.png").stat().st_size > 0 and (tmp_path / "site.png").stat().st_size > 0
 
 
 def test_a_wrong_password_keeps_you_on_the_login_page(page: Any, viewer_user: Any) -> None:
@@ -73,7 +99,7 @@ def test_a_device_page_draws_every_chart_from_the_devices_telemetry(
 ) -> None:
     device = fleet[0]
     with_event(device, "model.swap", version="1.0.0")
-    sign_in(page, "victor", "pw-victor-123")
+    sign_in(page, "victor", "pw-victor-123", path="/sites/plant-a/")
     page.get_by_role("link", name="cam-online").click()
     page.get_by_test_id("range-1h").click()
     page.wait_for_url(f"**/devices/{device.device_id}/?range=1h")
