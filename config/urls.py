@@ -5,7 +5,6 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from core import views as core_views
 from core.api import exceptions as api_errors
-from dashboard import views
 from registry import views as registry_views
 from telemetry import views as telemetry_views
 
@@ -16,8 +15,7 @@ handler404 = api_errors.page_not_found
 handler500 = api_errors.server_error
 
 urlpatterns = [
-    path("", views.dashboard, name="dashboard"),
-    path("devices/<str:device_id>/", views.device_detail, name="device-page"),
+    path("", include("dashboard.urls")),
     path("alerts/", telemetry_views.alerts, name="alerts"),
     path("models/", registry_views.models, name="models"),
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),

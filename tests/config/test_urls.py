@@ -29,14 +29,19 @@ def test_the_dashboard_asks_for_a_login(client: Client) -> None:
     assert response.status_code == 302 and "/login" in response["Location"]
 
 
-def test_the_dashboard_lists_sites_and_device_states(admin_client: APIClient, site: Site, enroll_device) -> None:  # type: ignore[no-untyped-def]
+def test_the_dashboard_routes_site_and_device_pages_from_the_root(
+    admin_client: APIClient, site: Site, enroll_device
+) -> None:  # type: ignore[no-untyped-def]
     online = enroll_device(site, "cam-online").device
     enroll_device(site, "cam-offline")
     online.record_presence(True, online.created_at)
     page = admin_client.get("/").content.decode()
-    assert "Plant A" in page
-    assert f'data-device="{online.device_id}"' in page
+    assert "Plant A" in page and 'href="/sites/plant-a/"' in page
     assert 'data-testid="online-count">1<' in page and 'data-testid="device-count">2<' in page
+    # The site page and the device list are routed from the root too, and list the devices with their state.
+    site_page = admin_client.get("/sites/plant-a/").content.decode()
+    assert f'data-device="{online.device_id}"' in site_page
+    assert f'data-device="{online.device_id}"' in admin_client.get("/devices/?q=cam-online").content.decode()
 
 
 def test_healthz_answers(client: Client) -> None:

@@ -21,8 +21,7 @@ from tests.dashboard.fixtures import (
     with_telemetry,
 )
 
-# config/urls.py routes the overview and device pages; this adds the device list and site pages.
-pytestmark = [pytest.mark.browser, pytest.mark.urls("tests.dashboard.urls")]
+pytestmark = pytest.mark.browser
 
 expect = require_browser().expect
 

@@ -16,7 +16,7 @@ from registry.models import ModelVersion
 from rollouts.models import Rollout, RolloutDevice
 from tests.dashboard.fixtures import open_alert, registry_model, reporting
 
-pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.dashboard.urls")]
+pytestmark = pytest.mark.django_db
 
 URL = "/sites/plant-a/"
 
