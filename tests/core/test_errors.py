@@ -170,8 +170,11 @@ def test_it_still_reads_every_spelling_of_a_boolean_filter(viewer_client: APICli
     assert viewer_client.get("/api/v1/devices/", {"online": value}).status_code == 200
 
 
-def test_the_dashboard_answers_an_invalid_filter_value_with_a_400_page(admin_client: APIClient) -> None:
-    response = admin_client.get("/", {"online": "bogus"})
+@pytest.mark.parametrize(("path", "query"), [("/devices/", {"online": "bogus"}), ("/", {"sort": "bogus"})])
+def test_the_dashboard_answers_an_invalid_filter_value_with_a_400_page(
+    admin_client: APIClient, path: str, query: dict[str, str]
+) -> None:
+    response = admin_client.get(path, query)
     assert response.status_code == 400 and response["Content-Type"].startswith("text/html")
 
 
