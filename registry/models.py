@@ -330,6 +330,7 @@ class Alias(models.Model):
 
     class Meta:
         ordering = ["model__name", "name"]
+        verbose_name_plural = "aliases"
         constraints = [models.UniqueConstraint(fields=["model", "name"], name="alias_unique_per_model")]
 
     def __str__(self) -> str:

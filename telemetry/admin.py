@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.http import HttpRequest
 
 from telemetry.models import Alert, AlertRule, Baseline, BridgeStats, DeviceClock, NotificationChannel, Quarantine
 
@@ -17,6 +18,10 @@ class AlertAdmin(admin.ModelAdmin):
     list_filter = ["state", "rule"]
     list_select_related = ["rule", "device"]
     readonly_fields = [f.name for f in Alert._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        # Alerts are opened by their rules (telemetry.alerts), never by hand.
+        return False
 
 
 @admin.register(NotificationChannel)

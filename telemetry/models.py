@@ -237,6 +237,9 @@ class BridgeStats(models.Model):
     started_at = models.DateTimeField()
     updated_at = models.DateTimeField()
 
+    class Meta:
+        verbose_name_plural = "bridge stats"
+
 
 class Baseline(models.Model):
     """The distribution a model version is compared with for drift."""
