@@ -11,43 +11,24 @@ so no two publish the same command.
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable
 
-import paho.mqtt.client as mqtt
-from django.db import DatabaseError, close_old_connections, connection, transaction
+from django.db import transaction
 from django.utils import timezone
 from pydantic import ValidationError
 
 from agent.kernel import protocol
+from bridge.polling import PendingPublisher
 from fleet.commands import COMMAND_TTL
 from fleet.models import DeviceCommand
 
 log = logging.getLogger(__name__)
 
-Publish = Callable[..., mqtt.MQTTMessageInfo]
 
-
-class CommandPublisher:
+class CommandPublisher(PendingPublisher):
     """Publishes pending device commands; ``run`` is the bridge's ``bridge-commands`` thread."""
 
-    def __init__(self, publish: Publish, *, poll_s: float = 1.0, batch: int = 100) -> None:
-        self._publish = publish
-        self.poll_s = poll_s
-        self.batch = batch
-
-    def run(self, stopping: threading.Event, connected: threading.Event) -> None:
-        try:
-            while not stopping.wait(self.poll_s):
-                if not connected.is_set():
-                    continue
-                try:
-                    close_old_connections()
-                    self.publish_pending()
-                except DatabaseError:
-                    log.exception("could not read device commands; retrying")
-        finally:
-            connection.close()
+    what = "device commands"
+    default_batch = 100
 
     def publish_pending(self) -> int:
         """Publish every pending command, oldest first; returns how many the broker confirmed."""

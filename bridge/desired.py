@@ -10,42 +10,22 @@ pending and several bridges side by side only ever move it forward.
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable
 
-import paho.mqtt.client as mqtt
-from django.db import DatabaseError, close_old_connections, connection
 from django.db.models import F
 from pydantic import ValidationError
 
 from agent.kernel import protocol
+from bridge.polling import PendingPublisher
 from fleet.models import Device
 
 log = logging.getLogger(__name__)
 
-Publish = Callable[..., mqtt.MQTTMessageInfo]
 
-
-class DesiredPublisher:
+class DesiredPublisher(PendingPublisher):
     """Publishes pending desired documents; ``run`` is the bridge's ``bridge-desired`` thread."""
 
-    def __init__(self, publish: Publish, *, poll_s: float = 1.0, batch: int = 500) -> None:
-        self._publish = publish
-        self.poll_s = poll_s
-        self.batch = batch
-
-    def run(self, stopping: threading.Event, connected: threading.Event) -> None:
-        try:
-            while not stopping.wait(self.poll_s):
-                if not connected.is_set():
-                    continue
-                try:
-                    close_old_connections()
-                    self.publish_pending()
-                except DatabaseError:
-                    log.exception("could not read desired states; retrying")
-        finally:
-            connection.close()
+    what = "desired states"
+    default_batch = 500
 
     def publish_pending(self) -> int:
         """Publish, retained, every signed desired document newer than the last one published."""

@@ -21,7 +21,6 @@ canary running its previous version again) and writes the figures to
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -153,29 +152,20 @@ class Rehearsal:
         metadata_file = folder / f"{scene.MODEL}-{version}.json"
         metadata_file.write_text(json.dumps(metadata, indent=1))
         references = sorted((self.work / "reference").glob("*.png"))
-        command = [
-            str(self.bin_dir / "edgefleet"),
-            "publish",
-            "--server",
-            self.server,
-            "--token",
-            self.token,
-            "--model",
-            scene.MODEL,
-            "--file",
-            str(model_file),
-            "--metadata",
-            str(metadata_file),
-            "--rollout",
-            TEMPLATE,
-            *[arg for path in references for arg in ("--reference", str(path))],
-        ]
         self.say("")
         self.say(f"publishing {scene.MODEL} {version} with a rollout (edgefleet publish --rollout {TEMPLATE}) ...")
-        result = subprocess.run(command, capture_output=True, text=True, timeout=600)
-        if result.returncode != 0:
-            raise SystemExit(f"publishing {version} failed (exit {result.returncode}):\n{result.stderr[-2000:]}")
-        rollout = json.loads(result.stdout)["rollout"]
+        answer = scene.publish(
+            self.bin_dir,
+            self.server,
+            self.token,
+            scene.MODEL,
+            model_file,
+            metadata_file,
+            references,
+            "--rollout",
+            TEMPLATE,
+        )
+        rollout: dict[str, Any] = answer["rollout"]
         self.say(f"  rollout {rollout['id']} of {version} started: {self.server}/api/v1/rollouts/{rollout['id']}/")
         return int(rollout["id"])
 

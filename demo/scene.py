@@ -64,6 +64,14 @@ def publish_model(bin_dir: Path, server: str, token: str, work: Path) -> dict[st
         document = json.loads(MODEL_METADATA.read_text())
         document["reference_distribution"] = json.loads(measured.stdout)
         metadata.write_text(json.dumps(document, indent=1))
+    extra = ["--quantize", *(arg for path in calibration for arg in ("--calibration", str(path)))]
+    return publish(bin_dir, server, token, MODEL, MODEL_FILE, metadata, references, *extra)
+
+
+def publish(
+    bin_dir: Path, server: str, token: str, model: str, file: Path, metadata: Path, references: list[Path], *extra: str
+) -> dict[str, Any]:
+    """``edgefleet publish`` as a CI job runs it, with reference images and ``extra`` options; its JSON answer."""
     command = [
         str(bin_dir / "edgefleet"),
         "publish",
@@ -72,18 +80,19 @@ def publish_model(bin_dir: Path, server: str, token: str, work: Path) -> dict[st
         "--token",
         token,
         "--model",
-        MODEL,
+        model,
         "--file",
-        str(MODEL_FILE),
+        str(file),
         "--metadata",
         str(metadata),
-        "--quantize",
+        *(arg for path in references for arg in ("--reference", str(path))),
+        *extra,
     ]
-    command += [arg for path in references for arg in ("--reference", str(path))]
-    command += [arg for path in calibration for arg in ("--calibration", str(path))]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)
     if result.returncode != 0:
-        raise SystemExit(f"publishing {MODEL} failed (exit {result.returncode}):\n{result.stderr[-2000:]}")
+        raise SystemExit(
+            f"publishing {model} ({file.name}) failed (exit {result.returncode}):\n{result.stderr[-2000:]}"
+        )
     return dict(json.loads(result.stdout))
 
 
@@ -93,25 +102,9 @@ CLOUD_MODEL = "cloud-classifier"
 def publish_cloud_model(bin_dir: Path, server: str, token: str, work: Path) -> dict[str, object]:
     """Publish the cloud classifier (role ``cloud``) as CI would: the model the cloud worker answers with."""
     references = samples.write_samples(work / "reference", samples.reference_crops(8))
-    command = [
-        str(bin_dir / "edgefleet"),
-        "publish",
-        "--server",
-        server,
-        "--token",
-        token,
-        "--model",
-        CLOUD_MODEL,
-        "--file",
-        str(zoo.onnx_path(CLOUD_MODEL)),
-        "--metadata",
-        str(zoo.metadata_path(CLOUD_MODEL)),
-    ]
-    command += [arg for path in references for arg in ("--reference", str(path))]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
-    if result.returncode != 0:
-        raise SystemExit(f"publishing {CLOUD_MODEL} failed (exit {result.returncode}):\n{result.stderr[-2000:]}")
-    return dict(json.loads(result.stdout))
+    return publish(
+        bin_dir, server, token, CLOUD_MODEL, zoo.onnx_path(CLOUD_MODEL), zoo.metadata_path(CLOUD_MODEL), references
+    )
 
 
 def agent_environment(frames: Path) -> dict[str, str]:

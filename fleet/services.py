@@ -207,12 +207,9 @@ def assign_models(
         documents = {}
         for pk, (assignment, bundle) in chosen.items():
             previous = current.get(pk) or {}
-            # Built with the device kernel's models, so what is stored is what can be signed.
-            merged = {**(previous.get("config") or {}), **(config or {})}
-            runtime_config = protocol.RuntimeConfig.model_validate(merged)
             document: dict[str, Any] = {
                 "model": bundle.desired_model().model_dump(mode="json", exclude_none=True),
-                "config": runtime_config.model_dump(mode="json", exclude_none=True),
+                "config": _merged_config(previous, config or {}),
             }
             if assignment.rollback:
                 document["rollback_to"] = version.version
@@ -310,10 +307,7 @@ def set_runtime_config(
         documents = {}
         for device in devices:
             document = dict(current.get(device.pk) or {})
-            merged = {**(document.get("config") or {}), **config}
-            document["config"] = protocol.RuntimeConfig.model_validate(merged).model_dump(
-                mode="json", exclude_none=True
-            )
+            document["config"] = _merged_config(document, config)
             documents[device.pk] = document
         return _issue_audited(
             {d.pk: d for d in devices},
@@ -321,6 +315,15 @@ def set_runtime_config(
             actor=actor,
             audit=lambda pk: {"action": "device.config", "config": config, "reason": reason},
         )
+
+
+def _merged_config(document: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` over a desired document's runtime config, checked with the device kernel's model.
+
+    Built with the kernel's ``RuntimeConfig``, so what is stored is what can be signed (ValueError if not).
+    """
+    merged = {**(document.get("config") or {}), **config}
+    return protocol.RuntimeConfig.model_validate(merged).model_dump(mode="json", exclude_none=True)
 
 
 def _issue_audited(
