@@ -112,9 +112,13 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"
-# The dashboard's own CSS/JS, and Chart.js as `npm ci` installed it (package-lock.json pins it):
-# nothing is copied into the repository or fetched from a CDN, since sites are air-gapped.
-STATICFILES_DIRS = [BASE_DIR / "static", ("vendor/chart.js", BASE_DIR / "node_modules" / "chart.js" / "dist")]
+# The dashboard's own CSS/JS, and Chart.js and htmx as `npm ci` installed them (package-lock.json
+# pins them): nothing is copied into the repository or fetched from a CDN, since sites are air-gapped.
+STATICFILES_DIRS = [
+    BASE_DIR / "static",
+    ("vendor/chart.js", BASE_DIR / "node_modules" / "chart.js" / "dist"),
+    ("vendor/htmx", BASE_DIR / "node_modules" / "htmx.org" / "dist"),
+]
 MEDIA_ROOT = Path(env.string("MEDIA_ROOT", str(DATA_DIR / "media")) or "")
 MEDIA_URL = "media/"
 

@@ -99,3 +99,26 @@ class AuditLog(models.Model):
             reason=reason,
             data=data,
         )
+
+
+class Role(models.Model):
+    """What a user may do: ``admin`` everything, ``operator`` act on their sites, ``viewer`` read.
+
+    A user without a row is an admin when staff and a viewer otherwise; a superuser is
+    always an admin. An operator's sites are ``fleet.Site.operators``.
+    """
+
+    ADMIN = "admin"
+    OPERATOR = "operator"
+    VIEWER = "viewer"
+    KINDS = ((ADMIN, "Admin"), (OPERATOR, "Operator"), (VIEWER, "Viewer"))
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="role")
+    kind = models.CharField(max_length=16, choices=KINDS)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "core_role"
+
+    def __str__(self) -> str:
+        return f"{self.user} ({self.kind})"

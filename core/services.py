@@ -14,6 +14,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from core import access
 from core.errors import ServiceError
 from core.models import ApiToken, AuditLog
 
@@ -29,9 +30,11 @@ def check_token_request(*, user: Any, scopes: Iterable[str], expires_at: datetim
         errors["scopes"] = f"Unknown scopes: {', '.join(unknown)}. Known: {', '.join(ApiToken.SCOPES)}."
     elif not wanted:
         errors["scopes"] = f"Name at least one scope of: {', '.join(ApiToken.SCOPES)}."
-    elif ADMIN_SCOPE in wanted and not (user.is_staff or user.is_superuser):
+    elif not set(wanted) <= access.ROLE_SCOPES.get(access.role_of(user) or access.VIEWER, frozenset()):
         # A token can never do more than its user could in a session.
-        errors["scopes"] = f"Only a staff user's token may have the {ADMIN_SCOPE} scope."
+        role = access.role_of(user) or access.VIEWER
+        allowed = ", ".join(s for s in ApiToken.SCOPES if s in access.ROLE_SCOPES[role])
+        errors["scopes"] = f"{user.username} is {_article(role)} {role}: their tokens may have only {allowed}."
     if not user.is_active:
         errors["user"] = f"The user {user.username} is inactive."
     if expires_at is not None:
@@ -97,6 +100,10 @@ def revoke_token(token: ApiToken, *, actor: Any, reason: str, via: ApiToken | No
         )
     token.revoked_at = row.revoked_at
     return row
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
 
 
 def _via(token: ApiToken | None) -> dict[str, str]:

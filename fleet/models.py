@@ -66,6 +66,8 @@ class Site(models.Model):
         validators=[MinValueValidator(1), MaxValueValidator(3650)],
         help_text="Days an escalated frame's pixels are kept; the record itself stays.",
     )
+    # Users with the operator role who may act on this site (core.models.Role, fleet.access).
+    operators = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="operated_sites")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -12,7 +12,7 @@ from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions, permissions
 
-from core import tokens
+from core import access, tokens
 from core.models import ApiToken
 
 
@@ -52,24 +52,31 @@ class DeviceUser:
 
 
 class HasScope(permissions.BasePermission):
-    """Session users pass by staff status for writes; tokens by their scopes.
+    """Reads for any signed-in person; writes by role, and for tokens by their scopes too.
 
-    Views set ``required_scopes`` (for unsafe methods) and may set
-    ``read_scopes``; ``read`` is implied by any scope.
+    Views set ``required_scopes`` (for unsafe methods). Writes need an admin, or an
+    operator where the view sets ``operators_act = True``: its service then checks
+    that the operator operates the sites the action touches (``fleet.access``).
+    A token acts with its user's role, narrowed by its scopes; ``read`` is implied by any scope.
     """
 
     def has_permission(self, request: Any, view: Any) -> bool:
         if not (request.user and request.user.is_authenticated) or isinstance(request.user, DeviceUser):
             return False
-        write = request.method not in permissions.SAFE_METHODS
-        needed = set(getattr(view, "required_scopes", ())) if write else set()
+        role = access.role_of(request.user)
+        if role is None:
+            return False
+        if request.method in permissions.SAFE_METHODS:
+            return bool(request.auth.scopes) if isinstance(request.auth, ApiToken) else True
+        if role != access.ADMIN and not (role == access.OPERATOR and getattr(view, "operators_act", False)):
+            return False
         if isinstance(request.auth, ApiToken):
-            return needed.issubset(request.auth.scopes) if write else bool(request.auth.scopes)
-        return bool(request.user.is_staff) if write else True
+            return set(getattr(view, "required_scopes", ())).issubset(request.auth.scopes)
+        return True
 
 
 class IsAdmin(permissions.BasePermission):
-    """Staff or superusers in a session; a token only with the ``admin`` scope, and only while its user is staff.
+    """Admins in a session; a token only with the ``admin`` scope, and only while its user is an admin.
 
     Guards token management: a CI token with ``publish`` cannot mint itself more.
     """
@@ -78,7 +85,7 @@ class IsAdmin(permissions.BasePermission):
         user = request.user
         if not (user and user.is_authenticated) or isinstance(user, DeviceUser):
             return False
-        if not (user.is_staff or user.is_superuser):
+        if not access.is_admin(user):
             return False
         if isinstance(request.auth, ApiToken):
             return "admin" in request.auth.scopes

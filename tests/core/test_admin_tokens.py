@@ -64,7 +64,7 @@ def test_add_refuses_unknown_input_and_the_admin_scope_for_a_user_who_is_not_sta
 ) -> None:
     assert add(browser, root, scopes=[]).status_code == 200
     response = add(browser, viewer_user, scopes=["admin"])
-    assert "staff" in response.content.decode()
+    assert "is a viewer: their tokens may have only read" in response.content.decode()
     assert not ApiToken.objects.exists() and not AuditLog.objects.exists()
 
 

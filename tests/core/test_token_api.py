@@ -64,7 +64,7 @@ def test_the_created_token_publishes_and_nothing_more(admin_client: APIClient) -
 
 
 def test_an_admin_creates_a_token_for_another_user(admin_client: APIClient, viewer_user: Any) -> None:
-    response = create(admin_client, user="victor")
+    response = create(admin_client, user="victor", scopes=["read"])
     assert response.status_code == 201, response.content
     assert ApiToken.objects.get().user == viewer_user
 
