@@ -20,6 +20,7 @@ from django.views.decorators.http import require_http_methods
 
 from core.errors import ServiceError
 from dashboard.views import DEVICES_PER_PAGE, with_alert_rules
+from fleet import access
 from fleet.models import Device, Site
 from rollouts import rollback
 from rollouts.models import Rollout
@@ -41,12 +42,12 @@ class RollbackForm(forms.Form):
 @require_http_methods(["GET", "POST"])
 def site_detail(request: HttpRequest, slug: str) -> HttpResponse:
     site = get_object_or_404(Site, slug=slug)
-    # The API lets session users act when they are staff; the page follows the same rule.
-    may_act = request.user.is_staff
+    # The same rule as the service's: admins, and operators of this site.
+    may_act = access.may_act_on(request.user, [site.pk])
     form = RollbackForm(request.POST or None)
     if request.method == "POST":
         if not may_act:
-            raise PermissionDenied("Only staff may roll a site back.")
+            raise PermissionDenied(f"Only admins and operators of {site.slug} may roll it back.")
         if form.is_valid():
             try:
                 done = rollback.roll_back(site, actor=request.user, reason=form.cleaned_data["reason"])
