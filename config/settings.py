@@ -15,6 +15,9 @@ DATA_DIR = Path(env.string("EDGEFLEET_DATA_DIR", str(BASE_DIR / "var")) or "")
 ENVIRONMENT = env.choice("EDGEFLEET_ENV", "development", ("development", "production"))
 PRODUCTION = ENVIRONMENT == "production"
 DEBUG = env.boolean("DEBUG", default=not PRODUCTION)
+if PRODUCTION and DEBUG:
+    # Debug pages show settings, SQL and tracebacks to whoever triggers an error.
+    raise ImproperlyConfigured("DEBUG must be off when EDGEFLEET_ENV=production.")
 
 # Production has no default secret: a forgotten key must stop the start, not
 # sign sessions with a value published in this repository.

@@ -26,6 +26,7 @@ from core.errors import ServiceError
 from core.models import AuditLog
 from escalations import advisor
 from escalations.models import Escalation
+from fleet import access
 from fleet import services as fleet
 from fleet.models import Device, Site
 
@@ -93,6 +94,7 @@ def apply(
     model_name: str, model_version: str, *, site: Site, threshold: float, actor: Any, reason: str = ""
 ) -> dict[str, Any]:
     """Set the escalation threshold on the site's devices that run (are sent) this version; signed and audited."""
+    access.require_sites(actor, [site.pk], "change this site's escalation threshold")
     devices = [
         d
         for d in Device.objects.filter(site=site, revoked_at__isnull=True)

@@ -18,6 +18,7 @@ from django.utils import timezone
 from core.errors import ServiceError
 from core.models import AuditLog
 from escalations.models import Escalation, EscalationState
+from fleet import access
 from registry.models import ModelVersion
 
 NOTE_MAX = 2000
@@ -64,6 +65,7 @@ def review(
     ``boxes``: ``[{"label": ..., "box": [x, y, w, h]}]`` in the frame's pixels, each label one of the
     model's, each box inside the image.
     """
+    access.require_sites(actor, [escalation.device.site_id], "review this site's escalations")
     allowed = labels_for(escalation)
     if allowed and label not in allowed:
         message = f"{label!r} is not a label of {escalation.model_name} {escalation.model_version}: {allowed}."

@@ -17,7 +17,7 @@ from agent.kernel.manifest import parse_version
 from core import tokens
 from core.errors import ServiceError
 from core.models import AuditLog
-from fleet import desired
+from fleet import access, desired
 from fleet.broker import provisioner
 from fleet.models import Device, DeviceCredential, EnrollmentToken, Site
 from fleet.tasks import reconcile_broker
@@ -114,6 +114,7 @@ def revoke_device(device: Device, *, actor: Any, reason: str) -> bool:
     ``reconcile_broker`` (Celery beat, ``reconcile-broker-credentials``)
     removes every revoked device from the broker on its next run.
     """
+    access.require_sites(actor, [device.site_id], "revoke this device")
     with transaction.atomic():
         now = timezone.now()
         Device.objects.filter(pk=device.pk).revoke(now)
@@ -165,6 +166,7 @@ def assign_model(
     reports running is refused unless ``rollback``: the signed document then
     names it as an explicit rollback, the only way a device goes back.
     """
+    access.require_sites(actor, [device.site_id], "assign this device a model")
     (outcome,) = assign_models(
         [Assignment(device, target or "cpu-fp32", rollback)], version, actor=actor, config=config
     ).values()
@@ -237,6 +239,7 @@ def assign_shadow(device: Device, version: Any | None, *, actor: Any, target: st
     reports agreement with the model in service in its windows. Its bundle is
     checked like an install's (expired, agent too old) before it is sent.
     """
+    access.require_sites(actor, [device.site_id], "assign this device a shadow model")
     (outcome,) = assign_shadows([Assignment(device, target or "cpu-fp32")], version, actor=actor).values()
     if isinstance(outcome, ServiceError):
         raise outcome
@@ -300,6 +303,7 @@ def set_runtime_config(
     checked as the wire protocol's ``RuntimeConfig`` (ValueError when it is
     not). Returns device pk -> new generation; one audit entry per device.
     """
+    access.require_sites(actor, {device.site_id for device in devices}, "change these devices' configuration")
     with transaction.atomic():
         current = dict(
             Device.objects.select_for_update().filter(pk__in=[d.pk for d in devices]).values_list("pk", "desired")

@@ -26,6 +26,7 @@ from django.utils import timezone
 
 from core.errors import ServiceError
 from core.models import AuditLog
+from fleet import access
 from fleet import services as fleet
 from fleet.models import Device, Site
 from registry.models import Bundle, ModelVersion
@@ -124,6 +125,7 @@ def plan(site: Site) -> SitePlan:
 
 def roll_back(site: Site, *, actor: Any, reason: str) -> SitePlan:
     """Stop every rollout touching the site, then send its devices their known-good version; all or nothing."""
+    access.require_sites(actor, [site.pk], "roll this site back")
     _require_reason(reason, "site")
     now = timezone.now()
     with transaction.atomic():
@@ -239,6 +241,7 @@ def roll_back_version(version: ModelVersion, *, actor: Any, reason: str) -> Vers
     All or nothing, idempotent (a second call finds no device on it), offline
     devices included: their signed desired document waits for them.
     """
+    access.require_admin(actor, "roll a version back across the fleet")
     _require_reason(reason, "version")
     now = timezone.now()
     with transaction.atomic():

@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from core.errors import ServiceError
 from core.models import AuditLog
+from fleet import access
 from fleet import services as fleet
 from fleet.models import Device
 from registry.models import Bundle, ModelVersion
@@ -123,6 +124,7 @@ def create(
         if not devices:
             message = "No enrolled device matches the target."
             raise ServiceError("empty_target", message, 400, fields={"target": [message]})
+        access.require_sites(actor, {device.site_id for device in devices}, "start a rollout")
         busy = (
             RolloutDevice.objects.filter(device__in=devices, rollout__state__in=Rollout.ACTIVE)
             .values_list("device__device_id", flat=True)
@@ -181,14 +183,21 @@ def create(
     return rollout
 
 
-def _locked(rollout: Rollout) -> Rollout:
+def _locked(rollout: Rollout, *, actor: Any, action: str) -> Rollout:
+    """The rollout, locked, once ``actor`` is known to operate every site it touches."""
+    access.require_sites(actor, site_ids(rollout), action)
     return Rollout.objects.select_for_update().select_related("version__model").get(pk=rollout.pk)
+
+
+def site_ids(rollout: Rollout) -> set[int | None]:
+    """The sites of the devices a rollout touches: who may act on it operates all of them."""
+    return set(RolloutDevice.objects.filter(rollout=rollout).values_list("device__site_id", flat=True).distinct())
 
 
 def pause(rollout: Rollout, *, actor: Any, reason: str = "") -> Rollout:
     """Hold the rollout where it is: the scheduler leaves it alone until it is resumed."""
     with transaction.atomic():
-        row = _locked(rollout)
+        row = _locked(rollout, actor=actor, action="pause this rollout")
         row.advance_state(Rollout.PAUSED)
         row.save(update_fields=["state", "updated_at"])
         AuditLog.record(actor=actor, action="rollout.pause", target=row, reason=reason)
@@ -207,7 +216,7 @@ def resume(rollout: Rollout, *, actor: Any, reason: str = "") -> Rollout:
     """
     now = timezone.now()
     with transaction.atomic():
-        row = _locked(rollout)
+        row = _locked(rollout, actor=actor, action="resume this rollout")
         if row.state not in (Rollout.PAUSED, Rollout.HALTED):
             raise ServiceError(
                 "invalid_state", f"Only a paused or halted rollout resumes; this one is {row.state}.", 409
@@ -249,7 +258,7 @@ def abort(rollout: Rollout, *, actor: Any, reason: str = "") -> Rollout:
     """Stop for good; devices keep what they were sent (a site rollback or a new rollout moves them)."""
     now = timezone.now()
     with transaction.atomic():
-        row = _locked(rollout)
+        row = _locked(rollout, actor=actor, action="abort this rollout")
         if row.state == Rollout.ABORTED:
             return row
         row.advance_state(Rollout.ABORTED, at=now)
@@ -272,7 +281,7 @@ def abort(rollout: Rollout, *, actor: Any, reason: str = "") -> Rollout:
 def approve(rollout: Rollout, *, actor: Any, reason: str = "") -> Rollout:
     """Let the stage that waits for a person go ahead; the next tick sends it the version."""
     with transaction.atomic():
-        row = _locked(rollout)
+        row = _locked(rollout, actor=actor, action="approve this rollout")
         if row.state not in (Rollout.RUNNING, Rollout.PAUSED):
             raise ServiceError("invalid_state", f"A {row.state} rollout has no stage to approve.", 409)
         stage = row.stages.select_for_update().get(index=row.current_stage)

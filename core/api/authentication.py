@@ -63,11 +63,9 @@ class HasScope(permissions.BasePermission):
     def has_permission(self, request: Any, view: Any) -> bool:
         if not (request.user and request.user.is_authenticated) or isinstance(request.user, DeviceUser):
             return False
-        role = access.role_of(request.user)
-        if role is None:
-            return False
         if request.method in permissions.SAFE_METHODS:
             return bool(request.auth.scopes) if isinstance(request.auth, ApiToken) else True
+        role = access.role_of(request.user)
         if role != access.ADMIN and not (role == access.OPERATOR and getattr(view, "operators_act", False)):
             return False
         if isinstance(request.auth, ApiToken):

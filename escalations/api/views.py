@@ -167,6 +167,8 @@ class ReviewView(APIView):
 
     permission_classes = [HasScope]
     required_scopes = ("fleet",)
+    # An operator reviews their sites' frames (escalations.review checks it).
+    operators_act = True
     parser_classes = [JSONParser]
 
     @extend_schema(
@@ -237,6 +239,8 @@ class AdvisorApplyView(APIView):
 
     permission_classes = [HasScope]
     required_scopes = ("fleet",)
+    # An operator applies a threshold to the sites they operate (escalations.advice checks it).
+    operators_act = True
     parser_classes = [JSONParser]
 
     @extend_schema(

@@ -23,7 +23,7 @@ from core.api.pagination import LimitOffsetPagination
 from core.api.serializers import ErrorSerializer
 from core.errors import ServiceError
 from core.models import AuditLog
-from fleet import desired, services
+from fleet import access, desired, services
 from fleet.api.authentication import DeviceAuthentication
 from fleet.api.serializers import (
     NAME_TAKEN,
@@ -50,6 +50,8 @@ class SiteViewSet(viewsets.ModelViewSet):
     serializer_class = SiteSerializer
     permission_classes = [HasScope]
     required_scopes = ("fleet",)
+    # Operators change their own sites' settings; creating, deleting and enrolling are an admin's.
+    operators_act = True
     parser_classes = [JSONParser]
     pagination_class = LimitOffsetPagination
     filterset_class = SiteFilter
@@ -63,12 +65,14 @@ class SiteViewSet(viewsets.ModelViewSet):
         )
 
     def perform_create(self, serializer: Any) -> None:
+        access.require_admin(self.request.user, "create sites")
         site = serializer.save()
         AuditLog.record(actor=self.request.user, action="site.create", target=site)
         # Answer with the counts too, as every other answer about a site does.
         serializer.instance = self.get_queryset().get(pk=site.pk)
 
     def perform_update(self, serializer: Any) -> None:
+        access.require_sites(self.request.user, [serializer.instance.pk], "change this site's settings")
         before = serializer.instance.escalation_privacy
         with transaction.atomic():
             site = serializer.save()
@@ -86,6 +90,7 @@ class SiteViewSet(viewsets.ModelViewSet):
         serializer.instance = self.get_queryset().get(pk=site.pk)
 
     def perform_destroy(self, instance: Site) -> None:
+        access.require_admin(self.request.user, "delete sites")
         try:
             instance.delete()
         except ProtectedError:
@@ -98,6 +103,7 @@ class SiteViewSet(viewsets.ModelViewSet):
     def enrollment_tokens(self, request: Request, slug: str | None = None) -> Response:
         """Issue a one-time enrollment token for this site; the token is shown only here."""
         site = self.get_object()
+        access.require_admin(request.user, "issue enrollment tokens")
         body = EnrollmentTokenRequestSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         ttl = body.validated_data.get("ttl_hours")
@@ -117,6 +123,8 @@ class DeviceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Upd
     serializer_class = DeviceSerializer
     permission_classes = [HasScope]
     required_scopes = ("fleet",)
+    # Operators act on their sites' devices; each service checks the device's site (fleet.access).
+    operators_act = True
     parser_classes = [JSONParser]
     pagination_class = LimitOffsetPagination
     filterset_class = DeviceFilter
@@ -125,6 +133,7 @@ class DeviceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Upd
     queryset = Device.objects.select_related("site")
 
     def perform_update(self, serializer: BaseSerializer[Device]) -> None:
+        access.require_sites(self.request.user, [serializer.instance.site_id], "change this device")
         try:
             with transaction.atomic():
                 serializer.save()

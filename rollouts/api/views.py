@@ -77,6 +77,8 @@ class RolloutViewSet(
 
     permission_classes = [HasScope]
     required_scopes = ("rollout",)
+    # Operators act on rollouts within their sites; rollouts.services checks every site a rollout touches.
+    operators_act = True
     parser_classes = [JSONParser]
     pagination_class = LimitOffsetPagination
     lookup_value_regex = "[0-9]{1,18}"
@@ -160,6 +162,8 @@ class SiteRollbackView(APIView):
 
     permission_classes = [HasScope]
     required_scopes = ("rollout",)
+    # An operator rolls back the sites they operate (rollouts.rollback checks it).
+    operators_act = True
     parser_classes = [JSONParser]
 
     def _site(self, slug: str) -> Site:

@@ -35,6 +35,7 @@ def load_settings(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str
         ({"MQTT_URL": "mqtt://host:notaport"}, "MQTT_URL"),
         ({"BROKER_PROVISIONER": "magic"}, "BROKER_PROVISIONER"),
         ({"EDGEFLEET_ENV": "production"}, "SECRET_KEY"),
+        ({"EDGEFLEET_ENV": "production", "SECRET_KEY": "s" * 50, "DEBUG": "true"}, "DEBUG"),
         ({"SECRET_KEY_FILE": "/nonexistent/secret"}, "SECRET_KEY_FILE"),
         ({"LOG_FORMAT": "text"}, "LOG_FORMAT"),
     ],

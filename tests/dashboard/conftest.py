@@ -15,6 +15,12 @@ from typing import Any
 import pytest
 
 CHROMIUM = Path("/usr/bin/chromium")
+ROOT = Path(__file__).resolve().parents[2]
+# Every run leaves a screenshot of each main page here (DASHBOARD_SCREENSHOTS moves it), to look at.
+SCREENSHOTS = Path(os.environ.get("DASHBOARD_SCREENSHOTS") or ROOT / "var" / "test-artefacts" / "screenshots")
+AXE = ROOT / "node_modules" / "axe-core" / "axe.min.js"
+# What blocks a person from using a page: axe-core's own two highest impacts.
+BLOCKING = ("serious", "critical")
 ARGS = [
     "--headless",
     "--no-sandbox",
@@ -79,15 +85,37 @@ def page(browser: Any, live_server: Any, transactional_db: None) -> Iterator[Any
 
 @pytest.fixture
 def screenshot(page: Any) -> Any:
-    """Save a full-page screenshot when DASHBOARD_SCREENSHOTS names a folder (to look at the layout)."""
+    """Save a full-page screenshot of the page as it is now, as a test artefact (``SCREENSHOTS``)."""
 
     def take(name: str) -> None:
-        folder = os.environ.get("DASHBOARD_SCREENSHOTS")
-        if folder:
-            Path(folder).mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
     return take
+
+
+def accessibility_problems(page: Any) -> list[str]:
+    """axe-core's serious and critical findings on the page as it is now, one line each (empty: none).
+
+    axe-core comes from npm (package.json's devDependencies), injected into the page by the test, never served.
+    """
+    if not AXE.exists():
+        pytest.fail(f"{AXE} is missing: run `make install` (npm ci) to get axe-core")
+    page.add_script_tag(path=str(AXE))
+    found = page.evaluate(
+        """async (blocking) => (await axe.run(document, {resultTypes: ['violations']})).violations
+            .filter(v => blocking.includes(v.impact))
+            .map(v => `${v.impact} ${v.id}: ${v.help} `
+                + `(${v.nodes.map(n => n.target.join(' ')).slice(0, 3).join(', ')})`)""",
+        list(BLOCKING),
+    )
+    return list(found)
+
+
+def overflows_at(page: Any, width: int) -> int:
+    """How many CSS pixels the page is wider than a ``width``-pixel screen (0: it fits)."""
+    page.set_viewport_size({"width": width, "height": 844})
+    return int(page.evaluate(f"document.documentElement.scrollWidth - {width}"))
 
 
 def sign_in(page: Any, username: str, password: str, path: str = "/") -> None:

@@ -77,9 +77,12 @@ def test_staff_roll_a_site_back_from_its_page(page: Any, fleet: list[Device], ad
     page.get_by_role("link", name="Plant A").click()
     expect(page.get_by_test_id("rollback-stops")).to_contain_text(f"#{rollout.pk}")
     page.get_by_label("Reason (required)").fill("false rejects on line 3")
+    asked: list[str] = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.accept()))
     page.get_by_role("button", name="Roll back plant-a").click()
     expect(page.get_by_test_id("messages")).to_contain_text("Plant A rolled back")
     page.screenshot(path=str(tmp_path / "site.png"), full_page=True)
+    assert asked and asked[0].startswith("Roll Plant A back?") and f"Stops rollout #{rollout.pk}." in asked[0]
     rollout.refresh_from_db()
     assert rollout.state == Rollout.ABORTED
     assert (tmp_path / "overview.png").stat().st_size > 0 and (tmp_path / "site.png").stat().st_size > 0

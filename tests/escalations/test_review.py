@@ -9,10 +9,13 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from django.contrib.auth import get_user_model
+from rest_framework.test import APIClient
 
-from core.models import AuditLog
+from core.models import AuditLog, Role
 from escalations import answering
 from escalations.models import Escalation, EscalationState
+from fleet import access
 
 pytestmark = pytest.mark.django_db
 
@@ -136,3 +139,22 @@ def test_the_coco_export_carries_the_boxes_a_reviewer_drew(answered, token_clien
     # An empty value is a value, and not a date-time.
     empty = token_client("read").get("/api/v1/escalations/export/?until=")
     assert empty.status_code == 400 and empty.json()["code"] == "invalid"
+
+
+def test_an_operator_reviews_their_sites_frames_and_is_refused_at_another_site(answered, admin_user, site, other_site):
+    first, second = [r for r in answered if r.state == EscalationState.REVIEW][:2]
+    mine = get_user_model().objects.create_user("olga", password="pw-olga-123")
+    theirs = get_user_model().objects.create_user("otto", password="pw-otto-123")
+    access.set_role(actor=admin_user, user=mine, kind=Role.OPERATOR, sites=[site])
+    access.set_role(actor=admin_user, user=theirs, kind=Role.OPERATOR, sites=[other_site])
+    olga, otto = APIClient(), APIClient()
+    olga.force_login(mine)
+    otto.force_login(theirs)
+
+    refused = otto.post(f"/api/v1/escalations/{first.pk}/review/", {"label": first.cloud_label}, format="json")
+    done = olga.post(f"/api/v1/escalations/{second.pk}/review/", {"label": second.cloud_label}, format="json")
+
+    assert refused.status_code == 403 and refused.json()["code"] == "site_forbidden"
+    assert Escalation.objects.get(pk=first.pk).state == EscalationState.REVIEW
+    assert done.status_code == 200, done.content
+    assert AuditLog.objects.get(action="escalation.review").actor == mine
