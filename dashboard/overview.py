@@ -19,6 +19,7 @@ from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquer
 from django.db.models.fields.json import KT
 from django.db.models.functions import Coalesce
 
+from agent.kernel import protocol
 from fleet.models import Device, Site
 from rollouts.models import Rollout, RolloutDevice
 from telemetry.models import Alert
@@ -31,6 +32,7 @@ SORTS = {
     "devices": "device_count",
     "online": "online_count",
     "offline": "offline_count",
+    "unhealthy": "unhealthy_count",
     "alerts": "open_alerts",
     "versions": "version_count",
 }
@@ -39,6 +41,11 @@ SORTS = {
 class OverviewForm(forms.Form):
     q = forms.CharField(required=False, max_length=200, label="Site")
     version = forms.ChoiceField(required=False, label="Model version")
+    phase = forms.ChoiceField(
+        required=False,
+        label="Update phase",
+        choices=[("", "any phase")] + [(p, p.replace("_", " ")) for p in protocol.UPDATE_PHASES],
+    )
     alerts = forms.BooleanField(required=False, label="Has open alerts")
     offline = forms.BooleanField(required=False, label="Has offline devices")
     sort = forms.ChoiceField(required=False, choices=[(k, k) for s in SORTS for k in (s, f"-{s}")])
@@ -80,6 +87,10 @@ def _per_site(rows: QuerySet[Any], aggregate: Count, site: str = "site") -> Coal
     return Coalesce(Subquery(counted, output_field=IntegerField()), 0)
 
 
+def _open_alerts() -> QuerySet[Alert]:
+    return Alert.objects.filter(state=Alert.State.OPEN, device__revoked_at__isnull=True)
+
+
 def annotated_sites() -> QuerySet[Site]:
     # Every figure is its own subquery over one site's rows (an index lookup on site_id) rather than
     # a join of sites and devices grouped by site: with the join, PostgreSQL ran the alert and
@@ -90,9 +101,9 @@ def annotated_sites() -> QuerySet[Site]:
         online_count=_per_site(devices.filter(online=True), Count("pk")),
         offline_count=_per_site(devices.filter(online=False), Count("pk")),
         version_count=_per_site(devices, Count(KT("reported__model_version"), distinct=True)),
-        open_alerts=_per_site(
-            Alert.objects.filter(state=Alert.State.OPEN, device__revoked_at__isnull=True), Count("pk"), "device__site"
-        ),
+        open_alerts=_per_site(_open_alerts(), Count("pk"), "device__site"),
+        # Unhealthy: a live device with at least one open alert.
+        unhealthy_count=_per_site(_open_alerts(), Count("device", distinct=True), "device__site"),
         running_rollouts=_per_site(
             RolloutDevice.objects.filter(rollout__state__in=Rollout.ACTIVE),
             Count("rollout", distinct=True),
@@ -113,6 +124,8 @@ def overview(params: Any) -> Overview:
         name, _, version = data["version"].rpartition("@")
         running = _live_devices().filter(reported__model_name=name, reported__model_version=version)
         sites = sites.filter(pk__in=running.values("site"))
+    if data["phase"]:
+        sites = sites.filter(pk__in=_live_devices().filter(reported__phase=data["phase"]).values("site"))
     if data["alerts"]:
         sites = sites.filter(Q(open_alerts__gt=0))
     if data["offline"]:

@@ -18,6 +18,7 @@ from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import get_object_or_404, render
 from django.utils import timezone
 
+from dashboard.fleet_charts import fleet_charts
 from dashboard.overview import overview, tiles
 from fleet.filters import DeviceFilter
 from fleet.models import Device
@@ -38,6 +39,7 @@ SORT_COLUMNS = [
     ("devices", "Devices"),
     ("online", "Online"),
     ("offline", "Offline"),
+    ("unhealthy", "Unhealthy"),
     ("alerts", "Open alerts"),
     ("versions", "Model versions"),
 ]
@@ -52,6 +54,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     valid = found.page is not None
     context = {
         **tiles(),
+        "charts": fleet_charts(timezone.now()),
         "overview": found,
         "form": found.form,
         "rows": [(site, found.versions.get(site.pk, [])) for site in found.page or []],

@@ -63,7 +63,7 @@ def test_a_site_page_shows_settings_devices_alerts_and_rollouts_newest_first(
 
 def test_a_viewer_sees_no_rollback_form_and_a_post_is_refused(viewer_client: Client, running: Rollout) -> None:
     body = viewer_client.get(URL).content.decode()
-    assert 'name="reason"' not in body and "Only staff may roll a site back." in body
+    assert 'name="reason"' not in body and "Only admins and the operators of plant-a may roll it back." in body
 
     assert viewer_client.post(URL, {"reason": "I want to"}).status_code == 403
 
