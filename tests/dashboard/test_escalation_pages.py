@@ -125,7 +125,7 @@ class Uploader:
                 "frame": f"frame-{self.count:05d}",
                 "reason": reason,
                 "sample_rate": 1.0 if reason == "unsure" else 0.1,
-                "result": {"label": edge, "confidence": confidence, "top": [[edge, confidence], ["ok", 0.2]]},
+                "result": {"label": edge, "confidence": confidence, "top": [[edge, confidence], ["dent", 0.2]]},
             }
             parts: dict[str, Any] = {"metadata": json.dumps(metadata)}
             if image:
