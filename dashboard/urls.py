@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from django.urls import path
 
-from dashboard import sites, views
+from dashboard import escalation_advisor, escalation_export, escalations, sites, views
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
     path("devices/", views.device_list, name="device-list"),
     path("devices/<str:device_id>/", views.device_detail, name="device-page"),
     path("sites/<slug:slug>/", sites.site_detail, name="site-page"),
+    # "-page" names: the API's escalation-advisor and escalation-export would shadow the same names here.
+    path("escalations/", escalations.queue_page, name="escalations"),
+    path("escalations/advisor/", escalation_advisor.advisor_page, name="escalation-advisor-page"),
+    path("escalations/export/", escalation_export.export_page, name="escalation-export-page"),
+    path("escalations/<int:pk>/", escalations.frame_page, name="escalation-page"),
 ]
