@@ -234,15 +234,22 @@ class Demo:
         self.say(f"  login     : {seed['username']} / {seed['password']}")
         self.say(f"  API token : {seed['api_token']}")
         self.say(f"  try       : curl -H 'Authorization: Bearer {seed['api_token']}' {self.server}/api/v1/devices/")
-        self.say(f"  review    : {self.server}/api/v1/escalations/?state=review (same header)")
-        self.say(
-            f"  advisor   : {self.server}/api/v1/escalations/advisor/?model_name={demo_scene.MODEL}"
-            f"&model_version=1.0.0&max_escalation_rate=0.1"
-        )
-        self.say(f"  export    : {self.server}/api/v1/escalations/export/?include_agreed=true (a zip)")
+        self.say(f"  sites     : {self.server}/ (a site's page has its devices, alerts and the Rollback button)")
+        self.say(f"  review    : {self.server}/escalations/ (escalated frames; keys e, c, 1-9, j/k, ? for help)")
+        self.say(f"  advisor   : {self.server}/escalations/advisor/ (the threshold curve, with Apply)")
+        self.say(f"  export    : {self.server}/escalations/export/ (reviewed frames as a dataset zip)")
         self.say(f"  logs      : {self.logs}/")
         self.say("")
         return dict(seed)
+
+    def offer_release(self, token: str) -> None:
+        """Publish a good release that waits on the Models page for someone to start its rollout."""
+        if self.published_version is None:
+            return
+        rehearsal.Rehearsal(self.server, token, BIN, self.data_dir / "publish", self.say).offer()
+        self.say(f"  rollouts  : on {self.server}/models/ press Start rollout beside {rehearsal.GOOD}, then watch")
+        self.say("              its stages on the Rollouts page; python -m demo --rollouts (make demo")
+        self.say("              DEMO_FLAGS=--rollouts) sends a good and a bad release through staged rollouts itself")
 
     def rehearse_rollouts(self, token: str) -> None:
         """Send a good and a bad release through staged rollouts (``demo.rehearsal``); keep the figures."""
@@ -398,8 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.rollouts:
             demo.rehearse_rollouts(seed["api_token"])
         else:
-            demo.say("  rollouts  : python -m demo --rollouts (make demo DEMO_FLAGS=--rollouts) sends a good and")
-            demo.say("              a bad release through staged rollouts and shows the gates stop the bad one")
+            demo.offer_release(seed["api_token"])
         demo.say("")
         demo.say("Press Ctrl-C to stop everything.")
         demo.watch(args.stop_after)

@@ -134,8 +134,29 @@ class Rehearsal:
         )
         self.say(f"created the rollout template {TEMPLATE}: canary -> 10 % -> everyone, each stage soaked and judged")
 
+    def offer(self) -> None:
+        """Publish the good release without a rollout, with the staged template ready: a person starts it.
+
+        ``make demo`` does this, so a newcomer starts a rollout from the dashboard's Models page and watches
+        its stages on the Rollouts page.
+        """
+        self.ensure_template()
+        self.say("")
+        self.say(f"publishing {scene.MODEL} {GOOD}, a release that waits for someone to roll it out ...")
+        scene.publish(self.bin_dir, self.server, self.token, scene.MODEL, *self.release(GOOD, faults.good(GOOD)))
+
     def publish(self, version: str, model: bytes, *, same_answers: bool) -> int:
-        """``edgefleet publish ... --rollout demo-staged``, as CI runs it; returns the rollout's id.
+        """``edgefleet publish ... --rollout demo-staged``, as CI runs it; returns the rollout's id."""
+        self.say("")
+        self.say(f"publishing {scene.MODEL} {version} with a rollout (edgefleet publish --rollout {TEMPLATE}) ...")
+        files = self.release(version, model, same_answers=same_answers)
+        answer = scene.publish(self.bin_dir, self.server, self.token, scene.MODEL, *files, "--rollout", TEMPLATE)
+        started: dict[str, Any] = answer["rollout"]
+        self.say(f"  rollout {started['id']} of {version} started: {self.server}/rollouts/{started['id']}/")
+        return int(started["id"])
+
+    def release(self, version: str, model: bytes, *, same_answers: bool = True) -> tuple[Path, Path, list[Path]]:
+        """The model file, metadata and reference images of a release, written as a CI job has them.
 
         A release with the same answers as the demo's model keeps the reference distribution CI measured
         for it (the drift gate's baseline); another is published without one, as a CI job that does not
@@ -151,23 +172,7 @@ class Rehearsal:
             metadata.pop("reference_distribution", None)
         metadata_file = folder / f"{scene.MODEL}-{version}.json"
         metadata_file.write_text(json.dumps(metadata, indent=1))
-        references = sorted((self.work / "reference").glob("*.png"))
-        self.say("")
-        self.say(f"publishing {scene.MODEL} {version} with a rollout (edgefleet publish --rollout {TEMPLATE}) ...")
-        answer = scene.publish(
-            self.bin_dir,
-            self.server,
-            self.token,
-            scene.MODEL,
-            model_file,
-            metadata_file,
-            references,
-            "--rollout",
-            TEMPLATE,
-        )
-        rollout: dict[str, Any] = answer["rollout"]
-        self.say(f"  rollout {rollout['id']} of {version} started: {self.server}/api/v1/rollouts/{rollout['id']}/")
-        return int(rollout["id"])
+        return model_file, metadata_file, sorted((self.work / "reference").glob("*.png"))
 
     def follow(self, rollout_id: int, timeout: float) -> dict[str, Any]:
         """Poll the rollout until it ends, printing each stage's moves and, once judged, its gates."""

@@ -72,6 +72,12 @@ def test_the_demo_brings_twelve_devices_online_running_the_published_model_and_s
             time.sleep(1)
             devices = get_json(f"{server}/api/v1/devices/", token)["results"]
         assert all(active(d) for d in devices), [(d["name"], d["reported"]) for d in devices if not active(d)]
+
+        # A good release waits for a person to start its rollout from the Models page.
+        versions = get_json(f"{server}/api/v1/models/parts-classifier/versions/", token)["results"]
+        assert {v["version"] for v in versions} == {"1.0.0", "1.1.0"}
+        assert get_json(f"{server}/api/v1/rollouts/", token)["count"] == 0
+        assert "press Start rollout beside 1.1.0" in output
     finally:
         demo.send_signal(signal.SIGINT)
         rest, _ = demo.communicate(timeout=60)
