@@ -17,6 +17,7 @@ postgres://postgres@127.0.0.1:5432/edgefleet_bench_dashboard, created if missing
 from __future__ import annotations
 
 import os
+import re
 import statistics
 import time
 from typing import Any
@@ -25,12 +26,17 @@ from bench.ingest import setup_django
 
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/edgefleet_bench_dashboard"
 SITES, DEVICES, RENDERS = 300, 10_000, 5
+# The first BIG_SITE devices are at site-000; the rest go round the other sites (about 30 each).
+BIG_SITE = 1_000
 PAGES = {
     "overview, page 1": "/",
     "overview, filtered (open alerts, sorted by them)": "/?alerts=on&sort=-alerts",
     "overview, by model version": "/?version=detector%402.0.0",
     "device search (page 1 of matches)": "/devices/?q=cam-1",
-    "site page (33 devices)": "/sites/site-150/",
+    "site page (30 devices)": "/sites/site-150/",
+    "site page (1,000 devices, page 1 of 100)": "/sites/site-000/",
+    "device page": f"/devices/dev-{DEVICES - 1:016x}/",
+    "escalation review queue": "/escalations/",
 }
 
 
@@ -57,7 +63,7 @@ def seed() -> None:
         [
             Device(
                 device_id=f"dev-{i:016x}",
-                site=sites[i % SITES],
+                site=sites[0] if i < BIG_SITE else sites[1 + i % (SITES - 1)],
                 name=f"cam-{i}",
                 online=i % 8 != 0,
                 last_seen=now,
@@ -91,7 +97,19 @@ def seed() -> None:
         cursor.execute("ANALYZE")
 
 
-def measure(client: Any, path: str) -> tuple[float, int, int]:
+def assets(html: str) -> int:
+    """Bytes of the static scripts and stylesheets the page loads (what a first visit downloads besides the HTML)."""
+    from django.conf import settings
+    from django.contrib.staticfiles import finders
+
+    total = 0
+    for path in set(re.findall(rf'(?:src|href)="{re.escape(settings.STATIC_URL)}([^"?]+\\.(?:js|css))"', html)):
+        found = finders.find(path)
+        total += os.path.getsize(found) if isinstance(found, str) else 0
+    return total
+
+
+def measure(client: Any, path: str) -> tuple[float, int, int, int]:
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
@@ -103,7 +121,8 @@ def measure(client: Any, path: str) -> tuple[float, int, int]:
         assert response.status_code == 200, (path, response.status_code)
     with CaptureQueriesContext(connection) as queries:
         response = client.get(path)
-    return statistics.median(times), len(queries), len(response.content)
+    html = response.content.decode()
+    return statistics.median(times), len(queries), len(response.content), assets(html)
 
 
 def main() -> None:
@@ -118,11 +137,12 @@ def main() -> None:
     client = Client()
     client.force_login(staff)
     print(f"{SITES} sites, {DEVICES} devices; median of {RENDERS} renders\n")
-    print("| page | server time | queries | HTML bytes |\n| --- | --- | --- | --- |")
+    print("| page | server time | queries | HTML bytes | scripts and CSS (uncompressed) |")
+    print("| --- | --- | --- | --- | --- |")
     with override_settings(ALLOWED_HOSTS=["testserver"]):
         for label, path in PAGES.items():
-            seconds, queries, size = measure(client, path)
-            print(f"| {label} `{path}` | {seconds * 1000:.0f} ms | {queries} | {size:,} |")
+            seconds, queries, size, static = measure(client, path)
+            print(f"| {label} `{path}` | {seconds * 1000:.0f} ms | {queries} | {size:,} | {static:,} |")
 
 
 if __name__ == "__main__":
