@@ -13,8 +13,8 @@ urlpatterns = [
     path("sites/<slug:slug>/", sites.site_detail, name="site-page"),
     path("audit/", audit.audit, name="audit"),
     path("tokens/", tokens.tokens, name="tokens"),
-    path("tokens/api/<int:pk>/revoke/", tokens.revoke_api_token, name="api-token-revoke"),
-    path("tokens/enrollment/<int:pk>/revoke/", tokens.revoke_enrollment_token, name="enrollment-token-revoke"),
+    path("tokens/api/<int:pk>/revoke/", tokens.revoke_api_token, name="tokens-revoke-api"),
+    path("tokens/enrollment/<int:pk>/revoke/", tokens.revoke_enrollment_token, name="tokens-revoke-enrollment"),
     path("users/", users.users, name="users"),
     path("users/<int:pk>/role/", users.change_role, name="user-role"),
 ]
