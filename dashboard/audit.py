@@ -58,6 +58,7 @@ TARGET_LABELS = {
 NAME_KEYS = ("username", "name", "prefix", "token", "version")
 _CURSOR = re.compile(r"^(-?\d{1,20})\.(\d{1,19})$")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ISO_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d")
 
 
 class AuditFilter(FilterSet):
@@ -223,6 +224,13 @@ def show(value: Any) -> str:
         return "none"
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if isinstance(value, str) and _ISO_TIME.match(value):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+        if timezone.is_aware(moment):
+            return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M %Z")
     if isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value):
         return ", ".join(str(v) for v in value)
     if isinstance(value, (dict, list)):

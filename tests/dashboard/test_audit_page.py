@@ -99,6 +99,8 @@ def test_data_values_read_as_text() -> None:
     assert show(None) == "none" and show("") == "none" and show([]) == "none"
     assert show(["read", "fleet"]) == "read, fleet" and show(False) == "no"
     assert show({"b": 1, "a": [1, {"x": None}]}) == '{"a": [1, {"x": null}], "b": 1}'
+    assert show("2027-01-04T09:37:31.646458+00:00") == "2027-01-04 09:37 UTC"
+    assert show("2027-01-04T09:37") == "2027-01-04T09:37" and show("2027-99-04T09:37Z") == "2027-99-04T09:37Z"
 
 
 # --- filters -------------------------------------------------------------------------------
