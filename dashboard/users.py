@@ -33,6 +33,7 @@ def role_shown(user: Any) -> str:
     """``core.access.role_of`` for a user fetched with ``select_related("role")``, without a query of its own.
 
     The same rule: a superuser is an admin; else the role row; else staff are admins and others viewers.
+    An inactive user (no role at all to ``role_of``) is shown with the role they would have, marked inactive.
     """
     if user.is_superuser:
         return access.ADMIN
