@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from dashboard import escalation_advisor, escalation_export, escalations, sites, views
+from dashboard import audit, escalation_advisor, escalation_export, escalations, sites, tokens, users, views
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
@@ -16,4 +16,10 @@ urlpatterns = [
     path("escalations/advisor/", escalation_advisor.advisor_page, name="escalation-advisor-page"),
     path("escalations/export/", escalation_export.export_page, name="escalation-export-page"),
     path("escalations/<int:pk>/", escalations.frame_page, name="escalation-page"),
+    path("audit/", audit.audit, name="audit"),
+    path("tokens/", tokens.tokens, name="tokens"),
+    path("tokens/api/<int:pk>/revoke/", tokens.revoke_api_token, name="tokens-revoke-api"),
+    path("tokens/enrollment/<int:pk>/revoke/", tokens.revoke_enrollment_token, name="tokens-revoke-enrollment"),
+    path("users/", users.users, name="users"),
+    path("users/<int:pk>/role/", users.change_role, name="user-role"),
 ]

@@ -8,6 +8,7 @@ from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
 from core.models import AuditLog
+from fleet import access
 
 
 class VerbatimJSONField(models.JSONField):
@@ -301,6 +302,7 @@ class Alert(models.Model):
     opened_at = models.DateTimeField(null=True, blank=True)
     acknowledged_at = models.DateTimeField(null=True, blank=True)
     acknowledged_by = models.CharField(max_length=200, blank=True)
+    acknowledged_note = models.TextField(blank=True)
     resolved_at = models.DateTimeField(null=True, blank=True)
     value = models.FloatField(null=True)
     details = models.JSONField(default=dict, blank=True)
@@ -327,10 +329,18 @@ class Alert(models.Model):
         return self._move({self.State.PENDING}, self.State.OPEN, opened_at=now)
 
     def acknowledge(self, actor: Any, note: str = "") -> bool:
-        """Someone is on it: stops reminders, keeps it listed until the condition clears."""
+        """Someone is on it: stops reminders, keeps it listed until the condition clears.
+
+        Admins and operators of the device's site may (``fleet.access``); anyone else is refused with 403.
+        """
+        access.require_sites(actor, [self.device.site_id], "acknowledge alerts")
         label = getattr(actor, "username", None) or str(actor)
         changed = self._move(
-            {self.State.OPEN}, self.State.ACKNOWLEDGED, acknowledged_at=timezone.now(), acknowledged_by=label
+            {self.State.OPEN},
+            self.State.ACKNOWLEDGED,
+            acknowledged_at=timezone.now(),
+            acknowledged_by=label,
+            acknowledged_note=note,
         )
         if changed:
             AuditLog.record(

@@ -93,6 +93,7 @@ class AlertSerializer(serializers.ModelSerializer):
             "opened_at",
             "acknowledged_at",
             "acknowledged_by",
+            "acknowledged_note",
             "resolved_at",
         ]
         read_only_fields = fields

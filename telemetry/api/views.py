@@ -68,11 +68,16 @@ class SeriesView(APIView):
 
 
 class AlertViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
-    """Alerts from health, drift and peer rules; acknowledge with the ``fleet`` scope (or as staff)."""
+    """Alerts from health, drift and peer rules; admins and operators of the device's site acknowledge.
+
+    A token needs the ``fleet`` scope to acknowledge; ``Alert.acknowledge`` refuses an
+    operator of another site (403 ``site_forbidden``).
+    """
 
     serializer_class = AlertSerializer
     permission_classes = [HasScope]
     required_scopes = ("fleet",)
+    operators_act = True
     parser_classes = [JSONParser]
     pagination_class = LimitOffsetPagination
     filterset_class = AlertFilter
