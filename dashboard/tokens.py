@@ -6,12 +6,9 @@ else: the server keeps its hash, the page is not cached, and the next request
 by ``core.services``, the code behind ``/api/v1/tokens/``, so the scopes a user's
 role allows and the audit rows are the same whichever way a token is made.
 
-Enrollment tokens are issued by ``EnrollmentToken.issue`` and audited as
-``POST /api/v1/sites/<slug>/enrollment-tokens/`` audits them. Nothing in fleet
-revokes one yet (``fleet.services.enroll`` already refuses a revoked token), so
-``revoke_enrollment`` below sets ``revoked_at`` under a row lock, with its audit
-row in the same transaction; it belongs in ``fleet.services`` once an API
-endpoint needs it too.
+Enrollment tokens are issued and revoked by ``fleet.services``, the code behind
+``POST /api/v1/sites/<slug>/enrollment-tokens/`` and
+``POST /api/v1/enrollment-tokens/<id>/revoke/``.
 """
 
 from __future__ import annotations
@@ -27,7 +24,6 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
-from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
@@ -36,7 +32,8 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from core import access, services
 from core.errors import ServiceError
-from core.models import ApiToken, AuditLog
+from core.models import ApiToken
+from fleet import services as fleet_services
 from fleet.models import EnrollmentToken, Site
 
 PER_PAGE = 50
@@ -135,40 +132,10 @@ def _issue_enrollment(request: HttpRequest, form: EnrollmentTokenForm) -> dict[s
     if not form.is_valid():
         return None
     site: Site = form.cleaned_data["site"]
-    row, secret = issue_enrollment(
+    row, secret = fleet_services.issue_enrollment_token(
         site, actor=request.user, ttl=timedelta(hours=form.cleaned_data["ttl_hours"]), note=form.cleaned_data["note"]
     )
     return {"kind": "Enrollment token", "name": f"for {site.slug}", "secret": secret, "row": row}
-
-
-def issue_enrollment(site: Site, *, actor: Any, ttl: timedelta, note: str) -> tuple[EnrollmentToken, str]:
-    """A one-time token for ``site``, audited as the API's issue is."""
-    with transaction.atomic():
-        row, secret = EnrollmentToken.issue(site, ttl=ttl, note=note, created_by=actor)
-        AuditLog.record(actor=actor, action="enrollment_token.issue", target=site, token=row.prefix)
-    return row, secret
-
-
-def revoke_enrollment(token: EnrollmentToken, *, actor: Any, reason: str) -> EnrollmentToken:
-    """Refuse the token from now on; a spent or revoked one cannot be revoked again."""
-    with transaction.atomic():
-        # Locked so a revocation and an enrollment spending the token cannot both pass their checks.
-        row = EnrollmentToken.objects.select_for_update().select_related("site").get(pk=token.pk)
-        if row.revoked_at is not None:
-            raise ServiceError("token_revoked", f"The enrollment token {row.prefix} was already revoked.", 409)
-        if row.used_at is not None:
-            raise ServiceError("token_used", f"The enrollment token {row.prefix} was already used.", 409)
-        row.revoked_at = timezone.now()
-        row.save(update_fields=["revoked_at"])
-        AuditLog.record(
-            actor=actor,
-            action="enrollment_token.revoke",
-            target=row.site,
-            reason=reason,
-            token=row.prefix,
-            note=row.note,
-        )
-    return row
 
 
 @login_required
@@ -199,7 +166,7 @@ def revoke_enrollment_token(request: HttpRequest, pk: int) -> HttpResponse:
         messages.error(request, f"{token.prefix} was not revoked: {' '.join(str(e) for e in form.errors['reason'])}")
         return redirect("tokens")
     try:
-        revoke_enrollment(token, actor=request.user, reason=form.cleaned_data["reason"])
+        fleet_services.revoke_enrollment_token(token, actor=request.user, reason=form.cleaned_data["reason"])
     except ServiceError as refused:
         messages.error(request, str(refused.detail))
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -102,6 +103,42 @@ def enroll(*, token: str, name: str, site_slug: str | None, facts: dict[str, Any
         trust_store=trust_store(),
         heartbeat_interval_s=settings.HEARTBEAT_INTERVAL_S,
     )
+
+
+def issue_enrollment_token(
+    site: Site, *, actor: Any, ttl: timedelta | None = None, note: str = ""
+) -> tuple[EnrollmentToken, str]:
+    """A one-time enrollment token for ``site`` (admins only); the secret exists only in the return value."""
+    access.require_admin(actor, "issue enrollment tokens")
+    with transaction.atomic():
+        row, secret = EnrollmentToken.issue(
+            site, ttl=ttl, note=note, created_by=actor if getattr(actor, "is_authenticated", False) else None
+        )
+        AuditLog.record(actor=actor, action="enrollment_token.issue", target=site, token=row.prefix)
+    return row, secret
+
+
+def revoke_enrollment_token(token: EnrollmentToken, *, actor: Any, reason: str) -> EnrollmentToken:
+    """Refuse the token from now on (admins only); a spent or revoked one cannot be revoked again."""
+    access.require_admin(actor, "revoke enrollment tokens")
+    with transaction.atomic():
+        # Locked so a revocation and an enrollment spending the token cannot both pass their checks.
+        row = EnrollmentToken.objects.select_for_update().select_related("site").get(pk=token.pk)
+        if row.revoked_at is not None:
+            raise ServiceError("token_revoked", f"The enrollment token {row.prefix} was already revoked.", 409)
+        if row.used_at is not None:
+            raise ServiceError("token_used", f"The enrollment token {row.prefix} was already used.", 409)
+        row.revoked_at = timezone.now()
+        row.save(update_fields=["revoked_at"])
+        AuditLog.record(
+            actor=actor,
+            action="enrollment_token.revoke",
+            target=row.site,
+            reason=reason,
+            token=row.prefix,
+            note=row.note,
+        )
+    return row
 
 
 def revoke_device(device: Device, *, actor: Any, reason: str) -> bool:

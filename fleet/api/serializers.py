@@ -184,7 +184,7 @@ class EnrollmentTokenSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = EnrollmentToken
-        fields = ["id", "site", "prefix", "note", "expires_at", "used_at", "created_at", "token"]
+        fields = ["id", "site", "prefix", "note", "expires_at", "used_at", "revoked_at", "created_at", "token"]
         read_only_fields = fields
 
 

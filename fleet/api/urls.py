@@ -6,6 +6,7 @@ from fleet.api import views
 router = DefaultRouter(trailing_slash=True)
 router.register("sites", views.SiteViewSet, basename="site")
 router.register("devices", views.DeviceViewSet, basename="device")
+router.register("enrollment-tokens", views.EnrollmentTokenViewSet, basename="enrollment-token")
 
 urlpatterns = [
     path("enroll", views.EnrollView.as_view(), name="enroll"),

@@ -18,7 +18,7 @@ from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from agent.kernel import protocol
-from core.api.authentication import HasScope, IsDevice
+from core.api.authentication import HasScope, IsAdmin, IsDevice
 from core.api.pagination import LimitOffsetPagination
 from core.api.serializers import ErrorSerializer
 from core.errors import ServiceError
@@ -107,16 +107,36 @@ class SiteViewSet(viewsets.ModelViewSet):
         body = EnrollmentTokenRequestSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         ttl = body.validated_data.get("ttl_hours")
-        row, token = EnrollmentToken.issue(
+        row, token = services.issue_enrollment_token(
             site,
+            actor=request.user,
             ttl=timedelta(hours=ttl) if ttl else None,
             note=body.validated_data.get("note", ""),
-            created_by=request.user if request.user.is_authenticated else None,
         )
-        AuditLog.record(actor=request.user, action="enrollment_token.issue", target=site, token=row.prefix)
         data = EnrollmentTokenSerializer(row).data
         data["token"] = token
         return Response(data, status=status.HTTP_201_CREATED)
+
+
+class EnrollmentTokenViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Enrollment tokens of every site (never their secrets), for admins; revoke one that leaked or is not needed."""
+
+    serializer_class = EnrollmentTokenSerializer
+    permission_classes = [IsAdmin]
+    parser_classes = [JSONParser]
+    pagination_class = LimitOffsetPagination
+    queryset = EnrollmentToken.objects.select_related("site").order_by("-created_at", "-pk")
+    ordering_fields = ["created_at", "expires_at"]
+
+    @extend_schema(request=RevokeSerializer, responses={200: EnrollmentTokenSerializer, 409: ErrorSerializer})
+    @action(detail=True, methods=["post"])
+    def revoke(self, request: Request, pk: str | None = None) -> Response:
+        """Refuse the token from now on; 409 when it was already used or revoked."""
+        token = self.get_object()
+        body = RevokeSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        row = services.revoke_enrollment_token(token, actor=request.user, reason=body.validated_data["reason"])
+        return Response(EnrollmentTokenSerializer(row).data)
 
 
 class DeviceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.UpdateModelMixin, viewsets.GenericViewSet):

@@ -43,3 +43,19 @@ def test_every_page_names_the_projects_own_favicon(admin_client: Client) -> None
     assert '<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">' in body
     found = finders.find("favicon.svg")
     assert found and open(found).read().startswith("<svg")
+
+
+@pytest.mark.django_db
+def test_the_menu_offers_admins_pages_to_admins_only_and_a_refusal_is_a_page_that_says_why(
+    client: Client, admin_user: Any, viewer_user: Any
+) -> None:
+    client.force_login(viewer_user)
+    menu = client.get("/").content.decode()
+    refused = client.get("/tokens/")
+
+    assert 'href="/tokens/"' not in menu and 'href="/users/"' not in menu and 'href="/audit/"' in menu
+    assert refused.status_code == 403
+    assert 'data-testid="forbidden"' in refused.content.decode() and "victor (viewer)" in refused.content.decode()
+    client.force_login(admin_user)
+    menu = client.get("/").content.decode()
+    assert 'href="/tokens/"' in menu and 'href="/users/"' in menu

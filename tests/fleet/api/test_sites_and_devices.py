@@ -69,6 +69,30 @@ def test_a_viewer_cannot_issue_enrollment_tokens(viewer_client: APIClient, site:
     assert viewer_client.post(f"/api/v1/sites/{site.slug}/enrollment-tokens/", {}).status_code == 403
 
 
+def test_an_admin_lists_and_revokes_an_enrollment_token_and_it_no_longer_enrolls(
+    admin_client: APIClient, viewer_client: APIClient, site: Site
+) -> None:
+    issued = admin_client.post(f"/api/v1/sites/{site.slug}/enrollment-tokens/", {"note": "line 3"}, format="json")
+    token, pk = issued.json()["token"], issued.json()["id"]
+    url = f"/api/v1/enrollment-tokens/{pk}/revoke/"
+
+    listed = admin_client.get("/api/v1/enrollment-tokens/").json()["results"]
+    refused = viewer_client.post(url, {"reason": "mine now"}, format="json")
+    revoked = admin_client.post(url, {"reason": "leaked in a chat"}, format="json")
+    again = admin_client.post(url, {"reason": "twice"}, format="json")
+    enrolled = APIClient().post("/api/v1/enroll", {"token": token, "name": "cam-9"}, format="json")
+
+    assert [(row["prefix"], row["note"], "token" in row) for row in listed] == [
+        (issued.json()["prefix"], "line 3", False)
+    ]
+    assert refused.status_code == 403 and viewer_client.get("/api/v1/enrollment-tokens/").status_code == 403
+    assert revoked.status_code == 200 and revoked.json()["revoked_at"]
+    assert again.status_code == 409 and again.json()["code"] == "token_revoked"
+    assert enrolled.status_code in (401, 403) and not Device.objects.filter(name="cam-9").exists()
+    entry = AuditLog.objects.get(action="enrollment_token.revoke")
+    assert entry.reason == "leaked in a chat" and entry.data["token"] == issued.json()["prefix"]
+
+
 def test_devices_filter_by_site_state_and_label(
     admin_client: APIClient, site: Site, other_site: Site, enroll_device: Callable[..., Any]
 ) -> None:
