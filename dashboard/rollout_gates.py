@@ -36,8 +36,8 @@ def _ms(value: float) -> str:
     return f"{value:.1f} ms"
 
 
-def _count(unit: str) -> Callable[[float], str]:
-    return lambda value: f"{value:,.0f} {unit}"
+def _count(one: str, many: str) -> Callable[[float], str]:
+    return lambda value: f"{value:,.0f} {one if value == 1 else many}"
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class GateForm:
 
 
 GATE_FORMS: dict[str, GateForm] = {
-    "activation": GateForm("Devices active after install", AT_LEAST, _count("devices")),
+    "activation": GateForm("Devices active after install", AT_LEAST, _count("device", "devices")),
     "failed_installs": GateForm("Failed installs", AT_MOST, _percent),
     "silent_devices": GateForm("Silent devices", AT_MOST, _percent),
     "error_rate_rise": GateForm("Error rate rise (absolute)", AT_MOST, _number),
@@ -59,7 +59,7 @@ GATE_FORMS: dict[str, GateForm] = {
     "drift": GateForm("Drift from reference (PSI)", AT_MOST, _number),
     "class_mix_shift": GateForm("Class mix shift (PSI)", AT_MOST, _number),
     "canary_analysis": GateForm("Canary analysis score", AT_LEAST, lambda v: f"{v:.3g} / 100"),
-    "shadow_frames": GateForm("Shadow frames decided", AT_LEAST, _count("frames")),
+    "shadow_frames": GateForm("Shadow frames decided", AT_LEAST, _count("frame", "frames")),
     "shadow_agreement": GateForm("Shadow agreement", AT_LEAST, _share),
 }
 VERDICT_CLASS = {"pass": "online", "marginal": "fallback", "fail": "offline", "pending": "neutral"}
@@ -112,7 +112,21 @@ def gate_row(result: GateResult) -> GateRow:
     return GateRow(result, form.label, measured, threshold, verdict, badge, why)
 
 
-def gate_rows(results: list[GateResult]) -> list[GateRow]:
-    """The results newest evaluation first (a marginal soak is judged again), each ready to show."""
+ORDER = {name: i for i, name in enumerate(GATE_FORMS)}
+
+
+def gate_rows(results: list[GateResult]) -> tuple[list[GateRow], list[GateRow]]:
+    """Each gate's newest result, in the order the scheduler runs them; then the earlier ones, newest first.
+
+    A marginal soak is extended and judged again, so a stage can hold several results of one gate.
+    """
     ordered = sorted(results, key=lambda r: (r.evaluated_at, r.pk), reverse=True)
-    return [gate_row(r) for r in ordered]
+    latest: dict[str, GateResult] = {}
+    earlier = []
+    for result in ordered:
+        if result.gate in latest:
+            earlier.append(gate_row(result))
+        else:
+            latest[result.gate] = result
+    shown = sorted(latest.values(), key=lambda r: (ORDER.get(r.gate, len(ORDER)), r.gate))
+    return [gate_row(r) for r in shown], earlier

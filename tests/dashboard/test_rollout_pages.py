@@ -191,16 +191,24 @@ def test_a_rollout_page_shows_stages_gates_with_their_signs_devices_and_events(
     assert "None" not in body
 
 
-def test_a_rollout_page_refreshes_its_live_part_from_a_fragment(viewer_client: Client, rollout: Rollout) -> None:
+def test_a_rollout_page_refreshes_its_live_part_from_a_fragment_when_it_changed(
+    viewer_client: Client, rollout: Rollout
+) -> None:
     body = get(viewer_client, page_of(rollout))[1]
-    assert f'hx-get="/rollouts/{rollout.pk}/progress/?actions=pause,abort"' in body and 'hx-trigger="every 5s"' in body
+    poll = re.search(r'hx-get="(/rollouts/\d+/progress/\?actions=pause,abort&amp;seen=(\w+))"', body)
+    assert poll and 'hx-trigger="every 5s"' in body
+    url, seen = poll.group(1).replace("&amp;", "&"), poll.group(2)
 
-    response = viewer_client.get(f"/rollouts/{rollout.pk}/progress/", {"actions": "pause,abort"})
+    unchanged = viewer_client.get(url)
+    assert unchanged.status_code == 204 and "HX-Refresh" not in unchanged.headers
 
-    fragment = response.content.decode()
-    assert response.status_code == 200 and "HX-Refresh" not in response.headers
-    assert "<html" not in fragment
-    assert fragment.lstrip().startswith('<div id="rollout-live"') and 'data-stage="0"' in fragment
+    RolloutDevice.objects.filter(rollout=rollout, stage_index=1).update(state=RolloutDevice.ASSIGNED)
+    changed = viewer_client.get(url)
+
+    fragment = changed.content.decode()
+    assert changed.status_code == 200 and "<html" not in fragment
+    assert fragment.startswith('<div id="rollout-live"') and 'data-stage="1"' in fragment
+    assert "installing <b>4</b>" in fragment and f"seen={seen}" not in fragment
 
 
 def test_the_fragment_reloads_the_page_when_the_actions_on_offer_changed(
