@@ -45,10 +45,26 @@ class ActionForm(forms.Form):
         return reason
 
 
+class TemplateChoice(forms.ModelChoiceField):
+    def label_from_instance(self, obj: Any) -> str:
+        """The template's name and its stages in words: "canary: 1 device, 10 %, 100 %"."""
+        stages = obj.plan.get("stages", []) if isinstance(obj.plan, dict) else []
+        shown = []
+        for stage in stages if isinstance(stages, list) else []:
+            kind, value = (stage.get("kind"), stage.get("value")) if isinstance(stage, dict) else (None, None)
+            if kind == "count":
+                shown.append(f"{value} device{'s' if value != 1 else ''}")
+            elif kind == "percent":
+                shown.append(f"{value} %")
+            elif kind == "sites":
+                shown.append(f"{value} site{'s' if value != 1 else ''}")
+        return f"{obj.name}: {', '.join(shown)}" if shown else str(obj.name)
+
+
 class NewRolloutForm(forms.Form):
     RUNNING, SITES = "running", "sites"
 
-    template = forms.ModelChoiceField(
+    template = TemplateChoice(
         queryset=RolloutTemplate.objects.order_by("name"),
         to_field_name="name",
         required=False,

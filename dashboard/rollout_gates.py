@@ -105,7 +105,7 @@ def gate_row(result: GateResult) -> GateRow:
     if result.threshold is not None:
         threshold = f"{form.sign} {form.show(result.threshold)}"
     elif result.gate == "site_latency_budget":
-        threshold = f"{AT_MOST} {BUDGET_SHARE:.0%} of each site's budget"
+        threshold = f"{AT_MOST} {BUDGET_SHARE * 100:.0f} % of each site's budget"
     else:
         threshold = "not set"
     badge = "neutral" if why else VERDICT_CLASS.get(result.verdict, "neutral")

@@ -84,7 +84,7 @@ def test_a_rollout_started_from_the_models_page_is_watched_through_its_stages(
     expect(page.locator("article[data-stage]")).to_have_count(3)
 
     # A person's pause and resume, through the page's forms.
-    page.get_by_label("Reason (required)").first.fill("wait for the night shift")
+    page.get_by_label("Reason to pause (required)").fill("wait for the night shift")
     page.get_by_role("button", name="Pause").click()
     expect(page.get_by_test_id("messages")).to_contain_text(f"Rollout #{rollout.pk} paused.")
     expect(page.get_by_test_id("rollout-state")).to_have_text("paused")
