@@ -27,14 +27,17 @@ class RolloutFilterForm(forms.Form):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         names = Model.objects.order_by("name").values_list("name", flat=True)
-        self.fields["model"].choices = [("", "any model"), *((name, name) for name in names)]
+        field = self.fields["model"]
+        assert isinstance(field, forms.ChoiceField)
+        field.choices = [("", "any model"), *((name, name) for name in names)]
 
 
 class ActionForm(forms.Form):
     reason = forms.CharField(max_length=2000, required=False, widget=forms.Textarea(attrs={"rows": 2}))
 
-    def __init__(self, *args: Any, verb: str, **kwargs: Any) -> None:
-        super().__init__(*args, prefix=verb, **kwargs)
+    def __init__(self, data: Any = None, *, verb: str) -> None:
+        # Prefixed by the verb: the page holds one form per action, each with its own reason field.
+        super().__init__(data, prefix=verb)
         self.verb = verb
         self.fields["reason"].required = verb in REASON_REQUIRED
 
@@ -94,11 +97,13 @@ class NewRolloutForm(forms.Form):
     def __init__(self, *args: Any, model_name: str, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.model_name = model_name
-        self.fields["target"].choices = [
+        target = self.fields["target"]
+        assert isinstance(target, forms.ChoiceField)
+        target.choices = [
             (self.RUNNING, f"Every device running {model_name}, at every site"),
             (self.SITES, "Every device at the sites chosen below"),
         ]
-        self.fields["target"].initial = self.RUNNING
+        target.initial = self.RUNNING
         self.fields["plan"].initial = json.dumps(DEFAULT_PLAN)
 
     def _json(self, name: str) -> Any:

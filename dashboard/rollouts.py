@@ -162,7 +162,8 @@ def rollout_list(request: HttpRequest) -> HttpResponse:
         "form": form,
         "page": page,
         "rows": [
-            (rollout, progress.get(rollout.pk, Progress()), words(rollout.stage_state or "")) for rollout in shown
+            (rollout, progress.get(rollout.pk, Progress()), words(getattr(rollout, "stage_state", None) or ""))
+            for rollout in shown
         ],
         "query": _without(request.GET, "page"),
         "filtered": any(request.GET.get(name) for name in ("state", "model", "site")),

@@ -112,8 +112,8 @@ def _views(found: list[Model], keys: dict[str, SigningKey]) -> list[ModelView]:
         for version in model.versions.all():
             view.versions.append(_version_view(version, names.get(version.pk, []), publishers, keys))
         for entry in history.get(model.pk, [])[:HISTORY_SHOWN]:
-            version = by_pk.get(int(entry.target_id)) if entry.target_type == "registry.modelversion" else None
-            view.history.append((entry, HISTORY_WORDS.get(entry.action, entry.action), _subject(entry, version)))
+            about = by_pk.get(int(entry.target_id)) if entry.target_type == "registry.modelversion" else None
+            view.history.append((entry, HISTORY_WORDS.get(entry.action, entry.action), _subject(entry, about)))
         views.append(view)
     return views
 
