@@ -273,8 +273,17 @@ def stage_label(stage: RolloutStage) -> str:
 
 
 def _event_facts(entry: AuditLog) -> str:
+    """An audit entry's data as "stage 0 · devices 8 · without previous version dev-1, dev-2"."""
     data = entry.data if isinstance(entry.data, dict) else {}
-    shown = [f"{key.replace('_', ' ')} {value}" for key, value in data.items() if value not in (None, "", [], {})]
+    shown = []
+    for key, value in data.items():
+        if value in (None, "", [], {}):
+            continue
+        if isinstance(value, list):
+            value = ", ".join(str(v) for v in value)
+        elif isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+        shown.append(f"{key.replace('_', ' ')} {value}")
     return " · ".join(shown)
 
 
