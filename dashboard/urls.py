@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from django.urls import path
 
-from dashboard import audit, escalation_advisor, escalation_export, escalations, sites, tokens, users, views
+from dashboard import audit, escalation_advisor, escalation_export, escalations, rollouts, sites, tokens, users, views
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
     path("devices/", views.device_list, name="device-list"),
     path("devices/<str:device_id>/", views.device_detail, name="device-page"),
     path("sites/<slug:slug>/", sites.site_detail, name="site-page"),
+    path("rollouts/", rollouts.rollout_list, name="rollouts"),
+    path("rollouts/new/", rollouts.rollout_new, name="rollout-new"),
+    path("rollouts/<int:pk>/", rollouts.rollout_detail, name="rollout-page"),
+    path("rollouts/<int:pk>/progress/", rollouts.rollout_progress, name="rollout-progress"),
+    path("rollouts/<int:pk>/<str:verb>/", rollouts.rollout_action, name="rollout-action"),
     # "-page" names: the API's escalation-advisor and escalation-export would shadow the same names here.
     path("escalations/", escalations.queue_page, name="escalations"),
     path("escalations/advisor/", escalation_advisor.advisor_page, name="escalation-advisor-page"),
