@@ -36,6 +36,7 @@ from django.utils import timezone
 from core import access
 from core.filters import FilterSet
 from core.models import AuditLog
+from dashboard.query import without
 from fleet.access import operated_site_ids
 from fleet.models import Device, Site
 
@@ -251,7 +252,7 @@ def audit(request: HttpRequest) -> HttpResponse:
         "cursor_error": cursor_error,
         "page": page,
         "rows": rows_of(page.entries) if page else [],
-        "query": _without(request.GET, "before", "after"),
+        "query": without(request.GET, "before", "after"),
         "filtered": any(v for k, v in request.GET.items() if k not in ("before", "after")),
         "target_labels": sorted(TARGET_LABELS.items()),
         "everything": access.is_admin(request.user),
@@ -263,10 +264,3 @@ def audit(request: HttpRequest) -> HttpResponse:
 def _cursor(params: QueryDict, name: str) -> Cursor | None:
     raw = params.get(name)
     return Cursor.parse(raw) if raw else None
-
-
-def _without(params: QueryDict, *names: str) -> str:
-    kept = params.copy()
-    for name in names:
-        kept.pop(name, None)
-    return kept.urlencode()

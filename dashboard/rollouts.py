@@ -29,9 +29,9 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from core import access as roles
 from core.errors import ServiceError
 from core.models import AuditLog
+from dashboard.query import without
 from dashboard.rollout_forms import ActionForm, NewRolloutForm, RolloutFilterForm
 from dashboard.rollout_gates import GateRow, gate_rows
-from dashboard.views import _without
 from fleet import access
 from registry.models import ModelVersion
 from rollouts import services
@@ -165,7 +165,7 @@ def rollout_list(request: HttpRequest) -> HttpResponse:
             (rollout, progress.get(rollout.pk, Progress()), words(getattr(rollout, "stage_state", None) or ""))
             for rollout in shown
         ],
-        "query": _without(request.GET, "page"),
+        "query": without(request.GET, "page"),
         "filtered": any(request.GET.get(name) for name in ("state", "model", "site")),
     }
     return render(request, "dashboard/rollout_list.html", context, status=200 if valid else 400)
@@ -372,9 +372,9 @@ FORM_FIELDS = ("plan", "target", "gates", "template")
 @require_http_methods(["GET", "POST"])
 def rollout_new(request: HttpRequest) -> HttpResponse:
     """Start a rollout of a version through ``rollouts.services.create``, as ``POST /api/v1/rollouts/`` does."""
-    # As the API: only admins start rollouts (its rollout endpoints take no operators).
-    if not roles.is_admin(request.user):
-        raise PermissionDenied("Only an admin may start a rollout.")
+    # As the API: admins, and operators for devices at their sites only (rollouts.services.create checks them).
+    if not roles.may_write(request.user):
+        raise PermissionDenied("Viewers do not start rollouts.")
     chosen = request.POST.get("version") or request.GET.get("version")
     if not chosen or not chosen.isdigit():
         context = {"version": None, "form": None}
@@ -383,6 +383,7 @@ def rollout_new(request: HttpRequest) -> HttpResponse:
     form = NewRolloutForm(request.POST or None, model_name=version.model.name)
     status = 200
     if request.method == "POST":
+        status = 400
         if form.is_valid():
             data = form.cleaned_data
             try:
@@ -397,10 +398,11 @@ def rollout_new(request: HttpRequest) -> HttpResponse:
                 )
             except ServiceError as refused:
                 _report(form, refused)
+                # An operator naming a site they do not operate is refused (403), as by the API.
+                status = refused.status
             else:
                 messages.success(request, f"Rollout #{rollout.pk} of {version} created; the scheduler starts it.")
                 return redirect("rollout-page", pk=rollout.pk)
-        status = 400
     return render(request, "dashboard/rollout_new.html", {"version": version, "form": form}, status=status)
 
 

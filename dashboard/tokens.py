@@ -22,7 +22,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -30,9 +30,10 @@ from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 from django.views.decorators.http import require_http_methods, require_POST
 
-from core import access, services
+from core import services
 from core.errors import ServiceError
 from core.models import ApiToken
+from dashboard.guards import require_admin
 from fleet import services as fleet_services
 from fleet.models import EnrollmentToken, Site
 
@@ -73,16 +74,11 @@ class RevokeForm(forms.Form):
     reason = forms.CharField(max_length=2000, error_messages={"required": "Say why the token is revoked."})
 
 
-def _require_admin(request: HttpRequest) -> None:
-    if not access.is_admin(request.user):
-        raise PermissionDenied("Only admins manage tokens.")
-
-
 @login_required
 @require_http_methods(["GET", "POST"])
 def tokens(request: HttpRequest) -> HttpResponse:
     """Both kinds of token; a POST creates one and answers with its secret, this once."""
-    _require_admin(request)
+    require_admin(request, "manage tokens")
     api_form = ApiTokenForm(initial={"user": request.user.get_username(), "expires": "90"}, prefix="api")
     enrollment_form = EnrollmentTokenForm(initial={"ttl_hours": settings.ENROLLMENT_TOKEN_TTL_HOURS}, prefix="enroll")
     created: dict[str, Any] | None = None
@@ -141,7 +137,7 @@ def _issue_enrollment(request: HttpRequest, form: EnrollmentTokenForm) -> dict[s
 @login_required
 @require_POST
 def revoke_api_token(request: HttpRequest, pk: int) -> HttpResponse:
-    _require_admin(request)
+    require_admin(request, "manage tokens")
     token = get_object_or_404(ApiToken, pk=pk)
     form = RevokeForm(request.POST)
     if not form.is_valid():
@@ -159,7 +155,7 @@ def revoke_api_token(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 def revoke_enrollment_token(request: HttpRequest, pk: int) -> HttpResponse:
-    _require_admin(request)
+    require_admin(request, "manage tokens")
     token = get_object_or_404(EnrollmentToken.objects.select_related("site"), pk=pk)
     form = RevokeForm(request.POST)
     if not form.is_valid():

@@ -13,7 +13,6 @@ from django import forms
 from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db.models import Prefetch, Q, QuerySet
 from django.http import HttpRequest, HttpResponse
@@ -23,6 +22,7 @@ from django.views.decorators.http import require_http_methods
 from core import access
 from core.errors import ServiceError
 from core.models import Role
+from dashboard.guards import require_admin
 from fleet.access import set_role
 from fleet.models import Site
 
@@ -81,11 +81,6 @@ class RoleForm(forms.Form):
     )
 
 
-def _require_admin(request: HttpRequest) -> None:
-    if not access.is_admin(request.user):
-        raise PermissionDenied("Only admins see and change users' roles.")
-
-
 def _users() -> QuerySet[Any]:
     return (
         get_user_model()
@@ -97,7 +92,7 @@ def _users() -> QuerySet[Any]:
 @login_required
 def users(request: HttpRequest) -> HttpResponse:
     """Every user with their role and sites, filtered by name and role, 50 a page."""
-    _require_admin(request)
+    require_admin(request, "see and change users' roles")
     form = UserFilterForm(request.GET)
     valid = form.is_valid()
     page = None
@@ -124,7 +119,7 @@ def users(request: HttpRequest) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def change_role(request: HttpRequest, pk: int) -> HttpResponse:
     """One user's role and sites: the form, and its POST through ``set_role``."""
-    _require_admin(request)
+    require_admin(request, "see and change users' roles")
     user = get_object_or_404(_users(), pk=pk)
     current = role_shown(user)
     initial = {"kind": current, "sites": list(user.operated_sites.all())}

@@ -14,12 +14,13 @@ from typing import Any
 
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse, QueryDict
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.utils import timezone
 
 from dashboard.fleet_charts import fleet_charts
 from dashboard.overview import overview, tiles
+from dashboard.query import without
 from fleet.filters import DeviceFilter
 from fleet.models import Device
 from telemetry.models import Alert, DeviceClock, Quarantine
@@ -58,8 +59,8 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "overview": found,
         "form": found.form,
         "rows": [(site, found.versions.get(site.pk, [])) for site in found.page or []],
-        "query": _without(request.GET, "page", "sort"),
-        "page_query": _without(request.GET, "page"),
+        "query": without(request.GET, "page", "sort"),
+        "page_query": without(request.GET, "page"),
         "sort_columns": SORT_COLUMNS,
         "sort": (found.form.cleaned_data.get("sort") or "site") if valid else "site",
     }
@@ -80,7 +81,7 @@ def device_list(request: HttpRequest) -> HttpResponse:
         "filter": devices,
         "page": page,
         "rows": with_alert_rules(page),
-        "query": _without(request.GET, "page"),
+        "query": without(request.GET, "page"),
     }
     return render(request, "dashboard/devices.html", context, status=200 if valid else 400)
 
@@ -93,14 +94,6 @@ def with_alert_rules(devices: Iterable[Device] | None) -> list[tuple[Device, lis
     for device, rule in rows.values_list("device_id", "rule__kind").order_by("rule__kind"):
         found.setdefault(device, []).append(rule)
     return [(device, found.get(device.pk, [])) for device in listed]
-
-
-def _without(params: QueryDict, *names: str) -> str:
-    """The query string less ``names``, to append page and sort links to."""
-    kept = params.copy()
-    for name in names:
-        kept.pop(name, None)
-    return kept.urlencode()
 
 
 @login_required

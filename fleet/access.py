@@ -50,7 +50,9 @@ def require_sites(actor: Any, site_ids: Iterable[int | None], action: str) -> No
     if role == access.VIEWER:
         detail = f"{actor.username} is a viewer and may not {action}."
     else:
-        named = sorted(Site.objects.filter(pk__in=[s for s in wanted if s]).values_list("slug", flat=True))
+        allowed = operated_site_ids(actor) or frozenset()
+        outside = [s for s in wanted if s not in allowed]
+        named = sorted(Site.objects.filter(pk__in=[s for s in outside if s]).values_list("slug", flat=True))
         where = ", ".join(named) or "devices without a site"
         detail = f"{actor.username} may not {action} at {where}: not an operator of it."
     raise ServiceError("site_forbidden", detail, 403)

@@ -376,15 +376,21 @@ def new(version: ModelVersion) -> str:
     return f"/rollouts/new/?version={version.pk}"
 
 
-def test_only_an_admin_may_open_or_post_the_start_form(
+def test_a_viewer_may_not_start_a_rollout_and_an_operator_only_at_their_own_sites(
     viewer_client: Client, version: ModelVersion, site: Site, other_site: Site, cameras: list[Device]
 ) -> None:
-    otto = operator("otto", site, other_site)
-    for client in (viewer_client, otto):
-        assert client.get(new(version)).status_code == 403
-        form = {"version": version.pk, "plan": '{"stages": [{"kind": "percent", "value": 100}]}', "target": "running"}
-        assert client.post("/rollouts/new/", form).status_code == 403
+    form = {"version": version.pk, "plan": '{"stages": [{"kind": "percent", "value": 100}]}', "target": "running"}
+    assert viewer_client.get(new(version)).status_code == 403
+    assert viewer_client.post("/rollouts/new/", form).status_code == 403
+    otto = operator("otto", site)
+    assert otto.get(new(version)).status_code == 200
+
+    everywhere = otto.post("/rollouts/new/", {**form, "target": "sites", "sites": [site.slug, other_site.slug]})
+
+    assert everywhere.status_code == 403 and "otto may not start a rollout at plant-b" in everywhere.content.decode()
     assert not Rollout.objects.exists()
+    mine = otto.post("/rollouts/new/", {**form, "target": "sites", "sites": [site.slug]})
+    assert mine.status_code == 302 and Rollout.objects.get().created_by.username == "otto"
 
 
 def test_an_admin_starts_a_rollout_from_a_template_at_chosen_sites(
@@ -462,7 +468,7 @@ def test_a_deprecated_version_is_refused_with_the_services_reason(
             "sites": ["plant-a"],
         },
     )
-    assert response.status_code == 400 and "is deprecated and cannot be rolled out" in response.content.decode()
+    assert response.status_code == 409 and "is deprecated and cannot be rolled out" in response.content.decode()
 
 
 def test_the_start_form_without_a_version_points_to_the_models_page(admin_client: Client) -> None:
