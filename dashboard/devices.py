@@ -291,6 +291,7 @@ def live_state(device: Device) -> dict[str, Any]:
             )
         ),
         "compared": compared,
+        "assigned": bool(_dict(_dict(device.desired).get("model"))),
         "converged": not any(row.differs for row in compared),
         "heartbeat": heartbeat(device),
         "heartbeat_at": _taken(device),

@@ -157,3 +157,24 @@ def test_the_overview_counts_follow_the_fleet_without_a_reload(
     expect(page.get_by_test_id("online-count")).to_have_text("2", timeout=LIVE_MS)
     expect(plant_a.get_by_test_id("online")).to_have_text("2", timeout=LIVE_MS)
     expect(plant_a.get_by_test_id("offline")).to_have_text("0")
+
+
+def test_a_quiet_poll_leaves_the_page_alone_and_a_failed_one_says_so(
+    page: Any, cameras: list[Device], viewer_user: Any, screenshot: Callable[[str], None]
+) -> None:
+    sign_in(page, "victor", "pw-victor-123", path="/sites/plant-a/")
+    table = page.locator('[data-live="site-devices"]')
+    next_poll = """() => new Promise(done => document.body.addEventListener("htmx:afterRequest",
+                     e => e.detail.elt.matches("[data-live]") && done(), { once: false }))"""
+    # The first answer after the page's own rendering is taken in; from then on the same answer is not.
+    page.evaluate(next_poll)
+    page.evaluate("() => { document.querySelector('[data-live=site-devices] table').dataset.kept = 'yes'; }")
+    page.evaluate(next_poll)
+    expect(table.locator("table")).to_have_attribute("data-kept", "yes")
+
+    page.route("**/live/sites/**", lambda route: route.fulfill(status=503, body="down for maintenance"))
+    expect(page.locator("[data-live-note]")).to_contain_text("the server answered 503", timeout=LIVE_MS)
+    assert serious_violations(page) == []
+    page.unroute("**/live/sites/**")
+    expect(page.locator("[data-live-note]")).to_have_count(0, timeout=LIVE_MS)
+    screenshot("site-live")
