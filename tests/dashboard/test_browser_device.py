@@ -110,6 +110,7 @@ def test_the_site_page_shows_a_device_coming_online_and_converging_without_a_rel
     expect(row.get_by_test_id("state")).to_have_text("offline")
     expect(row.get_by_test_id("desired")).to_contain_text("1.0.0")
     expect(row.get_by_test_id("desired")).to_contain_text("when back online")
+    expect(page.get_by_test_id("site-convergence")).to_contain_text("1 of 2")
     assert serious_violations(page) == []
     screenshot("site")
     page.evaluate("() => { window.notReloaded = true; }")
@@ -120,6 +121,7 @@ def test_the_site_page_shows_a_device_coming_online_and_converging_without_a_rel
 
     expect(row.get_by_test_id("state")).to_have_text("online", timeout=LIVE_MS)
     expect(row.get_by_test_id("desired")).to_have_text("✓ 1.0.0", timeout=LIVE_MS)
+    expect(page.get_by_test_id("site-convergence")).to_contain_text("2 of 2 devices with a model assigned run it")
     assert page.evaluate("() => window.notReloaded === true")
 
     page.set_viewport_size({"width": 390, "height": 844})

@@ -137,6 +137,30 @@ def test_a_site_row_shows_desired_against_reported_until_the_device_converges(
     assert 'data-testid="state">online<' in after and "✓ <span" in after and "pending" not in after
 
 
+def test_the_site_table_says_how_many_devices_run_their_desired_version(
+    viewer_client: Client, cameras: list[Device], enroll_device: Callable[..., Any], site: Site
+) -> None:
+    waiting, done = cameras
+    reporting(waiting, model_version="1.1.0")
+    reporting(done, model_version="1.0.0")
+    enroll_device(site, name="unassigned")
+    for device in cameras:
+        desired(device, "1.0.0")
+
+    def summary() -> str:
+        body = viewer_client.get("/live/sites/plant-a/devices/", **HTMX).content.decode()
+        found = re.search(r'data-testid="site-convergence">(.*?)</div>', body, re.S)
+        assert found
+        return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", found.group(1))).strip()
+
+    assert summary() == (
+        "50 % 1 of 2 devices with a model assigned runs it; 1 still to change, "
+        "1 of them offline (sent it when they return)."
+    )
+    reporting(waiting, model_version="1.0.0")
+    assert summary() == "100 % 2 of 2 devices with a model assigned run it."
+
+
 def test_the_site_fragment_follows_the_pages_page(viewer_client: Client, site: Site) -> None:
     Device.objects.bulk_create([Device(site=site, name=f"cam-{i:03d}", device_id=f"d-{i:03d}") for i in range(105)])
     body = viewer_client.get("/live/sites/plant-a/devices/", {"page": 2}, **HTMX).content.decode()
