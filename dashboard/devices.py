@@ -100,8 +100,8 @@ def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _details(data: dict[str, Any], skip: tuple[str, ...] = ()) -> str:
-    return " ".join(f"{k}={_text(v)}" for k, v in data.items() if k not in skip)
+def _details(data: dict[str, Any]) -> str:
+    return " ".join(f"{k}={_text(v)}" for k, v in data.items())
 
 
 def describe(event: DeviceEvent) -> Entry:
@@ -112,8 +112,9 @@ def describe(event: DeviceEvent) -> Entry:
     if kind == SWAP:
         was = f" (was {data['previous']})" if data.get("previous") else ""
         title = f"Now runs {data.get('name') or 'the model'} {_text(data.get('version'))}{was}"
-        tone = "bad" if data.get("phase") == "rolled_back" else "ok"
-        return Entry(event.at, kind, title, _text(data.get("phase")), tone)
+        phase = data.get("phase")
+        tone = "bad" if phase == "rolled_back" else "ok"
+        return Entry(event.at, kind, title, f"phase {phase}" if phase else "", tone)
     if kind == "desired_rejected":
         title = f"Refused desired state, generation {_text(data.get('generation'))}"
         return Entry(event.at, kind, title, reason or _details(data), "bad")
@@ -157,7 +158,12 @@ def compare(device: Device) -> list[Compared]:
         rows.append(Compared(field, _text(wanted), _text(got), differs, note if differs else ""))
 
     pair("Model", model.get("name"), reported.get("model_name"), "the fallback model runs" if fallback else "")
-    waiting = "sent when the device is back" if not device.online else "not applied yet"
+    if not device.online:
+        waiting = "sent when the device is back"
+    elif reported.get("phase") == "failed":
+        waiting = "the update failed"
+    else:
+        waiting = "not applied yet"
     pair("Version", model.get("version"), reported.get("model_version"), waiting)
     generation = reported.get("generation")
     applied = generation if isinstance(generation, int) and not isinstance(generation, bool) else None

@@ -72,6 +72,15 @@ def test_a_device_that_runs_what_it_should_says_so(viewer_client: Client, device
     assert "✓ runs its desired state" in body and 'class="differs"' not in body
 
 
+def test_an_online_device_whose_update_failed_says_so_beside_the_version(viewer_client: Client, device: Device) -> None:
+    device.record_presence(True, timezone.now())
+    reporting(device, model_version="1.0.0", generation=4, phase="failed", error="sha256 mismatch")
+    wants(device, "1.1.0")
+    body = page(viewer_client, device)
+    assert "differs: the update failed" in compared(body, "Version")
+    assert 'data-testid="update-error"><strong>Update failed:</strong> sha256 mismatch' in body
+
+
 def test_refused_updates_appear_in_the_timeline_with_their_reasons(viewer_client: Client, device: Device) -> None:
     with_event(device, "desired_rejected", generation=7, reason="bad_signature", detail="unknown key k9", current=3)
     with_event(device, "validation_failed", version="1.2.0", reason="downgrade", detail="older than 1.3.0")
