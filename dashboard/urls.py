@@ -1,15 +1,27 @@
-"""The dashboard's pages, to be included at the site root."""
+"""The dashboard's pages, to be included at the site root, and the fragments they poll (``dashboard.live``)."""
 
 from __future__ import annotations
 
 from django.urls import path
 
-from dashboard import audit, escalation_advisor, escalation_export, escalations, rollouts, sites, tokens, users, views
+from dashboard import (
+    audit,
+    devices,
+    escalation_advisor,
+    escalation_export,
+    escalations,
+    live,
+    rollouts,
+    sites,
+    tokens,
+    users,
+    views,
+)
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
     path("devices/", views.device_list, name="device-list"),
-    path("devices/<str:device_id>/", views.device_detail, name="device-page"),
+    path("devices/<str:device_id>/", devices.device_detail, name="device-page"),
     path("sites/<slug:slug>/", sites.site_detail, name="site-page"),
     path("rollouts/", rollouts.rollout_list, name="rollouts"),
     path("rollouts/new/", rollouts.rollout_new, name="rollout-new"),
@@ -27,4 +39,7 @@ urlpatterns = [
     path("tokens/enrollment/<int:pk>/revoke/", tokens.revoke_enrollment_token, name="tokens-revoke-enrollment"),
     path("users/", users.users, name="users"),
     path("users/<int:pk>/role/", users.change_role, name="user-role"),
+    path("live/fleet/", live.fleet, name="fleet-live"),
+    path("live/sites/<slug:slug>/devices/", live.site_devices, name="site-live"),
+    path("live/devices/<str:device_id>/", live.device_state, name="device-live"),
 ]

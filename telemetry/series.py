@@ -94,7 +94,11 @@ def build(request: SeriesRequest) -> dict[str, Any]:
         "resolution": resolution,
         "step_s": step_s,
         "model_versions": sorted(versions),
-        "points": [{"t": t, **s.figures()} for t, s in sorted(steps.items())],
+        # Each step's confidence distribution too, so a chart can show how it moves over time.
+        "points": [
+            {"t": t, **s.figures(), "confidence_distribution": s.confidence_distribution()}
+            for t, s in sorted(steps.items())
+        ],
         "summary": {
             **total.figures(),
             "confidence_distribution": total.confidence_distribution(),

@@ -1,13 +1,17 @@
 // Charts of the dashboard: every [data-series] element names one series of
 // /api/v1/telemetry/ (scope, key, start, end, points); it is fetched once with the
 // page's session and drawn into each canvas[data-chart] inside. When done, a
-// canvas carries data-points (how many points it shows; a chart with none is
-// left out and named) and the container data-state = ready (something drawn) |
+// canvas carries data-points (how many points it shows; a chart with none says
+// "No data in this range." in place of its canvas, and is named in the message
+// above the charts) and the container data-state = ready (something drawn) |
 // empty | error, which tests and people can rely on.
 (function () {
   "use strict";
 
   const COLOURS = ["#2563eb", "#d97706", "#dc2626", "#059669", "#7c3aed"];
+  // Confidence bands, low to high: red to green, each distinct in lightness too.
+  const BANDS = ["#b91c1c", "#ea580c", "#ca8a04", "#65a30d", "#047857"];
+  const INK = "#1d2430";
   const timeFormat = new Intl.DateTimeFormat(undefined, { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
 
   function line(label, values, colour, axis) {
@@ -39,15 +43,32 @@
       datasets: ["p50", "p95", "p99"].map((q, i) => line(q, xy(body.points, `latency_${q}_ms`), COLOURS[i])),
       scales: { x: timeAxis(range), y: { beginAtZero: true, title: { display: true, text: "ms" } } },
     }),
-    frames: (body, range) => ({
-      datasets: [{ type: "bar", label: "frames", data: xy(body.points, "frames"), backgroundColor: COLOURS[0] },
-                 { type: "bar", label: "dropped", data: xy(body.points, "dropped_frames"), backgroundColor: COLOURS[2] }],
-      scales: { x: timeAxis(range), y: { beginAtZero: true } },
-    }),
-    confidence: (body, range) => ({
-      datasets: [line("mean confidence", xy(body.points, "mean_confidence"), COLOURS[3])],
-      scales: { x: timeAxis(range), y: { min: 0, max: 1 } },
-    }),
+    // Per second of each step, so a range of minutes and a range of hours read the same.
+    frames: (body, range) => {
+      const perSecond = (field) => body.points.map((p) => ({ x: Date.parse(p.t), y: p[field] / (body.step_s || 60) }));
+      return {
+        datasets: [line("frames/s", perSecond("frames"), COLOURS[0]), line("dropped/s", perSecond("dropped_frames"), COLOURS[2])],
+        scales: { x: timeAxis(range), y: { beginAtZero: true, title: { display: true, text: "frames/s" } } },
+        empty: body.points.every((p) => !p.frames && !p.dropped_frames),
+      };
+    },
+    // How the confidence distribution moves: each step's frames split into five bands, stacked to 100 %.
+    confidence: (body, range) => {
+      const steps = body.points.filter((p) => (p.confidence_distribution || []).some((v) => v > 0));
+      const bins = steps.length ? steps[0].confidence_distribution.length : 0;
+      const per = Math.max(1, Math.round(bins / BANDS.length));
+      const bands = BANDS.map((colour, b) => ({
+        type: "bar", label: `${(b * per / bins).toFixed(1)}–${(Math.min(bins, (b + 1) * per) / bins).toFixed(1)}`,
+        data: steps.map((p) => ({ x: Date.parse(p.t),
+                                  y: p.confidence_distribution.slice(b * per, (b + 1) * per).reduce((a, v) => a + v, 0) })),
+        backgroundColor: colour, stack: "bands", barPercentage: 1, categoryPercentage: 1,
+      }));
+      return {
+        datasets: [{ ...line("mean confidence", xy(steps, "mean_confidence"), INK), stack: "mean" }, ...bands],
+        scales: { x: { ...timeAxis(range), stacked: true }, y: { ...percent, stacked: true, max: 1 } },
+        empty: steps.length === 0,
+      };
+    },
     "confidence-histogram": (body, range) => {
       const bins = body.summary.confidence_distribution || [];
       const width = bins.length ? 1 / bins.length : 0;
@@ -69,6 +90,14 @@
                    line("min CPU clock (MHz)", xy(health, "cpu_freq_mhz_min"), COLOURS[4], "mhz")],
         scales: { x: timeAxis(range), y: { title: { display: true, text: "°C" } },
                   mhz: { position: "right", title: { display: true, text: "MHz" }, grid: { drawOnChartArea: false } } },
+        empty: health.length === 0,
+      };
+    },
+    outbox: (body, range) => {
+      const health = body.health || [];
+      return {
+        datasets: [line("deepest outbox (records)", xy(health, "outbox_depth_max"), COLOURS[4])],
+        scales: { x: timeAxis(range), y: { beginAtZero: true, title: { display: true, text: "records" } } },
         empty: health.length === 0,
       };
     },
@@ -118,13 +147,17 @@
           drawn += 1;
           return;
         }
-        // Empty axes say less than a sentence does: leave the chart out and name it.
+        // Empty axes say less than a sentence does: the chart says "no data" in place of its canvas.
+        canvas.hidden = true;
         const figure = canvas.closest("figure");
         if (figure && figure !== container && !figure.hasAttribute("data-series")) {
-          figure.hidden = true;
+          figure.dataset.state = "empty";
+          const said = document.createElement("p");
+          said.className = "no-data";
+          said.dataset.testid = "no-data";
+          said.textContent = "No data in this range.";
+          figure.append(said);
           missing.push(figure.querySelector("figcaption").textContent.trim());
-        } else {
-          canvas.hidden = true;
         }
       });
       if (message && drawn === 0) message.textContent = "No telemetry in this range yet.";

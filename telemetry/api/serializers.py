@@ -36,11 +36,13 @@ class PointSerializer(serializers.Serializer):
     escalation_rate = serializers.FloatField(allow_null=True)
     error_rate = serializers.FloatField(allow_null=True)
     dropped_rate = serializers.FloatField(allow_null=True)
+    confidence_distribution = serializers.ListField(
+        child=serializers.FloatField(), help_text="Share of frames per confidence bin (all 0 without frames)."
+    )
 
 
 class SummarySerializer(PointSerializer):
     t = None  # type: ignore[assignment]
-    confidence_distribution = serializers.ListField(child=serializers.FloatField())
     class_mix = serializers.DictField(child=serializers.FloatField())
 
 

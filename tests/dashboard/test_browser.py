@@ -25,7 +25,7 @@ pytestmark = pytest.mark.browser
 
 expect = require_browser().expect
 
-DEVICE_CHARTS = ("latency", "frames", "confidence", "confidence-histogram", "escalation", "health")
+DEVICE_CHARTS = ("latency", "frames", "confidence", "confidence-histogram", "escalation", "health", "outbox")
 
 
 @pytest.fixture

@@ -74,6 +74,30 @@ def test_the_server_downsamples_to_at_most_the_points_asked_for(
     assert body["health"][0]["temperature_c_max"] == 61.0
 
 
+def test_each_step_carries_its_own_confidence_distribution(viewer_client: APIClient, devices: list[Device]) -> None:
+    body = series(
+        viewer_client,
+        scope="device",
+        key=devices[0].device_id,
+        start=START.isoformat(),
+        end=(START + timedelta(minutes=30)).isoformat(),
+        points=3,
+    ).json()
+    steps = [p["confidence_distribution"] for p in body["points"]]
+    assert len(steps) == 3 and all(len(d) == len(body["summary"]["confidence_distribution"]) for d in steps)
+    assert all(sum(d) == pytest.approx(1.0) for d in steps)
+    # One step over the whole range is the range's distribution, bin by bin.
+    whole = series(
+        viewer_client,
+        scope="device",
+        key=devices[0].device_id,
+        start=START.isoformat(),
+        end=(START + timedelta(minutes=30)).isoformat(),
+        points=1,
+    ).json()
+    assert whole["points"][0]["confidence_distribution"] == pytest.approx(whole["summary"]["confidence_distribution"])
+
+
 def test_a_week_is_read_from_hour_rollups(viewer_client: APIClient, devices: list[Device]) -> None:
     body = series(
         viewer_client,
