@@ -179,12 +179,23 @@ class EnrollmentTokenRequestSerializer(StrictInput, serializers.Serializer):
 
 
 class EnrollmentTokenSerializer(serializers.ModelSerializer):
+    """An enrollment token as listed: never its secret."""
+
     site: serializers.SlugRelatedField[Site] = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    token = serializers.CharField(read_only=True, help_text="Shown once; only its hash is stored.")
 
     class Meta:
         model = EnrollmentToken
-        fields = ["id", "site", "prefix", "note", "expires_at", "used_at", "revoked_at", "created_at", "token"]
+        fields = ["id", "site", "prefix", "note", "expires_at", "used_at", "revoked_at", "created_at"]
+        read_only_fields = fields
+
+
+class EnrollmentTokenCreatedSerializer(EnrollmentTokenSerializer):
+    """The answer that issues a token: the only place its secret appears."""
+
+    token = serializers.CharField(read_only=True, help_text="Shown once; only its hash is stored.")
+
+    class Meta(EnrollmentTokenSerializer.Meta):
+        fields = [*EnrollmentTokenSerializer.Meta.fields, "token"]
         read_only_fields = fields
 
 

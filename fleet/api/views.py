@@ -29,6 +29,7 @@ from fleet.api.serializers import (
     NAME_TAKEN,
     AssignModelSerializer,
     DeviceSerializer,
+    EnrollmentTokenCreatedSerializer,
     EnrollmentTokenRequestSerializer,
     EnrollmentTokenSerializer,
     EnrollRequestSerializer,
@@ -98,7 +99,7 @@ class SiteViewSet(viewsets.ModelViewSet):
                 "site_has_devices", "The site still has devices; revoke and remove them first.", 409
             ) from None
 
-    @extend_schema(request=EnrollmentTokenRequestSerializer, responses={201: EnrollmentTokenSerializer})
+    @extend_schema(request=EnrollmentTokenRequestSerializer, responses={201: EnrollmentTokenCreatedSerializer})
     @action(detail=True, methods=["post"], url_path="enrollment-tokens")
     def enrollment_tokens(self, request: Request, slug: str | None = None) -> Response:
         """Issue a one-time enrollment token for this site; the token is shown only here."""
@@ -113,7 +114,7 @@ class SiteViewSet(viewsets.ModelViewSet):
             ttl=timedelta(hours=ttl) if ttl else None,
             note=body.validated_data.get("note", ""),
         )
-        data = EnrollmentTokenSerializer(row).data
+        data = EnrollmentTokenCreatedSerializer(row).data
         data["token"] = token
         return Response(data, status=status.HTTP_201_CREATED)
 

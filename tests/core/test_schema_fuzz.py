@@ -161,6 +161,8 @@ def run_fuzz(url: str, provider: type) -> tuple[list[str], dict[str, int], dict[
     return failures, requests, seconds
 
 
+# About 100 s alone on two cores, and it grows with the API; a loaded machine needs more than the default.
+@pytest.mark.timeout(600)
 def test_every_operation_answers_what_the_schema_says(live_server: Any) -> None:
     user = get_user_model().objects.create_user("fuzz", is_staff=True, is_superuser=True)
     key = seed_data(user)
