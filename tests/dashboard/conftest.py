@@ -71,8 +71,12 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture
-def page(browser: Any, live_server: Any, transactional_db: None) -> Iterator[Any]:
-    """A fresh browser context per test (its own cookies), failing on any script error on the page."""
+def page(browser: Any, live_server: Any, transactional_db: None, settings: Any) -> Iterator[Any]:
+    """A fresh browser context per test (its own cookies), failing on any script error on the page.
+
+    Live parts refresh every second, so a test watching a change waits a second, not five.
+    """
+    settings.DASHBOARD_POLL_S = 1
     context = browser.new_context(base_url=live_server.url, viewport={"width": 1280, "height": 900})
     context.set_default_timeout(TIMEOUT_MS)
     page = context.new_page()
@@ -113,9 +117,13 @@ def accessibility_problems(page: Any) -> list[str]:
 
 
 def overflows_at(page: Any, width: int) -> int:
-    """How many CSS pixels the page is wider than a ``width``-pixel screen (0: it fits)."""
+    """How many CSS pixels the page is wider than a ``width``-pixel screen (0: it fits); the viewport is put back."""
+    before = page.viewport_size
     page.set_viewport_size({"width": width, "height": 844})
-    return int(page.evaluate(f"document.documentElement.scrollWidth - {width}"))
+    try:
+        return int(page.evaluate(f"document.documentElement.scrollWidth - {width}"))
+    finally:
+        page.set_viewport_size(before)
 
 
 def sign_in(page: Any, username: str, password: str, path: str = "/") -> None:

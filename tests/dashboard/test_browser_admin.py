@@ -14,37 +14,12 @@ import pytest
 from core.models import ApiToken, AuditLog
 from fleet.models import Device, Site
 from telemetry.models import Alert
-from tests.dashboard.conftest import require_browser, sign_in
+from tests.dashboard.conftest import accessibility_problems, overflows_at, require_browser, sign_in
 from tests.dashboard.fixtures import open_alert
 
 pytestmark = pytest.mark.browser
 
 expect = require_browser().expect
-
-AXE = "node_modules/axe-core/axe.min.js"
-SERIOUS = (
-    "async () => (await axe.run()).violations.filter(v => ['serious','critical'].includes(v.impact)).map(v => v.id)"
-)
-PHONE = {"width": 390, "height": 844}
-
-
-DETAILS = (
-    "async () => (await axe.run()).violations.filter(v => ['serious','critical'].includes(v.impact))"
-    ".flatMap(v => v.nodes.map(n => `${v.id}: ${n.target.join(' ')}: ${n.failureSummary}`))"
-)
-
-
-def axe_violations(page: Any) -> list[str]:
-    """The ids of serious and critical violations; a failing check prints each node and why."""
-    page.add_script_tag(path=AXE)
-    found = list(page.evaluate(SERIOUS))
-    if found:
-        print("\n".join(page.evaluate(DETAILS)))
-    return found
-
-
-def wider_than_the_screen(page: Any) -> bool:
-    return bool(page.evaluate("() => document.documentElement.scrollWidth > window.innerWidth"))
 
 
 @pytest.fixture
@@ -68,7 +43,7 @@ def test_an_admin_makes_an_api_token_sees_it_once_revokes_it_and_acknowledges_an
     token = ApiToken.objects.get(name="ci-publish")
     expect(page.locator(f'tr[data-api-token="{token.pk}"]')).to_contain_text(token.prefix)
     screenshot("tokens")
-    assert axe_violations(page) == []
+    assert accessibility_problems(page) == []
 
     page.goto("/tokens/")
     assert secret not in page.content()
@@ -84,7 +59,7 @@ def test_an_admin_makes_an_api_token_sees_it_once_revokes_it_and_acknowledges_an
     row = page.locator(f'tr[data-alert="{alert.pk}"]')
     row.get_by_label("Note for temperature_high on cam-hot").fill("fan replaced, watching it")
     screenshot("alerts")
-    assert axe_violations(page) == []
+    assert accessibility_problems(page) == []
     row.get_by_role("button", name="Acknowledge").click()
     expect(row.get_by_test_id("alert-state")).to_have_text("acknowledged")
     expect(row.get_by_test_id("ack-note")).to_have_text("fan replaced, watching it")
@@ -102,16 +77,16 @@ def test_an_admin_makes_an_api_token_sees_it_once_revokes_it_and_acknowledges_an
     expect(page.get_by_test_id("reason").filter(has_text="fan replaced, watching it")).to_have_count(1)
     assert secret not in page.content()
     screenshot("audit")
-    assert axe_violations(page) == []
+    assert accessibility_problems(page) == []
     assert AuditLog.objects.filter(actor=admin_user, action="api_token.revoke").exists()
 
     page.goto("/users/")
     expect(page.locator('tr[data-user="alice"]').get_by_test_id("role")).to_have_text("admin")
     screenshot("users")
-    assert axe_violations(page) == []
+    assert accessibility_problems(page) == []
     page.get_by_role("link", name="Change role of alice").click()
     expect(page.get_by_role("heading", name="Change the role")).to_be_visible()
-    assert axe_violations(page) == []
+    assert accessibility_problems(page) == []
 
 
 def test_the_admin_pages_fit_a_phone(
@@ -126,12 +101,12 @@ def test_the_admin_pages_fit_a_phone(
         long=["x" * 80],
     )
     sign_in(page, "alice", "pw-alice-123", path="/audit/")
-    page.set_viewport_size(PHONE)
+    page.set_viewport_size({"width": 390, "height": 844})
     pages = {"audit": "/audit/", "tokens": "/tokens/", "users": "/users/", "role": f"/users/{viewer_user.pk}/role/"}
     for name, path in {**pages, "alerts": "/alerts/"}.items():
         page.goto(path)
-        assert not wider_than_the_screen(page), path
-        assert axe_violations(page) == [], path
+        assert overflows_at(page, 390) == 0, path
+        assert accessibility_problems(page) == [], path
         screenshot(f"{name}-phone")
 
 
@@ -146,4 +121,4 @@ def test_a_viewer_sees_no_action_on_the_alerts_page_and_the_admin_pages_refuse_t
         assert page.goto(path).status == 403
     page.goto("/audit/")
     expect(page.get_by_test_id("audit-scope")).to_contain_text("Entries you made")
-    assert axe_violations(page) == []
+    assert accessibility_problems(page) == []

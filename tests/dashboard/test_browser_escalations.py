@@ -11,19 +11,12 @@ from django.test import Client
 from core.models import AuditLog
 from escalations.models import Escalation, EscalationState
 from fleet.models import Site
-from tests.dashboard.conftest import require_browser, sign_in
+from tests.dashboard.conftest import accessibility_problems, overflows_at, require_browser, sign_in
 from tests.dashboard.test_escalation_pages import Uploader, disagreeing, parts_model
 
 pytestmark = pytest.mark.browser
 
 expect = require_browser().expect
-
-AXE = "node_modules/axe-core/axe.min.js"
-SERIOUS = (
-    "async () => (await axe.run()).violations"
-    ".filter(v => ['serious', 'critical'].includes(v.impact)).map(v => `${v.id}: ${v.nodes[0].target}`)"
-)
-PHONE = {"width": 390, "height": 844}
 
 
 @pytest.fixture
@@ -40,19 +33,6 @@ def frames(
     return escalate(site, disagreeing(3))
 
 
-def serious_violations(page: Any) -> list[str]:
-    page.add_script_tag(path=AXE)
-    return page.evaluate(SERIOUS)
-
-
-def fits_a_phone(page: Any) -> bool:
-    """Nothing wider than a 390 px screen: the page scrolls down, never sideways."""
-    page.set_viewport_size(PHONE)
-    fits = page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
-    page.set_viewport_size({"width": 1280, "height": 900})
-    return bool(fits)
-
-
 def test_a_reviewer_works_through_the_queue_by_keyboard(
     page: Any, frames: list[Escalation], admin_user: Any, screenshot: Callable[[str], None]
 ) -> None:
@@ -60,8 +40,8 @@ def test_a_reviewer_works_through_the_queue_by_keyboard(
     sign_in(page, "alice", "pw-alice-123", "/escalations/")
     expect(page.locator("tr[data-escalation]")).to_have_count(3)
     expect(page.get_by_role("link", name="Escalations")).to_have_attribute("aria-current", "page")
-    assert serious_violations(page) == []
-    assert fits_a_phone(page)
+    assert accessibility_problems(page) == []
+    assert overflows_at(page, 390) == 0
     screenshot("escalations")
 
     page.get_by_role("link", name=newest.frame_id).click()
@@ -73,8 +53,8 @@ def test_a_reviewer_works_through_the_queue_by_keyboard(
     expect(page.get_by_test_id("cloud-answer")).to_contain_text("scratch")
     page.keyboard.press("?")
     expect(page.get_by_test_id("shortcuts")).to_have_attribute("open", "")
-    assert serious_violations(page) == []
-    assert fits_a_phone(page)
+    assert accessibility_problems(page) == []
+    assert overflows_at(page, 390) == 0
     screenshot("escalation")
 
     # c: confirm the cloud's label; the next frame in the queue opens.
@@ -116,11 +96,11 @@ def test_the_advisor_draws_its_curve_with_the_pick_marked(
     assert drawn[0] > 8 and drawn[1] == 1
     expect(page.get_by_test_id("recommendation")).to_contain_text("Recommended threshold")
     expect(page.get_by_test_id("no-apply")).to_be_visible()
-    assert serious_violations(page) == []
-    assert fits_a_phone(page)
+    assert accessibility_problems(page) == []
+    assert overflows_at(page, 390) == 0
     screenshot("advisor")
 
     page.get_by_role("link", name="Dataset export").click()
     page.wait_for_url("**/escalations/export/")
-    assert serious_violations(page) == []
-    assert fits_a_phone(page)
+    assert accessibility_problems(page) == []
+    assert overflows_at(page, 390) == 0

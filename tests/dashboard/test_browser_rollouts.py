@@ -18,7 +18,7 @@ from fleet.models import Device
 from registry.models import ModelVersion
 from rollouts import scheduler
 from rollouts.models import Rollout, RolloutTemplate
-from tests.dashboard.conftest import require_browser, sign_in
+from tests.dashboard.conftest import accessibility_problems, overflows_at, require_browser, sign_in
 from tests.rollouts.conftest import fleet_on_v1, versions  # noqa: F401 (fixtures)
 from tests.rollouts.helpers import GATES, PLAN, drive
 
@@ -26,27 +26,8 @@ pytestmark = pytest.mark.browser
 
 expect = require_browser().expect
 
-# The live part polls every 5 s: a step shows within one poll and a render.
+# Live parts poll every second in the browser tests (the page fixture): a step shows well within this.
 LIVE_MS = 15_000
-AXE = "node_modules/axe-core/axe.min.js"
-SERIOUS = (
-    "async () => (await axe.run()).violations.filter(v => ['serious', 'critical'].includes(v.impact))"
-    # The rule's id and where it failed, so that a failure names the element.
-    ".map(v => `${v.id}: ${v.nodes.slice(0, 5).map(n => n.target.join(' ')).join(', ')}`)"
-)
-
-
-def accessibility_problems(page: Any) -> list[str]:
-    page.add_script_tag(path=AXE)
-    return list(page.evaluate(SERIOUS))
-
-
-def fits(page: Any, width: int = 390) -> bool:
-    """Nothing wider than a phone: wide tables scroll inside their own box, not the page."""
-    page.set_viewport_size({"width": width, "height": 844})
-    fitted = page.evaluate("() => document.documentElement.scrollWidth") <= width
-    page.set_viewport_size({"width": 1280, "height": 900})
-    return bool(fitted)
 
 
 def words(state: str) -> str:
@@ -66,7 +47,7 @@ def test_a_rollout_started_from_the_models_page_is_watched_through_its_stages(
     )
     sign_in(page, "alice", "pw-alice-123", path="/models/")
     assert accessibility_problems(page) == []
-    assert fits(page)
+    assert overflows_at(page, 390) == 0
 
     page.get_by_role("link", name="Start rollout of parts 2.0.0").click()
     page.wait_for_url(f"**/rollouts/new/?version={v2.pk}")
@@ -121,7 +102,7 @@ def test_a_rollout_started_from_the_models_page_is_watched_through_its_stages(
     expect(page.get_by_test_id("actions")).to_have_count(0)
     screenshot("rollout")
     assert accessibility_problems(page) == []
-    assert fits(page)
+    assert overflows_at(page, 390) == 0
 
     page.get_by_role("link", name="Rollouts", exact=True).first.click()
     row = page.locator(f'tr[data-rollout="{rollout.pk}"]')
@@ -129,4 +110,4 @@ def test_a_rollout_started_from_the_models_page_is_watched_through_its_stages(
     expect(row.get_by_test_id("rollout-progress")).to_contain_text("10 active of 10")
     screenshot("rollouts")
     assert accessibility_problems(page) == []
-    assert fits(page)
+    assert overflows_at(page, 390) == 0
