@@ -192,6 +192,8 @@ REGISTRY_BUNDLE_TTL_DAYS = env.integer("REGISTRY_BUNDLE_TTL_DAYS", 365, minimum=
 REGISTRY_MIN_AGENT_VERSION = env.string("REGISTRY_MIN_AGENT_VERSION", "0.1.0") or "0.1.0"
 
 ENROLLMENT_TOKEN_TTL_HOURS = env.integer("ENROLLMENT_TOKEN_TTL_HOURS", 24, minimum=1, maximum=24 * 30)
+# How often the dashboard's live parts (overview counts, site devices, device state, rollout progress) refresh.
+DASHBOARD_POLL_S = env.integer("DASHBOARD_POLL_S", 5, minimum=1, maximum=300)
 # A signed desired document is valid this long; the control plane re-issues each one when less
 # than DESIRED_RENEW_HOURS of it is left, so a device holding an expired one is being frozen.
 DESIRED_TTL_HOURS = env.integer("DESIRED_TTL_HOURS", 24, minimum=1, maximum=24 * 365)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.http import HttpRequest
 from django.utils.functional import SimpleLazyObject
 
@@ -11,5 +12,11 @@ from core import access
 
 
 def role(request: HttpRequest) -> dict[str, Any]:
-    """``role``: admin, operator, viewer, or "" when nobody is signed in (the menu shows admins' pages by it)."""
-    return {"role": SimpleLazyObject(lambda: access.role_of(getattr(request, "user", None)) or "")}
+    """``role``: admin, operator, viewer, or "" when nobody is signed in (the menu shows admins' pages by it).
+
+    ``poll_s``: how often live parts of a page ask for their fragment (``DASHBOARD_POLL_S``).
+    """
+    return {
+        "role": SimpleLazyObject(lambda: access.role_of(getattr(request, "user", None)) or ""),
+        "poll_s": settings.DASHBOARD_POLL_S,
+    }
