@@ -17,6 +17,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import redirect, render
+from django.template.defaultfilters import pluralize
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
@@ -164,7 +165,8 @@ def _apply(request: HttpRequest) -> HttpResponse:
     else:
         messages.success(
             request,
-            f"Threshold {threshold:g} sent to {done['devices']} device(s) at {site.name} on {name} {version}.",
+            f"Threshold {threshold:g} sent to {done['devices']} device{pluralize(done['devices'])} "
+            f"at {site.name} on {name} {version}.",
         )
     return redirect(back)
 

@@ -16,6 +16,7 @@ from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.defaultfilters import pluralize
 from django.views.decorators.http import require_http_methods
 
 from core.errors import ServiceError
@@ -55,10 +56,11 @@ def site_detail(request: HttpRequest, slug: str) -> HttpResponse:
                 messages.error(request, str(refused.detail))
             else:
                 moved = sum(len(m.devices) for m in done.models)
+                stopped = len(done.rollouts)
                 messages.success(
                     request,
-                    f"{site.name} rolled back: {moved} device(s) sent their known-good version, "
-                    f"{len(done.rollouts)} rollout(s) stopped.",
+                    f"{site.name} rolled back: {moved} device{pluralize(moved)} sent their known-good version, "
+                    f"{stopped} rollout{pluralize(stopped)} stopped.",
                 )
             return redirect("site-page", slug=site.slug)
         return render(request, "dashboard/site.html", _context(request, site, form, may_act), status=400)

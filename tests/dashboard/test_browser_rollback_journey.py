@@ -94,7 +94,7 @@ def test_an_operator_finds_the_unhealthy_site_rolls_it_back_and_watches_it_conve
     page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.accept()))
     page.get_by_role("button", name="Roll back plant-a").click()
 
-    expect(page.get_by_test_id("messages")).to_contain_text("Plant A rolled back: 3 device(s)")
+    expect(page.get_by_test_id("messages")).to_contain_text("Plant A rolled back: 3 devices sent")
     assert asked == [
         "Roll Plant A back? 3 devices go back to parts 1.0.0 (1 offline, sent when they return). "
         f"Stops rollout #{running.pk}."

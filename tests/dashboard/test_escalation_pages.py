@@ -476,7 +476,7 @@ def test_an_admin_applies_the_pick_to_the_sites_devices_and_it_is_audited(
     )
 
     assert response.redirect_chain == [(f"{ADVISOR}?model=parts%401.0.0", 302)]
-    assert "Threshold 0.5 sent to 2 device(s) at Plant A on parts 1.0.0." in body(response)
+    assert "Threshold 0.5 sent to 2 devices at Plant A on parts 1.0.0." in body(response)
     for device in on_parts:
         device.refresh_from_db()
         assert device.desired["config"]["escalation_threshold"] == 0.5

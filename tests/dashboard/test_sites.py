@@ -93,7 +93,7 @@ def test_staff_roll_the_site_back_through_the_service_and_see_what_it_did(
 
     assert response.redirect_chain == [(URL, 302)]
     body = response.content.decode()
-    assert "Plant A rolled back:" in body and "1 rollout(s) stopped" in body
+    assert "Plant A rolled back:" in body and "1 rollout stopped" in body
     running.refresh_from_db()
     assert running.state == Rollout.ABORTED and "false rejects on line 3" in running.halt_reason
     audit = AuditLog.objects.get(action="site.rollback")
