@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 
@@ -283,6 +284,15 @@ class AlertRule(models.Model):
 
     def __str__(self) -> str:
         return self.kind
+
+    @property
+    def condition(self) -> str:
+        """The description with its ``N`` (the threshold's place) filled in: "Temperature at or above 80 degrees C"."""
+        return _THRESHOLD_SLOT.sub(f"{self.threshold:g}", self.description)
+
+
+# The threshold's place in a rule's description: an N standing alone ("above N", "below -N": -3.5, "N or more").
+_THRESHOLD_SLOT = re.compile(r"(?<!\w)N(?!\w)")
 
 
 class Alert(models.Model):

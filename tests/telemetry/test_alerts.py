@@ -278,3 +278,15 @@ def test_fallback_is_judged_by_the_newest_minute_not_by_the_whole_hour(fleet: li
     alerts.evaluate(NOW)
 
     assert Alert.objects.get(rule__kind="fallback_active").state == "resolved"
+
+
+def test_a_rules_condition_reads_with_its_own_threshold_in_place_of_n() -> None:
+    assert AlertRule(threshold=80.0, description="Temperature at or above N degrees C").condition == (
+        "Temperature at or above 80 degrees C"
+    )
+    assert AlertRule(threshold=3.5, description="Mean confidence robust z-score at or below -N").condition == (
+        "Mean confidence robust z-score at or below -3.5"
+    )
+    assert AlertRule(threshold=1, description="N or more rows quarantined; None of the NaN").condition == (
+        "1 or more rows quarantined; None of the NaN"
+    )
