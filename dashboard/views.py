@@ -7,7 +7,9 @@ page are the API's figures and nothing here recomputes them.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
@@ -21,7 +23,9 @@ from dashboard.overview import overview, tiles
 from dashboard.query import without
 from fleet.filters import DeviceFilter
 from fleet.models import Device
-from telemetry.models import Alert
+from telemetry.metrics import Summary
+from telemetry.models import Alert, Resolution, Scope, WindowRollup
+from telemetry.rollups import floor_to
 
 DEVICES_PER_PAGE = 100
 SORT_COLUMNS = [
@@ -80,11 +84,32 @@ def device_list(request: HttpRequest) -> HttpResponse:
     return render(request, "dashboard/devices.html", context, status=200 if valid else 400)
 
 
-def with_alert_rules(devices: Iterable[Device] | None) -> list[tuple[Device, list[str]]]:
-    """Each device with the rules of its open alerts, in one query for all of them."""
+def with_alert_rules(devices: Iterable[Device] | None) -> list[tuple[Device, list[str], dict[str, Any]]]:
+    """Each device with the rules of its open alerts and its last hours' figures: two queries for all of them."""
     listed = list(devices or [])
     found: dict[int, list[str]] = {}
     rows = Alert.objects.filter(device__in=[d.pk for d in listed], state=Alert.State.OPEN)
     for device, rule in rows.values_list("device_id", "rule__kind").order_by("rule__kind"):
         found.setdefault(device, []).append(rule)
-    return [(device, found.get(device.pk, [])) for device in listed]
+    figures = recent_figures(listed, timezone.now())
+    return [(device, found.get(device.pk, []), figures.get(device.device_id, {})) for device in listed]
+
+
+def recent_figures(devices: list[Device], now: datetime) -> dict[str, dict[str, Any]]:
+    """p95 latency and escalation rate of each device over this hour and the last, from its hourly rollups."""
+    since = floor_to(now, timedelta(hours=1)) - timedelta(hours=1)
+    merged: dict[str, Summary] = defaultdict(Summary)
+    rows = WindowRollup.objects.filter(
+        resolution=Resolution.HOUR, scope=Scope.DEVICE, key__in=[d.device_id for d in devices], bucket__gte=since
+    )
+    for row in rows:
+        merged[row.key].add_totals(row)
+    found = {}
+    for key, summary in merged.items():
+        figures = summary.figures()
+        rate = figures["escalation_rate"]
+        found[key] = {
+            "latency_p95_ms": figures["latency_p95_ms"],
+            "escalated_pct": None if rate is None else rate * 100,
+        }
+    return found

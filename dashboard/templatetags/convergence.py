@@ -34,10 +34,10 @@ def wanted(device: Device) -> Any:
 
 
 @register.filter
-def convergence(rows: Iterable[tuple[Device, Any]]) -> Convergence:
+def convergence(rows: Iterable[tuple[Any, ...]]) -> Convergence:
     """Counted from the rows already fetched for the table: no query of its own."""
     assigned = converged = offline = 0
-    for device, _ in rows:
+    for device, *_ in rows:
         version = wanted(device)
         if not version:
             continue

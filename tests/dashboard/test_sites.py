@@ -9,12 +9,14 @@ from typing import Any
 
 import pytest
 from django.test import Client
+from django.utils import timezone
 
 from core.models import AuditLog
+from dashboard.views import recent_figures
 from fleet.models import Device, Site
 from registry.models import ModelVersion
 from rollouts.models import Rollout, RolloutDevice
-from tests.dashboard.fixtures import open_alert, registry_model, reporting
+from tests.dashboard.fixtures import open_alert, registry_model, reporting, with_telemetry
 
 pytestmark = pytest.mark.django_db
 
@@ -110,3 +112,20 @@ def test_a_rollback_with_nothing_to_return_to_says_so(admin_client: Client, came
 
 def test_an_unknown_site_is_404(viewer_client: Client, site: Site) -> None:
     assert viewer_client.get("/sites/nowhere/").status_code == 404
+
+
+def test_each_device_row_shows_its_p95_latency_and_escalated_share_of_the_last_hours(
+    viewer_client: Client, site: Site, enroll_device: Callable[..., Any]
+) -> None:
+    busy = with_telemetry(enroll_device(site, "cam-busy").device)
+    quiet = enroll_device(site, "cam-quiet").device
+    figures = recent_figures([busy], timezone.now())[busy.device_id]
+
+    body = viewer_client.get(URL).content.decode()
+
+    busy_row = re.search(rf'<tr data-device="{busy.device_id}">.*?</tr>', body, re.S).group(0)  # type: ignore[union-attr]
+    quiet_row = re.search(rf'<tr data-device="{quiet.device_id}">.*?</tr>', body, re.S).group(0)  # type: ignore[union-attr]
+    assert figures["latency_p95_ms"] > 0 and 0 < figures["escalated_pct"] <= 100
+    assert f'data-testid="p95">{figures["latency_p95_ms"]:.1f} ms<' in busy_row
+    assert f'data-testid="escalated">{figures["escalated_pct"]:.1f} %<' in busy_row
+    assert 'data-testid="p95"><span class="muted"' in quiet_row
