@@ -37,6 +37,9 @@ PAGES = {
     "site page (1,000 devices, page 1 of 100)": "/sites/site-000/",
     "device page": f"/devices/dev-{DEVICES - 1:016x}/",
     "escalation review queue": "/escalations/",
+    "rollouts": "/rollouts/",
+    "models": "/models/",
+    "audit log": "/audit/",
 }
 
 
@@ -139,8 +142,12 @@ def main() -> None:
     print(f"{SITES} sites, {DEVICES} devices; median of {RENDERS} renders\n")
     print("| page | server time | queries | HTML bytes | scripts and CSS (uncompressed) |")
     print("| --- | --- | --- | --- | --- |")
+    from rollouts.models import Rollout
+
+    running = Rollout.objects.get()
+    pages = {**PAGES, f"rollout page ({running.devices.count():,} devices, page 1)": f"/rollouts/{running.pk}/"}
     with override_settings(ALLOWED_HOSTS=["testserver"]):
-        for label, path in PAGES.items():
+        for label, path in pages.items():
             seconds, queries, size, static = measure(client, path)
             print(f"| {label} `{path}` | {seconds * 1000:.0f} ms | {queries} | {size:,} | {static:,} |")
 

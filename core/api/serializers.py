@@ -14,6 +14,18 @@ from core.filters import DateTimeParameter
 from core.models import ApiToken
 
 
+class ReasonField(serializers.RegexField):
+    """Why an action was taken, for the audit log: up to 2,000 characters with at least one that is not a space.
+
+    The schema says so with its pattern, so a client (or a fuzzer) learns that a reason of spaces or
+    control characters alone is refused, as it is.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("help_text", "Why: kept in the audit log.")
+        super().__init__(r"\S", max_length=2000, **kwargs)
+
+
 class StrictInput:
     """A request body's fields take JSON values of their own type only, and read-only fields stay out.
 
@@ -115,4 +127,4 @@ class ApiTokenRequestSerializer(StrictInput, serializers.Serializer):
 
 
 class TokenRevokeSerializer(StrictInput, serializers.Serializer):
-    reason = serializers.CharField(max_length=2000)
+    reason = ReasonField()

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from rest_framework import serializers
 
 from agent.kernel import protocol
-from core.api.serializers import StrictInput
+from core.api.serializers import ReasonField, StrictInput
 from fleet.models import Device, EnrollmentToken, Site, zone_names
 
 NAME_TAKEN = "Another device of this site already has this name."
@@ -129,7 +129,7 @@ class DeviceSerializer(StrictInput, serializers.ModelSerializer):
 
 
 class RevokeSerializer(StrictInput, serializers.Serializer):
-    reason = serializers.CharField(max_length=2000)
+    reason = ReasonField()
 
 
 class RevokedDeviceSerializer(DeviceSerializer):

@@ -4,7 +4,7 @@ from typing import Any
 
 from rest_framework import serializers
 
-from core.api.serializers import StrictInput
+from core.api.serializers import ReasonField, StrictInput
 from registry.models import Alias, Bundle, KeyringUpdate, Model, ModelVersion, SigningKey
 
 
@@ -112,7 +112,7 @@ class PublishRequestSerializer(serializers.Serializer):
 
 
 class DeprecateSerializer(StrictInput, serializers.Serializer):
-    reason = serializers.CharField(max_length=2000)
+    reason = ReasonField()
 
 
 class AliasRequestSerializer(StrictInput, serializers.Serializer):

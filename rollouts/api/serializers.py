@@ -7,7 +7,7 @@ from django.db.models import Count
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from core.api.serializers import StrictInput
+from core.api.serializers import ReasonField, StrictInput
 from core.errors import ServiceError
 from rollouts import plan as plans
 from rollouts.models import GateResult, Rollout, RolloutDevice, RolloutStage, RolloutTemplate
@@ -192,7 +192,7 @@ class RolloutDetailSerializer(RolloutSerializer):
 
 
 class SiteRollbackRequestSerializer(StrictInput, serializers.Serializer):
-    reason = serializers.CharField(max_length=2000, help_text="Why: kept in the audit log.")
+    reason = ReasonField()
     dry_run = serializers.BooleanField(required=False, default=False, help_text="Answer the plan and change nothing.")
 
 

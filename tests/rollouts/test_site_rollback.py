@@ -96,3 +96,15 @@ def test_a_rollback_needs_a_reason_and_the_rollout_scope(versions, fleet_on_v1, 
     assert missing.status_code == 400 and list(missing.json()["fields"]) == ["reason"]
     assert token_client("fleet").post(url, {"reason": "x"}, format="json").status_code == 403
     assert token_client("rollout").get("/api/v1/sites/nowhere/rollback/").status_code == 404
+
+
+@pytest.mark.parametrize("reason", ["   ", "\u001d", "\t\n"])
+def test_a_reason_of_spaces_or_control_characters_alone_is_refused_as_the_schema_says(
+    versions, fleet_on_v1, site, token_client, reason
+):
+    answer = token_client("rollout").post(f"/api/v1/sites/{site.slug}/rollback/", {"reason": reason}, format="json")
+    schema = token_client("read").get("/api/v1/schema/?format=json").json()
+
+    assert answer.status_code == 400 and list(answer.json()["fields"]) == ["reason"]
+    assert schema["components"]["schemas"]["SiteRollbackRequest"]["properties"]["reason"]["pattern"] == "\\S"
+    assert not AuditLog.objects.filter(action="site.rollback").exists()
