@@ -54,6 +54,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "core.metrics.RequestMetricsMiddleware",
+    "core.health.ProbeMiddleware",
     "core.middleware.ApiErrorMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -83,7 +84,7 @@ TEMPLATES = [
 ]
 
 _default_db = f"sqlite:///{DATA_DIR / 'edgefleet.sqlite3'}"
-_database_url = env.url("DATABASE_URL", _default_db, ("sqlite", "postgres", "postgresql"))
+_database_url = env.url("DATABASE_URL", _default_db, ("sqlite", "postgres", "postgresql"), from_file=True)
 DATABASES = {"default": dj_database_url.parse(_database_url, conn_max_age=60)}
 if DATABASES["default"]["ENGINE"].endswith("postgresql"):
     # No JIT: the planner misestimates array-driven statements (unnest) by
@@ -115,7 +116,8 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = DATA_DIR / "static"
+# Where collectstatic gathers the files the TLS proxy serves (the image builds them into /app/staticfiles).
+STATIC_ROOT = Path(env.string("STATIC_ROOT", str(DATA_DIR / "static")) or "")
 # The dashboard's own CSS/JS, and Chart.js and htmx as `npm ci` installed them (package-lock.json
 # pins them): nothing is copied into the repository or fetched from a CDN, since sites are air-gapped.
 STATICFILES_DIRS = [
@@ -204,7 +206,10 @@ HEARTBEAT_INTERVAL_S = env.integer("HEARTBEAT_INTERVAL_S", 30, minimum=1, maximu
 # Celery: a local filesystem transport needs no server for one machine; set
 # CELERY_BROKER_URL to redis:// or amqp:// to run workers on many hosts.
 CELERY_BROKER_URL = env.url(
-    "CELERY_BROKER_URL", "filesystem://", ("filesystem", "redis", "rediss", "amqp", "amqps", "memory")
+    "CELERY_BROKER_URL",
+    "filesystem://",
+    ("filesystem", "redis", "rediss", "amqp", "amqps", "memory"),
+    from_file=True,
 )
 if CELERY_BROKER_URL == "filesystem://":
     _queue_dir = DATA_DIR / "celery" / "queue"

@@ -29,7 +29,8 @@ from urllib.parse import urlsplit
 from django.conf import settings
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.urls import resolve
 from kombu import Connection
 
 log = logging.getLogger(__name__)
@@ -142,3 +143,29 @@ def healthz(request: HttpRequest) -> JsonResponse:
 def readyz(request: HttpRequest) -> JsonResponse:
     ready, body = readiness()
     return JsonResponse(body, status=200 if ready else 503, headers={"Cache-Control": "no-store"})
+
+
+# Answered before Host validation (``ProbeMiddleware``).
+PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+class ProbeMiddleware:
+    """Serves the probe and scrape paths ahead of the rest of the middleware.
+
+    Kubernetes probes and Prometheus address a web process by its pod IP, a
+    Host that ALLOWED_HOSTS cannot list in advance; CommonMiddleware would
+    answer them 400 (DisallowedHost). These views need no session, user or
+    CSRF token (``/metrics`` checks its own token), so they skip those too.
+    The TLS proxy keeps them off the public side (deploy/caddy/Caddyfile).
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.path_info not in PROBE_PATHS:
+            return self.get_response(request)
+        match = resolve(request.path_info)
+        request.resolver_match = match
+        response: HttpResponse = match.func(request, *match.args, **match.kwargs)
+        return response

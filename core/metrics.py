@@ -93,7 +93,8 @@ class _LiveProcesses(Collector):
         self.directory = Path(directory)
 
     def pids(self) -> list[int]:
-        found = set()
+        # This process always: it may not have written a sample yet.
+        found = {os.getpid()}
         # prometheus_client names its files <kind>_<pid>.db.
         for path in self.directory.glob("*.db"):
             tail = path.stem.rsplit("_", 1)[-1]
@@ -185,8 +186,11 @@ def _on_task_postrun(task_id: str | None = None, task: Any = None, state: str | 
 def _on_worker_init(sender: Any = None, **_: Any) -> None:
     if not settings.PROBE_PORT:
         return
+    directory = multiprocess_dir()
+    if directory is not None:
+        Path(directory).mkdir(parents=True, exist_ok=True)
     pool = str(getattr(sender, "pool_cls", ""))
-    if multiprocess_dir() is None and "prefork" in pool and (getattr(sender, "concurrency", 1) or 1) > 1:
+    if directory is None and "prefork" in pool and (getattr(sender, "concurrency", 1) or 1) > 1:
         log.error(
             "PROMETHEUS_MULTIPROC_DIR is not set: the prefork pool's child processes run the tasks, "
             "and their task metrics will not show on this worker's /metrics"

@@ -202,7 +202,8 @@ def test_with_a_multiprocess_directory_a_scrape_adds_up_every_child(tmp_path: Pa
     assert result.returncode == 0, result.stderr
     assert 'edgefleet_http_requests_total{method="GET",status="200",view="healthz"} 7.0' in result.stdout
     # The children have exited: only live processes' process_* series are exported, each with its pid.
-    assert "process_resident_memory_bytes{" not in result.stdout
+    memory = [line for line in result.stdout.splitlines() if line.startswith("process_resident_memory_bytes{")]
+    assert len(memory) == 1 and 'pid="' in memory[0]
 
 
 def _answers(port: int) -> bool:
@@ -211,3 +212,15 @@ def _answers(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+@pytest.mark.django_db
+def test_probes_answer_a_host_that_allowed_hosts_does_not_list(client: Client, settings: Any, listening: str) -> None:
+    # Kubernetes and Prometheus address a pod by its IP.
+    settings.ALLOWED_HOSTS = ["fleet.example.com"]
+    settings.MQTT_URL = listening
+    assert client.get("/healthz", HTTP_HOST="10.1.2.3:8000").status_code == 200
+    assert client.get("/readyz", HTTP_HOST="10.1.2.3:8000").status_code == 200
+    assert client.get("/metrics", HTTP_HOST="10.1.2.3:8000").status_code == 200
+    # Everything else is still refused.
+    assert client.get("/api/v1/sites/", HTTP_HOST="10.1.2.3:8000").status_code == 400

@@ -22,9 +22,9 @@ from tests.telemetry.factories import Feed, batch
 
 
 def get(url: str, **headers: str) -> tuple[int, str]:
-    request = urllib.request.Request(url, headers=headers)
+    request = urllib.request.Request(url, headers=headers)  # noqa: S310 - a local test URL
     try:
-        with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - a local test URL
+        with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310
             return answer.status, answer.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode()
