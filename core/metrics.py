@@ -23,6 +23,7 @@ orchestrator probes them the same way as the web process.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import os
@@ -105,7 +106,7 @@ class _LiveProcesses(Collector):
     def collect(self) -> Iterator[Metric]:
         merged: dict[str, Metric] = {}
         for pid in self.pids():
-            for family in ProcessCollector(pid=lambda pid=pid: pid, registry=None).collect():
+            for family in ProcessCollector(pid=functools.partial(int, pid), registry=None).collect():
                 target = merged.setdefault(family.name, Metric(family.name, family.documentation, family.type))
                 for sample in family.samples:
                     target.add_sample(sample.name, {**sample.labels, "pid": str(pid)}, sample.value)
