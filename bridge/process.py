@@ -30,6 +30,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, NamedTuple
@@ -513,11 +514,10 @@ class Bridge:
             self._progress.notify_all()
         return None
 
-    def export_stats(self) -> None:
-        """Write this bridge's counters where the web process serves /metrics from."""
-        self._exported_at = time.monotonic()
+    def snapshot(self) -> dict[str, Any]:
+        """This bridge's counters, copied at one instant (for the database report and the probe port's /metrics)."""
         with self._progress:
-            counters = {
+            return {
                 "accepted": dict(self.accepted),
                 "rejected": dict(self.rejected),
                 "records": self.records,
@@ -530,6 +530,15 @@ class Bridge:
                     for name, at in sorted(self.worker_progress.items())
                 },
             }
+
+    def queued(self) -> int:
+        """Messages received and not yet taken by a worker."""
+        return sum(inbox.qsize() for inbox in self._inboxes)
+
+    def export_stats(self) -> None:
+        """Write this bridge's counters where the web process serves /metrics from."""
+        self._exported_at = time.monotonic()
+        counters = self.snapshot()
         try:
             BridgeStats.objects.update_or_create(
                 bridge_id=self.client_id,
@@ -591,11 +600,15 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
-def run_forever(config: BridgeConfig, stop: threading.Event) -> Bridge:
-    """The bridge process's main loop (``manage.py mqtt_bridge``)."""
+def run_forever(
+    config: BridgeConfig, stop: threading.Event, on_start: Callable[[Bridge], object] | None = None
+) -> Bridge:
+    """The bridge process's main loop (``manage.py mqtt_bridge``); ``on_start`` sees the bridge once it runs."""
     tune_gc()
     bridge = Bridge(config)
     bridge.start()
+    if on_start is not None:
+        on_start(bridge)
     last_log = time.monotonic()
     try:
         while not stop.wait(_SUPERVISE_S):

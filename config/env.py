@@ -86,17 +86,18 @@ def string_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
-def url(name: str, default: str, schemes: tuple[str, ...]) -> str:
+def url(name: str, default: str, schemes: tuple[str, ...], *, from_file: bool = False) -> str:
+    """A URL of one of ``schemes``; with ``from_file``, NAME_FILE may hold it (a URL that carries a password)."""
     from urllib.parse import urlsplit
 
-    value = _raw(name) or default
+    value = (secret(name) if from_file else _raw(name)) or default
+    # Such a URL may carry a password: an error names the variable, never the value.
+    shown = f"{name} (a URL that may hold a password)" if from_file else f"{name}={value!r}"
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError as exc:
-        raise ImproperlyConfigured(f"{name}={value!r} is not a valid URL: {exc}.") from None
+        raise ImproperlyConfigured(f"{shown} is not a valid URL: {exc}.") from None
     if parts.scheme not in schemes:
-        raise ImproperlyConfigured(
-            f"{name}={value!r} has scheme {parts.scheme!r}; expected one of {', '.join(schemes)}."
-        )
+        raise ImproperlyConfigured(f"{shown} has scheme {parts.scheme!r}; expected one of {', '.join(schemes)}.")
     return value

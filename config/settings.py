@@ -53,6 +53,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "core.metrics.RequestMetricsMiddleware",
+    "core.health.ProbeMiddleware",
     "core.middleware.ApiErrorMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -83,7 +85,7 @@ TEMPLATES = [
 ]
 
 _default_db = f"sqlite:///{DATA_DIR / 'edgefleet.sqlite3'}"
-_database_url = env.url("DATABASE_URL", _default_db, ("sqlite", "postgres", "postgresql"))
+_database_url = env.url("DATABASE_URL", _default_db, ("sqlite", "postgres", "postgresql"), from_file=True)
 DATABASES = {"default": dj_database_url.parse(_database_url, conn_max_age=60)}
 if DATABASES["default"]["ENGINE"].endswith("postgresql"):
     # No JIT: the planner misestimates array-driven statements (unnest) by
@@ -115,7 +117,8 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = DATA_DIR / "static"
+# Where collectstatic gathers the files the TLS proxy serves (the image builds them into /app/staticfiles).
+STATIC_ROOT = Path(env.string("STATIC_ROOT", str(DATA_DIR / "static")) or "")
 # The dashboard's own CSS/JS, and Chart.js and htmx as `npm ci` installed them (package-lock.json
 # pins them): nothing is copied into the repository or fetched from a CDN, since sites are air-gapped.
 STATICFILES_DIRS = [
@@ -206,7 +209,10 @@ HEARTBEAT_INTERVAL_S = env.integer("HEARTBEAT_INTERVAL_S", 30, minimum=1, maximu
 # Celery: a local filesystem transport needs no server for one machine; set
 # CELERY_BROKER_URL to redis:// or amqp:// to run workers on many hosts.
 CELERY_BROKER_URL = env.url(
-    "CELERY_BROKER_URL", "filesystem://", ("filesystem", "redis", "rediss", "amqp", "amqps", "memory")
+    "CELERY_BROKER_URL",
+    "filesystem://",
+    ("filesystem", "redis", "rediss", "amqp", "amqps", "memory"),
+    from_file=True,
 )
 if CELERY_BROKER_URL == "filesystem://":
     _queue_dir = DATA_DIR / "celery" / "queue"
@@ -289,6 +295,43 @@ ALERT_WEBHOOK_TIMEOUT_S = env.integer("ALERT_WEBHOOK_TIMEOUT_S", 5, minimum=1, m
 ALERT_EMAIL_FROM = env.string("ALERT_EMAIL_FROM", "edgefleet@localhost")
 # When set, /metrics wants "Authorization: Bearer <token>".
 METRICS_TOKEN = env.secret("METRICS_TOKEN")
+# Probes and per-process metrics (docs/operations.md). /readyz, and the probe port's, fails when one of
+# these checks fails; each answer lists them all. The bridge, worker and beat serve /healthz, /readyz
+# and /metrics on PROBE_PORT (0: off; the web process serves them on its own port).
+READINESS_CHECKS = env.string_list("READINESS_CHECKS", ["database", "migrations", "task_queue", "mqtt"])
+if _unknown_checks := set(READINESS_CHECKS) - {"database", "migrations", "task_queue", "mqtt"}:
+    raise ImproperlyConfigured(f"READINESS_CHECKS: unknown check(s) {', '.join(sorted(_unknown_checks))}.")
+HEALTH_CHECK_TIMEOUT_S = env.integer("HEALTH_CHECK_TIMEOUT_S", 2, minimum=1, maximum=30)
+PROBE_PORT = env.integer("PROBE_PORT", 0, minimum=0, maximum=65535)
+PROBE_ADDRESS = env.string("PROBE_ADDRESS", "0.0.0.0") or "0.0.0.0"  # noqa: S104 - a container's own interface
+# A bridge worker thread that has not gone round its loop for this long fails the bridge's liveness.
+BRIDGE_STUCK_AFTER_S = env.integer("BRIDGE_STUCK_AFTER_S", 300, minimum=10, maximum=86400)
+# Bundles (and calibration files) in S3-compatible storage instead of MEDIA_ROOT: needs the `s3` extra
+# (django-storages). Escalated frames stay under MEDIA_ROOT, a volume the web and worker processes share.
+STORAGE_BACKEND = env.choice("STORAGE_BACKEND", "filesystem", ("filesystem", "s3"))
+if STORAGE_BACKEND == "s3":
+    _bucket = env.string("S3_BUCKET")
+    # MinIO and other S3-compatible stores; unset for AWS itself.
+    _endpoint = env.url("S3_ENDPOINT_URL", "", ("http", "https")) if env.string("S3_ENDPOINT_URL") else None
+    if not _bucket:
+        raise ImproperlyConfigured("S3_BUCKET must be set when STORAGE_BACKEND=s3.")
+    STORAGES = {
+        "default": {
+            "BACKEND": "storages.backends.s3.S3Storage",
+            "OPTIONS": {
+                "bucket_name": _bucket,
+                "endpoint_url": _endpoint,
+                "region_name": env.string("S3_REGION"),
+                "access_key": env.secret("S3_ACCESS_KEY_ID"),
+                "secret_key": env.secret("S3_SECRET_ACCESS_KEY"),
+                "location": env.string("S3_PREFIX", "") or "",
+                # Bundles are private: only the control plane reads them, and serves them with HTTP Range.
+                "default_acl": "private",
+                "file_overwrite": False,
+            },
+        },
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
 
 LOG_LEVEL = env.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR"))
 # One line per event, as the agent writes them (agent.kernel.logs): logfmt or JSON.

@@ -1,12 +1,10 @@
 from __future__ import annotations
 
-import hmac
-
-from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
+from core import metrics as process_metrics
 from fleet import access
 from fleet.models import Site
 from telemetry import exporter
@@ -16,12 +14,11 @@ from telemetry.models import Alert, AlertRule
 
 def metrics(request: HttpRequest) -> HttpResponse:
     """Prometheus scrape target; wants a bearer token when METRICS_TOKEN is set."""
-    token = settings.METRICS_TOKEN
-    if token:
-        offered = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(offered.encode(), token.encode()):
-            return HttpResponse("metrics token required\n", status=401, content_type="text/plain")
-    return HttpResponse(exporter.render(), content_type="text/plain; version=0.0.4; charset=utf-8")
+    if not process_metrics.authorized(request.headers.get("Authorization", "")):
+        return HttpResponse("metrics token required\n", status=401, content_type="text/plain")
+    # The fleet's state from the database, then this process's own (requests, process_*).
+    body = exporter.render().encode() + process_metrics.exposition()
+    return HttpResponse(body, content_type=process_metrics.CONTENT_TYPE)
 
 
 ALERTS_SHOWN = 200

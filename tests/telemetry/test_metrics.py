@@ -50,7 +50,8 @@ def parse(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
                 key, value = pair.split("=", 1)
                 labels[key] = value[1:-1]
         samples.setdefault(name, []).append((labels, float(match["value"])))
-    assert all(name.startswith("edgefleet_") for name in families)
+    # Ours, and the standard ones prometheus_client gives every process.
+    assert all(name.startswith(("edgefleet_", "process_", "python_")) for name in families)
     return samples
 
 

@@ -4,9 +4,12 @@ import signal
 import threading
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from bridge.process import BridgeConfig, run_forever
+from bridge import metrics
+from bridge.process import Bridge, BridgeConfig, run_forever
+from core.metrics import serve_probes
 
 
 class Command(BaseCommand):
@@ -27,5 +30,15 @@ class Command(BaseCommand):
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
         self.stdout.write(f"mqtt bridge connecting to {config.url}")
-        bridge = run_forever(config, stop)
+        bridge = run_forever(config, stop, on_start=_serve_probes if settings.PROBE_PORT else None)
         self.stdout.write(f"mqtt bridge stopped; accepted={dict(bridge.accepted)} rejected={dict(bridge.rejected)}")
+
+
+def _serve_probes(bridge: Bridge) -> None:
+    serve_probes(
+        settings.PROBE_ADDRESS,
+        settings.PROBE_PORT,
+        live=lambda: metrics.liveness(bridge),
+        ready=lambda: metrics.readiness(bridge),
+        collectors=[metrics.BridgeCollector(bridge)],
+    )
