@@ -154,7 +154,8 @@ class DeviceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Upd
     queryset = Device.objects.select_related("site")
 
     def perform_update(self, serializer: BaseSerializer[Device]) -> None:
-        access.require_sites(self.request.user, [serializer.instance.site_id], "change this device")
+        device = self.get_object()
+        access.require_sites(self.request.user, [device.site_id], "change this device")
         try:
             with transaction.atomic():
                 serializer.save()
