@@ -430,12 +430,13 @@ class Bridge:
                     if isinstance(message, protocol.Reported):
                         device.record_reported(message.model_dump(mode="json"), message.agent_version)
                     elif isinstance(message, protocol.Event):
+                        sent = message
                         at = trusted_time(message.ts, now)
                         if at is not message.ts:
                             DeviceClock.observe(device.pk, message.ts, now, 1)
                             message = message.model_copy(update={"ts": at})
                             self._count_restamped(1)
-                        telemetry.record_event(device, message)
+                        telemetry.record_event(device, message, sent=sent)
         except DatabaseError:
             return self._failed(device.device_id, topic, "storage_error")
         except Exception:

@@ -333,10 +333,37 @@ class Device(models.Model):
         if not self.online:
             self.record_presence(True, at)
 
-    def record_reported(self, reported: dict[str, Any], agent_version: str) -> None:
-        """Store what the device reports it runs, and the agent version that reported it."""
-        Device.objects.filter(pk=self.pk).update(reported=reported, agent_version=agent_version)
+    def record_reported(self, reported: dict[str, Any], agent_version: str) -> bool:
+        """Store what the device reports it runs, unless a newer report is stored; returns whether it was.
+
+        MQTT redelivers and reorders across reconnects, so a report is newer when it names a later
+        generation of ``desired``, or the same generation at a later time (its ``ts``).
+        """
+        with transaction.atomic():
+            stored = Device.objects.select_for_update(no_key=True).values_list("reported", flat=True).get(pk=self.pk)
+            if _report_order(stored) > _report_order(reported):
+                self.reported = stored
+                return False
+            Device.objects.filter(pk=self.pk).update(reported=reported, agent_version=agent_version)
         self.reported, self.agent_version = reported, agent_version
+        return True
+
+
+_NO_TIME = datetime.min.replace(tzinfo=dt_timezone.utc)
+
+
+def _report_order(reported: Any) -> tuple[int, datetime]:
+    """(generation, ts) of a report, to order reports; what a report lacks sorts first."""
+    if not isinstance(reported, dict):
+        return (-1, _NO_TIME)
+    generation = reported.get("generation")
+    try:
+        stamp = datetime.fromisoformat(str(reported.get("ts")).replace("Z", "+00:00"))
+    except ValueError:
+        stamp = _NO_TIME
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=dt_timezone.utc)
+    return (generation if isinstance(generation, int) and not isinstance(generation, bool) else -1, stamp)
 
 
 class DeviceCredential(models.Model):

@@ -64,10 +64,18 @@ class DeviceEvent(models.Model):
     at = models.DateTimeField()
     received_at = models.DateTimeField(auto_now_add=True)
     data = models.JSONField(default=dict)
+    # What identifies the event as the device sent it (kind, its own time, data): a redelivered copy
+    # has the same digest and is stored once. Empty on rows stored before digests were kept.
+    digest = models.CharField(max_length=64, blank=True, default="")
 
     class Meta:
         ordering = ["-at"]
         indexes = [models.Index(fields=["device", "at"])]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["device", "digest"], condition=~models.Q(digest=""), name="device_event_once"
+            )
+        ]
 
 
 class DeviceClock(models.Model):
