@@ -94,7 +94,7 @@ class SiteLinks:
         return self._keys
 
     def finish(self, site: str, key: int) -> float:
-        done = self._done.pop(key, None)
+        done = self._done.get(key)  # asked again when a later download moved its end
         return done if done is not None else self._ends(site)[key]
 
     def _ends(self, site: str) -> dict[int, float]:

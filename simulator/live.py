@@ -430,8 +430,9 @@ class LiveFleet:
         return self.loop.time() - self._t0
 
     def stop(self) -> None:
-        """Ask the run to end (from any thread)."""
-        self.loop.call_soon_threadsafe(self._stop.set)
+        """Ask the run to end (from any thread); nothing to do once it has."""
+        if not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self._stop.set)
 
     def schedule(self, device: LiveDevice) -> None:
         at = device.sim.next_due()
@@ -533,7 +534,11 @@ class LiveFleet:
                 if self._scheduled.get(index) != at:
                     continue
                 self._scheduled.pop(index, None)
-                self.devices[index].tick(now)
+                try:
+                    self.devices[index].tick(now)
+                except Exception:
+                    # One device's failure must not stop the clock of the thousands beside it.
+                    log.exception("device step failed", extra={"device": self.devices[index].sim.device_id})
             delay = min(1.0, self._heap[0][0] - now) if self._heap else 1.0
             self._wake.clear()
             try:
