@@ -39,6 +39,9 @@ _WINDOW, _HEARTBEAT, _DEVICE, _ESCALATION, _SHADOW = 0, 1, 2, 3, 4
 # The share of frames a good candidate in shadow still answers differently (ties, borderline frames).
 SHADOW_BASE_DISAGREEMENT = 0.01
 _LOG_GROWTH = math.log(histogram.GROWTH)
+# Frames drawn one by one per window at most; a longer stretch (a what-if's hour of a device at once) draws
+# this many and scales the counts, so its cost does not grow with the frame rate times the length.
+MAX_DRAWN = 20_000
 
 
 @dataclass(frozen=True)
@@ -195,9 +198,11 @@ def measure(
     running = effect(scenario, version, device.hardware, extra_faults)
     errors = int(rng.binomial(frames, min(1.0, hardware.error_rate + running.error_rate))) if frames else 0
     frames -= errors
-    latency, confidence = _draw(rng, hardware, running, frames, device_factor(scenario, device))
+    drawn = min(frames, MAX_DRAWN)
+    scale = frames / drawn if drawn else 1.0
+    latency, confidence = _draw(rng, hardware, running, drawn, device_factor(scenario, device))
     classes = _classes(rng, scenario, frames, running.wrong_share)
-    escalations = int(np.count_nonzero(confidence < scenario.model.escalation_threshold))
+    escalations = round(int(np.count_nonzero(confidence < scenario.model.escalation_threshold)) * scale)
     shadow = None
     if shadow_version is not None:
         shadow = _shadow(scenario, device, number, hardware, shadow_version, frames, extra_faults)
@@ -205,11 +210,19 @@ def measure(
         frames=frames,
         errors=errors,
         escalations=escalations,
-        latency_ms=latency_buckets(latency),
-        confidence=confidence_bins(confidence),
+        latency_ms=_scaled(latency_buckets(latency), scale),
+        confidence=_scaled_list(confidence_bins(confidence), scale),
         classes=classes,
         shadow=shadow,
     )
+
+
+def _scaled(counts: dict[str, int], scale: float) -> dict[str, int]:
+    return counts if scale == 1.0 else {k: round(v * scale) for k, v in counts.items() if round(v * scale)}
+
+
+def _scaled_list(counts: list[int], scale: float) -> list[int]:
+    return counts if scale == 1.0 else [round(c * scale) for c in counts]
 
 
 def _draw(
@@ -248,7 +261,9 @@ def _shadow(
     candidate = effect(scenario, version, device.hardware, extra_faults)
     errors = int(rng.binomial(frames, min(1.0, candidate.error_rate))) if frames else 0
     decided = frames - errors
-    latency, confidence = _draw(rng, hardware, candidate, decided, device_factor(scenario, device))
+    drawn = min(decided, MAX_DRAWN)
+    scale = decided / drawn if drawn else 1.0
+    latency, confidence = _draw(rng, hardware, candidate, drawn, device_factor(scenario, device))
     disagree = min(1.0, SHADOW_BASE_DISAGREEMENT + candidate.wrong_share)
     agreed = decided - (int(rng.binomial(decided, disagree)) if decided else 0)
     return {
@@ -258,8 +273,8 @@ def _shadow(
         "errors": errors,
         "compared": decided,
         "agreed": agreed,
-        "latency_ms": latency_buckets(latency),
-        "confidence": confidence_bins(confidence),
+        "latency_ms": _scaled(latency_buckets(latency), scale),
+        "confidence": _scaled_list(confidence_bins(confidence), scale),
     }
 
 
@@ -309,8 +324,10 @@ def shared_link_finish(starts: Sequence[float], size_bytes: int | Sequence[int],
             for i in remaining:
                 remaining[i] -= share * (next_arrival - t)
             t = next_arrival
-            remaining[order[cursor]] = sizes[order[cursor]] * 8.0
-            cursor += 1
+            # Every download starting at this instant at once: a stage sends a site's devices together.
+            while cursor < len(order) and starts[order[cursor]] == t:
+                remaining[order[cursor]] = sizes[order[cursor]] * 8.0
+                cursor += 1
         else:
             for i in remaining:
                 remaining[i] -= share * (next_finish - t)
