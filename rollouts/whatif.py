@@ -29,6 +29,7 @@ stored. ``run()`` raises ``ServiceError`` (``invalid_scenario``,
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -409,11 +410,9 @@ class _Run:
             total = Summary()
             for device in members:
                 begin = ready.get(device.device_id)
-                seconds = (
-                    sum(e - st for _, st, e in self._windows(begin, judge_at) if self.link_up(device.spec, e))
-                    if begin is not None
-                    else 0.0
-                )
+                if begin is None:
+                    continue
+                seconds = sum(e - st for _, st, e in self._windows(begin, judge_at) if self.link_up(device.spec, e))
                 if seconds <= 0:
                     continue
                 figures = behaviour.measure(
@@ -663,13 +662,15 @@ def _by_site(devices: Sequence[_Device]) -> dict[str, list[_Device]]:
 
 
 def _matched_control(active: list[_Device], later: list[_Device], limit: int) -> list[_Device]:
-    """``telemetry.baseline.matched_control`` in memory: same hardware profile, the canary's sites first."""
+    """``telemetry.baseline.matched_control`` in memory: same hardware profile, the canary's sites first.
+
+    The real one takes them in device id order; enrolled ids are random, so here a hash of the name stands in.
+    """
     profiles = {d.spec.hardware for d in active}
     sites = {d.spec.site for d in active}
     ids = {d.device_id for d in active}
-    candidates = sorted(
-        (d for d in later if d.spec.hardware in profiles and d.device_id not in ids), key=lambda d: d.device_id
-    )
+    matching = [d for d in later if d.spec.hardware in profiles and d.device_id not in ids]
+    candidates = sorted(matching, key=lambda d: hashlib.sha256(d.device_id.encode()).hexdigest())
     same = [d for d in candidates if d.spec.site in sites]
     return (same + [d for d in candidates if d.spec.site not in sites])[:limit]
 
