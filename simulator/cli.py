@@ -125,9 +125,10 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _trace(args: argparse.Namespace) -> int:
-    scenario = scenarios.load(args.scenario)
+    document = scenarios.read(args.scenario)
     if args.seed is not None:
-        scenario = scenarios.parse({**_document(args.scenario), "seed": args.seed})
+        document["seed"] = args.seed
+    scenario = scenarios.parse(document)
     devices, trace = offline.simulate(scenario, until_s=args.seconds)
     if args.device:
         device_id = f"sim-{args.device}"
@@ -143,15 +144,11 @@ def _trace(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _document(path: Path) -> dict[str, Any]:
-    return dict(scenarios.tomllib.loads(path.read_text(encoding="utf-8")))
-
-
 # --- live ------------------------------------------------------------------------------------
 
 
 def _run(args: argparse.Namespace) -> int:
-    logs.configure("INFO", "text")
+    logs.configure("INFO", "logfmt")
     scenario = scenarios.load(args.scenario)
     if not args.server.startswith(("http://", "https://")):
         print("edgefleet-sim: --server must be an http(s) URL", file=sys.stderr)

@@ -24,8 +24,9 @@ by it, exactly as the agent's (``agent.runtime``, ``agent.updater``,
   version a ``bad_model`` fault makes fail validation on this hardware), with
   the agent's ``model_swap`` and ``validation_failed`` events; a ``shadow``
   candidate is fetched the same way and reported as ``shadow_version``;
-* unsure frames: a share is uploaded as metadata (``Upload``), as a
-  metadata-only site's agent does.
+* unsure frames: at a site whose privacy is ``metadata`` (said by the
+  desired document), a share is uploaded as metadata (``Upload``), as that
+  site's agent does; elsewhere a simulated device has no pixels to send.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from agent.kernel import protocol, verify
 from simulator import behaviour
@@ -235,7 +236,7 @@ class SimDevice:
 
     # --- telemetry -----------------------------------------------------------------------
 
-    def _append(self, t: float, kind: str, data: dict[str, Any]) -> None:
+    def _append(self, t: float, kind: Literal["heartbeat", "window"], data: dict[str, Any]) -> None:
         self._seq += 1
         self._outbox.append(protocol.TelemetryRecord(seq=self._seq, kind=kind, ts=self.clock(t), data=data))
         self._unsent += 1
@@ -288,9 +289,13 @@ class SimDevice:
         self._window_start = t
         self._append(t, "window", window.model_dump(mode="json", exclude_none=True))
         out: list[Out] = []
-        for n in range(behaviour.uploads(self.scenario, self.spec, number, figures.escalations)):
-            self.counters.uploads += 1
-            out.append(Upload(self._escalation(t, number, n)))
+        # Only a metadata-only site (its desired document says so) takes an upload without pixels;
+        # a simulated device has no frame to send, so elsewhere its unsure frames stay counted in the window.
+        privacy = self.desired.config.escalation_privacy if self.desired else None
+        if privacy == "metadata":
+            for n in range(behaviour.uploads(self.scenario, self.spec, number, figures.escalations)):
+                self.counters.uploads += 1
+                out.append(Upload(self._escalation(t, number, n)))
         return out if self.connected else []
 
     def _escalation(self, t: float, number: int, n: int) -> dict[str, Any]:

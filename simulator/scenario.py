@@ -127,20 +127,28 @@ class Scenario:
 
 
 def load(path: str | Path) -> Scenario:
+    return parse(read(path))
+
+
+def read(path: str | Path) -> dict[str, Any]:
+    """A scenario file's TOML as read, not yet checked (to change a key before ``parse``)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ScenarioError("", f"cannot read {path}: {exc.strerror or exc}") from None
-    return loads(text)
+    return _toml(text)
 
 
 def loads(text: str) -> Scenario:
+    return parse(_toml(text))
+
+
+def _toml(text: str) -> dict[str, Any]:
     try:
-        document = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError("", f"not valid TOML: {exc}") from None
-    return parse(document)
 
 
 def parse(document: Mapping[str, Any]) -> Scenario:

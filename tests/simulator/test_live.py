@@ -24,15 +24,18 @@ from rest_framework.throttling import ScopedRateThrottle
 from agent.kernel import protocol
 from bridge.process import Bridge
 from core.models import ApiToken
+from escalations.models import Escalation
 from fleet import services as fleet
 from fleet.models import Device
 from registry.models import ModelVersion
-from simulator import live
+from simulator import behaviour, live
 from simulator import scenario as scenarios
+from simulator.device import SimDevice, SiteLinks
 from telemetry.models import TelemetryRecord
 from tests.brokers import address
 from tests.registry.conftest import make_classifier, make_png_images, metadata_for
 from tests.registry.helpers import publish
+from tests.simulator.helpers import Signer
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -218,3 +221,26 @@ def test_two_thousand_simulated_devices_converge_from_one_process(
     report = converge(simulated(fleet_scenario(20, 100)), 2000, versions[1], timeout=300)
     assert report.desired_accepted == 2000 and report.desired_refused == 0
     assert report.connected_peak == 2000
+
+
+def test_a_simulated_devices_escalation_upload_is_what_the_api_takes(
+    enroll_device: Callable[..., Any], site: Any, live_server: Any
+) -> None:
+    site.escalation_privacy = "metadata"
+    site.save(update_fields=["escalation_privacy"])
+    enrollment = enroll_device(site, name="sim-1")
+    scenario = fleet_scenario(1, 1)
+    signer = Signer()
+    device = SimDevice(
+        scenario,
+        behaviour.fleet(scenario)[0],
+        device_id=enrollment.device.device_id,
+        keyring=signer.keyring,
+        origin=protocol.utcnow(),
+        links=SiteLinks(scenario),
+    )
+    identity = live.Identity("sim-1", site.slug, enrollment.device.device_id, enrollment.secret, "", [])
+    metadata = device._escalation(10.0, 1, 0)
+    status = live.Api(live_server.url, api_token=None, timeout=10).upload(identity, metadata)
+    assert status in (201, 202), status
+    assert Escalation.objects.filter(device=enrollment.device).count() == 1
