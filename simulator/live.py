@@ -292,6 +292,7 @@ class LiveDevice:
         self.wanted = True  # whether its link should be up (faults take it down)
         self.dead = False
         self.failures = 0
+        self.up = False  # counted in the fleet's connected devices
         self.sock: socket.socket | None = None
         self.address = _address(fleet.options.mqtt_url or identity.broker_url)
         client = mqtt.Client(
@@ -368,13 +369,16 @@ class LiveDevice:
             return
         self.failures = 0
         client.subscribe([(protocol.topic(self.sim.device_id, suffix), 1) for suffix in SUBSCRIPTIONS])
-        self.fleet.connected += 1
+        if not self.up:
+            self.up = True
+            self.fleet.connected += 1
         self.fleet.report.connected_peak = max(self.fleet.report.connected_peak, self.fleet.connected)
         self.send(self.sim.connect(self.fleet.now()))
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        if self.sim.connected or not self.wanted:
-            self.fleet.connected = max(0, self.fleet.connected - 1)
+        if self.up:
+            self.up = False
+            self.fleet.connected -= 1
         self.sim.disconnect()
         if self.wanted and not self.dead and not self.fleet.stopping:
             self._retry()
