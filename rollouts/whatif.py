@@ -201,7 +201,7 @@ def run(
     tick = float(tick_s or django_settings.ROLLOUT_TICK_INTERVAL_S)
     chunk = int(django_settings.ROLLOUT_SEND_CHUNK)
     specs = behaviour.fleet(scenario)
-    chosen = _target(specs, target)
+    chosen = _target(specs, target, scenario.model.name)
     if max_devices is not None and len(chosen) > max_devices:
         raise ServiceError(
             "whatif_too_large",
@@ -279,7 +279,7 @@ def _effect(scenario: Scenario, version: str, hardware: str, extra: Sequence[Fau
     return behaviour.effect(scenario, version, hardware, extra)
 
 
-def _target(specs: list[DeviceSpec], target: Any) -> list[DeviceSpec]:
+def _target(specs: list[DeviceSpec], target: Any, model_name: str) -> list[DeviceSpec]:
     if target is None:
         return specs
     parsed = plans.parse_target(target)
@@ -287,10 +287,13 @@ def _target(specs: list[DeviceSpec], target: Any) -> list[DeviceSpec]:
     if unsupported:
         message = f"A what-if targets sites, hardware_profiles or running_model, not {', '.join(unsupported)}."
         raise ServiceError("invalid_target", message, 400, fields={f"target.{unsupported[0]}": [message]})
+    # Every simulated device runs the scenario's model: running_model keeps all of them or none.
+    runs = parsed.get("running_model", model_name) == model_name
     chosen = [
         s
         for s in specs
-        if ("sites" not in parsed or s.site in parsed["sites"])
+        if runs
+        and ("sites" not in parsed or s.site in parsed["sites"])
         and ("hardware_profiles" not in parsed or s.hardware in parsed["hardware_profiles"])
     ]
     if not chosen:
