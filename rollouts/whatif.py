@@ -50,7 +50,7 @@ from simulator.scenario import Fault, Scenario, ScenarioError
 from telemetry.baseline import METRICS, BaselineComparison, Figure, baseline_window_start
 from telemetry.metrics import Summary
 
-# A what-if over the API simulates at most this many devices (about a second per thousand and stage here).
+# A what-if over the API simulates at most this many devices (5,000 through four stages: about 10 s here).
 MAX_API_DEVICES = 5_000
 # Canary analysis samples: at most this many stage devices, each with at most its last this many windows
 # (50 device-minutes a side is what the analysis needs; past a million pairs it thins them anyway).
