@@ -148,6 +148,8 @@ class Api:
                 status, content, answer_headers = response.status, response.read(), dict(response.headers)
         except urllib.error.HTTPError as exc:
             status, content, answer_headers = exc.code, exc.read(), dict(exc.headers or {})
+        except (urllib.error.URLError, OSError) as exc:
+            raise LiveError(f"cannot reach {self.server}: {getattr(exc, 'reason', exc)}") from None
         try:
             document = json.loads(content) if content else None
         except ValueError:

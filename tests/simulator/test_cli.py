@@ -37,3 +37,16 @@ def test_trace_prints_a_devices_messages_the_same_way_twice(capsys: pytest.Captu
     assert [m["topic"] for m in lines[:2]] == ["status", "reported"]
     assert cli.main([*argv, "--seed", "8"]) == cli.EXIT_OK
     assert capsys.readouterr().out != first
+
+
+def test_a_control_plane_that_cannot_be_reached_is_one_line_and_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plan = tmp_path / "plan.json"
+    plan.write_text('{"stages": [{"kind": "percent", "value": 100}]}')
+    server = ["--server", "http://127.0.0.1:9"]
+    assert cli.main(["what-if", str(SHIPPED), "--plan", str(plan), *server, "--token", "t"]) == cli.EXIT_FAILED
+    assert cli.main(["run", str(SHIPPED), *server, "--api-token", "t"]) == cli.EXIT_FAILED
+    assert capsys.readouterr().err.count("cannot reach http://127.0.0.1:9") == 2
+    assert cli.main(["run", str(SHIPPED), *server]) == cli.EXIT_FAILED
+    assert "168 devices to enroll and 0 enrollment tokens" in capsys.readouterr().err
