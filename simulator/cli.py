@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.kernel import logs
-from simulator import behaviour, live, offline
+from simulator import behaviour, live, offline, verdict
 from simulator import scenario as scenarios
 from simulator.scenario import ScenarioError
 
@@ -215,7 +215,7 @@ def _what_if(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(answer))
     else:
-        _print_verdict(answer)
+        print("\n".join(verdict.lines(answer)))
     return EXIT_OK if answer["verdict"] in ("caught", "completed") else EXIT_VERDICT
 
 
@@ -224,35 +224,6 @@ def _json_file(path: Path, option: str) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ScenarioError(option, f"{path}: {exc}") from None
-
-
-def _print_verdict(answer: dict[str, Any]) -> None:
-    print(f"verdict: {answer['verdict']}: {answer['summary']}")
-    for stage in answer["stages"]:
-        head = f"  stage {stage['index']} ({stage['kind']} {stage['value']}{', shadow' if stage['shadow'] else ''})"
-        if stage["verdict"] == "not_reached":
-            print(f"{head}: {stage['devices']} devices, not reached")
-            continue
-        failing = [g for g in stage["gates"] if g["verdict"] not in ("pass",)]
-        gates = "; ".join(
-            f"{g['gate']} {g['verdict']} ({_figure(g['value'])} vs {_figure(g['threshold'])})" for g in failing
-        )
-        print(
-            f"{head}: {stage['devices']} devices, active {stage['active']}, failed {stage['failed']}, silent "
-            f"{stage['silent']}; all active at {_clock(stage['all_active_at_s'])}, judged at "
-            f"{_clock(stage['judged_at_s'])}: {stage['verdict']}" + (f" [{gates}]" if gates else "")
-        )
-
-
-def _figure(value: Any) -> str:
-    return "-" if value is None else f"{value:.3g}"
-
-
-def _clock(seconds: Any) -> str:
-    if seconds is None:
-        return "-"
-    minutes = int(seconds // 60)
-    return f"{minutes // 60}:{minutes % 60:02d}"
 
 
 if __name__ == "__main__":

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+from django.core.management import call_command
 
 from rollouts import whatif
 from simulator import scenario as scenarios
@@ -110,3 +112,20 @@ def test_a_site_going_offline_during_a_soak_halts_the_rollout() -> None:
 def test_the_same_inputs_give_the_same_answer() -> None:
     first = run(fleet(faults=slow_on("rpi5"))).as_json()
     assert run(fleet(faults=slow_on("rpi5"))).as_json() == first
+
+
+def test_manage_py_what_if_prints_the_verdict_on_the_control_planes_host(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shipped = Path(__file__).resolve().parents[2] / "simulator" / "scenarios" / "two-plants.toml"
+    plan = tmp_path / "plan.json"
+    plan.write_text('{"stages": [{"kind": "count", "value": 1}, {"kind": "percent", "value": 100}]}')
+    call_command("what_if", str(shipped), "--plan", str(plan), "--candidate", "2.0.0")
+    out = capsys.readouterr().out
+    assert out.startswith("verdict: caught: caught at stage 0 (count 1)")
+    # 2 % slower on the Jetsons (none of which dies in this scenario): within every tolerance, not caught.
+    jetsons = ["--target-hardware", "jetson-orin", "--candidate", "2.2.0", "--model-fault", "latency_factor=1.02"]
+    with pytest.raises(SystemExit) as exited:
+        call_command("what_if", str(shipped), "--plan", str(plan), *jetsons)
+    assert exited.value.code == 3
+    assert capsys.readouterr().out.startswith("verdict: not_caught")
