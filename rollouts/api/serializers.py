@@ -224,3 +224,84 @@ class VersionRollbackSerializer(serializers.Serializer):
     devices = serializers.IntegerField(help_text="Devices sent the version, which go back.")
     offline_devices = serializers.IntegerField(help_text="Of those, offline now: they converge when they return.")
     stops_rollouts = serializers.ListField(child=serializers.IntegerField(), help_text="Rollouts of the version.")
+
+
+# --- what-if runs (rollouts.whatif) ---------------------------------------------------
+
+SCENARIO_HELP = (
+    "The simulated fleet: a scenario's keys as JSON (sites, hardware, model, faults, seed, ...), or the text of a"
+    " scenario TOML file (docs/simulator.md)."
+)
+
+
+class WhatIfRequestSerializer(StrictInput, serializers.Serializer):
+    scenario = serializers.JSONField(help_text=SCENARIO_HELP)
+    plan = serializers.JSONField(help_text=PLAN_HELP)
+    gates = serializers.JSONField(required=False, help_text=GATES_HELP)
+    target = serializers.JSONField(
+        required=False,
+        help_text='Which simulated devices: {"sites": [slug], "hardware_profiles": [name]}; all if absent.',
+    )
+    candidate = serializers.CharField(
+        max_length=64, default="candidate", help_text="The version rolled out; bad_model faults naming it apply."
+    )
+    model_faults = serializers.JSONField(
+        required=False,
+        help_text=(
+            "bad_model faults of the candidate beside the scenario's, e.g."
+            ' [{"hardware": "rpi5", "latency_factor": 3}] (docs/simulator.md).'
+        ),
+    )
+    start_s = serializers.FloatField(
+        default=0.0, min_value=0.0, max_value=30 * 86400, help_text="When the rollout starts, in scenario seconds."
+    )
+
+
+class WhatIfOutcomeSerializer(serializers.Serializer):
+    gate = serializers.CharField()
+    verdict = serializers.CharField()
+    value = serializers.FloatField(allow_null=True)
+    threshold = serializers.FloatField(allow_null=True)
+    at_s = serializers.FloatField(help_text="When it was judged, in seconds from the rollout's start.")
+    details = serializers.DictField()
+
+
+class WhatIfStageSerializer(serializers.Serializer):
+    index = serializers.IntegerField()
+    kind = serializers.CharField()
+    value = serializers.IntegerField()
+    shadow = serializers.BooleanField()
+    requires_approval = serializers.BooleanField(help_text="Taken as approved at once in a what-if.")
+    devices = serializers.IntegerField()
+    sent = serializers.IntegerField()
+    active = serializers.IntegerField()
+    failed = serializers.IntegerField()
+    silent = serializers.IntegerField()
+    started_at_s = serializers.FloatField(allow_null=True)
+    all_active_at_s = serializers.FloatField(allow_null=True)
+    judged_at_s = serializers.FloatField(allow_null=True)
+    soak_extensions = serializers.IntegerField()
+    verdict = serializers.CharField(help_text="pass, fail, marginal, or not_reached.")
+    gates = WhatIfOutcomeSerializer(many=True)
+
+
+class WhatIfSerializer(serializers.Serializer):
+    verdict = serializers.ChoiceField(
+        choices=["caught", "not_caught", "false_alarm", "completed"],
+        help_text=(
+            "caught: a faulty candidate halted; not_caught: it reached everyone;"
+            " false_alarm: a sound one halted; completed: a sound one reached everyone."
+        ),
+    )
+    summary = serializers.CharField()
+    candidate = serializers.CharField()
+    faulty = serializers.BooleanField(help_text="Whether any bad_model fault touches the candidate on the target.")
+    halted_at_stage = serializers.IntegerField(allow_null=True)
+    failed_gates = serializers.ListField(child=serializers.CharField())
+    devices_in_target = serializers.IntegerField()
+    devices_touched = serializers.IntegerField(help_text="Devices sent the candidate.")
+    devices_failed = serializers.IntegerField(help_text="Devices whose install failed.")
+    devices_on_candidate = serializers.IntegerField(help_text="Devices running the candidate at the end.")
+    duration_s = serializers.FloatField(help_text="From the start to completion or halt, in simulated seconds.")
+    stages = WhatIfStageSerializer(many=True)
+    gates = serializers.DictField(help_text="The gate settings the run used (defaults and overrides).")

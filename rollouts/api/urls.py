@@ -17,5 +17,7 @@ urlpatterns = [
         views.VersionRollbackView.as_view(),
         name="version-rollback",
     ),
+    # Before the router's rollouts/{id}/, which would take "what-if" for an id.
+    path("rollouts/what-if/", views.WhatIfView.as_view(), name="rollout-what-if"),
     *router.urls,
 ]

@@ -18,7 +18,7 @@ from core.errors import ServiceError
 from core.models import AuditLog
 from fleet.models import Site
 from registry.models import ModelVersion
-from rollouts import rollback, services
+from rollouts import rollback, services, whatif
 from rollouts.api.serializers import (
     TEMPLATE_NAME,
     ActionSerializer,
@@ -29,6 +29,8 @@ from rollouts.api.serializers import (
     SiteRollbackRequestSerializer,
     SiteRollbackSerializer,
     VersionRollbackSerializer,
+    WhatIfRequestSerializer,
+    WhatIfSerializer,
 )
 from rollouts.models import Rollout, RolloutTemplate
 
@@ -211,3 +213,35 @@ class VersionRollbackView(APIView):
             return Response(rollback.version_plan(row).answer(done=False))
         done = rollback.roll_back_version(row, actor=request.user, reason=body.validated_data["reason"])
         return Response(done.answer(done=True))
+
+
+class WhatIfView(APIView):
+    """Run a rollout plan on a simulated fleet and answer whether it would catch a bad candidate (rollouts.whatif).
+
+    Nothing is stored or sent: the plan, gates and target are checked as for a
+    real rollout, then run in simulated time against the scenario's devices.
+    """
+
+    permission_classes = [HasScope]
+    required_scopes = ("rollout",)
+    # Changes nothing, but costs CPU: those who may start rollouts may ask what one would do.
+    operators_act = True
+    parser_classes = [JSONParser]
+
+    @extend_schema(request=WhatIfRequestSerializer, responses={200: WhatIfSerializer, 400: ErrorSerializer})
+    def post(self, request: Request) -> Response:
+        body = WhatIfRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        scenario = whatif.scenario_from(data["scenario"])
+        result = whatif.run(
+            scenario,
+            data["plan"],
+            candidate=data["candidate"],
+            gate_overrides=data.get("gates"),
+            target=data.get("target"),
+            model_faults=whatif.faults_from(data.get("model_faults"), scenario, data["candidate"]),
+            start_s=data["start_s"],
+            max_devices=whatif.MAX_API_DEVICES,
+        )
+        return Response(result.as_json())

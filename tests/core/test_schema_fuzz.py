@@ -62,6 +62,8 @@ BUSINESS_RULES = {
     "POST /api/v1/rollout-templates/": "plan rules",
     "PUT /api/v1/rollout-templates/{name}/": "plan rules",
     "PATCH /api/v1/rollout-templates/{name}/": "plan rules",
+    # A scenario, plan and gates the schema states only as JSON (docs/simulator.md, docs/rollouts.md).
+    "POST /api/v1/rollouts/what-if/": "scenario and plan rules",
     # Publishing needs a real ONNX graph and metadata JSON that describes it (not_onnx, bad_metadata,
     # shape_mismatch, ...): a generated multipart body never is one. tests/registry/test_publish.py
     # covers valid publishes; here the other checks still run on every generated upload.
