@@ -34,7 +34,7 @@ PAGES = {
     "overview, by model version": "/?version=detector%402.0.0",
     "device search (page 1 of matches)": "/devices/?q=cam-1",
     "site page (30 devices)": "/sites/site-150/",
-    "site page (1,000 devices, page 1 of 100)": "/sites/site-000/",
+    "site page (1,000 devices, page 1 of 10)": "/sites/site-000/",
     "device page": f"/devices/dev-{DEVICES - 1:016x}/",
     "escalation review queue": "/escalations/",
     "rollouts": "/rollouts/",
@@ -106,7 +106,7 @@ def assets(html: str) -> int:
     from django.contrib.staticfiles import finders
 
     total = 0
-    for path in set(re.findall(rf'(?:src|href)="{re.escape(settings.STATIC_URL)}([^"?]+\\.(?:js|css))"', html)):
+    for path in set(re.findall(rf'(?:src|href)="{re.escape(settings.STATIC_URL)}([^"?]+\.(?:js|css))"', html)):
         found = finders.find(path)
         total += os.path.getsize(found) if isinstance(found, str) else 0
     return total
