@@ -66,7 +66,8 @@ class DeviceEvent(models.Model):
     data = models.JSONField(default=dict)
     # What identifies the event as the device sent it (kind, its own time, data): a redelivered copy
     # has the same digest and is stored once. Empty on rows stored before digests were kept.
-    digest = models.CharField(max_length=64, blank=True, default="")
+    # A database default too: rows written by an older release during a rolling upgrade still insert.
+    digest = models.CharField(max_length=64, blank=True, default="", db_default="")
 
     class Meta:
         ordering = ["-at"]
