@@ -46,6 +46,8 @@ MAX_BATCH_BYTES = protocol.MAX_PAYLOAD_BYTES - _ENVELOPE_BYTES
 # Acks in a row that do not advance before what is in flight is sent again.
 # More than one, so batches reordered between two bridges do not trigger it.
 DUPLICATE_ACKS_TO_RESEND = 3
+# While the disk refuses writes, say so this often (and at every drop), not at every retry.
+HOLD_LOG_EVERY_S = 30.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -98,8 +100,13 @@ class Outbox:
         resend_after_s: float = 30.0,
         live_share: float = 0.1,
         on_commit: Callable[[], None] | None = None,
+        max_held_bytes: int = 1024 * 1024,
     ) -> None:
         self.path = path
+        # While the disk refuses writes (full, failing), records wait in memory up to this many bytes;
+        # beyond it the oldest of the lowest priority are dropped and counted, as on disk.
+        self.max_held_bytes = max_held_bytes
+        self._last_hold_log = 0.0
         self.max_bytes = max_bytes
         self.commit_interval_s = commit_interval_s
         self.commit_records = commit_records
@@ -172,13 +179,50 @@ class Outbox:
                 self._cond.notify_all()
             self._pending.append((seq, PRIORITY.get(kind, 0) if priority is None else priority, size, body))
             if len(self._pending) >= self.commit_records:
-                self._commit_locked()
+                self._commit_or_hold()
             return seq
 
     def commit(self) -> None:
-        """Make every appended record durable now."""
+        """Make every appended record durable now; while the disk refuses, they are held (``_hold``)."""
         with self._cond:
+            self._commit_or_hold()
+
+    def _commit_or_hold(self) -> bool:
+        """Commit the pending records; on a disk that refuses writes keep them in memory. Returns whether written."""
+        try:
             self._commit_locked()
+        except sqlite3.Error as exc:
+            self._hold(exc)
+            return False
+        return True
+
+    def _hold(self, exc: sqlite3.Error) -> None:
+        """Keep the pending records in memory within ``max_held_bytes``: beyond it drop the oldest of the lowest
+        priority, counted in ``dropped_total`` (written with the next commit). Inference and the agent go on;
+        the flusher retries every second, so the records go to disk by themselves once it has room again."""
+        held = sum(r[2] for r in self._pending)
+        excess = held - self.max_held_bytes
+        dropped = 0
+        if excess > 0:
+            order = sorted(range(len(self._pending)), key=lambda i: (self._pending[i][1], self._pending[i][0]))
+            gone: set[int] = set()
+            freed = 0
+            for index in order:
+                if freed >= excess:
+                    break
+                gone.add(index)
+                freed += self._pending[index][2]
+            self._pending = [row for index, row in enumerate(self._pending) if index not in gone]
+            dropped = len(gone)
+            self._dropped_total += dropped
+            held -= freed
+        now = time.monotonic()
+        if dropped or now - self._last_hold_log >= HOLD_LOG_EVERY_S:
+            self._last_hold_log = now
+            log.warning(
+                "outbox cannot write to its disk: records held in memory",
+                extra={"error": str(exc), "held": len(self._pending), "held_bytes": held, "dropped": dropped},
+            )
 
     def _commit_locked(self) -> None:
         if not self._pending:
@@ -192,9 +236,13 @@ class Outbox:
             added = sum(r[2] for r in rows)
             excess = self._bytes + added - self.max_bytes
             dropped = self._shed(excess) if excess > 0 else (0, 0)
+            # Records dropped while the disk refused writes (``_hold``) are counted here too.
+            self._set_meta("dropped_total", self._dropped_total + dropped[0])
             self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            # A full disk may have rolled the transaction back already (SQLITE_FULL does).
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             # Keep the records for the next attempt; their seqs are still unused on disk.
             self._pending = rows + self._pending
             raise
@@ -248,11 +296,8 @@ class Outbox:
                 if delay > 0:
                     self._cond.wait(delay)
                     continue
-                try:
-                    self._commit_locked()
-                except sqlite3.Error:
+                if not self._commit_or_hold():
                     # The records stay pending; a full or failing disk must not kill the thread.
-                    log.exception("outbox commit failed", extra={"pending": len(self._pending)})
                     self._cond.wait(1.0)
 
     # --- sending ---------------------------------------------------------------
@@ -367,7 +412,7 @@ class Outbox:
     def ack(self, seq: int) -> int:
         """Apply the control plane's acknowledgement; returns how many records left the outbox."""
         with self._cond:
-            self._commit_locked()
+            self._commit_or_hold()
             if seq > self._last_seq:
                 self._renumber_locked(seq)
                 return 0
@@ -396,7 +441,8 @@ class Outbox:
                 self._set_meta("acked_seq", acked)
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
             self._acked_seq = acked
             self._count -= count
@@ -427,7 +473,8 @@ class Outbox:
             self._set_meta("acked_seq", acked)
             self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             raise
         self._last_seq, self._acked_seq = last, acked
         self._next_seq = last + 1
