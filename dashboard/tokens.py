@@ -13,6 +13,7 @@ Enrollment tokens are issued and revoked by ``fleet.services``, the code behind
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode
@@ -139,17 +140,12 @@ def _issue_enrollment(request: HttpRequest, form: EnrollmentTokenForm) -> dict[s
 def revoke_api_token(request: HttpRequest, pk: int) -> HttpResponse:
     require_admin(request, "manage tokens")
     token = get_object_or_404(ApiToken, pk=pk)
-    form = RevokeForm(request.POST)
-    if not form.is_valid():
-        messages.error(request, f"{token.name} was not revoked: {' '.join(str(e) for e in form.errors['reason'])}")
-        return redirect("tokens")
-    try:
-        services.revoke_token(token, actor=request.user, reason=form.cleaned_data["reason"])
-    except ServiceError as refused:
-        messages.error(request, str(refused.detail))
-    else:
-        messages.success(request, f"API token {token.name} ({token.prefix}…) revoked: it is refused from now on.")
-    return redirect("tokens")
+    return _revoke(
+        request,
+        token.name,
+        lambda reason: services.revoke_token(token, actor=request.user, reason=reason),
+        f"API token {token.name} ({token.prefix}…) revoked: it is refused from now on.",
+    )
 
 
 @login_required
@@ -157,16 +153,26 @@ def revoke_api_token(request: HttpRequest, pk: int) -> HttpResponse:
 def revoke_enrollment_token(request: HttpRequest, pk: int) -> HttpResponse:
     require_admin(request, "manage tokens")
     token = get_object_or_404(EnrollmentToken.objects.select_related("site"), pk=pk)
+    return _revoke(
+        request,
+        token.prefix,
+        lambda reason: fleet_services.revoke_enrollment_token(token, actor=request.user, reason=reason),
+        f"Enrollment token {token.prefix}… for {token.site.slug} revoked.",
+    )
+
+
+def _revoke(request: HttpRequest, name: str, revoke: Callable[[str], Any], done: str) -> HttpResponse:
+    """Check the reason, revoke through the service, and say on the tokens page what happened."""
     form = RevokeForm(request.POST)
     if not form.is_valid():
-        messages.error(request, f"{token.prefix} was not revoked: {' '.join(str(e) for e in form.errors['reason'])}")
+        messages.error(request, f"{name} was not revoked: {' '.join(str(e) for e in form.errors['reason'])}")
         return redirect("tokens")
     try:
-        fleet_services.revoke_enrollment_token(token, actor=request.user, reason=form.cleaned_data["reason"])
+        revoke(form.cleaned_data["reason"])
     except ServiceError as refused:
         messages.error(request, str(refused.detail))
     else:
-        messages.success(request, f"Enrollment token {token.prefix}… for {token.site.slug} revoked.")
+        messages.success(request, done)
     return redirect("tokens")
 
 
