@@ -71,7 +71,10 @@ def missing_services(redis_url: str = "redis://127.0.0.1:6379") -> str | None:
     return None
 
 
-def http(url: str, *, data: dict[str, Any] | None = None, timeout: float = 10, **headers: str) -> tuple[int, str]:
+def http(
+    url: str, *, data: dict[str, Any] | None = None, timeout: float = 10, headers: dict[str, str] | None = None
+) -> tuple[int, str]:
+    headers = dict(headers or {})
     body = json.dumps(data).encode() if data is not None else None
     if body is not None:
         headers.setdefault("Content-Type", "application/json")
@@ -207,13 +210,13 @@ class Stack:
                 total += times.user + times.system
         return total
 
-    def wait_ok(self, url: str, name: str, timeout: float = STARTUP_S, **headers: str) -> str:
+    def wait_ok(self, url: str, name: str, *, timeout: float = STARTUP_S, headers: dict[str, str] | None = None) -> str:
         deadline = time.monotonic() + timeout
         status, body = 0, ""
         while time.monotonic() < deadline:
             if self.processes[name].poll() is not None:
                 raise StackError(f"{name} exited with {self.processes[name].returncode}:\n{self.log(name)}")
-            status, body = http(url, **headers)
+            status, body = http(url, headers=headers)
             if status == 200:
                 return body
             time.sleep(0.2)
@@ -231,7 +234,7 @@ class Stack:
         headers = {"Host": HOST, "X-Forwarded-Proto": "https"}
         if token or (token is None and self.api_token):
             headers["Authorization"] = f"Bearer {token or self.api_token}"
-        status, body = http(f"{self.web}{path}", data=data, timeout=timeout, **headers)
+        status, body = http(f"{self.web}{path}", data=data, timeout=timeout, headers=headers)
         return status, (json.loads(body) if body.startswith(("{", "[")) else body)
 
 

@@ -92,11 +92,11 @@ def test_a_signed_in_api_call_and_a_device_enrolled_through_the_broker(stack: St
 def test_each_process_serves_its_own_metrics(stack: Stack) -> None:
     bearer = {"Authorization": f"Bearer {stack.metrics_token}"}
     assert http(f"{stack.web}/metrics")[0] == 401
-    web = stack.wait_ok(f"{stack.web}/metrics", "web", **bearer)
+    web = stack.wait_ok(f"{stack.web}/metrics", "web", headers=bearer)
     assert "edgefleet_devices" in web and "edgefleet_http_requests_total{" in web
     # gunicorn's workers add up through the multiprocess directory; process_* per live worker.
     assert len(set(re.findall(r'process_resident_memory_bytes\{pid="(\d+)"\}', web))) >= 1
-    bridge = stack.wait_ok(f"{stack.probes['bridge']}/metrics", "bridge", **bearer)
+    bridge = stack.wait_ok(f"{stack.probes['bridge']}/metrics", "bridge", headers=bearer)
     assert "edgefleet_bridge_connected 1.0" in bridge and "process_cpu_seconds_total" in bridge
     assert 'edgefleet_bridge_messages_total{kind="status"}' in bridge
     # A task sent as any process sends one; a prefork child runs it and the probe port counts it.
@@ -105,11 +105,11 @@ def test_each_process_serves_its_own_metrics(stack: Stack) -> None:
     deadline = time.monotonic() + 30
     worker = ""
     while time.monotonic() < deadline and line not in worker:
-        worker = stack.wait_ok(f"{stack.probes['worker']}/metrics", "worker", **bearer)
+        worker = stack.wait_ok(f"{stack.probes['worker']}/metrics", "worker", headers=bearer)
         time.sleep(0.3)
     assert line in worker, stack.log("worker")
     assert "edgefleet_celery_task_duration_seconds_bucket" in worker
-    beat = stack.wait_ok(f"{stack.probes['beat']}/metrics", "beat", **bearer)
+    beat = stack.wait_ok(f"{stack.probes['beat']}/metrics", "beat", headers=bearer)
     assert "process_resident_memory_bytes" in beat
 
 
