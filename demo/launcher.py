@@ -44,6 +44,8 @@ SITES = {
 HARDWARE = ["jetson-orin-nano", "raspberrypi-5", "x86-nuc", "jetson-orin-nano"]
 # The simulator enrolls its devices with the label simulated=true.
 SIM_ONLINE = "/api/v1/devices/?label=simulated=true&online=true&limit=1"
+# How often the demo looks again while the simulated fleet comes online.
+SIM_REPORT_S = 15.0
 
 
 # What a clean start removes from the data directory: everything a run
@@ -156,6 +158,9 @@ class Demo:
             # fleet does: at the default 60/minute a thousand devices would take over a quarter of an hour.
             self.env["ENROLL_THROTTLE_RATE"] = "100000/minute"
         self.server = f"http://127.0.0.1:{self.web_port}"
+        # The demo's own API token (set by start), and how many simulated devices it last said were online.
+        self.api_token = ""
+        self.sim_online_said: int | None = None
         self.mqtt_url = mqtt_url
 
     @property
@@ -207,6 +212,7 @@ class Demo:
             specs += [f"{slug}:{simfleet.SITES[slug][0]}:" for slug in simfleet.spread(self.sim.devices)]
         options = [f"--site={s}" for s in specs] + (["--sim-token"] if self.sim is not None else [])
         seed = json.loads(self.manage("demo_seed", *options).strip().splitlines()[-1])
+        self.api_token = seed["api_token"]
 
         self.say(f"starting the embedded MQTT broker on 127.0.0.1:{self.mqtt_port} ...")
         broker = self.spawn(
@@ -253,7 +259,7 @@ class Demo:
             dark = "/".join(demo_scene.DARK_CAMERA)
             self.say(f"  {dark} has a failed lamp: its dark frames should raise a drift alert, and it escalates")
             self.say("  unsure frames to the cloud model; disagreements wait for review")
-        online = self.start_simulator(seed["sim_token"], seed["api_token"]) if self.sim is not None else None
+        online = self.start_simulator(seed["sim_token"]) if self.sim is not None else None
         self.say("")
         self.say(f"  dashboard : {self.server}/")
         self.say(f"  API docs  : {self.server}/api/v1/docs/")
@@ -333,9 +339,9 @@ class Demo:
                 env=env,
                 with_previous=index > 0,
             )
-        self.say(f"started {len(devices)} simulated devices (real agent processes) at {len(self.sites)} sites")
+        self.say(f"started {len(devices)} devices (real agent processes) at {len(self.sites)} sites")
 
-    def start_simulator(self, sim_token: str, api_token: str) -> int:
+    def start_simulator(self, sim_token: str) -> int:
         """Start ``edgefleet-sim run`` on the demo's sites; wait until its devices are online; return how many are."""
         assert self.sim is not None
         enrolled = self.sim.state_path.exists()
@@ -352,13 +358,21 @@ class Demo:
         deadline = time.monotonic() + 60 + self.sim.devices / 10
         online = 0
         while time.monotonic() < deadline and proc.poll() is None:
-            online = int(demo_scene.api(self.server, api_token, "GET", SIM_ONLINE)["count"])
+            online = self.sim_online() or online
             if online >= self.sim.devices:
                 break
             time.sleep(1)
         if proc.poll() is not None:
             raise SystemExit(f"edgefleet-sim exited with {proc.returncode}; see {self.logs / 'sim.log'}")
+        self.sim_online_said = online
         return online
+
+    def sim_online(self) -> int | None:
+        """How many simulated devices the control plane has online; None while it does not answer."""
+        try:
+            return int(demo_scene.api(self.server, self.api_token, "GET", SIM_ONLINE)["count"])
+        except (OSError, ValueError):
+            return None
 
     def enroll(self, slug: str, name: str, token: str, device_dir: Path, hardware: str) -> subprocess.Popen[str]:
         device_dir.mkdir(parents=True, exist_ok=True)
@@ -390,11 +404,19 @@ class Demo:
     def watch(self, stop_after: float | None) -> None:
         deadline = time.monotonic() + stop_after if stop_after else None
         reported: set[str] = set()
+        next_count = time.monotonic() + SIM_REPORT_S
         while deadline is None or time.monotonic() < deadline:
             for name, proc in self.children:
                 if proc.poll() is not None and name not in reported:
                     reported.add(name)
                     self.say(f"warning: {name} exited with {proc.returncode}; see {self.logs / (name + '.log')}")
+            # A large fleet may still be enrolling when the demo is ready: say how far it has come.
+            if self.sim is not None and time.monotonic() >= next_count:
+                next_count = time.monotonic() + SIM_REPORT_S
+                online = self.sim_online()
+                if online is not None and online != self.sim_online_said:
+                    self.sim_online_said = online
+                    self.say(f"simulated devices online: {online} of {self.sim.devices}")
             time.sleep(1)
 
     def stop(self) -> None:
