@@ -253,7 +253,9 @@ class Demo:
             demo_scene.publish_cloud_model(BIN, self.server, seed["api_token"], self.data_dir / "publish")
         self.start_devices(seed["tokens"])
         if published is not None:
-            ids = demo_scene.device_ids(self.server, seed["api_token"])
+            # The real agents' sites only: with --keep the simulated devices are enrolled already,
+            # and they report the scenario's model without being sent it.
+            ids = demo_scene.device_ids(self.server, seed["api_token"], self.sites)
             demo_scene.assign_model(self.server, seed["api_token"], str(published["version"]), list(ids.values()))
             self.say(f"assigned {demo_scene.MODEL} {published['version']} to every device (download, verify, install)")
             dark = "/".join(demo_scene.DARK_CAMERA)
