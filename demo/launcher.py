@@ -3,13 +3,16 @@
 Starts, as child processes: the embedded MQTT broker, the web server, the MQTT
 bridge, a Celery worker with beat on the local filesystem transport, and one
 real agent process per simulated device. Needs no PostgreSQL, Redis or
-Mosquitto. Ctrl-C stops everything, newest first: the agents, then the worker,
-the bridge, the web server and last the broker, each waited for.
+Mosquitto. ``--sim-devices N`` adds N simulated devices at their own sites: one
+``edgefleet-sim run`` process (``demo.simfleet``). Ctrl-C stops everything,
+newest first: the simulator, the agents, then the worker, the bridge, the web
+server and last the broker, each waited for.
 
 Each run starts clean: the previous run's database, devices, alerts and logs
 are removed (the rendered camera frames and the measured model metadata are
 kept, they only cost time). ``--keep`` continues the previous run's state
-instead: the same devices, their history and any alert still open.
+instead: the same devices, their history and any alert still open (the
+simulated ones too: the simulator's state file keeps their identities).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from demo import rehearsal
+from demo import rehearsal, simfleet
 from demo import scene as demo_scene
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,12 +42,25 @@ SITES = {
     "farm-south": ("South Farm", "barn-cam", 4),
 }
 HARDWARE = ["jetson-orin-nano", "raspberrypi-5", "x86-nuc", "jetson-orin-nano"]
+# The simulator enrolls its devices with the label simulated=true.
+SIM_ONLINE = "/api/v1/devices/?label=simulated=true&online=true&limit=1"
+# How often the demo looks again while the simulated fleet comes online.
+SIM_REPORT_S = 15.0
 
 
 # What a clean start removes from the data directory: everything a run
 # writes except the caches (``cameras``, ``publish``). Named one by one, so
 # a --data-dir pointed at the wrong folder loses nothing else.
-STATE = ("edgefleet.sqlite3", "edgefleet.sqlite3-wal", "edgefleet.sqlite3-shm", "devices", "celery", "media", "logs")
+STATE = (
+    "edgefleet.sqlite3",
+    "edgefleet.sqlite3-wal",
+    "edgefleet.sqlite3-shm",
+    "devices",
+    "sim",
+    "celery",
+    "media",
+    "logs",
+)
 # How long one stage of the shutdown may take before it is killed.
 STOP_TIMEOUT_S = 10.0
 
@@ -102,6 +118,8 @@ class Demo:
     sites: dict[str, tuple[str, str, int]] = field(default_factory=lambda: dict(SITES))
     # Publish the model and run inference on rendered frames; without it the agents only connect.
     with_model: bool = True
+    # Simulated devices (edgefleet-sim) at their own sites, beside the real agents.
+    sim_devices: int = 0
     # The version the demo published and assigned (set by start).
     published_version: str | None = None
     # Children in the order they started, in stages: a stage (the agents) starts and stops together.
@@ -134,7 +152,15 @@ class Demo:
             "ROLLOUT_TICK_INTERVAL_S": "5",
             "PYTHONUNBUFFERED": "1",
         }
+        self.sim = simfleet.SimFleet(self.data_dir / "sim", self.sim_devices) if self.sim_devices else None
+        if self.sim is not None:
+            # The simulator enrolls its whole fleet from one address, as an operator provisioning a
+            # fleet does: at the default 60/minute a thousand devices would take over a quarter of an hour.
+            self.env["ENROLL_THROTTLE_RATE"] = "100000/minute"
         self.server = f"http://127.0.0.1:{self.web_port}"
+        # The demo's own API token (set by start), and how many simulated devices it last said were online.
+        self.api_token = ""
+        self.sim_online_said: int | None = None
         self.mqtt_url = mqtt_url
 
     @property
@@ -181,7 +207,12 @@ class Demo:
             f"{slug}:{name}:{','.join(f'{prefix}-{i + 1}' for i in range(count))}"
             for slug, (name, prefix, count) in self.sites.items()
         ]
-        seed = json.loads(self.manage("demo_seed", *[f"--site={s}" for s in specs]).strip().splitlines()[-1])
+        if self.sim is not None:
+            # The simulated sites with their names, no enrollment tokens: the simulator issues its own.
+            specs += [f"{slug}:{simfleet.SITES[slug][0]}:" for slug in simfleet.spread(self.sim.devices)]
+        options = [f"--site={s}" for s in specs] + (["--sim-token"] if self.sim is not None else [])
+        seed = json.loads(self.manage("demo_seed", *options).strip().splitlines()[-1])
+        self.api_token = seed["api_token"]
 
         self.say(f"starting the embedded MQTT broker on 127.0.0.1:{self.mqtt_port} ...")
         broker = self.spawn(
@@ -222,12 +253,15 @@ class Demo:
             demo_scene.publish_cloud_model(BIN, self.server, seed["api_token"], self.data_dir / "publish")
         self.start_devices(seed["tokens"])
         if published is not None:
-            ids = demo_scene.device_ids(self.server, seed["api_token"])
+            # The real agents' sites only: with --keep the simulated devices are enrolled already,
+            # and they report the scenario's model without being sent it.
+            ids = demo_scene.device_ids(self.server, seed["api_token"], self.sites)
             demo_scene.assign_model(self.server, seed["api_token"], str(published["version"]), list(ids.values()))
             self.say(f"assigned {demo_scene.MODEL} {published['version']} to every device (download, verify, install)")
             dark = "/".join(demo_scene.DARK_CAMERA)
             self.say(f"  {dark} has a failed lamp: its dark frames should raise a drift alert, and it escalates")
             self.say("  unsure frames to the cloud model; disagreements wait for review")
+        online = self.start_simulator(seed["sim_token"]) if self.sim is not None else None
         self.say("")
         self.say(f"  dashboard : {self.server}/")
         self.say(f"  API docs  : {self.server}/api/v1/docs/")
@@ -238,6 +272,9 @@ class Demo:
         self.say(f"  review    : {self.server}/escalations/ (escalated frames; keys e, c, 1-9, j/k, ? for help)")
         self.say(f"  advisor   : {self.server}/escalations/advisor/ (the threshold curve, with Apply)")
         self.say(f"  export    : {self.server}/escalations/export/ (reviewed frames as a dataset zip)")
+        if self.sim is not None:
+            sites = ", ".join(simfleet.spread(self.sim.devices))
+            self.say(f"  simulated : {online} of {self.sim.devices} online at {sites} (?label=simulated=true)")
         self.say(f"  logs      : {self.logs}/")
         self.say("")
         return dict(seed)
@@ -304,7 +341,40 @@ class Demo:
                 env=env,
                 with_previous=index > 0,
             )
-        self.say(f"started {len(devices)} simulated devices (real agent processes) at {len(self.sites)} sites")
+        self.say(f"started {len(devices)} devices (real agent processes) at {len(self.sites)} sites")
+
+    def start_simulator(self, sim_token: str) -> int:
+        """Start ``edgefleet-sim run`` on the demo's sites; wait until its devices are online; return how many are."""
+        assert self.sim is not None
+        enrolled = self.sim.state_path.exists()
+        self.sim.write_scenario()
+        self.say(
+            f"starting {self.sim.devices} simulated devices (edgefleet-sim, one process): "
+            + ("the enrolled ones continue, " if enrolled else "")
+            + "enrolling over the REST API ..."
+        )
+        command = self.sim.command(sys.executable, self.server, self.mqtt_url)
+        proc = self.spawn("sim", *command, env={"EDGEFLEET_API_TOKEN": sim_token})
+        # Enrolling takes a few ms a device, connecting 1/CONNECT_PER_S s, a heartbeat reaching the
+        # control plane a few seconds more; a thousand on two busy cores come online within a minute or two.
+        deadline = time.monotonic() + 60 + self.sim.devices / 10
+        online = 0
+        while time.monotonic() < deadline and proc.poll() is None:
+            online = self.sim_online() or online
+            if online >= self.sim.devices:
+                break
+            time.sleep(1)
+        if proc.poll() is not None:
+            raise SystemExit(f"edgefleet-sim exited with {proc.returncode}; see {self.logs / 'sim.log'}")
+        self.sim_online_said = online
+        return online
+
+    def sim_online(self) -> int | None:
+        """How many simulated devices the control plane has online; None while it does not answer."""
+        try:
+            return int(demo_scene.api(self.server, self.api_token, "GET", SIM_ONLINE)["count"])
+        except (OSError, ValueError):
+            return None
 
     def enroll(self, slug: str, name: str, token: str, device_dir: Path, hardware: str) -> subprocess.Popen[str]:
         device_dir.mkdir(parents=True, exist_ok=True)
@@ -336,11 +406,19 @@ class Demo:
     def watch(self, stop_after: float | None) -> None:
         deadline = time.monotonic() + stop_after if stop_after else None
         reported: set[str] = set()
+        next_count = time.monotonic() + SIM_REPORT_S
         while deadline is None or time.monotonic() < deadline:
             for name, proc in self.children:
                 if proc.poll() is not None and name not in reported:
                     reported.add(name)
                     self.say(f"warning: {name} exited with {proc.returncode}; see {self.logs / (name + '.log')}")
+            # A large fleet may still be enrolling when the demo is ready: say how far it has come.
+            if self.sim is not None and time.monotonic() >= next_count:
+                next_count = time.monotonic() + SIM_REPORT_S
+                online = self.sim_online()
+                if online is not None and online != self.sim_online_said:
+                    self.sim_online_said = online
+                    self.say(f"simulated devices online: {online} of {self.sim.devices}")
             time.sleep(1)
 
     def stop(self) -> None:
@@ -381,11 +459,24 @@ def main(argv: list[str] | None = None) -> int:
         help="continue the previous run's state (database, devices, alerts) instead of starting clean",
     )
     parser.add_argument(
+        "--sim-devices",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also run N simulated devices (edgefleet-sim, one process) at four sim-* sites of their own",
+    )
+    parser.add_argument(
         "--rollouts",
         action="store_true",
         help="once the devices run the model, publish a good and a bad release through staged rollouts and follow them",
     )
     args = parser.parse_args(argv)
+    if args.sim_devices < 0:
+        parser.error("--sim-devices must be 0 or more")
+    if args.sim_devices and args.rollouts:
+        # The rehearsal's canary would as likely be a simulated device, which runs a bad release as well
+        # as a good one: the gates are shown on the real agents' figures.
+        parser.error("--rollouts runs on the real agents only; leave out --sim-devices")
     data_dir = args.data_dir.resolve()
     if args.keep:
         print(f"continuing the previous demo in {data_dir} (its devices, history and open alerts)", flush=True)
@@ -396,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         data_dir=data_dir,
         web_port=free_port(args.web_port),
         mqtt_port=free_port(args.mqtt_port),
+        sim_devices=args.sim_devices,
     )
     # SIGINT explicitly too: a launcher started in the background by a script inherits it ignored.
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -135,9 +136,13 @@ def assign_model(server: str, token: str, version: str, device_ids: list[str]) -
         api(server, token, "POST", f"/api/v1/devices/{device_id}/assign-model/", body)
 
 
-def device_ids(server: str, token: str) -> Mapping[tuple[str, str], str]:
-    """(site slug, device name) -> device id, from the REST API."""
-    rows = api(server, token, "GET", "/api/v1/devices/?limit=1000")["results"]
+def device_ids(server: str, token: str, sites: Iterable[str]) -> Mapping[tuple[str, str], str]:
+    """(site slug, device name) -> device id of the devices at ``sites``, from the REST API."""
+    rows = [
+        row
+        for slug in sites
+        for row in api(server, token, "GET", f"/api/v1/devices/?site={urllib.parse.quote(slug)}&limit=1000")["results"]
+    ]
     return {(row["site"], row["name"]): row["device_id"] for row in rows}
 
 

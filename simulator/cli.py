@@ -18,6 +18,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 from collections import Counter
 from pathlib import Path
@@ -163,7 +164,7 @@ def _run(args: argparse.Namespace) -> int:
         connect_per_s=args.connect_rate,
         uploads=not args.no_uploads,
     )
-    report = asyncio.run(live.run(scenario, options))
+    report = asyncio.run(live.run(scenario, options, on_ready=_stop_on_sigterm))
     if args.json:
         print(json.dumps(report.as_json()))
     else:
@@ -175,6 +176,12 @@ def _run(args: argparse.Namespace) -> int:
             f"{data['desired_accepted']}, refused {data['desired_refused']}; running {data['versions']}"
         )
     return EXIT_OK
+
+
+def _stop_on_sigterm(fleet: live.LiveFleet) -> None:
+    # SIGTERM (a service manager, the demo launcher) ends the run as SIGINT does: every device says
+    # ``offline`` and disconnects, and the report is printed, instead of the process vanishing mid-message.
+    fleet.loop.add_signal_handler(signal.SIGTERM, fleet.stop)
 
 
 # --- what-if -----------------------------------------------------------------------------------

@@ -16,6 +16,8 @@ import pytest
 
 from demo.launcher import Demo, clear_state, free_port
 
+SIMULATED = 20
+
 # A child that notes when it is asked to stop and when it has stopped, a moment later.
 CHILD = """
 import pathlib, signal, sys, time
@@ -134,20 +136,34 @@ def in_time_wait(port: int) -> bool:
     return any(row.split()[1].endswith(f":{port:04X}") and row.split()[3] == "06" for row in rows)
 
 
-# Each run starts the broker, the web server, the bridge, the worker and two agents (no model,
-# no camera): about half a minute on two busy cores.
+# Each run starts the broker, the web server, the bridge, the worker, two agents (no model,
+# no camera) and the simulator with 20 devices: about half a minute on two busy cores.
 @pytest.mark.integration
 @pytest.mark.timeout(300)
-def test_a_second_run_right_after_the_first_finds_its_ports_and_brings_its_devices_online(tmp_path: Path) -> None:
+def test_a_second_run_right_after_the_first_finds_its_ports_and_brings_its_devices_online(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     sites = {"plant-north": ("North Plant", "line-1-cam", 2)}
-    first = Demo(tmp_path, free_port(0), free_port(0), sites=sites, with_model=False)
+    first = Demo(tmp_path, free_port(0), free_port(0), sites=sites, with_model=False, sim_devices=SIMULATED)
     started = datetime.now().astimezone()
     try:
         seed = first.start()
-        ids = {d["device_id"] for d in devices_online_since(first, seed["api_token"], 2, started, 90)}
+        devices = devices_online_since(first, seed["api_token"], 2 + SIMULATED, started, 90)
+        ids = {d["device_id"] for d in devices}
         assert exited(first) == [], "every child keeps running"
     finally:
         first.stop()
+    simulated = [d for d in devices if d["labels"].get("simulated") == "true"]
+    assert len(simulated) == SIMULATED
+    assert {d["site"] for d in simulated} == {
+        "sim-plant-west",
+        "sim-depot-north",
+        "sim-depot-south",
+        "sim-store-central",
+    }
+    assert f"simulated : {SIMULATED} of {SIMULATED} online" in capsys.readouterr().out
+    # Stopped with SIGTERM, the simulator said goodbye and printed its report instead of vanishing.
+    assert f"{SIMULATED} devices, peak {SIMULATED} connected" in (tmp_path / "logs" / "sim.log").read_text()
 
     # A server that closes its connections first leaves them in TIME-WAIT on its
     # port, which made the old probe move the next run to another port. Whether
@@ -160,13 +176,14 @@ def test_a_second_run_right_after_the_first_finds_its_ports_and_brings_its_devic
     # Had the broker's port been taken, the agents, enrolled with the first
     # address, must find it anyway: the launcher gives them this run's.
     moved = free_port(0)
-    second = Demo(tmp_path, free_port(first.web_port), moved, sites=sites, with_model=False)
+    second = Demo(tmp_path, free_port(first.web_port), moved, sites=sites, with_model=False, sim_devices=SIMULATED)
     assert second.web_port == first.web_port
     restarted = datetime.now().astimezone()
     try:
         seed = second.start()
-        devices = devices_online_since(second, seed["api_token"], 2, restarted, 90)
+        devices = devices_online_since(second, seed["api_token"], 2 + SIMULATED, restarted, 90)
         assert exited(second) == [], "every child keeps running"
     finally:
         second.stop()
+    # The simulated ones too: the simulator's state file keeps their identities, nothing enrolls again.
     assert {d["device_id"] for d in devices} == ids, "the same enrolled devices, continued"

@@ -16,7 +16,12 @@ class Command(BaseCommand):
     help = "Prepare the demo: an admin account, sites, and enrollment tokens for devices not yet enrolled."
 
     def add_arguments(self, parser: Any) -> None:
-        parser.add_argument("--site", action="append", default=[], help="slug:Name:device,device,...")
+        parser.add_argument("--site", action="append", default=[], help="slug:Name:device,device,... (or no devices)")
+        parser.add_argument(
+            "--sim-token",
+            action="store_true",
+            help="also issue a token with the fleet scope only, for the simulator to enroll its devices",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         password = secrets.token_urlsafe(12)
@@ -24,12 +29,7 @@ class Command(BaseCommand):
         user.is_staff = user.is_superuser = True
         user.set_password(password)
         user.save()
-        # A fresh scripting token each run, so the printed one always works; old demo tokens are revoked.
-        for old in ApiToken.objects.filter(user=user, name="demo", revoked_at__isnull=True):
-            services.revoke_token(old, actor=None, reason="a new demo run issues a fresh token")
-        _, api_token = services.issue_token(
-            actor=None, user=user, name="demo", scopes=["read", "fleet", "publish", "rollout"]
-        )
+        api_token = self.fresh_token(user, "demo", ["read", "fleet", "publish", "rollout"])
         tokens: dict[str, dict[str, str]] = {}
         for spec in options["site"]:
             slug, name, names = spec.split(":", 2)
@@ -41,4 +41,13 @@ class Command(BaseCommand):
                     _, token = EnrollmentToken.issue(site, note=f"demo {device}")
                     tokens[slug][device] = token
         seed = {"username": user.username, "password": password, "api_token": api_token, "tokens": tokens}
+        if options["sim_token"]:
+            seed["sim_token"] = self.fresh_token(user, "demo-sim", ["fleet"])
         self.stdout.write(json.dumps(seed))
+
+    def fresh_token(self, user: Any, name: str, scopes: list[str]) -> str:
+        """A fresh token each run, so the one handed out always works; the previous runs' are revoked."""
+        for old in ApiToken.objects.filter(user=user, name=name, revoked_at__isnull=True):
+            services.revoke_token(old, actor=None, reason="a new demo run issues a fresh token")
+        _, token = services.issue_token(actor=None, user=user, name=name, scopes=scopes)
+        return str(token)
