@@ -29,6 +29,7 @@ from typing import Any
 import cv2
 import pytest
 
+from agent.escalation import DiskQueue
 from agent.inference import ModelSession, SessionHolder
 from agent.kernel import protocol
 from agent.outbox import Outbox
@@ -110,6 +111,22 @@ def test_the_outboxs_own_log_leaves_a_small_disk_room_to_commit_on(tmp_path: Pat
             assert (box.committed_seq, box.dropped_total) == (400, 0)
         finally:
             box.close()
+
+
+def test_an_escalated_frame_the_disk_refuses_leaves_no_partial_file_behind(tmp_path: Path) -> None:
+    with small_disk(tmp_path / "data", 256) as disk:
+        queue = DiskQueue(disk / "escalations", max_bytes=1024 * 1024)
+        filler = fill(disk)
+        with filler.open("r+b") as f:  # two pages of room: the frame below needs five
+            f.truncate(filler.stat().st_size - 8192)
+        free = shutil.disk_usage(disk).free
+
+        with pytest.raises(OSError) as refused:
+            queue.put({"frame": "f1"}, b"x" * 20_000)
+
+        assert refused.value.errno == errno.ENOSPC
+        assert list(queue.directory.iterdir()) == [] and len(queue) == 0
+        assert shutil.disk_usage(disk).free == free, "the half-written frame gave its room back"
 
 
 def test_the_agent_keeps_inferring_on_a_full_disk_drops_and_counts_what_it_cannot_hold_and_recovers_by_itself(
