@@ -144,8 +144,13 @@ class DiskQueue:
             self._seq += 1
             path = self.directory / f"{self._seq:016d}{SUFFIX}"
         tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        except OSError:
+            # A full disk leaves part of the file behind: give its room back now, not at the next start.
+            tmp.unlink(missing_ok=True)
+            raise
         dropped = 0
         with self._lock:
             self._items.append((path, len(data)))

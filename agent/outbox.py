@@ -48,6 +48,15 @@ MAX_BATCH_BYTES = protocol.MAX_PAYLOAD_BYTES - _ENVELOPE_BYTES
 DUPLICATE_ACKS_TO_RESEND = 3
 # While the disk refuses writes, say so this often (and at every drop), not at every retry.
 HOLD_LOG_EVERY_S = 30.0
+# The write-ahead log is folded into the database (and cut back to this size)
+# every this many pages. SQLite's default, 1,000 pages, lets a new log grow to
+# about 4 MiB first (some 15 KiB a commit): on a disk with less room than that
+# the log filled it, and since only a commit can trigger the checkpoint that
+# resets it, no commit ever went through again (measured on a 1 MiB tmpfs: 39
+# commits, then none). 256 pages (1 MiB, a checkpoint about every 70 commits)
+# cost 10-25 % of the durable append rate in a quick check on a loaded machine
+# (64 pages: about 50 %).
+WAL_CHECKPOINT_PAGES = 256
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -136,6 +145,8 @@ class Outbox:
         # FULL: a commit is on disk when it returns; batching keeps that cheap.
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
+        self._db.execute(f"PRAGMA journal_size_limit={WAL_CHECKPOINT_PAGES * 4096}")  # after a large ack or drain
         self._db.executescript(_SCHEMA)
         meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
         top, self._count, self._bytes = self._db.execute(
@@ -515,8 +526,12 @@ class Outbox:
             self._cond.notify_all()
         self._flusher.join(timeout=5)
         with self._cond:
-            self._commit_locked()
-            self._db.close()
+            try:
+                # A full disk costs what is still held, not the shutdown.
+                if not self._commit_or_hold():
+                    log.error("outbox closed with records it could not write", extra={"lost": len(self._pending)})
+            finally:
+                self._db.close()
 
     def __enter__(self) -> Outbox:
         return self
