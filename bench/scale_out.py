@@ -210,7 +210,7 @@ def burst(
     expected = acknowledged() + total
     since = datetime.now(timezone.utc)
     publisher = run_publisher(port, items)
-    publisher_pids.append(publisher.pid)
+    publisher_pids.append(publisher.pid or 0)
     wait_stored(expected, 900)
     publisher.join(60)
     cpu = meter.stop()

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
 import psycopg
@@ -81,7 +81,7 @@ class Device:
         batch = []
         for i in range(records):
             self.seq += 1
-            kind = "heartbeat" if i == 0 else "window"
+            kind: Literal["heartbeat", "window"] = "heartbeat" if i == 0 else "window"
             batch.append(protocol.TelemetryRecord(seq=self.seq, kind=kind, ts=now, data=_data(kind, now)))
         with self._lock:
             self.unacked.update((r.seq, r) for r in batch)
@@ -271,12 +271,18 @@ def test_the_other_bridge_takes_over_when_one_is_killed_mid_stream(stack: Stack,
     assert stack.processes["bridge"].poll() is None
 
 
+def one_row(conn: psycopg.Connection[tuple[Any, ...]], sql: str) -> tuple[Any, ...]:
+    row = conn.execute(sql).fetchone()
+    assert row is not None
+    return row
+
+
 def test_two_workers_run_the_rollups_side_by_side_and_count_each_record_once(
     stack: Stack, devices: list[Device]
 ) -> None:
     # A rollup run reads records received SETTLE_S ago: wait until the last one is that old.
     with psycopg.connect(stack.database_url) as conn:
-        (newest,) = conn.execute("SELECT max(received_at) FROM telemetry_telemetryrecord").fetchone()
+        (newest,) = one_row(conn, "SELECT max(received_at) FROM telemetry_telemetryrecord")
     time.sleep(max(0.0, newest.timestamp() + SETTLE_S + 0.5 - time.time()))
     celery = Celery(broker=REDIS_URL)
     tasks = 6
@@ -292,16 +298,17 @@ def test_two_workers_run_the_rollups_side_by_side_and_count_each_record_once(
     assert sum(ran.values()) == tasks and all(ran.values()), ran
 
     with psycopg.connect(stack.database_url) as conn:
-        windows, heartbeats = conn.execute(
+        windows, heartbeats = one_row(
+            conn,
             "SELECT count(*) FILTER (WHERE kind = 'window'), count(*) FILTER (WHERE kind = 'heartbeat') "
-            "FROM telemetry_telemetryrecord"
-        ).fetchone()
-        (rolled_windows,) = conn.execute(
-            "SELECT sum(windows) FROM telemetry_windowrollup WHERE resolution = '1m' AND scope = 'device'"
-        ).fetchone()
-        (rolled_heartbeats,) = conn.execute(
-            "SELECT sum(heartbeats) FROM telemetry_heartbeatrollup WHERE resolution = '1m'"
-        ).fetchone()
+            "FROM telemetry_telemetryrecord",
+        )
+        (rolled_windows,) = one_row(
+            conn, "SELECT sum(windows) FROM telemetry_windowrollup WHERE resolution = '1m' AND scope = 'device'"
+        )
+        (rolled_heartbeats,) = one_row(
+            conn, "SELECT sum(heartbeats) FROM telemetry_heartbeatrollup WHERE resolution = '1m'"
+        )
         quarantined = conn.execute("SELECT ref, reason, detail FROM telemetry_quarantine").fetchall()
     # Every record sent is older than the settling time, so every one is rolled up, once.
     assert (rolled_windows, rolled_heartbeats, quarantined) == (windows, heartbeats, [])
