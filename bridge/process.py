@@ -485,11 +485,17 @@ class Bridge:
         devices = {item.device.pk: item.device for item in items}
         try:
             with transaction.atomic():
-                # Telemetry proves a device alive; pk order, as the batch's locks.
+                stored = telemetry.store_batches([telemetry.Received(i.device, i.message) for i in items], seen_at=now)
+                # Telemetry proves a device alive. Only now: store_batches has
+                # locked every device of the batch in one statement, in pk
+                # order. Locking an offline device before it (as this did) took
+                # one lock out of that order, and two bridges sharing the
+                # device's messages deadlocked: one held the offline device and
+                # waited for a lower pk the other held while it waited for the
+                # offline one.
                 for pk in sorted(devices):
                     if not devices[pk].online:
                         devices[pk].record_presence(True, now)
-                stored = telemetry.store_batches([telemetry.Received(i.device, i.message) for i in items], seen_at=now)
         except Exception as exc:
             reason = "storage_error" if isinstance(exc, DatabaseError) else "internal_error"
             if len(items) == 1:
