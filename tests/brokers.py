@@ -140,7 +140,7 @@ def mosquitto_skip_reason() -> str | None:
     return None
 
 
-def _mosquitto_config(port: int, state: Path, workdir: Path, base_config: Path | None) -> str:
+def _mosquitto_config(port: int, state: Path | None, workdir: Path, base_config: Path | None) -> str:
     # Run as root, Mosquitto drops to user "mosquitto", which cannot read this private tmp dir.
     lines = [f"user {pwd.getpwuid(os.geteuid()).pw_name}"]
     if base_config is None:
@@ -155,9 +155,12 @@ def _mosquitto_config(port: int, state: Path, workdir: Path, base_config: Path |
         ]
     else:
         moved = ("listener", "plugin", "plugin_opt_config_file", "persistence_location", "certfile", "keyfile", "user")
+        moved += () if state else ("allow_anonymous", "tls_version")
         lines += [line for line in base_config.read_text().splitlines() if line.split(" ", 1)[0] not in moved]
-        lines += [f"plugin {DYNSEC_PLUGIN}", f"persistence_location {workdir}/"]
-    lines += [f"listener {port} 127.0.0.1", f"plugin_opt_config_file {state}", ""]
+        lines += [f"plugin {DYNSEC_PLUGIN}"] if state else ["allow_anonymous true"]
+        lines += [f"persistence_location {workdir}/"]
+    lines += [f"listener {port} 127.0.0.1"]
+    lines += [f"plugin_opt_config_file {state}", ""] if state else [""]
     return "\n".join(lines)
 
 
@@ -177,11 +180,33 @@ def mosquitto_with_dynsec(workdir: Path, base_config: Path | None = None) -> Ite
     state.write_text(json.dumps(dynsec_state(admin.admin_username, admin.admin_password)))
     config = workdir / "mosquitto.conf"
     config.write_text(_mosquitto_config(port, state, workdir, base_config))
+    with _running_mosquitto(workdir, config, admin) as broker:
+        yield broker
+
+
+@contextlib.contextmanager
+def mosquitto_open(workdir: Path, base_config: Path) -> Iterator[RunningBroker]:
+    """A private Mosquitto running ``base_config`` with its authentication left out: anyone may connect.
+
+    For measurements that must leave out what dynamic security costs (every change to it rewrites its
+    whole state file); never what a test of access control runs.
+    """
+    if not (Path(MOSQUITTO).is_file() and os.access(MOSQUITTO, os.X_OK)):
+        pytest.skip(f"mosquitto binary not found ({MOSQUITTO}); install mosquitto or set MOSQUITTO_BIN")
+    port = free_port()
+    config = workdir / "mosquitto.conf"
+    config.write_text(_mosquitto_config(port, None, workdir, base_config))
+    with _running_mosquitto(workdir, config, RunningBroker("127.0.0.1", port)) as broker:
+        yield broker
+
+
+@contextlib.contextmanager
+def _running_mosquitto(workdir: Path, config: Path, broker: RunningBroker) -> Iterator[RunningBroker]:
     log = (workdir / "mosquitto.log").open("wb")
     process = subprocess.Popen([MOSQUITTO, "-c", str(config)], stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_for_connack(admin.host, port, alive=process)
-        yield admin
+        wait_for_connack(broker.host, broker.port, alive=process)
+        yield broker
     finally:
         process.terminate()
         try:

@@ -37,7 +37,7 @@ from typing import Any
 import psutil
 import yaml
 
-from tests.brokers import RunningBroker, free_port, mosquitto_with_dynsec
+from tests.brokers import RunningBroker, free_port, mosquitto_open, mosquitto_with_dynsec
 from tests.paths import ROOT
 
 DEPLOY = ROOT / "deploy"
@@ -246,18 +246,27 @@ def production_stack(
     redis_url: str = "redis://127.0.0.1:6379/13",
     env: dict[str, str] | None = None,
     gunicorn_workers: int = 2,
+    broker_auth: bool = True,
 ) -> Iterator[Stack]:
-    """A fresh database, a private Mosquitto and the named processes; everything removed on exit."""
+    """A fresh database, a private Mosquitto and the named processes; everything removed on exit.
+
+    ``broker_auth=False`` runs the broker without dynamic security and the control plane without a
+    broker provisioner (``BROKER_PROVISIONER=none``): for measurements of everything else at a fleet
+    size where the plugin's own cost would hide it; never for a test of access control.
+    """
     import psycopg
 
     database = f"edgefleet_stack_{secrets.token_hex(4)}"
     with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{database}"')
     try:
-        with mosquitto_with_dynsec(root, base_config=DEPLOY / "compose" / "mosquitto.conf") as broker:
+        config = DEPLOY / "compose" / "mosquitto.conf"
+        running = mosquitto_with_dynsec(root, base_config=config) if broker_auth else mosquitto_open(root, config)
+        with running as broker:
             stack = Stack(root, {}, broker, database, redis_url)
             try:
-                _release(stack, env or {}, gunicorn_workers)
+                extra = {} if broker_auth else {"BROKER_PROVISIONER": "none"}
+                _release(stack, {**extra, **(env or {})}, gunicorn_workers)
                 for name in processes:
                     if name == "web":
                         _start_web(stack)
@@ -319,7 +328,10 @@ def _release(stack: Stack, env: dict[str, str], gunicorn_workers: int) -> None:
     # The release steps (compose's `release` service; the operator makes the signing key once),
     # side by side where they do not depend on each other.
     stack.manage(["migrate", "--noinput", "--verbosity", "0"], ["collectstatic", "--noinput", "--verbosity", "0"])
-    _, _, token = stack.manage(["broker_bootstrap"], ["signing_key", "create"], ["shell", "-c", SIGN_UP])
+    steps = [["signing_key", "create"], ["shell", "-c", SIGN_UP]]
+    if stack.env["BROKER_PROVISIONER"] == "dynsec":
+        steps.append(["broker_bootstrap"])
+    token = stack.manage(*steps)[1]
     stack.api_token = token.strip().splitlines()[-1]
 
 

@@ -3,14 +3,16 @@
 Every phase (examples, coverage, fuzzing, and the stateful phase that follows
 the links between operations) and every check Schemathesis has run against a
 live server on the test database, seeded with a site, an enrolled device and
-a published model version. The seed and the example count are fixed, so a
-failure here fails the same way on every run; the assertion message carries
-each failure with its response and a curl line to reproduce it.
+a published model version. In ``make test`` the seed and the example count
+are fixed, so a failure fails the same way on every run; ``make chaos`` runs
+eight times the examples with a new seed each time, printed. The assertion
+message carries each failure with its response and a curl line to reproduce it.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import pytest
@@ -30,10 +32,12 @@ from tests.registry.helpers import publish
 # The server runs in another thread and the fuzz in more: their data must be committed.
 pytestmark = pytest.mark.django_db(transaction=True)
 
-# Examples per operation and phase: about 3,500 requests in all at 25, a minute here. Raise it, or
-# change the seed, to search harder; CI keeps both fixed so a run fails the same way every time.
-EXAMPLES = int(os.environ.get("EDGEFLEET_FUZZ_EXAMPLES", "25"))
+# Examples per operation and phase: `make test` runs 12 (every operation's coverage phase, the
+# stateful links, a short fuzz), `make chaos` 100 with a new seed each run, printed. Raise either, or
+# change the seed, to search harder; `make test` keeps both fixed so a run fails the same way every time.
+EXAMPLES = int(os.environ.get("EDGEFLEET_FUZZ_EXAMPLES", "12"))
 SEED = int(os.environ.get("EDGEFLEET_FUZZ_SEED", "20261205"))
+DEEP_EXAMPLES = int(os.environ.get("EDGEFLEET_DEEP_FUZZ_EXAMPLES", "100"))
 
 # positive_data_acceptance expects any request the schema calls valid to succeed (or answer 401, 403, 404,
 # 409, 429). These operations also refuse a valid-looking request with a documented 400 for a reason
@@ -107,17 +111,17 @@ def token_provider(user: Any, key: str) -> type:
     return FuzzToken
 
 
-def fuzz_config() -> SchemathesisConfig:
+def fuzz_config(examples: int, seed: int) -> SchemathesisConfig:
     return SchemathesisConfig.from_dict(
         {
-            "seed": SEED,
+            "seed": seed,
             # No state carried over from an earlier run (.schemathesis/): each run is the same run.
             "cache": {"enabled": False},
             "workers": 1,
             # The live server then closes each request's database connection at once, so none is
             # left open to hold the test database when pytest drops it.
             "headers": {"Connection": "close"},
-            "generation": {"max-examples": EXAMPLES, "deterministic": True, "database": "none"},
+            "generation": {"max-examples": examples, "deterministic": True, "database": "none"},
             "operations": [
                 {
                     "include-name": name,
@@ -136,8 +140,8 @@ def describe(name: str, failure: Any, interaction: Any, code_sample: str) -> str
     return f"{name} on {failure.operation}: {failure.title}\n  {failure.message[:600]}{answer}\n  {code_sample[:800]}"
 
 
-def run_fuzz(url: str, provider: type) -> tuple[list[str], dict[str, int], dict[str, float]]:
-    schema = schemathesis.openapi.from_url(url, config=fuzz_config())
+def run_fuzz(url: str, provider: type, examples: int, seed: int) -> tuple[list[str], dict[str, int], dict[str, float]]:
+    schema = schemathesis.openapi.from_url(url, config=fuzz_config(examples, seed))
     schema.auth(refresh_interval=5)(provider)
     failures: list[str] = []
     requests: dict[str, int] = {}
@@ -163,15 +167,27 @@ def run_fuzz(url: str, provider: type) -> tuple[list[str], dict[str, int], dict[
     return failures, requests, seconds
 
 
-# About 100 s alone on two cores, and it grows with the API; a loaded machine needs more than the default.
-@pytest.mark.timeout(600)
-def test_every_operation_answers_what_the_schema_says(live_server: Any) -> None:
+def fuzz(live_server: Any, examples: int, seed: int) -> None:
     user = get_user_model().objects.create_user("fuzz", is_staff=True, is_superuser=True)
     key = seed_data(user)
     url = f"{live_server.url}/api/v1/schema/?format=json"
-    failures, requests, seconds = run_fuzz(url, token_provider(user, key))
-    ran = f"requests per phase {requests}, seconds {seconds}"
+    failures, requests, seconds = run_fuzz(url, token_provider(user, key), examples, seed)
+    ran = f"seed {seed}, {examples} examples: requests per phase {requests}, seconds {seconds}"
     # Every phase ran, the stateful one included (it needs the links between operations).
     assert {"coverage", "fuzzing", "stateful"} <= {phase for phase, count in requests.items() if count}, ran
     unique = list(dict.fromkeys(failures))
     assert not unique, f"{len(unique)} failures ({ran}):\n\n" + "\n\n".join(unique)
+
+
+# About a minute alone on two cores at 12 examples, and it grows with the API; a loaded machine needs more.
+@pytest.mark.timeout(600)
+def test_every_operation_answers_what_the_schema_says(live_server: Any) -> None:
+    fuzz(live_server, EXAMPLES, SEED)
+
+
+@pytest.mark.chaos
+@pytest.mark.timeout(3600)
+def test_every_operation_answers_what_the_schema_says_under_a_deeper_fuzz(live_server: Any) -> None:
+    seed = int(os.environ.get("EDGEFLEET_FUZZ_SEED") or time.time())
+    print(f"schema fuzz seed {seed} (EDGEFLEET_FUZZ_SEED={seed} reruns it)")
+    fuzz(live_server, DEEP_EXAMPLES, seed)
