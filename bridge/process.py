@@ -298,8 +298,9 @@ class Bridge:
                 # Drop a connection the database closed or that outlived its age,
                 # as Django does around each web request.
                 close_old_connections()
-                self.handle_many(items)
+                verdicts = self.handle_many(items)
                 handled = True
+                self._retry_unstored(items, verdicts)
                 if time.monotonic() - self._exported_at >= self.config.stats_interval_s:
                     self.export_stats()
             except Exception:
@@ -317,6 +318,43 @@ class Bridge:
                     log.warning("could not close the database connection", exc_info=True)
             if stopping:
                 return
+
+    def _retry_unstored(self, items: list[tuple[str, bytes | bytearray]], verdicts: list[str]) -> None:
+        """Hold what the database refused while it is away (a restart, a failover), and apply it once it answers.
+
+        A device sends its presence and reported state once per change and the
+        broker's PUBACK (paho's, on receipt) told it they arrived: were they
+        dropped here, a rollout would wait for ever on a device that installed
+        its version while the database restarted. So they wait, in order, with
+        every later message of this inbox behind them. Telemetry waits too; it
+        is stored idempotently by (device, seq). A message the database still
+        refuses after ``_STORAGE_RETRIES`` attempts with the database answering
+        is refused for good, as before (a bad row, not an outage).
+        """
+        held = [item for item, verdict in zip(items, verdicts, strict=True) if verdict == "storage_error"]
+        attempts, delay = 0, _STORAGE_RETRY_S[0]
+        while held and attempts < _STORAGE_RETRIES and not self._stopping.is_set():
+            if not self._database_answers():
+                with self._progress:
+                    # Waiting on the database, not stuck: the probe's checks say what is wrong.
+                    self.worker_progress[threading.current_thread().name] = time.time()
+                self._stopping.wait(delay)
+                delay = min(delay * 2, _STORAGE_RETRY_S[1])
+                continue
+            attempts += 1
+            log.info("database answers again; applying held messages", extra={"messages": len(held)})
+            verdicts = self.handle_many(held)
+            held = [item for item, verdict in zip(held, verdicts, strict=True) if verdict == "storage_error"]
+
+    @staticmethod
+    def _database_answers() -> bool:
+        try:
+            connection.close()
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+            return True
+        except DatabaseError:
+            return False
 
     def handle(self, topic: str, payload: bytes | bytearray) -> str:
         """Validate and apply one message (a batch of one); returns "ok" or the rejection reason. Never raises."""
@@ -632,6 +670,10 @@ def run_forever(
 
 # How often the main loop checks that every worker thread still runs.
 _SUPERVISE_S = 5.0
+# A worker whose messages the database refused waits for it between these bounds (doubling), then
+# applies them again, at most this many times once it answers.
+_STORAGE_RETRY_S = (0.5, 5.0)
+_STORAGE_RETRIES = 3
 
 
 def _device_of(topic: str) -> str:

@@ -138,8 +138,14 @@ class SimDevice:
         keyring: verify.Keyring,
         origin: datetime,
         links: SiteLinks,
+        resend_after_s: float | None = None,
     ) -> None:
         self.scenario = scenario
+        # As the agent's outbox (``resend_after_s``): records published and not acknowledged for this long
+        # are published again, so a batch the broker or a bridge lost while the link stayed up is not
+        # kept back until the next reconnect. None: only a reconnect resends (the offline driver's runs).
+        self.resend_after_s = resend_after_s
+        self._acked_at = 0.0  # when an ack last covered something, or the backlog was last sent
         self.spec = spec
         self.device_id = device_id
         self.keyring = keyring
@@ -194,6 +200,12 @@ class SimDevice:
             else:
                 out += self._window(step)
                 self._next_window += self.scenario.window_s
+        in_flight = len(self._outbox) - self._unsent
+        if self.resend_after_s is not None and self.connected and in_flight:
+            if t - self._acked_at >= self.resend_after_s:
+                self._unsent, self._acked_at = len(self._outbox), t
+        elif not in_flight:
+            self._acked_at = t  # nothing waits for an ack: the wait starts with what goes out now
         out += self._flush()
         # Offline, what is due still happens (windows go to the outbox) but nothing goes out.
         return out if self.connected else []
@@ -206,7 +218,7 @@ class SimDevice:
         online = protocol.Status(state="online", ts=self.clock(t), agent_version=self.scenario.agent_version)
         out: list[Out] = [self._publish("status", online, retain=True), self._reported(t)]
         # Whatever was in flight on the old connection may be lost: send everything unacknowledged again.
-        self._unsent = len(self._outbox)
+        self._unsent, self._acked_at = len(self._outbox), t
         return out + self._flush()
 
     def disconnect(self) -> None:
@@ -222,7 +234,8 @@ class SimDevice:
             self.counters.rejected += 1
             return []
         if isinstance(message, protocol.Ack):
-            self._ack(message.seq)
+            if self._ack(message.seq):
+                self._acked_at = t
             return []
         if isinstance(message, protocol.Desired):
             return self._offer(t, message)
@@ -334,7 +347,8 @@ class SimDevice:
             out.append(self._publish("telemetry", protocol.Telemetry(records=batch, floor=floor)))
         return out
 
-    def _ack(self, seq: int) -> None:
+    def _ack(self, seq: int) -> int:
+        """Drop what ``seq`` covers from the outbox; how many records that was."""
         kept = [r for r in self._outbox if r.seq > seq]
         removed = len(self._outbox) - len(kept)
         if removed:
@@ -342,6 +356,7 @@ class SimDevice:
             self._unsent = min(self._unsent, len(kept))
             self._outbox = kept
         self._acked = max(self._acked, seq)
+        return removed
 
     @property
     def outbox_depth(self) -> int:

@@ -87,6 +87,7 @@ class Options:
     keepalive_s: int = 60
     report_every_s: float = 10.0
     http_timeout_s: float = 30.0
+    resend_after_s: float = 30.0  # the agent's default (agent.config): unacknowledged telemetry goes again
 
 
 @dataclass
@@ -482,7 +483,13 @@ class LiveFleet:
             if key not in keyrings:
                 keyrings[key] = verify.Keyring.from_trust_store(identity.trust_store)
             sim = SimDevice(
-                self.scenario, spec, device_id=identity.device_id, keyring=keyrings[key], origin=origin, links=links
+                self.scenario,
+                spec,
+                device_id=identity.device_id,
+                keyring=keyrings[key],
+                origin=origin,
+                links=links,
+                resend_after_s=self.options.resend_after_s,
             )
             self.devices.append(LiveDevice(self, sim, identity))
         with concurrent.futures.ThreadPoolExecutor(self.options.http_workers, thread_name_prefix="sim-http") as pool:

@@ -164,13 +164,44 @@ def _mosquitto_config(port: int, state: Path | None, workdir: Path, base_config:
     return "\n".join(lines)
 
 
-@contextlib.contextmanager
-def mosquitto_with_dynsec(workdir: Path, base_config: Path | None = None) -> Iterator[RunningBroker]:
-    """A private Mosquitto with dynamic security; skips the test when Mosquitto is not installed.
+class Mosquitto:
+    """A private Mosquitto process that can be killed and started again on the same port.
 
-    ``base_config`` runs a shipped configuration file instead of the minimal
-    one, with its listener, plugin and file locations moved to this test's.
+    Its persistence file and dynamic-security state stay in its working directory, so a
+    restarted broker has the accounts and retained messages the killed one had saved.
     """
+
+    def __init__(self, broker: RunningBroker, config: Path, log: Path) -> None:
+        self.broker = broker
+        self.config = config
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen([MOSQUITTO, "-c", str(self.config)], stdout=log, stderr=subprocess.STDOUT)
+        wait_for_connack(self.broker.host, self.broker.port, alive=self.process)
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye to its clients, nothing saved since its last autosave."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@contextlib.contextmanager
+def mosquitto_server(workdir: Path, base_config: Path | None = None) -> Iterator[Mosquitto]:
+    """``mosquitto_with_dynsec``, with the process in hand (kill, start again); skips without Mosquitto."""
     reason = mosquitto_skip_reason()
     if reason:
         pytest.skip(reason)
@@ -180,12 +211,27 @@ def mosquitto_with_dynsec(workdir: Path, base_config: Path | None = None) -> Ite
     state.write_text(json.dumps(dynsec_state(admin.admin_username, admin.admin_password)))
     config = workdir / "mosquitto.conf"
     config.write_text(_mosquitto_config(port, state, workdir, base_config))
-    with _running_mosquitto(workdir, config, admin) as broker:
-        yield broker
+    server = Mosquitto(admin, config, workdir / "mosquitto.log")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
 
 
 @contextlib.contextmanager
-def mosquitto_open(workdir: Path, base_config: Path) -> Iterator[RunningBroker]:
+def mosquitto_with_dynsec(workdir: Path, base_config: Path | None = None) -> Iterator[RunningBroker]:
+    """A private Mosquitto with dynamic security; skips the test when Mosquitto is not installed.
+
+    ``base_config`` runs a shipped configuration file instead of the minimal
+    one, with its listener, plugin and file locations moved to this test's.
+    """
+    with mosquitto_server(workdir, base_config) as server:
+        yield server.broker
+
+
+@contextlib.contextmanager
+def mosquitto_open(workdir: Path, base_config: Path) -> Iterator[Mosquitto]:
     """A private Mosquitto running ``base_config`` with its authentication left out: anyone may connect.
 
     For measurements that must leave out what dynamic security costs (every change to it rewrites its
@@ -196,25 +242,12 @@ def mosquitto_open(workdir: Path, base_config: Path) -> Iterator[RunningBroker]:
     port = free_port()
     config = workdir / "mosquitto.conf"
     config.write_text(_mosquitto_config(port, None, workdir, base_config))
-    with _running_mosquitto(workdir, config, RunningBroker("127.0.0.1", port)) as broker:
-        yield broker
-
-
-@contextlib.contextmanager
-def _running_mosquitto(workdir: Path, config: Path, broker: RunningBroker) -> Iterator[RunningBroker]:
-    log = (workdir / "mosquitto.log").open("wb")
-    process = subprocess.Popen([MOSQUITTO, "-c", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    server = Mosquitto(RunningBroker("127.0.0.1", port), config, workdir / "mosquitto.log")
     try:
-        wait_for_connack(broker.host, broker.port, alive=process)
-        yield broker
+        server.start()
+        yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+        server.stop()
 
 
 @contextlib.contextmanager

@@ -33,11 +33,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psutil
 import yaml
 
-from tests.brokers import RunningBroker, free_port, mosquitto_open, mosquitto_with_dynsec
+from tests.brokers import Mosquitto, RunningBroker, free_port, mosquitto_open, mosquitto_server
 from tests.paths import ROOT
 
 DEPLOY = ROOT / "deploy"
@@ -115,10 +116,14 @@ class Stack:
     extras: dict[str, dict[str, str]] = field(default_factory=dict)
     api_token: str = ""
     metrics_token: str = ""
+    database_host: str = POSTGRES[0]
+    database_port: int = POSTGRES[1]
+    mosquitto: Mosquitto | None = None
+    """The broker's process: ``kill("broker")`` and ``restart("broker")`` reach it."""
 
     @property
     def database_url(self) -> str:
-        return f"postgres://postgres@127.0.0.1:5432/{self.database}"
+        return f"postgres://postgres@{self.database_host}:{self.database_port}/{self.database}"
 
     def log(self, name: str, tail: int = 3000) -> str:
         path = self.root / f"{name}.log"
@@ -174,6 +179,9 @@ class Stack:
 
     def kill(self, name: str) -> None:
         """SIGKILL the process and every child it has (a prefork worker's pool, gunicorn's workers)."""
+        if name == "broker" and self.mosquitto is not None:
+            self.mosquitto.kill()
+            return
         process = self.processes[name]
         with contextlib.suppress(psutil.NoSuchProcess):
             for child in psutil.Process(process.pid).children(recursive=True):
@@ -183,6 +191,11 @@ class Stack:
         process.wait(10)
 
     def restart(self, name: str) -> None:
+        if name == "broker" and self.mosquitto is not None:
+            # Same port, same persistence file and dynamic-security state.
+            self.mosquitto.kill()
+            self.mosquitto.start()
+            return
         if self.processes[name].poll() is None:
             self.kill(name)
         self.start(name, self.commands[name], **self.extras[name])
@@ -246,24 +259,30 @@ def production_stack(
     redis_url: str = "redis://127.0.0.1:6379/13",
     env: dict[str, str] | None = None,
     gunicorn_workers: int = 2,
+    admin_dsn: str = ADMIN_DSN,
     broker_auth: bool = True,
 ) -> Iterator[Stack]:
     """A fresh database, a private Mosquitto and the named processes; everything removed on exit.
 
-    ``broker_auth=False`` runs the broker without dynamic security and the control plane without a
-    broker provisioner (``BROKER_PROVISIONER=none``): for measurements of everything else at a fleet
-    size where the plugin's own cost would hide it; never for a test of access control.
+    ``admin_dsn`` (a superuser's ``postgresql://`` URL) puts the database on another cluster, e.g. a
+    private one a test may restart. ``broker_auth=False`` runs the broker without dynamic security and
+    the control plane without a broker provisioner (``BROKER_PROVISIONER=none``): for measurements of
+    everything else at a fleet size where the plugin's own cost would hide it; never for a test of
+    access control.
     """
     import psycopg
 
     database = f"edgefleet_stack_{secrets.token_hex(4)}"
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+    server = urlsplit(admin_dsn)
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{database}"')
     try:
         config = DEPLOY / "compose" / "mosquitto.conf"
-        running = mosquitto_with_dynsec(root, base_config=config) if broker_auth else mosquitto_open(root, config)
-        with running as broker:
-            stack = Stack(root, {}, broker, database, redis_url)
+        running = mosquitto_server(root, base_config=config) if broker_auth else mosquitto_open(root, config)
+        with running as mosquitto:
+            stack = Stack(root, {}, mosquitto.broker, database, redis_url)
+            stack.database_host, stack.database_port = server.hostname or POSTGRES[0], server.port or 5432
+            stack.mosquitto = mosquitto
             try:
                 extra = {} if broker_auth else {"BROKER_PROVISIONER": "none"}
                 _release(stack, {**extra, **(env or {})}, gunicorn_workers)
@@ -278,7 +297,7 @@ def production_stack(
                     if process.poll() is None:
                         stack.kill(name)
     finally:
-        with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
