@@ -105,6 +105,9 @@ class MqttSettings(_Section):
 class AgentSettings(_Section):
     data_dir: Path
     heartbeat_interval_s: float = Field(default=30.0, ge=1, le=3600)
+    report_interval_s: float = Field(default=300.0, ge=1, le=86400)
+    """``reported`` is published on every change and again this often: a report the control plane never
+    stored (a bridge killed after the broker took it, a broker restarted before it saved) is repaired."""
 
 
 class LoggingSettings(_Section):

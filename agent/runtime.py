@@ -190,9 +190,14 @@ class Runtime:
         self.notifier.notify("READY=1")
         interval = self.config.agent.heartbeat_interval_s
         next_heartbeat = time.monotonic()
+        next_report = next_heartbeat + self.config.agent.report_interval_s
         try:
             while not self.stopping.is_set():
                 now = time.monotonic()
+                if now >= next_report:
+                    # The same document again: idempotent at the control plane, which keeps the newest.
+                    self.report()
+                    next_report = now + self.config.agent.report_interval_s
                 if now >= next_heartbeat:
                     self.heartbeat()
                     # Keep the cadence, but after a stall (suspend, a slow disk) skip
@@ -200,7 +205,7 @@ class Runtime:
                     next_heartbeat += interval
                     if next_heartbeat <= now:
                         next_heartbeat = now + interval
-                self._wait(min(_IDLE_WAKE_S, max(0.0, next_heartbeat - time.monotonic())))
+                self._wait(min(_IDLE_WAKE_S, max(0.0, min(next_heartbeat, next_report) - time.monotonic())))
                 self._report_drops()
                 self.pump()
                 self.notifier.watchdog()

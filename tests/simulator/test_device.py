@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from agent.kernel import protocol, verify
-from simulator import behaviour, offline
+from simulator import behaviour, device, offline
 from simulator.device import Publish, SimDevice, SiteLinks, Trace
 from tests.simulator.helpers import Signer, small
 
@@ -70,8 +70,14 @@ def test_a_signed_desired_document_is_verified_and_the_device_converges_through_
         scenario, until_s=1200, keyring=signer.keyring, deliveries=assign_all(signer, scenario, 300)
     )
     assert all(d.model_version == "2.0.0" and d.phase == "active" for d in devices)
-    phases = [m["phase"] for m in messages(trace, "sim-plant-001-0001", "reported")]
-    assert phases[-4:] == ["downloading", "verifying", "validating", "active"]
+    reports = messages(trace, "sim-plant-001-0001", "reported")
+    phases = [m["phase"] for m in reports]
+    changes = [phase for i, phase in enumerate(phases) if i == 0 or phase != phases[i - 1]]
+    assert changes[-4:] == ["downloading", "verifying", "validating", "active"]
+    # Between changes, the same report again every REPORT_EVERY_S, as the agent does.
+    stamps = [datetime.fromisoformat(m["ts"]) for m in reports if m["phase"] == "active"]
+    gaps = [(b - a).total_seconds() for a, b in zip(stamps, stamps[1:], strict=False)]
+    assert gaps and max(gaps) <= device.REPORT_EVERY_S + scenario.heartbeat_s
     swaps = [m for m in messages(trace, "sim-plant-001-0001", "events") if m["kind"] == "model_swap"]
     assert swaps and swaps[0]["data"]["previous"] == "1.0.0"
 
@@ -102,8 +108,10 @@ def test_the_download_takes_what_the_site_uplink_allows() -> None:
     def active_after(device: str) -> float:
         reported = messages(trace, device, "reported")
         phases = [m["phase"] for m in reported]
-        start = reported[phases.index("downloading")]["ts"]
-        end = reported[len(phases) - 1 - phases[::-1].index("active")]["ts"]
+        first = phases.index("downloading")
+        start = reported[first]["ts"]
+        # The first "active" after the download (later ones are the periodic reports).
+        end = reported[phases.index("active", first)]["ts"]
         return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
 
     # 2 MB over 64 kbit/s shared by the farm's 3 devices: 750 s; at a 20 Mbit/s plant, under 10 s.
