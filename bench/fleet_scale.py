@@ -222,8 +222,9 @@ class Database:
         row = self.conn.execute(
             "SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP "
             "(ORDER BY extract(epoch FROM received_at - recorded_at)), count(*) "
-            "FROM telemetry_telemetryrecord WHERE received_at >= to_timestamp(%s)",
-            [since],
+            # Records made during the measurement: a late device's backlog is not steady-state lag.
+            "FROM telemetry_telemetryrecord WHERE received_at >= to_timestamp(%s) AND recorded_at >= to_timestamp(%s)",
+            [since, since],
         ).fetchone()
         (p50, p95, p99), count = row if row and row[0] else ((0.0, 0.0, 0.0), 0)
         return {
@@ -313,7 +314,7 @@ def steady(
     stack: Stack, db: Database, sim: subprocess.Popen[bytes], devices: int, interval: float, seconds: float
 ) -> dict[str, Any]:
     # The devices' first windows and the connection burst settle before the measurement.
-    time.sleep(max(15.0, 3 * interval))
+    time.sleep(max(30.0, 6 * interval))
     records0, since = db.records(), time.time()
     with cpu_window(stack, sim) as cpu:
         time.sleep(seconds)

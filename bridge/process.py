@@ -6,7 +6,10 @@ write they make is idempotent (presence by time, telemetry by (device, seq)).
 
 paho's network thread only queues what arrives; worker threads validate
 and store it, so a slow database never stalls keepalives, and a bad message
-is logged, counted and dropped without touching the rest.
+is logged, counted and dropped without touching the rest. When the queue is
+full the network thread waits for room (``full_wait_s``) before it drops a
+message: the broker's in-flight window to the bridge fills meanwhile and
+the broker holds the rest, so a reconnect storm is absorbed, not dropped.
 
 A worker cannot die of a message: whatever a batch raises, the batch is
 retried one message at a time and a message that still fails is rejected
@@ -81,6 +84,10 @@ class BridgeConfig:
     client_id: str = ""
     desired_poll_s: float = 1.0
     queue_size: int = 10_000
+    # A full inbox holds paho's network thread up to this long per message before dropping it: the
+    # broker's in-flight window to the bridge then fills and the broker queues the rest, so a burst
+    # (thousands of devices reconnecting at once) waits instead of losing reports and presence.
+    full_wait_s: float = 5.0
     batch_messages: int = 500
     stats_interval_s: float = 10.0
     workers: int = 2
@@ -253,10 +260,12 @@ class Bridge:
         parts = message.topic.split("/", 3)
         inbox = self._inboxes[hash(parts[2]) % len(self._inboxes) if len(parts) > 2 else 0]
         try:
-            inbox.put_nowait((message.topic, message.payload))
+            # paho acknowledges a QoS 1 message when this returns: waiting here is the backpressure.
+            inbox.put((message.topic, message.payload), timeout=self.config.full_wait_s)
         except queue.Full:
-            # Dropping here is safe for telemetry (unacknowledged, so the device
-            # resends) and bounds memory when the database falls far behind.
+            # Still full: the database is far behind. Dropping is safe for telemetry (unacknowledged,
+            # so the device resends), bounds memory, and keeps the keepalives going; a dropped report
+            # comes again with the device's next periodic one.
             self._count(self.rejected, "overloaded")
             log.warning("bridge inbox full, message dropped", extra={"topic": message.topic})
 
