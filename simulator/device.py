@@ -46,8 +46,6 @@ from simulator.scenario import Scenario
 VERIFY_BYTES_PER_S = 1.4e9
 VALIDATE_S = 1.0
 MAX_OUTBOX_RECORDS = 100_000
-# As the agent (``agent.report_interval_s``): ``reported`` again this often, so a lost report is repaired.
-REPORT_EVERY_S = 300.0
 # Spreads the devices' windows over the interval (the golden ratio's fraction): no thundering herd on the minute.
 _SPREAD = (math.sqrt(5) - 1) / 2
 
@@ -166,7 +164,7 @@ class SimDevice:
         self._window_start = 0.0
         self._window_number = 0
         self._next_heartbeat = offset * scenario.heartbeat_s
-        self._next_report = self._next_heartbeat + REPORT_EVERY_S
+        self._next_report = self._next_heartbeat + scenario.report_s
         self._heartbeats = 0
         self._seq = 0
         self._acked = 0
@@ -201,7 +199,7 @@ class SimDevice:
                 self._heartbeat(step)
                 self._next_heartbeat += self.scenario.heartbeat_s
                 if step >= self._next_report:
-                    self._next_report = step + REPORT_EVERY_S
+                    self._next_report = step + self.scenario.report_s
                     if self.connected:
                         out.append(self._reported(step))
             else:

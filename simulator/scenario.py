@@ -115,6 +115,8 @@ class Scenario:
     start: datetime = DEFAULT_START
     window_s: float = 60.0
     heartbeat_s: float = 60.0
+    # ``reported`` again this often, unchanged, as the agent's ``agent.report_interval_s``.
+    report_s: float = 300.0
     agent_version: str = "0.1.0"
     site_slugs: tuple[str, ...] = field(default=(), compare=False)
 
@@ -159,7 +161,7 @@ def parse(document: Mapping[str, Any]) -> Scenario:
         document,
         "",
         {
-            "name", "seed", "duration_s", "start", "window_s", "heartbeat_s", "agent_version",
+            "name", "seed", "duration_s", "start", "window_s", "heartbeat_s", "report_s", "agent_version",
             "model", "hardware", "sites", "faults",
         },
     )  # fmt: skip
@@ -174,6 +176,7 @@ def parse(document: Mapping[str, Any]) -> Scenario:
         start=_start(document.get("start")),
         window_s=_number(document.get("window_s", 60), "window_s", 1, 3600),
         heartbeat_s=_number(document.get("heartbeat_s", 60), "heartbeat_s", 1, 3600),
+        report_s=_number(document.get("report_s", 300), "report_s", 1, 86400),
         agent_version=_text(document.get("agent_version", "0.1.0"), "agent_version"),
         model=_model(document.get("model", {})),
         hardware=hardware,

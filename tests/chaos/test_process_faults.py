@@ -25,6 +25,7 @@ replays the long run's fault order and timing.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import json
 import os
@@ -286,7 +287,10 @@ def scene(cluster: Cluster, tmp_path: Path) -> Iterator[Scene]:
             # The agent's 30 s would do as well; shorter keeps the run short.
             resend_after_s=10,
         )
-        fleet = Running(fleet_scenario(SITES, PER_SITE), options)
+        # A report a killed bridge or broker lost comes again within 30 s, as the agent's comes within its
+        # report_interval_s (5 minutes by default).
+        scenario = dataclasses.replace(fleet_scenario(SITES, PER_SITE), report_s=30.0)
+        fleet = Running(scenario, options)
         try:
             fleet.wait_ready(120)
             yield Scene(stack, cluster, Database(stack.database_url), fleet)

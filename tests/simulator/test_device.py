@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 
 from agent.kernel import protocol, verify
-from simulator import behaviour, device, offline
+from simulator import behaviour, offline
 from simulator.device import Publish, SimDevice, SiteLinks, Trace
 from tests.simulator.helpers import Signer, small
 
@@ -74,10 +75,10 @@ def test_a_signed_desired_document_is_verified_and_the_device_converges_through_
     phases = [m["phase"] for m in reports]
     changes = [phase for i, phase in enumerate(phases) if i == 0 or phase != phases[i - 1]]
     assert changes[-4:] == ["downloading", "verifying", "validating", "active"]
-    # Between changes, the same report again every REPORT_EVERY_S, as the agent does.
+    # Between changes, the same report again every report_s, as the agent does.
     stamps = [datetime.fromisoformat(m["ts"]) for m in reports if m["phase"] == "active"]
-    gaps = [(b - a).total_seconds() for a, b in zip(stamps, stamps[1:], strict=False)]
-    assert gaps and max(gaps) <= device.REPORT_EVERY_S + scenario.heartbeat_s
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(stamps)]
+    assert gaps and max(gaps) <= scenario.report_s + scenario.heartbeat_s
     swaps = [m for m in messages(trace, "sim-plant-001-0001", "events") if m["kind"] == "model_swap"]
     assert swaps and swaps[0]["data"]["previous"] == "1.0.0"
 
