@@ -10,6 +10,11 @@ resend of what was not acknowledged (the agent's outbox keeps a record until
 an ack covers it) leaves every record stored, once. Last, both workers run
 rollups side by side over the same rows, and the rollups count every window
 and heartbeat once.
+
+In ``make chaos``: the stack's start alone takes a minute on two cores, and
+``make test`` keeps the deploy smoke test's stack as its one production
+start; tests/bridge/test_redelivery.py and test_lock_order.py hold the same
+properties there with one bridge in-process.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from agent.kernel import protocol
 from tests.stack import Stack, http, missing_services, production_stack
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
 REDIS_URL = "redis://127.0.0.1:6379/10"
 DEVICES = 8
