@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.brokers import free_port
-from tests.deploy.test_smoke import answers, compose_commands, http
+from tests.stack import answers, compose_commands, http
 
 pytestmark = pytest.mark.integration
 
@@ -100,11 +100,11 @@ def test_every_container_becomes_ready_serves_its_metrics_and_stops_cleanly(cont
     for name in ("web", "bridge", "worker", "beat"):
         assert wait_ready(f"{containers[name]}/readyz")["status"] == "ready", name
         assert http(f"{containers[name]}/metrics")[0] == 401
-        status, text = http(f"{containers[name]}/metrics", Authorization=f"Bearer {containers['token']}")
+        status, text = http(f"{containers[name]}/metrics", headers={"Authorization": f"Bearer {containers['token']}"})
         assert status == 200 and "process_" in text, name
     assert (
         "edgefleet_bridge_connected 1.0"
-        in http(f"{containers['bridge']}/metrics", Authorization=f"Bearer {containers['token']}")[1]
+        in http(f"{containers['bridge']}/metrics", headers={"Authorization": f"Bearer {containers['token']}"})[1]
     )
     # The root file system is read-only and the processes are not root.
     web = containers["container:web"]
