@@ -138,7 +138,9 @@ def in_time_wait(port: int) -> bool:
 
 # Each run starts the broker, the web server, the bridge, the worker, two agents (no model,
 # no camera) and the simulator with 20 devices: about half a minute on two busy cores.
+# Two whole demo runs (about 70 s): in make chaos; make test keeps tests/demo/test_demo.py's one run.
 @pytest.mark.integration
+@pytest.mark.chaos
 @pytest.mark.timeout(300)
 def test_a_second_run_right_after_the_first_finds_its_ports_and_brings_its_devices_online(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
