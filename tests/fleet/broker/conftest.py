@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,3 +87,15 @@ def running_bridge(broker: BrokerUnderTest) -> Iterator[Bridge]:
     assert running.wait_connected(10), "the bridge account was refused"
     yield running
     running.stop()
+
+
+@pytest.fixture
+def connect(broker: BrokerUnderTest, probes: list[Probe]) -> Callable[..., Probe]:
+    """A probe client on the broker under test, closed after the test."""
+
+    def make(username: str | None, password: str | None, **kwargs: Any) -> Probe:
+        probe = Probe(broker.url, username, password, **kwargs)
+        probes.append(probe)
+        return probe
+
+    return make

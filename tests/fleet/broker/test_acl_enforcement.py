@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 
@@ -18,16 +17,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 def topic(device_id: str, suffix: str) -> str:
     return protocol.topic(device_id, suffix)
-
-
-@pytest.fixture
-def connect(broker: BrokerUnderTest, probes: list[Probe]) -> Callable[..., Probe]:
-    def make(username: str | None, password: str | None, **kwargs: Any) -> Probe:
-        probe = Probe(broker.url, username, password, **kwargs)
-        probes.append(probe)
-        return probe
-
-    return make
 
 
 @pytest.fixture

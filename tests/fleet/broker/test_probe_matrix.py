@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
-from typing import Any
 
 import pytest
 from rest_framework.test import APIClient
@@ -62,16 +61,6 @@ def forbidden_filters(attacker: str, others: Iterable[str]) -> list[str]:
     filters += [f"$share/{GROUP}/#", f"$share/{GROUP}/{ROOT}/#", f"$share/any/{ROOT}/#"]
     filters += [f"$share/{GROUP}/{topic(attacker, suffix)}" for suffix in protocol.DEVICE_TO_CLOUD]
     return filters
-
-
-@pytest.fixture
-def connect(broker: BrokerUnderTest, probes: list[Probe]) -> Callable[..., Probe]:
-    def make(username: str | None, password: str | None, **kwargs: Any) -> Probe:
-        probe = Probe(broker.url, username, password, **kwargs)
-        probes.append(probe)
-        return probe
-
-    return make
 
 
 @pytest.fixture
