@@ -1,8 +1,8 @@
 """Dashboard time-series query: one site over 7 days at 1,000 devices, server time and query count.
 
 Seeds a week of hourly rollups for N devices of one site (what the rollup
-task leaves behind), builds the site rows with the rollup code itself (timed:
-that is the hourly rollup's cost at this size), then asks the API for the
+task leaves behind), builds the site rows whole from them (timed: the
+rollup rebuild's cost at this size), then asks the API for the
 site's 7-day series as the dashboard does, several times, and reports the
 median server time and the number of SQL queries per request.
 
@@ -32,7 +32,7 @@ from bench.ingest import DEFAULT_DB, setup_django
 def seed(devices: int, days: int) -> tuple[str, datetime, datetime, float]:
     from agent.kernel import histogram
     from fleet.models import Device, Site
-    from telemetry import rollups
+    from telemetry import rollup_rebuild
     from telemetry.models import Resolution, Scope, WindowRollup
 
     site, _ = Site.objects.get_or_create(slug="bench-dashboard", defaults={"name": "Bench dashboard"})
@@ -80,7 +80,7 @@ def seed(devices: int, days: int) -> tuple[str, datetime, datetime, float]:
                 batch = []
     WindowRollup.objects.bulk_create(batch)
     t0 = time.perf_counter()
-    rollups._scopes(Resolution.HOUR, set(hours))
+    rollup_rebuild.scopes(Resolution.HOUR, set(hours))
     per_hour = (time.perf_counter() - t0) / len(hours)
     return site.slug, start, end, per_hour
 

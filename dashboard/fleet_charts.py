@@ -19,7 +19,7 @@ from django.db.models.fields.json import KT
 from fleet.models import Device
 from telemetry.metrics import Summary
 from telemetry.models import Resolution, Scope, WindowRollup
-from telemetry.rollups import floor_to
+from telemetry.rollup_rows import floor_to
 
 HOURS = 24
 

@@ -25,7 +25,7 @@ from fleet.filters import DeviceFilter
 from fleet.models import Device
 from telemetry.metrics import Summary
 from telemetry.models import Alert, Resolution, Scope, WindowRollup
-from telemetry.rollups import floor_to
+from telemetry.rollup_rows import floor_to
 
 DEVICES_PER_PAGE = 100
 SORT_COLUMNS = [

@@ -28,7 +28,7 @@ from agent.kernel.histogram import LatencyHistogram
 from fleet.models import Device
 from telemetry.metrics import Summary
 from telemetry.models import Quarantine, Resolution, Scope, WindowRollup
-from telemetry.rollups import HOUR, MINUTE, floor_to
+from telemetry.rollup_rows import HOUR, MINUTE, floor_to
 
 log = logging.getLogger(__name__)
 

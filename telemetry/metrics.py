@@ -8,7 +8,6 @@ its devices' p95s. Django-free.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,8 +86,32 @@ class Summary:
         self.classes.update(classes)
 
     def merge(self, other: Summary) -> Summary:
-        self.add_totals(_Totals.of(other))
+        return self.add(other)
+
+    def add(self, other: Summary, sign: int = 1) -> Summary:
+        """Add (``sign`` 1) or take away (-1) another summary's counts.
+
+        Taking away is how a rollup row follows a changed source: the new
+        source is added and the old one taken away, so counts can pass through
+        negative values in a difference, never in a stored row.
+        """
+        for name in _COUNTS:
+            setattr(self, name, getattr(self, name) + sign * getattr(other, name))
+        for mine, theirs in ((self.latency, other.latency), (self.shadow_latency, other.shadow_latency)):
+            for index, count in theirs.counts.items():
+                mine.counts[index] = mine.counts.get(index, 0) + sign * count
+        for i, count in enumerate(other.confidence[: histogram.CONFIDENCE_BINS]):
+            self.confidence[i] += sign * count
+        for name, count in other.classes.items():
+            self.classes[name] += sign * count
         return self
+
+    def has_negative(self) -> bool:
+        """Whether any count is below zero: a difference can be, a total of real windows cannot."""
+        counts = [getattr(self, name) for name in _COUNTS]
+        counts += [*self.latency.counts.values(), *self.shadow_latency.counts.values()]
+        counts += [*self.confidence, *self.classes.values()]
+        return any(count < 0 for count in counts)
 
     def _add_confidence(self, bins: list[int]) -> None:
         for i, count in enumerate(bins[: histogram.CONFIDENCE_BINS]):
@@ -172,25 +195,3 @@ class Summary:
             "shadow_agreed": self.shadow_agreed,
             "shadow_latency": self.shadow_latency.to_wire(),
         }
-
-
-@dataclass
-class _Totals:
-    windows: int
-    fallback_windows: int
-    frames: int
-    dropped_frames: int
-    errors: int
-    escalations: int
-    latency: Mapping[str, int]
-    confidence: list[int]
-    classes: Mapping[str, int]
-    shadow_frames: int
-    shadow_errors: int
-    shadow_compared: int
-    shadow_agreed: int
-    shadow_latency: Mapping[str, int]
-
-    @classmethod
-    def of(cls, summary: Summary) -> _Totals:
-        return cls(**summary.totals())
