@@ -225,6 +225,11 @@ class Database:
             for _, n, t, e in rows
         ]
 
+    def rollups_behind_s(self) -> float | None:
+        """How far the rollup cursor is behind now: records received since then are not rolled up yet."""
+        value = self.one("SELECT extract(epoch FROM now() - position) FROM telemetry_cursor WHERE name = 'rollups'")
+        return round(float(value)) if value is not None else None
+
     def records(self) -> int:
         return int(self.one("SELECT count(*) FROM telemetry_telemetryrecord"))
 
@@ -330,8 +335,13 @@ def steady(
     wait_until(lambda: db.recent_lag_p50_s() < 1.0, 1800, "the connection burst's backlog to drain", every=5.0)
     drained_after = round(time.monotonic() - start + max(30.0, 2 * interval))
     records0, since = db.records(), time.time()
+    behind: list[float] = []
     with cpu_window(stack, sim) as cpu:
-        time.sleep(seconds)
+        until = time.monotonic() + seconds
+        while (left := until - time.monotonic()) > 0:
+            time.sleep(min(5.0, left))
+            if (lag := db.rollups_behind_s()) is not None:
+                behind.append(lag)
     stored = db.records() - records0
     # Each device sends a window and a heartbeat every interval: two records.
     offered = 2 * devices / interval
@@ -342,6 +352,8 @@ def steady(
         "offered_records_per_s": round(offered),
         "stored_records_per_s": round(stored / seconds),
         **db.lag(since),
+        # The rollup task runs every 15 s here and reads up to 10 s ago: 25 s behind is keeping up.
+        "rollups_behind_s_max": max(behind, default=None),
         **cpu,
     }
     figures.update(overview(stack))
@@ -365,8 +377,11 @@ def rollout(stack: Stack, db: Database, sim: subprocess.Popen[bytes], devices: i
         raise SystemExit(f"the rollout was refused: {status} {started}")
     start = time.monotonic()
     all_active_s: float | None = None
+    behind: list[float] = []
     with cpu_window(stack, sim) as cpu:
         while True:
+            if (lag := db.rollups_behind_s()) is not None:
+                behind.append(lag)
             if all_active_s is None and db.active_on("1.1.0") >= devices:
                 all_active_s = time.monotonic() - start
             status, answer = stack.api(f"/api/v1/rollouts/{started['id']}/", timeout=60)
@@ -384,6 +399,7 @@ def rollout(stack: Stack, db: Database, sim: subprocess.Popen[bytes], devices: i
         "seconds_to_completed": round(time.monotonic() - start),
         "stages": db.stages(started["id"]),
         "soak_s": GATES["soak_s"],
+        "rollups_behind_s_max": max(behind, default=None),
         **cpu,
     }
 
