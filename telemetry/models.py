@@ -172,9 +172,9 @@ class WindowRollup(models.Model):
     """Merged window summaries of one scope, model version and time bucket.
 
     Counts add up and histograms merge, so a coarser bucket or a wider scope is
-    the sum of finer ones and percentiles are read off the merged counts. A row
-    is recomputed whole from its sources, never incremented, so recomputing a
-    bucket is idempotent.
+    the sum of finer ones and percentiles are read off the merged counts. A
+    device minute is rebuilt whole from raw records; the rows above it move by
+    the difference between its new and old totals (``telemetry.rollups``).
     """
 
     resolution = models.CharField(max_length=2, choices=Resolution.choices)
