@@ -54,8 +54,8 @@ HOLD_LOG_EVERY_S = 30.0
 # the log filled it, and since only a commit can trigger the checkpoint that
 # resets it, no commit ever went through again (measured on a 1 MiB tmpfs: 39
 # commits, then none). 256 pages (1 MiB, a checkpoint about every 70 commits)
-# cost 10-25 % of the durable append rate in a quick check on a loaded machine
-# (64 pages: about 50 %).
+# made no difference beyond the noise to bench/outbox.py's durable rate, run
+# side by side with the release before (docs/benchmarks.md, "Outbox").
 WAL_CHECKPOINT_PAGES = 256
 
 _SCHEMA = """
