@@ -22,13 +22,12 @@ from drf_spectacular import openapi
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
 
-from core.api.serializers import ErrorSerializer
+from core.api.serializers import NOT_BLANK, ErrorSerializer
 from core.filters import DATETIME_PATTERN, DateTimeParameter
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # DRF's CharField strips surrounding whitespace before its blank check and refuses NUL anywhere.
 NO_NUL = "^[^\\x00]+$"  # the empty value is the other branch spectacular adds for allow_blank
-NOT_BLANK = "^[^\\x00]*[^\\x00\\s][^\\x00]*$"
 
 
 class AutoSchema(openapi.AutoSchema):

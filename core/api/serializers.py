@@ -13,17 +13,21 @@ from rest_framework import serializers
 from core.filters import DateTimeParameter
 from core.models import ApiToken
 
+# Text with a character that is not a space, and no NUL: what DRF's CharField accepts when it may not be
+# blank (it strips surrounding whitespace, and refuses NUL anywhere since no text column can hold one).
+NOT_BLANK = r"^[^\x00]*[^\x00\s][^\x00]*$"
+
 
 class ReasonField(serializers.RegexField):
     """Why an action was taken, for the audit log: up to 2,000 characters with at least one that is not a space.
 
     The schema says so with its pattern, so a client (or a fuzzer) learns that a reason of spaces or
-    control characters alone is refused, as it is.
+    control characters alone, or one holding a NUL, is refused, as it is.
     """
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("help_text", "Why: kept in the audit log.")
-        super().__init__(r"\S", max_length=2000, **kwargs)
+        super().__init__(NOT_BLANK, max_length=2000, **kwargs)
 
 
 class StrictInput:
