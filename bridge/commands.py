@@ -53,9 +53,9 @@ class CommandPublisher(PendingPublisher):
                     log.error("device command not sendable", extra={"command": row.pk, "error": str(exc)[:300]})
                     DeviceCommand.objects.filter(pk=row.pk).update(expired_at=now)
                     continue
-                info = self._publish(row.device.device_id, "commands", message)
-                info.wait_for_publish(timeout=10)
-                if info.is_published():
-                    DeviceCommand.objects.filter(pk=row.pk).update(published_at=timezone.now())
-                    count += 1
+                if not self.sent(self._publish(row.device.device_id, "commands", message)):
+                    # The broker is not taking more now (paho's queue, a lost connection): the rest wait.
+                    break
+                DeviceCommand.objects.filter(pk=row.pk).update(published_at=timezone.now())
+                count += 1
         return count

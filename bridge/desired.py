@@ -51,11 +51,11 @@ class DesiredPublisher(PendingPublisher):
                 )
                 self._mark_published(device)
                 continue
-            info = self._publish(device.device_id, "desired", message, retain=True)
-            info.wait_for_publish(timeout=10)
-            if info.is_published():
-                self._mark_published(device)
-                count += 1
+            if not self.sent(self._publish(device.device_id, "desired", message, retain=True)):
+                # The broker is not taking more now (paho's queue, a lost connection): the rest wait.
+                break
+            self._mark_published(device)
+            count += 1
         return count
 
     @staticmethod

@@ -39,8 +39,30 @@ class PendingPublisher:
                     self.publish_pending()
                 except DatabaseError:
                     log.exception("could not read %s; retrying", self.what)
+                except Exception:
+                    # Whatever one poll raises costs that poll: a dead thread would publish nothing again
+                    # while the process looked alive (what is pending stays pending and goes next time).
+                    log.exception("could not publish %s; retrying", self.what)
         finally:
             connection.close()
+
+    @staticmethod
+    def sent(info: mqtt.MQTTMessageInfo, timeout: float = 10.0) -> bool:
+        """Whether a publish reached the broker within ``timeout``; never raises.
+
+        paho refuses to queue a message when its outgoing queue is full or the
+        message id it would take is still in flight (16-bit ids wrap under a
+        heavy publish load, the bridge's acks included), and when the
+        connection is gone. The row is then left pending for the next poll.
+        """
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            log.warning("publish not queued, left pending", extra={"rc": mqtt.error_string(info.rc)})
+            return False
+        try:
+            info.wait_for_publish(timeout=timeout)
+        except (ValueError, RuntimeError):
+            return False
+        return info.is_published()
 
     def publish_pending(self) -> int:
         raise NotImplementedError

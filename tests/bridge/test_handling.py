@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from typing import Any
 from unittest import mock
@@ -10,6 +11,7 @@ from unittest import mock
 import paho.mqtt.client as mqtt
 import pytest
 
+from bridge.polling import PendingPublisher
 from bridge.process import Bridge
 from fleet import desired
 from fleet.models import Device, Site
@@ -119,11 +121,59 @@ def test_a_malformed_heartbeat_is_kept_but_not_shown_as_state(bridge: Bridge, de
 
 def test_desired_documents_are_published_retained_once_per_generation(bridge: Bridge, device: Device) -> None:
     desired.issue(device, {"config": {"telemetry_interval_s": 10}})
-    published = mock.create_autospec(mqtt.MQTTMessageInfo, instance=True)
-    published.is_published.return_value = True
-    bridge.client.publish.return_value = published
+    bridge.client.publish.return_value = message_info(mqtt.MQTT_ERR_SUCCESS, published=True)
     assert bridge.desired.publish_pending() == 1
     assert bridge.desired.publish_pending() == 0
     (call,) = bridge.client.publish.call_args_list
     assert call.args[0] == topic(device.device_id, "desired") and call.kwargs["retain"] is True
     assert json.loads(call.args[1])["generation"] == 1
+
+
+def message_info(rc: mqtt.MQTTErrorCode, *, published: bool) -> Any:
+    info = mock.create_autospec(mqtt.MQTTMessageInfo, instance=True)
+    info.rc = rc
+    info.is_published.return_value = published
+    if rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+        info.wait_for_publish.side_effect = ValueError("Message is not queued due to ERR_QUEUE_SIZE")
+    return info
+
+
+def test_a_desired_document_paho_cannot_queue_stays_pending_and_goes_on_the_next_poll(
+    bridge: Bridge, device: Device
+) -> None:
+    # Under a heavy publish load paho refuses to queue (its 16-bit message ids wrap onto ones in flight):
+    # this raised out of the publishing thread, which died, and no desired document went out again.
+    desired.issue(device, {"config": {"telemetry_interval_s": 10}})
+    bridge.client.publish.return_value = message_info(mqtt.MQTT_ERR_QUEUE_SIZE, published=False)
+    assert bridge.desired.publish_pending() == 0
+    device.refresh_from_db()
+    assert device.published_generation < device.desired_generation
+
+    bridge.client.publish.return_value = message_info(mqtt.MQTT_ERR_SUCCESS, published=True)
+    assert bridge.desired.publish_pending() == 1
+    device.refresh_from_db()
+    assert device.published_generation == device.desired_generation
+
+
+def test_a_publishing_thread_outlives_a_poll_that_raises(bridge: Bridge) -> None:
+    polls: list[int] = []
+    second = threading.Event()
+
+    class Flaky(PendingPublisher):
+        def publish_pending(self) -> int:
+            polls.append(1)
+            if len(polls) == 1:
+                raise RuntimeError("Message publish failed: the connection was lost")
+            second.set()
+            return 0
+
+    stopping, connected = threading.Event(), threading.Event()
+    connected.set()
+    thread = threading.Thread(target=Flaky(bridge.client.publish, poll_s=0.01).run, args=(stopping, connected))
+    thread.start()
+    try:
+        assert second.wait(10)
+        assert thread.is_alive()
+    finally:
+        stopping.set()
+        thread.join(10)
