@@ -27,23 +27,8 @@ log = logging.getLogger(__name__)
 MINUTE = timedelta(minutes=1)
 HOUR = timedelta(hours=1)
 QUARANTINE_SOURCE = "rollups"
-WINDOW_FIELDS = [
-    "devices",
-    "windows",
-    "fallback_windows",
-    "frames",
-    "dropped_frames",
-    "errors",
-    "escalations",
-    "latency",
-    "confidence",
-    "classes",
-    "shadow_frames",
-    "shadow_errors",
-    "shadow_compared",
-    "shadow_agreed",
-    "shadow_latency",
-]
+# A window row stores how many devices contributed and a Summary's additive totals.
+WINDOW_FIELDS = ["devices", *Summary().totals()]
 WINDOW_KEY = ["resolution", "scope", "key", "model_name", "model_version", "bucket"]
 HEARTBEAT_FIELDS = [
     "heartbeats",
