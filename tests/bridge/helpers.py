@@ -5,6 +5,8 @@ from datetime import datetime, timezone
 from typing import Any
 from unittest import mock
 
+import paho.mqtt.client as mqtt
+
 from agent.kernel import protocol
 from bridge.process import Bridge, BridgeConfig
 
@@ -18,6 +20,16 @@ def offline_bridge(**config: Any) -> Bridge:
     bridge = Bridge(BridgeConfig(url="mqtt://127.0.0.1:1", **config))
     bridge.client.publish = mock.create_autospec(bridge.client.publish)  # type: ignore[method-assign]
     return bridge
+
+
+def message_info(rc: mqtt.MQTTErrorCode, *, published: bool) -> Any:
+    """What paho's ``publish`` returns: ``rc`` says whether it queued the message, ``published`` whether it went."""
+    info = mock.create_autospec(mqtt.MQTTMessageInfo, instance=True)
+    info.rc = rc
+    info.is_published.return_value = published
+    if rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+        info.wait_for_publish.side_effect = ValueError("Message is not queued due to ERR_QUEUE_SIZE")
+    return info
 
 
 def published(bridge: Bridge, suffix: str) -> list[tuple[str, dict[str, Any]]]:

@@ -6,7 +6,6 @@ import json
 import threading
 from collections.abc import Callable
 from typing import Any
-from unittest import mock
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -16,7 +15,7 @@ from bridge.process import Bridge
 from fleet import desired
 from fleet.models import Device, Site
 from telemetry.models import DeviceEvent, TelemetryRecord
-from tests.bridge.helpers import now, offline_bridge, status, telemetry, topic
+from tests.bridge.helpers import message_info, now, offline_bridge, status, telemetry, topic
 
 pytestmark = pytest.mark.django_db
 
@@ -127,15 +126,6 @@ def test_desired_documents_are_published_retained_once_per_generation(bridge: Br
     (call,) = bridge.client.publish.call_args_list
     assert call.args[0] == topic(device.device_id, "desired") and call.kwargs["retain"] is True
     assert json.loads(call.args[1])["generation"] == 1
-
-
-def message_info(rc: mqtt.MQTTErrorCode, *, published: bool) -> Any:
-    info = mock.create_autospec(mqtt.MQTTMessageInfo, instance=True)
-    info.rc = rc
-    info.is_published.return_value = published
-    if rc == mqtt.MQTT_ERR_QUEUE_SIZE:
-        info.wait_for_publish.side_effect = ValueError("Message is not queued due to ERR_QUEUE_SIZE")
-    return info
 
 
 def test_a_desired_document_paho_cannot_queue_stays_pending_and_goes_on_the_next_poll(

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from unittest import mock
 
+import paho.mqtt.client as mqtt
 import pytest
 
 from agent.kernel import protocol, verify
 from bridge.process import Bridge, BridgeConfig
 from fleet import desired
 from registry.trust import trust_store
+from tests.bridge.helpers import message_info
 
 pytestmark = pytest.mark.django_db
 
@@ -32,7 +34,7 @@ def test_the_bridge_publishes_desired_state_a_device_can_verify(enroll_device, s
 
     def capture(device_id, suffix, message, *, retain=False):
         sent.append(message)
-        return mock.Mock(is_published=lambda: True)
+        return message_info(mqtt.MQTT_ERR_SUCCESS, published=True)
 
     with mock.patch.object(bridge.desired, "_publish", side_effect=capture):
         assert bridge.desired.publish_pending() == 1
