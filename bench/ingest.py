@@ -48,7 +48,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_mosquitto(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_mosquitto(workdir: Path, max_inflight: int = 0) -> tuple[subprocess.Popen[bytes], int]:
+    """A private Mosquitto; ``max_inflight`` caps the QoS 1 messages it has unacknowledged at a client (0: none)."""
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     port = free_port()
     config = workdir / "mosquitto.conf"
@@ -56,7 +57,7 @@ def start_mosquitto(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     # drop what a slower consumer has not taken yet.
     config.write_text(
         f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-        "max_queued_messages 0\nmax_inflight_messages 0\nmax_queued_bytes 0\n"
+        f"max_queued_messages 0\nmax_inflight_messages {max_inflight}\nmax_queued_bytes 0\n"
     )
     process = subprocess.Popen([binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
@@ -295,13 +296,19 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=100)
     parser.add_argument("--lag-seconds", type=float, default=20.0)
     parser.add_argument("--rounds", type=int, default=3, help="alternating bare/bridge rounds")
+    parser.add_argument(
+        "--max-inflight",
+        type=int,
+        default=0,
+        help="the broker's in-flight window per client (0: unbounded; deploy/mosquitto/mosquitto.conf has 100)",
+    )
     parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args()
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     setup_django(os.environ.get("BENCH_DATABASE_URL", DEFAULT_DB))
     workdir = Path(tempfile.mkdtemp(prefix="edgefleet-bench-broker-"))
-    broker, port = start_mosquitto(workdir)
+    broker, port = start_mosquitto(workdir, args.max_inflight)
     try:
         device_ids = make_devices(args.devices)
         # This process is the bridge process: tune its collector as
@@ -342,6 +349,7 @@ def main() -> None:
         "records_per_message": args.records,
         "devices": args.devices,
         "rounds": args.rounds,
+        "max_inflight": args.max_inflight,
         "bare_records_per_s": [round(r) for r in bare_rates],
         "bridge_records_per_s": [round(r) for r in bridge_rates],
         "ratios": [round(r, 3) for r in ratios],

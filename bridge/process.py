@@ -11,6 +11,12 @@ full the network thread waits for room (``full_wait_s``) before it drops a
 message: the broker's in-flight window to the bridge fills meanwhile and
 the broker holds the rest, so a reconnect storm is absorbed, not dropped.
 
+A message is acknowledged to the broker once it is stored or refused for
+good, never on receipt (``bridge.acks``): one the bridge had not stored
+when it died is still the broker's to deliver again. With a ``client_id``
+of its own the bridge keeps a persistent session, which its next start
+resumes (``persistent_session``).
+
 A worker cannot die of a message: whatever a batch raises, the batch is
 retried one message at a time and a message that still fails is rejected
 (``internal_error``) on its own. Each worker marks its progress every loop
@@ -46,6 +52,7 @@ from django.utils import timezone
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.kernel import protocol
+from bridge.acks import ArrivalAcks, Pending
 from bridge.commands import CommandPublisher
 from bridge.desired import DesiredPublisher
 from fleet.models import Device
@@ -62,6 +69,10 @@ _INGEST_FIELDS = ("pk", "device_id", "revoked_at", "online", "telemetry_acked_se
 _IDLE_TICK_S = 1.0
 
 log = logging.getLogger(__name__)
+
+_Item = tuple[str, bytes | bytearray, Pending | None]
+"""A queued message: topic, payload, and its acknowledgement to send once the bridge is done with it."""
+_Inbox = queue.Queue[_Item | None]
 
 
 class _Telemetry(NamedTuple):
@@ -81,6 +92,9 @@ class BridgeConfig:
     shared_group: str | None = "edgefleet-bridge"
     max_payload: int = protocol.MAX_PAYLOAD_BYTES
     keepalive: int = 30
+    # A stable client id (BRIDGE_CLIENT_ID) gives the bridge a persistent session: the broker keeps
+    # what it had not acknowledged, and what arrives meanwhile, for its next start under that id.
+    # Empty: a fresh id and a clean session on every start.
     client_id: str = ""
     desired_poll_s: float = 1.0
     queue_size: int = 10_000
@@ -109,6 +123,7 @@ class BridgeConfig:
             "workers": settings.BRIDGE_WORKERS,
             "max_ahead": timedelta(seconds=settings.BRIDGE_CLOCK_MAX_AHEAD_S),
             "max_age": timedelta(days=settings.BRIDGE_CLOCK_MAX_AGE_DAYS),
+            "client_id": settings.BRIDGE_CLIENT_ID or "",
         }
         values.update(overrides)
         return cls(**values)
@@ -135,19 +150,22 @@ class Bridge:
         # order (presence and reported state depend on it), while one worker's
         # wait on the database overlaps with another's decoding.
         per_inbox = max(1, config.queue_size // max(1, config.workers))
-        self._inboxes: list[queue.Queue[tuple[str, bytes | bytearray] | None]] = [
-            queue.Queue(maxsize=per_inbox) for _ in range(max(1, config.workers))
-        ]
+        self._inboxes: list[_Inbox] = [queue.Queue(maxsize=per_inbox) for _ in range(max(1, config.workers))]
         self._stopping = threading.Event()
         self._connected = threading.Event()
         self._progress = threading.Condition()
         self._threads: list[threading.Thread] = []
-        self._workers: dict[str, tuple[threading.Thread, queue.Queue[tuple[str, bytes | bytearray] | None]]] = {}
+        self._workers: dict[str, tuple[threading.Thread, _Inbox]] = {}
         client_id = config.client_id or f"edgefleet-bridge-{uuid.uuid4().hex[:8]}"
         self.client_id = client_id
         self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311, clean_session=True
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTv311,
+            clean_session=not self.persistent_session,
+            manual_ack=True,
         )
+        self.acks = ArrivalAcks(self.client.ack)
         if config.username:
             self.client.username_pw_set(config.username, config.password)
         if urlsplit(config.url).scheme == "mqtts":
@@ -160,6 +178,10 @@ class Bridge:
         self.desired = DesiredPublisher(self._publish, poll_s=config.desired_poll_s)
         # Commands are polled as often as desired documents: an escalation's answer is awaited on the device.
         self.commands = CommandPublisher(self._publish, poll_s=config.desired_poll_s)
+
+    @property
+    def persistent_session(self) -> bool:
+        return bool(self.config.client_id)
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -177,7 +199,7 @@ class Bridge:
             thread.start()
             self._threads.append(thread)
 
-    def _start_worker(self, name: str, inbox: queue.Queue[tuple[str, bytes | bytearray] | None]) -> None:
+    def _start_worker(self, name: str, inbox: _Inbox) -> None:
         thread = threading.Thread(target=self._work, args=(inbox,), name=name, daemon=True)
         with self._progress:
             self.worker_progress[name] = time.time()
@@ -234,6 +256,8 @@ class Bridge:
     # --- paho callbacks (network thread: queue only) -------------------------
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        # Message ids name messages on one connection: what waits from an earlier one is never acknowledged.
+        self.acks.new_connection()
         if reason.is_failure:
             log.error("bridge connection refused", extra={"broker": self.config.url, "reason": str(reason)})
             return
@@ -253,32 +277,42 @@ class Bridge:
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         self._connected.clear()
+        # Before paho reconnects: an acknowledgement queued from now on would reach the next connection,
+        # where its message id may name another message. The broker sends these again (persistent
+        # session) or to another bridge (a broker that re-dispatches a shared subscription's messages).
+        forgotten = self.acks.new_connection()
+        if forgotten:
+            log.info("unacknowledged messages left to the broker", extra={"messages": forgotten})
         if not self._stopping.is_set():
             log.info("bridge disconnected", extra={"reason": str(reason), "note": "paho reconnects with backoff"})
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         parts = message.topic.split("/", 3)
         inbox = self._inboxes[hash(parts[2]) % len(self._inboxes) if len(parts) > 2 else 0]
+        pending = self.acks.arrived(message.mid, message.qos)
         try:
-            # paho acknowledges a QoS 1 message when this returns: waiting here is the backpressure.
-            inbox.put((message.topic, message.payload), timeout=self.config.full_wait_s)
+            # Waiting here is the backpressure: paho reads nothing more meanwhile.
+            inbox.put((message.topic, message.payload, pending), timeout=self.config.full_wait_s)
         except queue.Full:
             # Still full: the database is far behind. Dropping is safe for telemetry (unacknowledged,
             # so the device resends), bounds memory, and keeps the keepalives going; a dropped report
-            # comes again with the device's next periodic one.
+            # comes again with the device's next periodic one. It is acknowledged all the same: within
+            # a connection the broker never sends it again, and its place in the in-flight window
+            # would be lost for good.
+            self.acks.done(pending)
             self._count(self.rejected, "overloaded")
             log.warning("bridge inbox full, message dropped", extra={"topic": message.topic})
 
     # --- the worker ----------------------------------------------------------
 
-    def _work(self, inbox: queue.Queue[tuple[str, bytes | bytearray] | None]) -> None:
+    def _work(self, inbox: _Inbox) -> None:
         try:
             self._drain(inbox)
         finally:
             self.export_stats()
             connection.close()
 
-    def _drain(self, inbox: queue.Queue[tuple[str, bytes | bytearray] | None]) -> None:
+    def _drain(self, inbox: _Inbox) -> None:
         name = threading.current_thread().name
         while True:
             with self._progress:
@@ -303,13 +337,15 @@ class Bridge:
                     break
                 items.append(more)
             handled = False
+            messages = [(topic, payload) for topic, payload, _ in items]
+            unstored: set[int] = set()
             try:
                 # Drop a connection the database closed or that outlived its age,
                 # as Django does around each web request.
                 close_old_connections()
-                verdicts = self.handle_many(items)
+                verdicts = self.handle_many(messages)
                 handled = True
-                self._retry_unstored(items, verdicts)
+                unstored = self._retry_unstored(messages, verdicts)
                 if time.monotonic() - self._exported_at >= self.config.stats_interval_s:
                     self.export_stats()
             except Exception:
@@ -325,10 +361,14 @@ class Bridge:
                     connection.close()
                 except Exception:
                     log.warning("could not close the database connection", exc_info=True)
+            for position, (_, _, pending) in enumerate(items):
+                # What the database never took before the bridge stopped stays the broker's.
+                if position not in unstored:
+                    self.acks.done(pending)
             if stopping:
                 return
 
-    def _retry_unstored(self, items: list[tuple[str, bytes | bytearray]], verdicts: list[str]) -> None:
+    def _retry_unstored(self, items: list[tuple[str, bytes | bytearray]], verdicts: list[str]) -> set[int]:
         """Hold what the database refused while it is away (a restart, a failover), and apply it once it answers.
 
         A device sends its presence and reported state once per change and the
@@ -339,8 +379,11 @@ class Bridge:
         is stored idempotently by (device, seq). A message the database still
         refuses after ``_STORAGE_RETRIES`` attempts with the database answering
         is refused for good, as before (a bad row, not an outage).
+
+        Returns the positions of what is still held because the bridge is
+        stopping: those are not acknowledged, so the broker keeps them.
         """
-        held = [item for item, verdict in zip(items, verdicts, strict=True) if verdict == "storage_error"]
+        held = [i for i, verdict in enumerate(verdicts) if verdict == "storage_error"]
         attempts, delay = 0, _STORAGE_RETRY_S[0]
         while held and attempts < _STORAGE_RETRIES and not self._stopping.is_set():
             if not self._database_answers():
@@ -352,8 +395,9 @@ class Bridge:
                 continue
             attempts += 1
             log.info("database answers again; applying held messages", extra={"messages": len(held)})
-            verdicts = self.handle_many(held)
-            held = [item for item, verdict in zip(held, verdicts, strict=True) if verdict == "storage_error"]
+            verdicts = self.handle_many([items[i] for i in held])
+            held = [i for i, verdict in zip(held, verdicts, strict=True) if verdict == "storage_error"]
+        return set(held) if self._stopping.is_set() else set()
 
     @staticmethod
     def _database_answers() -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import dj_database_url
@@ -280,6 +281,12 @@ BRIDGE_BATCH_MESSAGES = env.integer("BRIDGE_BATCH_MESSAGES", 500, minimum=1, max
 # Worker threads per bridge, each with its own database connection; a device's
 # messages always go to the same one.
 BRIDGE_WORKERS = env.integer("BRIDGE_WORKERS", 2, minimum=1, maximum=16)
+# A bridge's own, stable MQTT client id gives it a persistent session at the broker: what it had taken
+# but not stored when it stopped (or died) is delivered again when it comes back under the same id
+# (docs/operations.md, "Several bridges"). Unset: a fresh id and a clean session on every start.
+BRIDGE_CLIENT_ID = env.string("BRIDGE_CLIENT_ID")
+if BRIDGE_CLIENT_ID is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", BRIDGE_CLIENT_ID):
+    raise ImproperlyConfigured("BRIDGE_CLIENT_ID: 1 to 64 letters, digits, '.', '_' or '-', starting alphanumeric.")
 # The window around the receiving time a device's clock must fall in
 # (docs/protocol.md, "Bounds"); outside it a message is refused as clock_skew.
 # Wide by default: a refused telemetry batch is never acknowledged, so a
