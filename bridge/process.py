@@ -372,7 +372,7 @@ class Bridge:
         """Hold what the database refused while it is away (a restart, a failover), and apply it once it answers.
 
         A device sends its presence and reported state once per change and the
-        broker's PUBACK (paho's, on receipt) told it they arrived: were they
+        broker's PUBACK to the device told it they arrived: were they
         dropped here, a rollout would wait for ever on a device that installed
         its version while the database restarted. So they wait, in order, with
         every later message of this inbox behind them. Telemetry waits too; it
