@@ -41,7 +41,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
@@ -82,6 +82,15 @@ class _Telemetry(NamedTuple):
     topic: str
     device: Device
     message: protocol.Telemetry
+
+
+class _Other(NamedTuple):
+    """A message other than telemetry that passed every check, waiting to be applied."""
+
+    position: int  # its place in the drained batch, for its verdict
+    topic: str
+    device: Device
+    message: protocol.Message
 
 
 @dataclass(frozen=True)
@@ -475,21 +484,31 @@ class Bridge:
                 verdicts[index] = "storage_error"
                 self._count(self.rejected, "storage_error")
             return
+        # Telemetry is stored together, and the rest applied together; a device's messages keep their
+        # order, as what is gathered of one kind goes first when the same device sends the other kind.
         pending: list[_Telemetry] = []
         pending_devices: set[str] = set()
+        others: list[_Other] = []
+        other_devices: set[str] = set()
         for index, device_id, message in decoded:
             topic = items[index][0]
             device = self._admit(device_id, topic, known)
             if isinstance(device, str):
                 verdicts[index] = device
             elif isinstance(message, protocol.Telemetry):
+                if device_id in other_devices:
+                    self._apply_many(others, verdicts)
+                    others, other_devices = [], set()
                 pending.append(_Telemetry(index, topic, device, message))
                 pending_devices.add(device_id)
             else:
                 if device_id in pending_devices:
                     self._store(pending, verdicts)
                     pending, pending_devices = [], set()
-                verdicts[index] = self._apply(topic, device, message)
+                others.append(_Other(index, topic, device, message))
+                other_devices.add(device_id)
+        if others:
+            self._apply_many(others, verdicts)
         if pending:
             self._store(pending, verdicts)
 
@@ -506,9 +525,78 @@ class Bridge:
             return self._reject(device_id, topic, protocol.ProtocolError("revoked_device", device_id))
         return device
 
+    def _apply_many(self, others: list[_Other], verdicts: list[str | None]) -> None:
+        """Apply messages other than telemetry (presence, reports, events) in one transaction.
+
+        The devices' rows are locked once, in pk order (``lock_liveness``), the
+        messages applied in arrival order to those rows in memory by the same
+        rules ``record_presence``, ``record_seen`` and ``record_reported`` use,
+        and the rows written back in one UPDATE: after a reconnect storm a
+        batch of hundreds of statuses and reports costs a few statements, not
+        a transaction each. Should the batch fail as a whole, each message is
+        applied on its own (``_apply``), so one bad message costs only itself.
+        """
+        if len(others) == 1:
+            other = others[0]
+            verdicts[other.position] = self._apply(other.topic, other.device, other.message)
+            return
+        now = timezone.now()
+        outcomes: dict[int, str] = {}
+        changes: list[tuple[str, str]] = []
+        restamped = 0
+        try:
+            with transaction.atomic():
+                rows = Device.objects.lock_liveness({other.device.pk for other in others})
+                for other in others:
+                    row = rows[other.device.pk]
+                    message = other.message
+                    if isinstance(message, protocol.Status):
+                        agent_version = message.agent_version or None
+                        if row.apply_status(message.state == "online", now, agent_version=agent_version):
+                            changes.append((other.device.device_id, message.state))
+                        outcomes[other.position] = "ok"
+                        continue
+                    # Anything else a device sends proves it is alive.
+                    row.apply_seen(now)
+                    if isinstance(message, protocol.Reported):
+                        row.apply_reported(message.model_dump(mode="json"), message.agent_version)
+                    elif isinstance(message, protocol.Event):
+                        try:
+                            # Its own savepoint: an event the database refuses costs only itself.
+                            with transaction.atomic():
+                                restamped += self._record_event(row, message, now)
+                        except DatabaseError:
+                            outcomes[other.position] = "storage_error"
+                            continue
+                    outcomes[other.position] = "ok"
+                Device.objects.save_liveness(rows.values())
+        except Exception:
+            log.warning(
+                "batch of device messages failed, applying them one at a time",
+                extra={"messages": len(others)},
+                exc_info=True,
+            )
+            for other in others:
+                verdicts[other.position] = self._apply(other.topic, other.device, other.message)
+            return
+        for other in others:
+            # What the next messages of this batch see of the device (the telemetry path reads ``online``).
+            other.device.online = rows[other.device.pk].online
+            outcome = outcomes[other.position]
+            if outcome == "ok":
+                self._count(self.accepted, type(other.message).__name__.lower())
+                verdicts[other.position] = "ok"
+            else:
+                verdicts[other.position] = self._failed(other.device.device_id, other.topic, outcome)
+        for device_id, state in changes:
+            log.info("device presence", extra={"device": device_id, "state": state})
+        if restamped:
+            self._count_restamped(restamped)
+
     def _apply(self, topic: str, device: Device, message: protocol.Message) -> str:
         """Apply one message other than telemetry in its own savepoint: a failed write leaves nothing half-done."""
         now = timezone.now()
+        restamped = 0
         try:
             with transaction.atomic():
                 if isinstance(message, protocol.Status):
@@ -521,19 +609,26 @@ class Bridge:
                     if isinstance(message, protocol.Reported):
                         device.record_reported(message.model_dump(mode="json"), message.agent_version)
                     elif isinstance(message, protocol.Event):
-                        sent = message
-                        at = trusted_time(message.ts, now)
-                        if at is not message.ts:
-                            DeviceClock.observe(device.pk, message.ts, now, 1)
-                            message = message.model_copy(update={"ts": at})
-                            self._count_restamped(1)
-                        telemetry.record_event(device, message, sent=sent)
+                        restamped = self._record_event(device, message, now)
         except DatabaseError:
             return self._failed(device.device_id, topic, "storage_error")
         except Exception:
             return self._failed(device.device_id, topic, "internal_error")
+        if restamped:
+            self._count_restamped(restamped)
         self._count(self.accepted, type(message).__name__.lower())
         return "ok"
+
+    @staticmethod
+    def _record_event(device: Device, message: protocol.Event, now: datetime) -> int:
+        """Store an event, at the receiving time if the device's clock is ahead; returns 1 if it was restamped."""
+        at = trusted_time(message.ts, now)
+        if at is message.ts:
+            telemetry.record_event(device, message)
+            return 0
+        DeviceClock.observe(device.pk, message.ts, now, 1)
+        telemetry.record_event(device, message.model_copy(update={"ts": at}), sent=message)
+        return 1
 
     def _store(self, items: list[_Telemetry], verdicts: list[str | None]) -> None:
         """Store telemetry messages together; if that fails, one by one, so only the culprit is refused.

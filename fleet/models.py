@@ -124,9 +124,10 @@ def new_device_id() -> str:
 # --- liveness ---------------------------------------------------------------
 #
 # A device's liveness (online, last_seen, status_changed_at, last_heartbeat,
-# agent_version) is written only by the methods below: Device.record_presence,
+# agent_version, reported) is written only by the methods below: Device.record_presence,
 # Device.record_seen, Device.record_reported, and DeviceQuerySet.touch_seen_bulk,
-# mark_silent_offline and revoke. Bridges (several, side by side) and the offline
+# lock_liveness/save_liveness (with the Device.apply_* rules the record_* methods
+# use), mark_silent_offline and revoke. Bridges (several, side by side) and the offline
 # sweep write the same rows at the same time; each method is safe against the
 # others on its own, and every row lock is FOR NO KEY UPDATE: the telemetry a
 # bridge inserts holds FOR KEY SHARE on its device's row (the foreign key
@@ -158,6 +159,17 @@ _TOUCH_SEEN = (
     "THEN v.version ELSE d.agent_version END "
     "FROM unnest(%b::bigint[], %b::bigint[], %b::text[]::jsonb[], %b::timestamptz[], %b::text[]) "
     "AS v(id, seq, beat, beat_at, version) WHERE d.id = v.id"
+)
+
+
+# What the bridge's messages other than telemetry change on a device (``lock_liveness``), and
+# ``save_liveness``'s statement writing them back, one row per device.
+_LIVENESS = ("online", "last_seen", "status_changed_at", "agent_version", "reported")
+_SAVE_LIVENESS = (
+    "UPDATE {table} d SET online = v.online, last_seen = v.last_seen, status_changed_at = v.changed, "
+    "agent_version = v.version, reported = v.reported "
+    "FROM unnest(%b::bigint[], %b::boolean[], %b::timestamptz[], %b::timestamptz[], %b::text[], %b::text[]::jsonb[]) "
+    "AS v(id, online, last_seen, changed, version, reported) WHERE d.id = v.id"
 )
 
 
@@ -219,6 +231,38 @@ class DeviceQuerySet(models.QuerySet["Device", "Device"]):
                 device.last_heartbeat = _heartbeat_document(item.heartbeat_at, item.heartbeat)
                 device.agent_version = str(item.heartbeat["agent_version"])
         Device.objects.bulk_update(devices, ["telemetry_acked_seq", "last_seen", "last_heartbeat", "agent_version"])
+
+    def lock_liveness(self, pks: Iterable[int]) -> dict[int, Device]:
+        """Lock these devices' rows in pk order and read their liveness, for ``Device.apply_*`` and ``save_liveness``.
+
+        In pk order and in one statement, as ``lock_watermarks``: two bridges
+        applying the same devices' messages queue instead of deadlocking. Call
+        it inside the transaction that ends with ``save_liveness``.
+        """
+        locked = self.select_for_update(no_key=True).filter(pk__in=pks).order_by("pk").only("pk", *_LIVENESS)
+        return {device.pk: device for device in locked}
+
+    def save_liveness(self, devices: Iterable[Device]) -> None:
+        """Write back what ``Device.apply_*`` changed on rows ``lock_liveness`` locked: one UPDATE on PostgreSQL."""
+        rows = list(devices)
+        if not rows:
+            return
+        if connection.vendor != "postgresql":
+            Device.objects.bulk_update(rows, list(_LIVENESS))
+            return
+        # Django's bulk_update builds a CASE per row and field: most of a batch's time. unnest does not.
+        with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+            cursor.execute(
+                _SAVE_LIVENESS.format(table=self.model._meta.db_table),  # the table name is ours
+                [
+                    [d.pk for d in rows],
+                    [d.online for d in rows],
+                    [d.last_seen for d in rows],
+                    [d.status_changed_at for d in rows],
+                    [d.agent_version for d in rows],
+                    [orjson.dumps(d.reported).decode() for d in rows],
+                ],
+            )
 
     def mark_silent_offline(self, cutoff: datetime, at: datetime) -> int:
         """Mark offline every online device not heard from since ``cutoff``; returns how many.
@@ -306,22 +350,42 @@ class Device(models.Model):
         """
         with transaction.atomic():
             device = Device.objects.select_for_update(no_key=True).get(pk=self.pk)
-            if device.status_changed_at and at < device.status_changed_at:
+            changed = device.apply_status(online, at, agent_version=agent_version)
+            if changed is None:
                 return False
-            changed = device.online != online
-            device.online = online
-            device.status_changed_at = at
             fields = ["online", "status_changed_at", "last_seen"]
-            if online:
-                device.last_seen = max(filter(None, [device.last_seen, at]))
             if agent_version:
-                device.agent_version = agent_version
                 fields.append("agent_version")
             device.save(update_fields=fields)
         self.online, self.status_changed_at, self.last_seen = device.online, at, device.last_seen
         if agent_version:
             self.agent_version = agent_version
         return changed
+
+    def apply_status(self, online: bool, at: datetime, *, agent_version: str | None = None) -> bool | None:
+        """``record_presence``'s rule on this instance (its row locked): whether the state changed, None if ignored."""
+        if self.status_changed_at and at < self.status_changed_at:
+            return None
+        changed = self.online != online
+        self.online = online
+        self.status_changed_at = at
+        if online:
+            self.last_seen = max(filter(None, [self.last_seen, at]))
+        if agent_version:
+            self.agent_version = agent_version
+        return changed
+
+    def apply_seen(self, at: datetime) -> bool:
+        """``record_seen``'s rule on this instance (its row locked); returns whether it brought the device online."""
+        self.last_seen = max(filter(None, [self.last_seen, at]))
+        return not self.online and bool(self.apply_status(True, at))
+
+    def apply_reported(self, reported: dict[str, Any], agent_version: str) -> bool:
+        """``record_reported``'s rule on this instance (its row locked): whether the report was newer and kept."""
+        if _report_order(self.reported) > _report_order(reported):
+            return False
+        self.reported, self.agent_version = reported, agent_version
+        return True
 
     def record_seen(self, at: datetime) -> None:
         """Anything a device sends proves it alive: ``last_seen`` moves forward, an offline device comes online.
@@ -340,9 +404,10 @@ class Device(models.Model):
         generation of ``desired``, or the same generation at a later time (its ``ts``).
         """
         with transaction.atomic():
-            stored = Device.objects.select_for_update(no_key=True).values_list("reported", flat=True).get(pk=self.pk)
-            if _report_order(stored) > _report_order(reported):
-                self.reported = stored
+            locked = Device.objects.select_for_update(no_key=True).only("pk", "reported", "agent_version")
+            device = locked.get(pk=self.pk)
+            if not device.apply_reported(reported, agent_version):
+                self.reported = device.reported
                 return False
             Device.objects.filter(pk=self.pk).update(reported=reported, agent_version=agent_version)
         self.reported, self.agent_version = reported, agent_version
