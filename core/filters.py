@@ -95,6 +95,12 @@ class BooleanFilter(django_filters.BooleanFilter):
     field_class = BooleanField
 
 
+class IntegerFilter(django_filters.NumberFilter):
+    """A whole number within the bounds given (``min_value``, ``max_value``); a fraction or 2**64 is an error."""
+
+    field_class = forms.IntegerField
+
+
 class FilterSet(django_filters.FilterSet):
     """Base of every app's filterset: boolean filters generated from model fields are strict too."""
 

@@ -205,7 +205,8 @@ class Rehearsal:
     def canary_back(self, answer: dict[str, Any], timeout: float) -> tuple[str, float]:
         """The version the canary ran before, and seconds from the failing verdict to it reporting it again."""
         failed = next(s for s in answer["stages"] if s["state"] == "failed")
-        entry = next(d for d in answer["devices"] if d["stage_index"] == failed["index"])
+        page = self.api("GET", f"/api/v1/rollouts/{answer['id']}/devices/?stage={failed['index']}&limit=1")
+        entry = page["results"][0]
         canary, version = entry["device_id"], entry["from_version"]
         verdict_at = parse(failed["finished_at"])
         deadline = time.monotonic() + timeout

@@ -102,11 +102,10 @@ def follow(server: str, token: str, rollout_id: int, *, timeout: float, interval
         devices = progress.add_task("devices active", total=None)
         while True:
             answer: dict[str, Any] = call(server, token, "GET", f"/api/v1/rollouts/{rollout_id}/")
-            entries = answer.get("devices") or []
+            counts = answer.get("device_states") or {}
             done = sum(1 for stage in answer.get("stages") or [] if stage.get("state") == "passed")
             progress.update(stages, total=len(answer.get("stages") or []) or None, completed=done)
-            active = sum(1 for entry in entries if entry.get("state") == "active")
-            progress.update(devices, total=len(entries) or None, completed=active)
+            progress.update(devices, total=sum(counts.values()) or None, completed=counts.get("active", 0))
             progress.update(stages, description=f"stages ({answer.get('state')})")
             if answer.get("state") in FINAL or time.monotonic() >= deadline:
                 return answer
@@ -122,7 +121,7 @@ def status(
     timeout: Annotated[float, typer.Option(help="With --wait: give up after this many seconds.")] = 3600.0,
     interval: Annotated[float, typer.Option(help="With --wait: seconds between polls.")] = 5.0,
 ) -> None:
-    """Print a rollout's state (stages, gates, devices) as JSON; with --wait, exit with how it ended."""
+    """Print a rollout's state (stages, gates, devices by state) as JSON; with --wait, exit with how it ended."""
     if wait:
         answer = follow(server, token, rollout_id, timeout=timeout, interval=interval)
     else:

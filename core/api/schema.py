@@ -79,8 +79,15 @@ class AutoSchema(openapi.AutoSchema):
 
     def _get_filter_parameters(self) -> list[dict[str, Any]]:
         parameters: list[dict[str, Any]] = super()._get_filter_parameters()
+        filters = getattr(getattr(self.view, "filterset_class", None), "base_filters", {})
         for parameter in parameters:
             schema = parameter.get("schema", {})
+            bounds = getattr(filters.get(parameter.get("name")), "extra", {})
+            if schema.get("type") == "integer":
+                # A filter's bounds (core.filters.IntegerFilter's min_value, max_value) are the schema's.
+                for bound, key in (("min_value", "minimum"), ("max_value", "maximum")):
+                    if bounds.get(bound) is not None:
+                        schema[key] = bounds[bound]
             if parameter.get("name") == "ordering" or schema.get("type") == "array":
                 continue
             if schema.get("type") == "string" and not (set(schema) & {"format", "enum", "pattern"}):

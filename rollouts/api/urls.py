@@ -7,6 +7,7 @@ from rollouts.api import views
 
 router = DefaultRouter(trailing_slash=True)
 router.register("rollouts", views.RolloutViewSet, basename="rollout")
+router.register(r"rollouts/(?P<rollout_pk>[0-9]{1,18})/devices", views.RolloutDeviceViewSet, basename="rollout-device")
 router.register("rollout-templates", views.RolloutTemplateViewSet, basename="rollout-template")
 
 urlpatterns = [

@@ -24,6 +24,7 @@ from rollouts.api.serializers import (
     ActionSerializer,
     RolloutCreateSerializer,
     RolloutDetailSerializer,
+    RolloutDeviceSerializer,
     RolloutSerializer,
     RolloutTemplateSerializer,
     SiteRollbackRequestSerializer,
@@ -32,7 +33,8 @@ from rollouts.api.serializers import (
     WhatIfRequestSerializer,
     WhatIfSerializer,
 )
-from rollouts.models import Rollout, RolloutTemplate
+from rollouts.filters import RolloutDeviceFilter
+from rollouts.models import Rollout, RolloutDevice, RolloutTemplate
 
 ACTION_ANSWERS = {200: RolloutDetailSerializer, 409: ErrorSerializer}
 
@@ -157,6 +159,41 @@ class RolloutViewSet(
     def approve(self, request: Request, pk: str | None = None) -> Response:
         """Let the stage that waits for a person go ahead."""
         return self._act(request, services.approve)
+
+
+class RolloutDeviceViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+    """The devices of one rollout, a page at a time: each one's stage, state, target and last reported phase."""
+
+    serializer_class = RolloutDeviceSerializer
+    permission_classes = [HasScope]
+    required_scopes = ("rollout",)
+    pagination_class = LimitOffsetPagination
+    filterset_class = RolloutDeviceFilter
+    ordering_fields = ["stage_index", "state", "updated_at"]
+
+    def get_queryset(self) -> Any:
+        if getattr(self, "swagger_fake_view", False):  # the schema generator has no rollout to look up
+            return RolloutDevice.objects.none()
+        rollout = get_object_or_404(Rollout, pk=self.kwargs["rollout_pk"])
+        # Only what the serializer shows: a device's desired document and heartbeat are kilobytes each.
+        return (
+            rollout.devices.select_related("device__site", "from_version")
+            .only(*_ENTRY_FIELDS)
+            .order_by("stage_index", "pk")
+        )
+
+
+_ENTRY_FIELDS = (
+    "stage_index",
+    "state",
+    "target",
+    "generation",
+    "error",
+    "device__device_id",
+    "device__reported",
+    "device__site__slug",
+    "from_version__version",
+)
 
 
 class SiteRollbackView(APIView):

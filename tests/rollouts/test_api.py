@@ -5,10 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from core.models import AuditLog
+from fleet import services as fleet
 from rollouts import scheduler
 from rollouts.models import Rollout, RolloutTemplate
+from tests.rollouts.conftest import report
 
 pytestmark = pytest.mark.django_db
 
@@ -40,7 +44,16 @@ def test_ci_starts_a_rollout_from_a_template_and_reads_its_stages_and_devices(ve
         "revert",
     )
     assert [(s["index"], s["devices"], s["state"]) for s in body["stages"]] == [(0, 1, "pending"), (1, 9, "pending")]
-    assert len(body["devices"]) == 10 and {d["from_version"] for d in body["devices"]} == {"1.0.0"}
+    assert body["device_states"] == {
+        "pending": 10,
+        "assigned": 0,
+        "active": 0,
+        "failed": 0,
+        "reverted": 0,
+        "silent": 0,
+    }
+    devices = ci.get(f"/api/v1/rollouts/{body['id']}/devices/").json()
+    assert devices["count"] == 10 and {d["from_version"] for d in devices["results"]} == {"1.0.0"}
     assert AuditLog.objects.filter(action="rollout.create", actor_label="alice").count() == 1
     assert AuditLog.objects.filter(action="rollout_template.create").count() == 1
     listed = ci.get("/api/v1/rollouts/").json()
@@ -132,3 +145,74 @@ def test_a_viewer_reads_but_cannot_start_a_rollout(versions, fleet_on_v1, viewer
     assert viewer_client.get("/api/v1/rollouts/").status_code == 200
     assert viewer_client.post("/api/v1/rollouts/", BODY, format="json").status_code == 403
     assert anonymous.get("/api/v1/rollouts/").status_code in (401, 403)
+
+
+def test_a_rollouts_devices_come_a_page_at_a_time_filtered_by_state_stage_and_site(versions, fleet_on_v1, token_client):
+    ci = token_client("rollout")
+    rollout_id = ci.post("/api/v1/rollouts/", BODY, format="json").json()["id"]
+    url = f"/api/v1/rollouts/{rollout_id}/devices/"
+    Rollout.objects.get(pk=rollout_id).devices.filter(stage_index=0).update(state="failed", error="bad output")
+
+    first = ci.get(url, {"limit": 4}).json()
+    second = ci.get(url, {"limit": 4, "offset": 4}).json()
+    assert first["count"] == 10 and len(first["results"]) == 4 and len(second["results"]) == 4
+    ids = [d["device_id"] for d in first["results"] + second["results"]]
+    assert len(set(ids)) == 8, "pages do not overlap"
+    assert [d["stage_index"] for d in first["results"]] == [0, 1, 1, 1], "in stage order"
+
+    failed = ci.get(url, {"state": "failed"}).json()
+    assert [(d["stage_index"], d["error"]) for d in failed["results"]] == [(0, "bad output")]
+    assert ci.get(url, {"stage": 1}).json()["count"] == 9
+    assert ci.get(url, {"state": ["failed", "pending"]}).json()["count"] == 10
+    assert ci.get(url, {"site": "plant-b"}).json()["count"] == 4
+    detail = ci.get(f"/api/v1/rollouts/{rollout_id}/").json()
+    assert (detail["device_states"]["failed"], detail["device_states"]["pending"]) == (1, 9)
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ({"stage": 2**64}, "stage"),
+        ({"stage": -1}, "stage"),
+        ({"stage": "1.5"}, "stage"),
+        ({"state": "exploded"}, "state"),
+        ({"ordering": "device__secret"}, "ordering"),
+    ],
+)
+def test_a_filter_the_server_cannot_read_is_refused_in_the_one_error_shape(
+    versions, fleet_on_v1, token_client, query, field
+):
+    ci = token_client("rollout")
+    rollout_id = ci.post("/api/v1/rollouts/", BODY, format="json").json()["id"]
+    answer = ci.get(f"/api/v1/rollouts/{rollout_id}/devices/", query)
+    assert answer.status_code == 400, answer.content
+    assert answer.json()["code"] == "invalid" and field in answer.json()["fields"]
+
+
+def test_the_devices_of_a_rollout_that_does_not_exist_are_a_404_in_the_one_error_shape(token_client):
+    answer = token_client("rollout").get("/api/v1/rollouts/999999/devices/")
+    assert answer.status_code == 404 and answer.json()["code"] == "not_found"
+
+
+def test_the_rollout_detail_costs_the_same_for_ten_devices_or_forty(
+    versions, fleet_on_v1, site, enroll_device, token_client
+):
+    ci = token_client("rollout")
+    first = ci.post("/api/v1/rollouts/", BODY, format="json").json()["id"]
+    ci.post(f"/api/v1/rollouts/{first}/abort/", {"reason": "make room"}, format="json")
+    with CaptureQueriesContext(connection) as ten:
+        small = ci.get(f"/api/v1/rollouts/{first}/")
+    v1, _ = versions
+    for i in range(30):
+        device = enroll_device(site, name=f"more-{i}", agent_version="0.1.0").device
+        fleet.assign_model(device, v1, actor="test")
+        report(device, v1)
+    second = ci.post("/api/v1/rollouts/", BODY, format="json").json()["id"]
+    assert Rollout.objects.get(pk=second).devices.count() == 40
+    with CaptureQueriesContext(connection) as forty:
+        large = ci.get(f"/api/v1/rollouts/{second}/")
+    # Polled every few seconds by CI and the CLI: neither its queries nor its size grow with the rollout
+    # (the devices themselves come a page at a time from .../devices/).
+    assert small.status_code == large.status_code == 200
+    assert len(forty) == len(ten)
+    assert abs(len(large.content) - len(small.content)) < 100
