@@ -2,12 +2,12 @@
 
 paho acknowledges a QoS 1 message as soon as ``on_message`` returns, that
 is, once the bridge has queued it: a bridge killed with messages in its
-inbox lost them although the broker had been told they arrived. With
-``manual_ack`` the bridge sends each PUBACK itself, after the message was
-stored (or refused for good), so a message not yet stored is still the
-broker's: it goes again to a bridge that resumes the same persistent
-session, and a broker that re-dispatches a shared subscription's
-unacknowledged messages (EMQX) hands it to another bridge.
+inbox loses them although the broker had been told they arrived. A bridge
+with a persistent session (``BRIDGE_CLIENT_ID``) runs paho with
+``manual_ack`` and sends each PUBACK itself, after the message was stored
+(or refused for good), so a message not yet stored is still the broker's:
+it goes again to the bridge when it resumes its session. (Without
+``manual_ack`` paho's ``ack`` does nothing, and this bookkeeping is idle.)
 
 MQTT 3.1.1 (4.6) wants PUBACKs in the order the PUBLISH packets arrived,
 while the bridge's workers finish in any order: a finished message waits

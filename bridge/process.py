@@ -11,11 +11,11 @@ full the network thread waits for room (``full_wait_s``) before it drops a
 message: the broker's in-flight window to the bridge fills meanwhile and
 the broker holds the rest, so a reconnect storm is absorbed, not dropped.
 
-A message is acknowledged to the broker once it is stored or refused for
-good, never on receipt (``bridge.acks``): one the bridge had not stored
-when it died is still the broker's to deliver again. With a ``client_id``
-of its own the bridge keeps a persistent session, which its next start
-resumes (``persistent_session``).
+With a ``client_id`` of its own the bridge keeps a persistent session,
+which its next start resumes, and acknowledges a message to the broker
+only once it is stored or refused for good (``bridge.acks``): one it had
+not stored when it died is still the broker's to deliver again. Without
+one, paho acknowledges on receipt.
 
 A worker cannot die of a message: whatever a batch raises, the batch is
 retried one message at a time and a message that still fails is rejected
@@ -172,7 +172,8 @@ class Bridge:
             client_id=client_id,
             protocol=mqtt.MQTTv311,
             clean_session=not self.persistent_session,
-            manual_ack=True,
+            # After storing only with a session of its own (see ``persistent_session``).
+            manual_ack=self.persistent_session,
         )
         self.acks = ArrivalAcks(self.client.ack)
         if config.username:
@@ -190,6 +191,15 @@ class Bridge:
 
     @property
     def persistent_session(self) -> bool:
+        """A session of its own, resumed by its next start, and acknowledgements only after storing.
+
+        Only then: acknowledging after storing holds at most the broker's
+        in-flight window for the bridge unacknowledged, and a broker left at
+        Mosquitto's defaults (20 in flight, 1,000 queued per client) drops
+        what overflows its queue in a burst of a few thousand devices, where
+        acknowledging on receipt lets the bridge's inbox take the burst.
+        deploy/mosquitto sets 100 and 100,000 (docs/operations.md).
+        """
         return bool(self.config.client_id)
 
     # --- lifecycle -----------------------------------------------------------
@@ -300,7 +310,8 @@ class Bridge:
         inbox = self._inboxes[hash(parts[2]) % len(self._inboxes) if len(parts) > 2 else 0]
         pending = self.acks.arrived(message.mid, message.qos)
         try:
-            # Waiting here is the backpressure: paho reads nothing more meanwhile.
+            # Waiting here is the backpressure: paho reads nothing more meanwhile (and, without a session
+            # of its own, acknowledges the message when this returns).
             inbox.put((message.topic, message.payload, pending), timeout=self.config.full_wait_s)
         except queue.Full:
             # Still full: the database is far behind. Dropping is safe for telemetry (unacknowledged,

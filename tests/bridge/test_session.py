@@ -1,8 +1,9 @@
 """A bridge with its own client id resumes its session: what it took but never stored comes to it again.
 
-The bridge acknowledges a message to the broker only once it is stored; a
-bridge that dies holding messages leaves them unacknowledged, and the broker
-delivers them again when the bridge returns under the same client id.
+A bridge with its own client id acknowledges a message to the broker only
+once it is stored; one that dies holding messages leaves them
+unacknowledged, and the broker delivers them again when the bridge returns
+under the same client id.
 """
 
 from __future__ import annotations
