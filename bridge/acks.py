@@ -6,8 +6,8 @@ inbox loses them although the broker had been told they arrived. A bridge
 with a persistent session (``BRIDGE_CLIENT_ID``) runs paho with
 ``manual_ack`` and sends each PUBACK itself, after the message was stored
 (or refused for good), so a message not yet stored is still the broker's:
-it goes again to the bridge when it resumes its session. (Without
-``manual_ack`` paho's ``ack`` does nothing, and this bookkeeping is idle.)
+it goes again to the bridge when it resumes its session. Without
+``manual_ack`` the bridge tracks nothing here.
 
 MQTT 3.1.1 (4.6) wants PUBACKs in the order the PUBLISH packets arrived,
 while the bridge's workers finish in any order: a finished message waits

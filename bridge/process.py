@@ -308,7 +308,8 @@ class Bridge:
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         parts = message.topic.split("/", 3)
         inbox = self._inboxes[hash(parts[2]) % len(self._inboxes) if len(parts) > 2 else 0]
-        pending = self.acks.arrived(message.mid, message.qos)
+        # Tracked only when the bridge sends its own acknowledgements; otherwise paho has sent it already.
+        pending = self.acks.arrived(message.mid, message.qos) if self.persistent_session else None
         try:
             # Waiting here is the backpressure: paho reads nothing more meanwhile (and, without a session
             # of its own, acknowledges the message when this returns).
